@@ -1,0 +1,45 @@
+import { Hono } from "hono";
+import { RegistryError } from "./oci/errors";
+import { blobRoutes } from "./routes/blobs";
+import type { AppEnv } from "./routes/http";
+import { listingRoutes } from "./routes/listings";
+import { manifestRoutes } from "./routes/manifests";
+import { uploadRoutes } from "./routes/uploads";
+
+export const app = new Hono<AppEnv>();
+
+app.use("/v2/*", async (c, next) => {
+  c.header("Docker-Distribution-API-Version", "registry/2.0");
+  // Names, tags and digests never contain '%': a percent-encoded path (`%2F`, `%2E%2E`)
+  // is an attempt to smuggle characters past the grammar, so refuse it up front.
+  if (new URL(c.req.url).pathname.includes("%")) {
+    throw new RegistryError("NAME_INVALID", "percent-encoded characters are not allowed in names or references");
+  }
+  await next();
+});
+
+// API version check: 200 tells clients this is a v2 registry.
+app.get("/v2/", (c) => c.json({}));
+app.get("/v2", (c) => c.json({}));
+
+const v2 = new Hono<AppEnv>();
+v2.route("/", listingRoutes);
+v2.route("/", uploadRoutes);
+v2.route("/", blobRoutes);
+v2.route("/", manifestRoutes);
+app.route("/v2", v2);
+
+app.notFound(() => {
+  throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);
+});
+
+app.onError((error, c) => {
+  const registryError =
+    error instanceof RegistryError ? error : new RegistryError("UNKNOWN", "internal error", { cause: String(error) });
+  if (!(error instanceof RegistryError)) console.error("unhandled error", error);
+  c.header("Docker-Distribution-API-Version", "registry/2.0");
+  for (const [header, value] of Object.entries(registryError.headers)) c.header(header, value);
+  c.header("Content-Type", "application/json");
+  const status = registryError.status as 400;
+  return c.req.method === "HEAD" ? c.body(null, status) : c.body(JSON.stringify(registryError.toJSON()), status);
+});

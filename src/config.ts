@@ -1,0 +1,37 @@
+/** R2's multipart limits: every part but the last the same size, at least 5 MiB; at most 10 000 parts. */
+export const MIN_PART_BYTES = 5 * 1024 * 1024;
+export const MAX_PARTS = 10_000;
+
+/** Settings read from the Worker's environment (wrangler.toml [vars]); see docs/configuration.md. */
+export interface RegistryConfig {
+  /** Seconds an unused upload session lives before its alarm purges it. */
+  uploadTtlSeconds: number;
+  /** Size of every R2 multipart part but the last; the memory one upload request holds. */
+  uploadPartSize: number;
+  /** Whether DELETE of manifests, tags and blobs is allowed (distribution's storage.delete.enabled). */
+  deleteEnabled: boolean;
+}
+
+const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
+const DEFAULT_PART_BYTES = 32 * 1024 * 1024;
+/** Part buffers beyond this would not fit a 128 MB isolate next to the request. */
+const MAX_PART_BYTES = 64 * 1024 * 1024;
+
+function positiveInteger(text: string | undefined, fallback: number): number {
+  const value = Number(text);
+  return text !== undefined && Number.isSafeInteger(value) && value > 0 ? value : fallback;
+}
+
+export function readConfig(env: Env): RegistryConfig {
+  const partSize = positiveInteger(env.UPLOAD_PART_SIZE, DEFAULT_PART_BYTES);
+  return {
+    uploadTtlSeconds: positiveInteger(env.UPLOAD_TTL_SECONDS, DEFAULT_TTL_SECONDS),
+    uploadPartSize: Math.min(MAX_PART_BYTES, Math.max(MIN_PART_BYTES, partSize)),
+    deleteEnabled: env.DELETE_ENABLED !== "false",
+  };
+}
+
+/** Largest blob an upload can carry with the configured part size. */
+export function maxBlobBytes(config: RegistryConfig): number {
+  return config.uploadPartSize * MAX_PARTS;
+}

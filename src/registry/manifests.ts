@@ -1,0 +1,128 @@
+import { digestOf, looksLikeDigest, parseDigest, type Digest, type DigestAlgorithm } from "../oci/digest";
+import { RegistryError } from "../oci/errors";
+import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
+import { validateTag } from "../oci/names";
+import type { BlobStore } from "./blob-store";
+import type { LinkedBlobStore } from "./linked-blob-store";
+import { Paths } from "./paths";
+import type { Tags } from "./tags";
+
+/** A manifest as served: its exact bytes and the media type it was pushed with. */
+export interface StoredManifest {
+  digest: Digest;
+  mediaType: string;
+  bytes: Uint8Array<ArrayBuffer>;
+}
+
+export interface PutManifestResult {
+  digest: Digest;
+  manifest: ParsedManifest;
+}
+
+/** A manifest reference in a URL: a tag or a digest. */
+export type Reference = { tag: string } | { digest: Digest };
+
+export function parseReference(text: string): Reference {
+  return looksLikeDigest(text) ? { digest: parseDigest(text) } : { tag: validateTag(text) };
+}
+
+/**
+ * A repository's manifests. Manifests are stored as blobs in the global BlobStore
+ * (so identical manifests in two repositories are stored once) and seen through the
+ * repository's revision links; tags point at revisions.
+ */
+export class Manifests {
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly layers: LinkedBlobStore,
+    private readonly revisions: LinkedBlobStore,
+    private readonly tags: Tags,
+  ) {}
+
+  /** The digest a reference names, or MANIFEST_UNKNOWN. */
+  async resolve(reference: Reference): Promise<Digest> {
+    if ("digest" in reference) return reference.digest;
+    const digest = await this.tags.resolve(reference.tag);
+    if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
+    return digest;
+  }
+
+  /** Size and media type without the bytes (HEAD). */
+  async stat(reference: Reference): Promise<{ digest: Digest; mediaType: string; size: number }> {
+    const digest = await this.resolve(reference);
+    const { descriptor, link } = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
+    return { digest, mediaType: link.mediaType ?? "application/vnd.oci.image.manifest.v1+json", size: descriptor.size };
+  }
+
+  async get(reference: Reference): Promise<StoredManifest> {
+    const digest = await this.resolve(reference);
+    const { descriptor, link } = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
+    const bytes = await this.blobs.readBytes(descriptor);
+    if (!bytes)
+      throw new RegistryError("MANIFEST_UNKNOWN", "manifest content missing from storage", { digest: digest.value });
+    return { digest, mediaType: link.mediaType ?? "application/vnd.oci.image.manifest.v1+json", bytes };
+  }
+
+  /**
+   * Stores a manifest after checking it: valid, digest matching the URL when the URL
+   * names one, and every blob and child manifest it references linked in this
+   * repository (read strongly: a blob whose upload just returned 201 must count).
+   */
+  async put(reference: Reference, bytes: Uint8Array, contentType: string): Promise<PutManifestResult> {
+    const manifest = parseManifest(bytes, contentType);
+    const algorithm: DigestAlgorithm = "digest" in reference ? reference.digest.algorithm : "sha256";
+    const digest = await digestOf(bytes, algorithm);
+    if ("digest" in reference && reference.digest.value !== digest.value) {
+      throw new RegistryError("DIGEST_INVALID", "manifest digest does not match the reference", {
+        reference: reference.digest.value,
+        computed: digest.value,
+      });
+    }
+    await this.checkReferences(manifest);
+    await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
+    await this.revisions.link(digest, { mediaType: manifest.mediaType });
+    if ("tag" in reference) await this.tags.set(reference.tag, digest);
+    return { digest, manifest };
+  }
+
+  /**
+   * DELETE by tag removes the tag only; DELETE by digest removes the revision link and
+   * every tag pointing at it. The bytes stay for garbage collection, and other
+   * repositories linking the same manifest are untouched.
+   */
+  async delete(reference: Reference): Promise<void> {
+    if ("tag" in reference) {
+      if (!(await this.tags.delete(reference.tag)))
+        throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
+      return;
+    }
+    if (!(await this.revisions.unlink(reference.digest))) {
+      throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
+    }
+    for (const tag of await this.tags.pointingAt(reference.digest)) await this.tags.delete(tag);
+  }
+
+  private async checkReferences(manifest: ParsedManifest): Promise<void> {
+    const checks: Promise<void>[] = [];
+    for (const blob of manifest.blobs) {
+      // Foreign (non-distributable) layers are fetched from their URLs, not from us.
+      if (blob.urls && blob.urls.length > 0) continue;
+      checks.push(this.checkOne(this.layers, blob, "MANIFEST_BLOB_UNKNOWN"));
+    }
+    for (const child of manifest.manifests) checks.push(this.checkOne(this.revisions, child, "MANIFEST_BLOB_UNKNOWN"));
+    await Promise.all(checks);
+  }
+
+  private async checkOne(store: LinkedBlobStore, reference: Descriptor, code: "MANIFEST_BLOB_UNKNOWN"): Promise<void> {
+    const link = await store.readLink(reference.digest, { strong: true });
+    const descriptor = link ? await this.blobs.stat(reference.digest) : null;
+    if (!descriptor) throw new RegistryError(code, undefined, { digest: reference.digest.value });
+    if (descriptor.size !== reference.size) {
+      throw new RegistryError("MANIFEST_INVALID", "a descriptor's size does not match the stored content", {
+        digest: reference.digest.value,
+        declared: reference.size,
+        stored: descriptor.size,
+      });
+    }
+  }
+}

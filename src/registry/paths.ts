@@ -1,0 +1,49 @@
+import type { Digest } from "../oci/digest";
+
+/**
+ * The storage layout: every R2 key and KV key the registry uses, one function per
+ * key family. Nothing else builds keys. Repository names cannot contain a path
+ * component starting with "_" (the name grammar forbids it), so `_layers`,
+ * `_manifests` and `_uploads` can never collide with a nested repository name,
+ * the same trick docker/distribution's paths.go relies on.
+ */
+export const Paths = {
+  // ---- R2: the strongly consistent record ----
+
+  /**
+   * Bytes of a blob, as written by one upload. The upload id (not the digest) names
+   * the object, so an upload can write before its digest is verified and a commit
+   * publishes the object where it already is, with no copy. Small blobs that never
+   * needed multipart live at `data/<upload>.<offset>` (the staged tail that became
+   * the whole blob).
+   */
+  uploadData: (uploadId: string): string => `data/${uploadId}`,
+  /** The staged tail of an upload (bytes past the last whole part), named by where it starts. */
+  uploadTail: (uploadId: string, offset: number): string => `data/${uploadId}.${offset}`,
+
+  /** Descriptor record of a stored blob: `{digest, size, key}`. Existence means the blob exists. */
+  blobDescriptor: (digest: Digest): string => `blobs/${digest.algorithm}/${digest.hex}`,
+
+  /** A repository's link to a layer or config blob (the linked-blob-store rule). */
+  layerLink: (name: string, digest: Digest): string => `repositories/${name}/_layers/${digest.algorithm}/${digest.hex}`,
+  /** A repository's link to a manifest revision; body `{mediaType}`. */
+  manifestRevision: (name: string, digest: Digest): string =>
+    `repositories/${name}/_manifests/revisions/${digest.algorithm}/${digest.hex}`,
+  /** Prefix under which a repository's tag records are listed, sorted. */
+  tagPrefix: (name: string): string => `repositories/${name}/_manifests/tags/`,
+  /** A tag; body is the digest it points at. */
+  tag: (name: string, tag: string): string => `repositories/${name}/_manifests/tags/${tag}`,
+
+  /** One empty marker per repository, so the catalog is a sorted listing of one prefix. */
+  catalogPrefix: "catalog/",
+  catalogEntry: (name: string): string => `catalog/${name}`,
+
+  // ---- KV: edge read cache (never the only record) ----
+
+  /** Cached blob descriptor. Content-addressed, so it never changes while it exists. */
+  kvBlob: (digest: Digest): string => `blob:${digest.value}`,
+  /** Cached existence of a layer link. */
+  kvLayerLink: (name: string, digest: Digest): string => `layer:${name}@${digest.value}`,
+  /** Cached manifest revision link (its media type). */
+  kvRevision: (name: string, digest: Digest): string => `revision:${name}@${digest.value}`,
+} as const;

@@ -1,0 +1,76 @@
+import { Hono } from "hono";
+import { readConfig } from "../config";
+import { parseDigest } from "../oci/digest";
+import { RegistryError } from "../oci/errors";
+import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
+import { openRepository } from "../registry/registry";
+import { repositoryName, type AppContext, type AppEnv } from "./http";
+
+export const blobRoutes = new Hono<AppEnv>();
+
+/**
+ * Parses a single `Range: bytes=a-b` (or `a-`, or `-n`) against the blob's size.
+ * Returns undefined for no Range header; throws RANGE_INVALID (416) when unsatisfiable.
+ */
+function byteRange(header: string | undefined, size: number): ByteRange | undefined {
+  if (header === undefined) return undefined;
+  const unsatisfiable = () =>
+    new RegistryError("RANGE_INVALID", undefined, { range: header, size }, { "Content-Range": `bytes */${size}` });
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match || (match[1] === "" && match[2] === "")) throw unsatisfiable();
+  const [, first = "", second = ""] = match;
+  let start: number;
+  let end: number;
+  if (first === "") {
+    const suffix = Number(second);
+    if (suffix === 0) throw unsatisfiable();
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(first);
+    end = second === "" ? size - 1 : Math.min(Number(second), size - 1);
+  }
+  if (start > end || start >= size) throw unsatisfiable();
+  return { start, end };
+}
+
+function blobHeaders(c: AppContext, descriptor: BlobDescriptor): void {
+  c.header("Docker-Content-Digest", descriptor.digest);
+  c.header("ETag", `"${descriptor.digest}"`);
+  c.header("Accept-Ranges", "bytes");
+  c.header("Content-Type", "application/octet-stream");
+  // Content addressed: the bytes under a digest never change.
+  c.header("Cache-Control", "max-age=31536000, immutable");
+}
+
+async function statBlob(
+  c: AppContext,
+): Promise<{ descriptor: BlobDescriptor; repository: ReturnType<typeof openRepository> }> {
+  const repository = openRepository(c.env, repositoryName(c));
+  const digest = parseDigest(c.req.param("digest") ?? "");
+  const { descriptor } = await repository.layers.stat(digest);
+  return { descriptor, repository };
+}
+
+blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
+  const { descriptor, repository } = await statBlob(c);
+  blobHeaders(c, descriptor);
+  const range = byteRange(c.req.header("Range"), descriptor.size);
+  const head = c.req.method === "HEAD";
+  if (range) {
+    c.header("Content-Range", `bytes ${range.start}-${range.end}/${descriptor.size}`);
+    c.header("Content-Length", String(range.end - range.start + 1));
+    return head ? c.body(null, 206) : c.body(await repository.blobs.open(descriptor, range), 206);
+  }
+  c.header("Content-Length", String(descriptor.size));
+  return head ? c.body(null, 200) : c.body(await repository.blobs.open(descriptor), 200);
+});
+
+blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {
+  if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
+  const repository = openRepository(c.env, repositoryName(c));
+  const digest = parseDigest(c.req.param("digest") ?? "");
+  if (!(await repository.layers.unlink(digest)))
+    throw new RegistryError("BLOB_UNKNOWN", undefined, { digest: digest.value });
+  return c.body(null, 202);
+});

@@ -1,0 +1,108 @@
+import type { Context } from "hono";
+import { RegistryError } from "../oci/errors";
+import { validateName } from "../oci/names";
+
+export type AppEnv = { Bindings: Env };
+export type AppContext = Context<AppEnv>;
+
+/** The repository name from the route, validated against the spec's grammar. */
+export function repositoryName(c: AppContext): string {
+  return validateName(c.req.param("name") ?? "");
+}
+
+/** Content-Length as a number, or undefined when absent (chunked bodies); throws on nonsense. */
+export function contentLength(c: AppContext): number | undefined {
+  const header = c.req.header("Content-Length");
+  if (header === undefined) return undefined;
+  if (!/^\d+$/.test(header) || !Number.isSafeInteger(Number(header))) {
+    throw new RegistryError("SIZE_INVALID", "invalid Content-Length", { contentLength: header });
+  }
+  return Number(header);
+}
+
+/**
+ * The request body, or null when the request carries none (no Content-Length and
+ * no chunked Transfer-Encoding, or a declared length of 0).
+ */
+export function requestBody(c: AppContext): ReadableStream<Uint8Array> | null {
+  const length = contentLength(c);
+  if (length === 0) return null;
+  return c.req.raw.body;
+}
+
+/** Parses `Content-Range: <start>-<end>` (docker/distribution's form, `bytes ` prefix tolerated). */
+export function contentRange(c: AppContext): { start: number; end: number } | undefined {
+  const header = c.req.header("Content-Range");
+  if (header === undefined) return undefined;
+  const match = /^(?:bytes[ =])?(\d+)-(\d+)(?:\/(?:\d+|\*))?$/.exec(header.trim());
+  const start = Number(match?.[1]);
+  const end = Number(match?.[2]);
+  if (!match || !Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) {
+    throw new RegistryError("RANGE_INVALID", "invalid Content-Range", { contentRange: header });
+  }
+  return { start, end };
+}
+
+/** Reads a body that must not exceed `limit` bytes (manifests), without buffering more than that. */
+export async function readLimited(c: AppContext, limit: number): Promise<Uint8Array> {
+  const declared = contentLength(c);
+  const tooLarge = () => new RegistryError("SIZE_INVALID", `payload exceeds ${limit} bytes`, { limit }, {}, 413);
+  if (declared !== undefined && declared > limit) throw tooLarge();
+  const body = c.req.raw.body;
+  if (!body) return new Uint8Array(0);
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  const reader = body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.byteLength;
+    if (total > limit) {
+      await reader.cancel();
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}
+
+/** Largest page a listing returns, whatever `n` asks for. */
+export const MAX_PAGE = 1000;
+
+/** `n` and `last` of a paginated listing (tags, catalog). */
+export function pagination(c: AppContext): { limit: number; last?: string } {
+  const n = c.req.query("n");
+  const last = c.req.query("last");
+  let limit = MAX_PAGE;
+  if (n !== undefined) {
+    if (!/^\d+$/.test(n))
+      throw new RegistryError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", { n });
+    limit = Math.min(MAX_PAGE, Number(n));
+  }
+  return { limit, ...(last !== undefined ? { last } : {}) };
+}
+
+/**
+ * Runs a listing for one page: asks for one entry more than the page holds, so the
+ * `Link: <next>; rel="next"` header appears exactly when there is a next page.
+ */
+export async function paginate(
+  c: AppContext,
+  path: string,
+  list: (limit: number, last?: string) => Promise<string[]>,
+): Promise<string[]> {
+  const { limit, last } = pagination(c);
+  if (limit === 0) return [];
+  const entries = await list(limit + 1, last);
+  if (entries.length <= limit) return entries;
+  const page = entries.slice(0, limit);
+  const params = new URLSearchParams({ n: String(limit), last: page[page.length - 1] ?? "" });
+  c.header("Link", `<${path}?${params.toString()}>; rel="next"`);
+  return page;
+}

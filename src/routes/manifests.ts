@@ -1,0 +1,50 @@
+import { Hono } from "hono";
+import { readConfig } from "../config";
+import { RegistryError } from "../oci/errors";
+import { MAX_MANIFEST_BYTES } from "../oci/manifest";
+import { parseReference } from "../registry/manifests";
+import { openRepository } from "../registry/registry";
+import { readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
+
+export const manifestRoutes = new Hono<AppEnv>();
+
+function manifestHeaders(c: AppContext, digest: string, mediaType: string, size: number): void {
+  c.header("Content-Type", mediaType);
+  c.header("Docker-Content-Digest", digest);
+  c.header("ETag", `"${digest}"`);
+  c.header("Content-Length", String(size));
+}
+
+manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", async (c) => {
+  const repository = openRepository(c.env, repositoryName(c));
+  const reference = parseReference(c.req.param("reference"));
+  if (c.req.method === "HEAD") {
+    const { digest, mediaType, size } = await repository.manifests.stat(reference);
+    manifestHeaders(c, digest.value, mediaType, size);
+    return c.body(null, 200);
+  }
+  const manifest = await repository.manifests.get(reference);
+  manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
+  return c.body(manifest.bytes, 200);
+});
+
+manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
+  const name = repositoryName(c);
+  const repository = openRepository(c.env, name);
+  const reference = parseReference(c.req.param("reference"));
+  const bytes = await readLimited(c, MAX_MANIFEST_BYTES);
+  const { digest, manifest } = await repository.manifests.put(reference, bytes, c.req.header("Content-Type") ?? "");
+  c.header("Location", `/v2/${name}/manifests/${digest.value}`);
+  c.header("Docker-Content-Digest", digest.value);
+  if (manifest.subject) c.header("OCI-Subject", manifest.subject.digest.value);
+  c.header("Content-Length", "0");
+  return c.body(null, 201);
+});
+
+manifestRoutes.delete("/:name{.+}/manifests/:reference", async (c) => {
+  if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
+  const repository = openRepository(c.env, repositoryName(c));
+  const reference = parseReference(c.req.param("reference"));
+  await repository.manifests.delete(reference);
+  return c.body(null, 202);
+});

@@ -1,0 +1,120 @@
+import { Hono } from "hono";
+import { parseDigest } from "../oci/digest";
+import { fromErrorRecord, RegistryError } from "../oci/errors";
+import { validateName } from "../oci/names";
+import { openRepository } from "../registry/registry";
+import { rangeHeader, type ChunkClaim, type SessionResult, type UploadSession } from "../uploads/upload-session";
+import { contentLength, contentRange, repositoryName, requestBody, type AppContext, type AppEnv } from "./http";
+
+export const uploadRoutes = new Hono<AppEnv>();
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+function session(c: AppContext, uploadId: string): DurableObjectStub<UploadSession> {
+  return c.env.UPLOADS.get(c.env.UPLOADS.idFromName(uploadId));
+}
+
+function uploadId(c: AppContext): string {
+  const id = c.req.param("uuid") ?? "";
+  if (!UUID.test(id)) throw new RegistryError("BLOB_UPLOAD_UNKNOWN", undefined, { uuid: id });
+  return id;
+}
+
+function unwrap<T>(result: SessionResult<T>): T {
+  if (!result.ok) throw fromErrorRecord(result.error);
+  return result.value;
+}
+
+/** How the request's body claims to fit the upload, from Content-Range and Content-Length. */
+function chunkClaim(c: AppContext): ChunkClaim {
+  const range = contentRange(c);
+  const length = contentLength(c);
+  if (range && length !== undefined && length !== range.end - range.start + 1) {
+    throw new RegistryError("RANGE_INVALID", "Content-Range and Content-Length disagree", { range, length });
+  }
+  const claim: ChunkClaim = {};
+  if (range) {
+    claim.start = range.start;
+    claim.length = range.end - range.start + 1;
+  }
+  if (length !== undefined) claim.length = length;
+  return claim;
+}
+
+function uploadLocation(name: string, id: string): string {
+  return `/v2/${name}/blobs/uploads/${id}`;
+}
+
+function acceptedUpload(c: AppContext, name: string, id: string, offset: number, status: 202 | 204): Response {
+  c.header("Location", uploadLocation(name, id));
+  c.header("Range", rangeHeader(offset));
+  c.header("Docker-Upload-UUID", id);
+  c.header("Content-Length", "0");
+  return c.body(null, status);
+}
+
+function createdBlob(c: AppContext, name: string, digest: string): Response {
+  c.header("Location", `/v2/${name}/blobs/${digest}`);
+  c.header("Docker-Content-Digest", digest);
+  c.header("Content-Length", "0");
+  return c.body(null, 201);
+}
+
+// Start an upload; with ?digest= it is a monolithic upload; with ?mount= a cross-repository mount.
+uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"], async (c) => {
+  const name = repositoryName(c);
+  const mount = c.req.query("mount");
+  const from = c.req.query("from");
+  if (mount !== undefined && from !== undefined) {
+    const digest = parseDigest(mount);
+    const source = openRepository(c.env, validateName(from));
+    // Mounting links the blob the source repository links: never a copy. If the source
+    // does not link it, fall through to a normal upload session, as the spec says.
+    const linked = await source.layers.readLink(digest, { strong: true });
+    if (linked && (await source.blobs.stat(digest))) {
+      await openRepository(c.env, name).layers.link(digest);
+      return createdBlob(c, name, digest.value);
+    }
+  }
+  const id = crypto.randomUUID();
+  const stub = session(c, id);
+  await stub.start(id, name);
+  const digestParam = c.req.query("digest");
+  if (digestParam !== undefined) {
+    const digest = parseDigest(digestParam);
+    unwrap(await stub.commit(name, digest.value, requestBody(c), chunkClaim(c)));
+    return createdBlob(c, name, digest.value);
+  }
+  return acceptedUpload(c, name, id, 0, 202);
+});
+
+uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
+  const name = repositoryName(c);
+  const id = uploadId(c);
+  const status = unwrap(await session(c, id).status(name));
+  return acceptedUpload(c, name, id, status.offset, 204);
+});
+
+uploadRoutes.patch("/:name{.+}/blobs/uploads/:uuid", async (c) => {
+  const name = repositoryName(c);
+  const id = uploadId(c);
+  const status = unwrap(await session(c, id).append(name, requestBody(c), chunkClaim(c)));
+  return acceptedUpload(c, name, id, status.offset, 202);
+});
+
+uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
+  const name = repositoryName(c);
+  const id = uploadId(c);
+  const digestParam = c.req.query("digest");
+  if (digestParam === undefined) throw new RegistryError("DIGEST_INVALID", "the digest query parameter is required");
+  const digest = parseDigest(digestParam);
+  unwrap(await session(c, id).commit(name, digest.value, requestBody(c), chunkClaim(c)));
+  return createdBlob(c, name, digest.value);
+});
+
+uploadRoutes.delete("/:name{.+}/blobs/uploads/:uuid", async (c) => {
+  const name = repositoryName(c);
+  const id = uploadId(c);
+  unwrap(await session(c, id).cancel(name));
+  return c.body(null, 204);
+});
