@@ -10,27 +10,32 @@ export const blobRoutes = new Hono<AppEnv>();
 
 /**
  * Parses a single `Range: bytes=a-b` (or `a-`, or `-n`) against the blob's size.
- * Returns undefined for no Range header; throws RANGE_INVALID (416) when unsatisfiable.
+ * Returns undefined when the whole blob should be served: no Range, a unit other than
+ * bytes (RFC 9110 says to ignore it), a malformed value, or several ranges (the spec
+ * lets a server answer those with the whole representation, which every client
+ * handles, rather than multipart/byteranges, which registry clients do not expect).
+ * Throws RANGE_INVALID (416) when the range lies wholly past the end.
  */
 function byteRange(header: string | undefined, size: number): ByteRange | undefined {
-  if (header === undefined) return undefined;
+  const match = header === undefined ? null : /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match) return undefined;
+  const [, first = "", second = ""] = match;
+  if (first === "" && second === "") return undefined;
   const unsatisfiable = () =>
     new RegistryError("RANGE_INVALID", undefined, { range: header, size }, { "Content-Range": `bytes */${size}` });
-  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!match || (match[1] === "" && match[2] === "")) throw unsatisfiable();
-  const [, first = "", second = ""] = match;
   let start: number;
   let end: number;
   if (first === "") {
     const suffix = Number(second);
-    if (suffix === 0) throw unsatisfiable();
+    if (suffix === 0 || size === 0) throw unsatisfiable();
     start = Math.max(0, size - suffix);
     end = size - 1;
   } else {
     start = Number(first);
     end = second === "" ? size - 1 : Math.min(Number(second), size - 1);
+    if (second !== "" && Number(second) < start) return undefined;
   }
-  if (start > end || start >= size) throw unsatisfiable();
+  if (start >= size) throw unsatisfiable();
   return { start, end };
 }
 

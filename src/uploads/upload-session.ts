@@ -228,6 +228,28 @@ export class UploadSession extends DurableObject<Env> {
     const hash = ResumableHash.restore("sha256", state.hashState);
     let received = 0;
 
+    // One part uploads while the next one fills: two part buffers at most.
+    let inFlight: Promise<void> | null = null;
+    const flush = async (part: Uint8Array, hashAtBoundary: Uint8Array): Promise<void> => {
+      try {
+        await this.uploadPart(state, part);
+      } catch (error) {
+        if (error instanceof RegistryError) throw error;
+        throw new RegistryError(
+          "UNAVAILABLE",
+          "storage failed while writing the upload; retry from the upload's offset",
+          {
+            cause: String(error),
+          },
+          { "Retry-After": "1" },
+        );
+      }
+      state.tailSize = 0;
+      state.offset = state.parts.length * partSize;
+      state.hashState = hashAtBoundary;
+      await this.save(state);
+    };
+
     const reader = body.getReader({ mode: "byob" });
     try {
       for (;;) {
@@ -240,27 +262,24 @@ export class UploadSession extends DurableObject<Env> {
         received += value.byteLength;
         if (claim.length !== undefined && received > claim.length) break;
         if (filled === partSize) {
-          // R2 takes ownership of (detaches) the buffer it uploads: start a new one.
-          await this.uploadPart(state, buffer);
+          if (inFlight) await inFlight;
+          // R2 takes ownership of (detaches) the buffer it uploads: fill a new one.
+          inFlight = flush(buffer, hash.save());
           buffer = new Uint8Array(partSize);
-          state.tailSize = 0;
-          state.offset = state.parts.length * partSize;
-          state.hashState = hash.save();
-          await this.save(state);
           filled = 0;
         }
       }
+      if (inFlight) await inFlight;
     } catch (error) {
-      // The body broke (client gone, connection reset): keep the last durable point.
+      // Keep the last durable point: parts that completed stay, the rest is discarded.
+      if (inFlight) await inFlight.catch(() => undefined);
       await this.save(state);
       if (previousTailKey && state.parts.length > before.parts.length) await this.env.BLOBS.delete(previousTailKey);
+      if (error instanceof RegistryError) throw error;
       throw new RegistryError(
         "BLOB_UPLOAD_INVALID",
         "the request body ended early; GET the upload for its offset and resume",
-        {
-          offset: state.offset,
-          cause: String(error),
-        },
+        { offset: state.offset, cause: String(error) },
       );
     }
     if (claim.length !== undefined && received !== claim.length) {

@@ -1,0 +1,699 @@
+// Helpers for the benchmarks in this directory: child processes in their own process
+// groups (always killed at exit), temp dirs, a small HTTP/1.1 client for 127.0.0.1, the two
+// registries under test (edge-registry under `wrangler dev`, docker/distribution), and an
+// RSS sampler for a server's process tree read from /proc.
+//
+// Every child is started detached (its own process group) and killed as a group on success,
+// on failure, on timeout, and when this process exits or is signalled. Every wait loop has
+// a deadline and every request a timeout.
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
+import {
+  closeSync,
+  createReadStream,
+  createWriteStream,
+  openSync,
+  readFileSync,
+  readdirSync,
+  readlinkSync,
+  rmSync,
+} from "node:fs";
+import { mkdir, rm, stat, writeFile } from "node:fs/promises";
+import http from "node:http";
+import { connect, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { basename, join, resolve } from "node:path";
+import { clearInterval, setInterval } from "node:timers";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+/** The repository root (where wrangler.toml lives). */
+export const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
+
+export const KEEP_TMP = process.env.BENCH_KEEP_TMP === "1";
+
+export const MiB = 1 << 20;
+
+// ---------------------------------------------------------------------------------------
+// Process groups and temp dirs: nothing outlives this process.
+
+/** pgid -> description of every detached child group still running. */
+const liveGroups = new Map();
+const tempDirs = new Set();
+
+function killGroup(pgid, signal) {
+  try {
+    process.kill(-pgid, signal);
+    return true;
+  } catch {
+    return false; // ESRCH: the group is gone
+  }
+}
+
+function groupAlive(pgid) {
+  return killGroup(pgid, 0);
+}
+
+function cleanupSync() {
+  for (const pgid of liveGroups.keys()) killGroup(pgid, "SIGKILL");
+  liveGroups.clear();
+  if (!KEEP_TMP) {
+    for (const dir of tempDirs) {
+      try {
+        rmSync(dir, { recursive: true, force: true });
+      } catch {
+        // best effort at exit
+      }
+    }
+    tempDirs.clear();
+  }
+}
+
+process.on("exit", cleanupSync);
+for (const [signal, number] of [
+  ["SIGINT", 2],
+  ["SIGTERM", 15],
+  ["SIGHUP", 1],
+]) {
+  process.once(signal, () => {
+    console.error(`\n# ${signal}: killing child process groups`);
+    cleanupSync();
+    process.exit(128 + number);
+  });
+}
+
+/** SIGTERM the group, SIGKILL after `graceMs`, and wait (bounded) until it is gone. */
+export async function stopGroup(pgid, graceMs = 5000) {
+  if (groupAlive(pgid)) {
+    killGroup(pgid, "SIGTERM");
+    const deadline = Date.now() + graceMs;
+    while (Date.now() < deadline && groupAlive(pgid)) await delay(100);
+    if (groupAlive(pgid)) {
+      killGroup(pgid, "SIGKILL");
+      const killDeadline = Date.now() + 5000;
+      while (Date.now() < killDeadline && groupAlive(pgid)) await delay(100);
+    }
+  }
+  liveGroups.delete(pgid);
+}
+
+/** A fresh lowercase-named temp dir, removed at exit unless BENCH_KEEP_TMP=1. */
+export async function makeTempDir(prefix) {
+  const dir = join(tmpdir(), `edge-bench-${prefix}-${randomBytes(6).toString("hex")}`);
+  await mkdir(dir, { mode: 0o700 });
+  tempDirs.add(dir);
+  return dir;
+}
+
+export async function removeTempDir(dir) {
+  if (KEEP_TMP) {
+    console.error(`# BENCH_KEEP_TMP: kept ${dir}`);
+    return;
+  }
+  tempDirs.delete(dir);
+  await rm(dir, { recursive: true, force: true });
+}
+
+export function tailFile(path, lines = 40) {
+  try {
+    return readFileSync(path, "utf8").split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands.
+
+const MAX_CAPTURE = 16 << 20;
+
+function printable(command, args) {
+  return [command, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(" ");
+}
+
+/**
+ * Runs a command in its own process group with a timeout (the whole group is killed when it
+ * expires, and whatever the command left in its group is killed when it exits). Resolves
+ * { code, signal, stdout, stderr } (strings); rejects with the output on timeout or, unless
+ * `check: false`, on a non-zero exit.
+ */
+export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 120_000, check = true } = {}) {
+  const line = printable(command, args);
+  return new Promise((resolvePromise, rejectPromise) => {
+    const child = spawn(command, args, { env, cwd, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    let timedOut = false;
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8");
+    child.stderr.setEncoding("utf8");
+    child.stdout.on("data", (chunk) => {
+      if (stdout.length < MAX_CAPTURE) stdout += chunk;
+    });
+    child.stderr.on("data", (chunk) => {
+      if (stderr.length < MAX_CAPTURE) stderr += chunk;
+    });
+    if (child.pid !== undefined) liveGroups.set(child.pid, line);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      if (child.pid !== undefined) killGroup(child.pid, "SIGKILL");
+    }, timeoutMs);
+    let finished = false;
+    const finish = (error, code, signal) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      if (child.pid !== undefined) {
+        killGroup(child.pid, "SIGKILL");
+        liveGroups.delete(child.pid);
+      }
+      const result = { command: line, code, signal, stdout, stderr };
+      const details = `\n$ ${line}\n--- exit ${code ?? signal}\n--- stderr:\n${stderr.slice(-6000)}\n--- stdout:\n${stdout.slice(-3000)}`;
+      if (error) rejectPromise(new Error(`failed to run ${line}: ${error.message}${details}`));
+      else if (timedOut) rejectPromise(new Error(`timed out after ${timeoutMs} ms: ${line}${details}`));
+      else if (check && code !== 0) rejectPromise(new Error(`command failed: ${line}${details}`));
+      else resolvePromise(result);
+    };
+    child.once("error", (error) => finish(error, null, null));
+    child.once("close", (code, signal) => finish(null, code, signal));
+  });
+}
+
+/** First line of a short command's output ('' if it fails). */
+export function commandLine(command, args) {
+  const result = spawnSync(command, args, { encoding: "utf8", timeout: 10_000 });
+  if (result.status !== 0) return "";
+  return `${result.stdout}${result.stderr}`.trim().split("\n")[0] ?? "";
+}
+
+// ---------------------------------------------------------------------------------------
+// Files and hashing.
+
+/** Writes `size` bytes of random (incompressible) data to `path`, in 1 MiB chunks. */
+export async function writeRandomFile(path, size) {
+  const out = createWriteStream(path);
+  const chunk = Buffer.alloc(MiB);
+  let left = size;
+  try {
+    while (left > 0) {
+      const n = Math.min(left, chunk.length);
+      randomFillSync(chunk, 0, n);
+      // A copy per write: the stream may still hold the previous buffer.
+      if (!out.write(Buffer.from(chunk.subarray(0, n)))) {
+        await new Promise((resolveDrain, rejectDrain) => {
+          out.once("drain", resolveDrain);
+          out.once("error", rejectDrain);
+        });
+      }
+      left -= n;
+    }
+  } finally {
+    await new Promise((resolveEnd, rejectEnd) => {
+      out.once("error", rejectEnd);
+      out.end(resolveEnd);
+    });
+  }
+}
+
+/**
+ * A blob that is a rotation of the bytes of a file: view byte p is file byte (p + rotation)
+ * mod size. One random file thus yields several distinct blobs of the same size without
+ * writing more files (distinct, so no registry can deduplicate one against another).
+ */
+export class RotatedFile {
+  constructor(path, size, rotation) {
+    this.path = path;
+    this.size = size;
+    this.rotation = rotation % size;
+    this.digest = undefined;
+  }
+
+  /** File ranges [start, end) making up view bytes [start, end). */
+  segments(start = 0, end = this.size) {
+    const out = [];
+    let p = start;
+    // At most two segments: one wrap-around.
+    for (let i = 0; i < 3 && p < end; i++) {
+      const f = (p + this.rotation) % this.size;
+      const n = Math.min(end - p, this.size - f);
+      out.push([f, f + n]);
+      p += n;
+    }
+    if (p !== end) throw new Error(`internal: rotated range ${start}-${end} not covered`);
+    return out;
+  }
+
+  /** Async iterable of the view bytes [start, end), read in 1 MiB chunks. */
+  async *read(start = 0, end = this.size) {
+    for (const [a, b] of this.segments(start, end)) {
+      if (b <= a) continue;
+      yield* createReadStream(this.path, { start: a, end: b - 1, highWaterMark: MiB });
+    }
+  }
+
+  /** Computes (once) and returns "sha256:<hex>" of the view. */
+  async sha256() {
+    if (!this.digest) {
+      const hash = createHash("sha256");
+      let n = 0;
+      for await (const chunk of this.read()) {
+        hash.update(chunk);
+        n += chunk.length;
+      }
+      if (n !== this.size) throw new Error(`${this.path}: read ${n} bytes, expected ${this.size}`);
+      this.digest = `sha256:${hash.digest("hex")}`;
+    }
+    return this.digest;
+  }
+}
+
+/** sha256 ("sha256:<hex>") and size of a file. */
+export async function hashFile(path) {
+  const hash = createHash("sha256");
+  let size = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: MiB })) {
+    hash.update(chunk);
+    size += chunk.length;
+  }
+  return { digest: `sha256:${hash.digest("hex")}`, size };
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 client for 127.0.0.1 (node:http, one connection per request).
+
+function waitDrainOrClose(req) {
+  return new Promise((resolveWait) => {
+    const done = () => {
+      req.off("drain", done);
+      req.off("close", done);
+      resolveWait();
+    };
+    req.on("drain", done);
+    req.on("close", done);
+  });
+}
+
+/**
+ * One HTTP request. `body`: undefined, a Buffer/string, or an async iterable of Buffers
+ * (streamed with backpressure; sent with Transfer-Encoding: chunked unless `headers` has a
+ * Content-Length). `onData(chunk)` consumes the response body (else up to 1 MiB is kept).
+ * Resolves { status, headers, body: Buffer, bytes } once the response has ended and the
+ * request body was sent (or the server answered an error early). Rejects on a network
+ * error or after `timeoutMs`.
+ */
+export function request(url, { method = "GET", headers = {}, body, onData, timeoutMs = 60_000 } = {}) {
+  const target = new URL(url);
+  if (target.hostname !== "127.0.0.1") return Promise.reject(new Error(`refusing non-loopback URL ${url}`));
+  return new Promise((resolvePromise, rejectPromise) => {
+    let settled = false;
+    let response;
+    let bodySent = body === undefined || typeof body === "string" || Buffer.isBuffer(body);
+    const req = http.request({
+      host: "127.0.0.1",
+      port: Number(target.port),
+      path: `${target.pathname}${target.search}`,
+      method,
+      headers,
+      agent: false,
+    });
+    const timer = setTimeout(() => {
+      fail(new Error(`timed out after ${timeoutMs} ms: ${method} ${url}`));
+    }, timeoutMs);
+    function fail(error) {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      req.destroy();
+      rejectPromise(error);
+    }
+    function maybeFinish() {
+      if (settled || !response) return;
+      // An early error response ends the exchange even if the body is not all sent.
+      if (!bodySent && response.status < 400) return;
+      settled = true;
+      clearTimeout(timer);
+      if (!bodySent) req.destroy();
+      resolvePromise(response);
+    }
+    req.on("error", (error) => fail(new Error(`${method} ${url}: ${error.message}`)));
+    req.on("response", (res) => {
+      const chunks = [];
+      let kept = 0;
+      let bytes = 0;
+      res.on("data", (chunk) => {
+        bytes += chunk.length;
+        if (onData) onData(chunk);
+        else if (kept < MiB) {
+          chunks.push(chunk);
+          kept += chunk.length;
+        }
+      });
+      res.on("error", (error) => fail(new Error(`${method} ${url}: response: ${error.message}`)));
+      res.on("aborted", () => fail(new Error(`${method} ${url}: response aborted`)));
+      res.on("end", () => {
+        response = { status: res.statusCode, headers: res.headers, body: Buffer.concat(chunks), bytes };
+        maybeFinish();
+      });
+    });
+    if (body === undefined) req.end();
+    else if (bodySent) req.end(body);
+    else {
+      (async () => {
+        for await (const chunk of body) {
+          if (settled || req.destroyed) return;
+          if (!req.write(chunk)) await waitDrainOrClose(req);
+        }
+        if (settled || req.destroyed) return;
+        await new Promise((resolveEnd) => req.end(resolveEnd));
+        bodySent = true;
+        maybeFinish();
+      })().catch((error) => fail(error));
+    }
+  });
+}
+
+/** Throws a readable error unless `response.status` is `expected`. */
+export function expectStatus(what, response, expected) {
+  if (response.status !== expected) {
+    const text = response.body.toString("utf8").slice(0, 2000);
+    throw new Error(`${what}: expected HTTP ${expected}, got ${response.status}: ${text}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The two registries.
+
+/** A free TCP port on 127.0.0.1 (bound and released; the server binds it right after). */
+export function freePort() {
+  return new Promise((resolvePort, rejectPort) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", rejectPort);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** Spawns a long-running server in its own group and waits until GET /v2/ answers 200. */
+async function startServer({ name, command, args, env, cwd, dir, port, readyTimeoutMs }) {
+  const logFile = join(dir, "server.log");
+  const logFd = openSync(logFile, "a");
+  const child = spawn(command, args, { cwd, env, detached: true, stdio: ["ignore", logFd, logFd] });
+  closeSync(logFd);
+  if (child.pid === undefined) throw new Error(`could not start ${name} (${command})`);
+  const pgid = child.pid;
+  liveGroups.set(pgid, `${name} :${port}`);
+  let exited = null;
+  child.once("exit", (code, signal) => {
+    exited = { code, signal };
+  });
+  child.once("error", (error) => {
+    exited = { error: error.message };
+  });
+  const url = `http://127.0.0.1:${port}`;
+  const logTail = (lines = 40) => `--- ${name} log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
+  let stopped = false;
+  const server = {
+    name,
+    url,
+    port,
+    pid: child.pid,
+    dir,
+    logFile,
+    logTail,
+    alive: () => exited === null,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await stopGroup(pgid);
+      await removeTempDir(dir);
+    },
+  };
+  const deadline = Date.now() + readyTimeoutMs;
+  let lastError = "";
+  for (;;) {
+    if (exited) {
+      const tail = logTail();
+      await server.stop();
+      throw new Error(`${name} exited before it was ready: ${JSON.stringify(exited)}\n${tail}`);
+    }
+    if (Date.now() > deadline) {
+      const tail = logTail();
+      await server.stop();
+      throw new Error(`${name} not ready within ${readyTimeoutMs} ms (${lastError})\n${tail}`);
+    }
+    try {
+      const response = await request(`${url}/v2/`, { timeoutMs: 2000 });
+      if (response.status === 200) break;
+      lastError = `GET /v2/ answered ${response.status}`;
+    } catch (error) {
+      lastError = error.message;
+    }
+    await delay(250);
+  }
+  return server;
+}
+
+/** edge-registry under `wrangler dev` with a fresh --persist-to dir, logging errors only. */
+export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
+  try {
+    await stat(join(ROOT, "build", "sha256.wasm"));
+  } catch {
+    throw new Error("build/sha256.wasm is missing: run `npm run build:wasm` first");
+  }
+  const dir = await makeTempDir("edge");
+  const port = await freePort();
+  await mkdir(join(dir, "config"), { recursive: true });
+  const args = [
+    "dev",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--persist-to",
+    join(dir, "state"),
+    "--log-level",
+    "error",
+    "--show-interactive-dev-session=false",
+  ];
+  const env = {
+    ...process.env,
+    CLOUDFLARE_CF_FETCH_ENABLED: "false",
+    WRANGLER_SEND_METRICS: "false",
+    WRANGLER_SEND_ERROR_REPORTS: "false",
+    WRANGLER_HIDE_BANNER: "true",
+    WRANGLER_LOG_PATH: join(dir, "wrangler-logs"),
+    XDG_CONFIG_HOME: join(dir, "config"),
+    NO_COLOR: "1",
+    FORCE_COLOR: "0",
+  };
+  return startServer({
+    name: "edge-registry",
+    command: join(ROOT, "node_modules", ".bin", "wrangler"),
+    args,
+    env,
+    cwd: ROOT,
+    dir,
+    port,
+    readyTimeoutMs,
+  });
+}
+
+/** docker/distribution (`docker-registry serve`) on a fresh filesystem root, logging errors only. */
+export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
+  const dir = await makeTempDir("distribution");
+  const port = await freePort();
+  const config = join(dir, "config.yml");
+  await writeFile(
+    config,
+    [
+      "version: 0.1",
+      "log:",
+      "  level: error",
+      "  accesslog:",
+      "    disabled: true",
+      "storage:",
+      "  filesystem:",
+      `    rootdirectory: ${join(dir, "root")}`,
+      "  delete:",
+      "    enabled: true",
+      "http:",
+      `  addr: 127.0.0.1:${port}`,
+      `  secret: ${randomBytes(16).toString("hex")}`,
+      "",
+    ].join("\n"),
+  );
+  // No REGISTRY_* variables from the caller's environment: they override the config file.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("REGISTRY_")));
+  return startServer({
+    name: "distribution",
+    command: "docker-registry",
+    args: ["serve", config],
+    env,
+    cwd: dir,
+    dir,
+    port,
+    readyTimeoutMs,
+  });
+}
+
+/**
+ * A TCP relay on a free 127.0.0.1 port to `targetPort` that closes, at once, any connection
+ * opening with a TLS handshake record (first byte 0x16), and relays everything else.
+ *
+ * Why: containers/image (skopeo) always tries HTTPS first, even with --tls-verify=false, and
+ * falls back to HTTP when that fails. docker/distribution answers a TLS ClientHello on its
+ * plain-HTTP port with an HTTP 400 at once, but `wrangler dev` (workerd) answers nothing,
+ * so skopeo waits for its 10 s TLS handshake timeout on every invocation. Putting the same
+ * relay in front of both servers removes that dev-server artefact from the comparison.
+ * Returns { port, connections(), rejected(), close() }.
+ */
+export async function startTlsRejectingRelay(targetPort) {
+  const sockets = new Set();
+  let connections = 0;
+  let rejected = 0;
+  const server = createServer({ allowHalfOpen: true }, (client) => {
+    sockets.add(client);
+    client.once("close", () => sockets.delete(client));
+    client.on("error", () => client.destroy());
+    client.once("data", (first) => {
+      client.pause();
+      if (first[0] === 0x16) {
+        rejected++;
+        client.destroy();
+        return;
+      }
+      connections++;
+      const upstream = connect({ host: "127.0.0.1", port: targetPort, allowHalfOpen: true });
+      sockets.add(upstream);
+      upstream.once("close", () => {
+        sockets.delete(upstream);
+        client.destroy();
+      });
+      client.once("close", () => upstream.destroy());
+      upstream.on("error", () => upstream.destroy());
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+  });
+  await new Promise((resolveListen, rejectListen) => {
+    server.once("error", rejectListen);
+    server.listen(0, "127.0.0.1", resolveListen);
+  });
+  return {
+    port: server.address().port,
+    connections: () => connections,
+    rejected: () => rejected,
+    close: () =>
+      new Promise((resolveClose) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolveClose());
+      }),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// RSS of a server's process tree, from /proc.
+
+const PAGE_SIZE = Number(commandLine("getconf", ["PAGESIZE"])) || 4096;
+
+/** pid -> { ppid } for every process, from /proc/<pid>/stat. */
+function processTable() {
+  const table = new Map();
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    let text;
+    try {
+      text = readFileSync(`/proc/${name}/stat`, "latin1");
+    } catch {
+      continue; // gone
+    }
+    const close = text.lastIndexOf(")");
+    const fields = text.slice(close + 2).split(" ");
+    table.set(Number(name), { ppid: Number(fields[1]) });
+  }
+  return table;
+}
+
+/** The root pid and all its descendants, each with a kind (its executable's base name). */
+function processTree(rootPid) {
+  const table = processTable();
+  const children = new Map();
+  for (const [pid, { ppid }] of table) {
+    if (!children.has(ppid)) children.set(ppid, []);
+    children.get(ppid).push(pid);
+  }
+  const out = [];
+  const queue = table.has(rootPid) ? [rootPid] : [];
+  for (let i = 0; i < queue.length && i < 10_000; i++) {
+    const pid = queue[i];
+    let kind = "?";
+    try {
+      kind = basename(readlinkSync(`/proc/${pid}/exe`));
+    } catch {
+      // gone or not readable
+    }
+    out.push({ pid, kind });
+    for (const child of children.get(pid) ?? []) queue.push(child);
+  }
+  return out;
+}
+
+function rssOf(pid) {
+  try {
+    const fields = readFileSync(`/proc/${pid}/statm`, "latin1").split(" ");
+    return Number(fields[1]) * PAGE_SIZE;
+  } catch {
+    return 0; // gone
+  }
+}
+
+/**
+ * Samples the summed RSS of a process tree every `intervalMs` between start() and stop();
+ * stop() returns { total, byKind: { workerd, node, ... } } peaks in bytes (each kind's
+ * peak is the peak of that kind's sum, so they need not add up to the total's peak).
+ */
+export class RssSampler {
+  constructor(rootPid, intervalMs = 100) {
+    this.rootPid = rootPid;
+    this.intervalMs = intervalMs;
+    this.timer = undefined;
+  }
+
+  refreshTree() {
+    this.tree = processTree(this.rootPid);
+    this.treeAt = Date.now();
+  }
+
+  sample() {
+    if (!this.tree || Date.now() - this.treeAt > 1000) this.refreshTree();
+    let total = 0;
+    const byKind = {};
+    for (const { pid, kind } of this.tree) {
+      const rss = rssOf(pid);
+      total += rss;
+      byKind[kind] = (byKind[kind] ?? 0) + rss;
+    }
+    this.peak.total = Math.max(this.peak.total, total);
+    for (const [kind, rss] of Object.entries(byKind))
+      this.peak.byKind[kind] = Math.max(this.peak.byKind[kind] ?? 0, rss);
+    this.samples++;
+  }
+
+  start() {
+    this.peak = { total: 0, byKind: {} };
+    this.samples = 0;
+    this.refreshTree();
+    this.sample();
+    this.timer = setInterval(() => this.sample(), this.intervalMs);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.sample();
+    return { ...this.peak, samples: this.samples };
+  }
+}

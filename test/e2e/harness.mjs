@@ -1,0 +1,587 @@
+// End-to-end harness: runs the Worker under `wrangler dev` on a free 127.0.0.1 port with a
+// fresh state directory, and runs the real OCI clients (skopeo, podman, buildah, umoci)
+// against it with private, throw-away configuration and storage.
+//
+// Every child process is started in its own process group (detached) and killed as a
+// group: on success, on failure, on timeout and when this test process exits or is
+// signalled. Every command has a timeout and every wait loop a deadline.
+//
+// Set E2E_KEEP_TMP=1 to keep the temp directories (registry state, wrangler log, client
+// storage, image layouts) for inspection.
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
+import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, rmSync } from "node:fs";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+
+/** The repository root (where wrangler.toml lives). */
+export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
+
+const KEEP_TMP = process.env.E2E_KEEP_TMP === "1";
+
+// ---------------------------------------------------------------------------------------
+// Process-group bookkeeping: whatever happens, no child outlives this process.
+
+/** pgid -> description, for every detached child still running. */
+const liveGroups = new Map();
+/** Temp directories to remove at exit (unless E2E_KEEP_TMP=1). */
+const tempDirs = new Set();
+
+function killGroup(pgid, signal) {
+  try {
+    process.kill(-pgid, signal);
+    return true;
+  } catch {
+    return false; // ESRCH: the group is gone
+  }
+}
+
+function groupAlive(pgid) {
+  return killGroup(pgid, 0);
+}
+
+function killAllSync() {
+  for (const pgid of liveGroups.keys()) killGroup(pgid, "SIGKILL");
+  liveGroups.clear();
+  if (!KEEP_TMP) {
+    for (const dir of tempDirs) {
+      try {
+        rmSync(dir, { recursive: true, force: true });
+      } catch {
+        // best effort at exit
+      }
+    }
+  }
+}
+
+process.on("exit", killAllSync);
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(signal, () => {
+    killAllSync();
+    process.exit(128 + (signal === "SIGINT" ? 2 : signal === "SIGTERM" ? 15 : 1));
+  });
+}
+
+/** Kills a process group: SIGTERM, then SIGKILL after `graceMs`; waits (bounded) until it is gone. */
+export async function stopGroup(pgid, graceMs = 5000) {
+  if (!groupAlive(pgid)) {
+    liveGroups.delete(pgid);
+    return;
+  }
+  killGroup(pgid, "SIGTERM");
+  const deadline = Date.now() + graceMs;
+  while (Date.now() < deadline && groupAlive(pgid)) await delay(100);
+  if (groupAlive(pgid)) {
+    killGroup(pgid, "SIGKILL");
+    const killDeadline = Date.now() + 5000;
+    while (Date.now() < killDeadline && groupAlive(pgid)) await delay(100);
+  }
+  liveGroups.delete(pgid);
+}
+
+// ---------------------------------------------------------------------------------------
+// Temp dirs, hashing, small file helpers.
+
+/** A fresh temp directory, removed at exit unless E2E_KEEP_TMP=1. */
+export async function makeTempDir(prefix) {
+  // Lowercase names only: podman derives an image name from an oci: layout's path.
+  const dir = join(tmpdir(), `er-e2e-${prefix}-${randomBytes(6).toString("hex")}`);
+  await mkdir(dir, { mode: 0o700 });
+  tempDirs.add(dir);
+  return dir;
+}
+
+export async function removeTempDir(dir) {
+  tempDirs.delete(dir);
+  if (KEEP_TMP) {
+    console.error(`# E2E_KEEP_TMP: kept ${dir}`);
+    return;
+  }
+  await rm(dir, { recursive: true, force: true });
+}
+
+export function sha256(bytes) {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/** sha256 (hex) and size of a file, streamed. */
+export async function hashFile(path) {
+  const hash = createHash("sha256");
+  let size = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    hash.update(chunk);
+    size += chunk.length;
+  }
+  return { hex: hash.digest("hex"), size };
+}
+
+/** Writes `size` bytes of random (incompressible) data to `path`, in 1 MiB chunks. */
+export async function writeRandomFile(path, size) {
+  const out = createWriteStream(path);
+  const chunk = Buffer.alloc(1 << 20);
+  let left = size;
+  try {
+    while (left > 0) {
+      const n = Math.min(left, chunk.length);
+      randomFillSync(chunk, 0, n);
+      if (!out.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+        await new Promise((resolveDrain, rejectDrain) => {
+          out.once("drain", resolveDrain);
+          out.once("error", rejectDrain);
+        });
+      }
+      left -= n;
+    }
+  } finally {
+    await new Promise((resolveEnd, rejectEnd) => {
+      out.once("error", rejectEnd);
+      out.end(resolveEnd);
+    });
+  }
+}
+
+/** The last `lines` lines of a text file ('' if unreadable). */
+export function tailFile(path, lines = 40) {
+  try {
+    const text = readFileSync(path, "utf8");
+    return text.split("\n").slice(-lines).join("\n");
+  } catch {
+    return "";
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running commands.
+
+export class CommandError extends Error {
+  constructor(message, result) {
+    super(message);
+    this.name = "CommandError";
+    this.result = result;
+  }
+}
+
+const MAX_CAPTURE = 64 << 20;
+
+/**
+ * Runs a command in its own process group with a timeout (the whole group is killed when
+ * it expires). Resolves { code, signal, stdout: Buffer, stderr: string }; rejects with a
+ * CommandError carrying the output when it times out or (unless `check: false`) exits non-zero.
+ */
+export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 120_000, check = true, context } = {}) {
+  const printable = [command, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(" ");
+  return new Promise((resolvePromise, rejectPromise) => {
+    const child = spawn(command, args, { env, cwd, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    const description = `${printable}`;
+    let timedOut = false;
+    const stdout = [];
+    let stdoutSize = 0;
+    let stderr = "";
+    child.stdout.on("data", (chunk) => {
+      if (stdoutSize < MAX_CAPTURE) stdout.push(chunk);
+      stdoutSize += chunk.length;
+    });
+    child.stderr.setEncoding("utf8");
+    child.stderr.on("data", (chunk) => {
+      if (stderr.length < MAX_CAPTURE) stderr += chunk;
+    });
+    if (child.pid !== undefined) liveGroups.set(child.pid, description);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      if (child.pid !== undefined) killGroup(child.pid, "SIGKILL");
+    }, timeoutMs);
+    const finish = (error, code, signal) => {
+      clearTimeout(timer);
+      if (child.pid !== undefined) {
+        // Reap anything the command left behind in its group.
+        killGroup(child.pid, "SIGKILL");
+        liveGroups.delete(child.pid);
+      }
+      const result = { command: printable, code, signal, stdout: Buffer.concat(stdout), stderr };
+      const details = () => {
+        let text = `\n$ ${printable}\n--- exit ${code ?? signal}\n--- stderr:\n${stderr.slice(-8000)}`;
+        const out = result.stdout.toString("utf8");
+        if (out.trim()) text += `\n--- stdout:\n${out.slice(-4000)}`;
+        if (context) text += `\n${context()}`;
+        return text;
+      };
+      if (error) rejectPromise(new CommandError(`failed to run ${printable}: ${error.message}${details()}`, result));
+      else if (timedOut)
+        rejectPromise(new CommandError(`timed out after ${timeoutMs} ms: ${printable}${details()}`, result));
+      else if (check && code !== 0) rejectPromise(new CommandError(`command failed: ${printable}${details()}`, result));
+      else resolvePromise(result);
+    };
+    child.once("error", (error) => finish(error, null, null));
+    child.once("close", (code, signal) => finish(null, code, signal));
+  });
+}
+
+/** True if `command` is on PATH. */
+export function haveCommand(command) {
+  return spawnSync("sh", ["-c", `command -v ${command}`], { stdio: "ignore", timeout: 10_000 }).status === 0;
+}
+
+// ---------------------------------------------------------------------------------------
+// The registry under test.
+
+/** A free TCP port on 127.0.0.1 (bound and released; wrangler binds it right after). */
+export function freePort() {
+  return new Promise((resolvePort, rejectPort) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", rejectPort);
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => resolvePort(address.port));
+    });
+  });
+}
+
+/** fetch with a timeout; only ever called with 127.0.0.1 URLs. */
+export async function fetchWithTimeout(url, init = {}, timeoutMs = 30_000) {
+  if (!new URL(url).hostname.startsWith("127.0.0.1")) throw new Error(`refusing to fetch non-loopback ${url}`);
+  const controller = new AbortController();
+  const timer = setTimeout(
+    () => controller.abort(new Error(`fetch timed out after ${timeoutMs} ms: ${url}`)),
+    timeoutMs,
+  );
+  try {
+    const response = await fetch(url, { ...init, signal: controller.signal });
+    // Read the body inside the timeout window.
+    const body = Buffer.from(await response.arrayBuffer());
+    return { status: response.status, headers: response.headers, body };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Streams a GET body through sha256 (for big blobs); returns { status, headers, hex, size }. */
+export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
+  if (!new URL(url).hostname.startsWith("127.0.0.1")) throw new Error(`refusing to fetch non-loopback ${url}`);
+  const controller = new AbortController();
+  const timer = setTimeout(
+    () => controller.abort(new Error(`fetch timed out after ${timeoutMs} ms: ${url}`)),
+    timeoutMs,
+  );
+  try {
+    const response = await fetch(url, { ...init, signal: controller.signal });
+    const hash = createHash("sha256");
+    let size = 0;
+    if (response.body) {
+      for await (const chunk of response.body) {
+        hash.update(chunk);
+        size += chunk.length;
+      }
+    }
+    return { status: response.status, headers: response.headers, hex: hash.digest("hex"), size };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * Starts `wrangler dev` from the repository root on a free port with a fresh
+ * --persist-to directory and waits until GET /v2/ answers 200.
+ * Returns { port, host, url, stateDir, logFile, logTail(), stop() }.
+ */
+export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
+  const wasm = join(ROOT, "build", "sha256.wasm");
+  try {
+    await stat(wasm);
+  } catch {
+    throw new Error(`${wasm} is missing: run \`npm run build:wasm\` first`);
+  }
+  const dir = await makeTempDir("registry");
+  const stateDir = join(dir, "state");
+  const logFile = join(dir, "wrangler.log");
+  await mkdir(join(dir, "config"), { recursive: true });
+  const port = await freePort();
+  const wrangler = join(ROOT, "node_modules", ".bin", "wrangler");
+  const args = [
+    "dev",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--persist-to",
+    stateDir,
+    "--show-interactive-dev-session=false",
+  ];
+  const env = {
+    ...process.env,
+    // Offline and quiet: no Request.cf download, no update check, no telemetry.
+    CLOUDFLARE_CF_FETCH_ENABLED: "false",
+    WRANGLER_SEND_METRICS: "false",
+    WRANGLER_SEND_ERROR_REPORTS: "false",
+    WRANGLER_HIDE_BANNER: "true",
+    WRANGLER_LOG_PATH: join(dir, "wrangler-logs"),
+    XDG_CONFIG_HOME: join(dir, "config"),
+    NO_COLOR: "1",
+    FORCE_COLOR: "0",
+  };
+  const logFd = openSync(logFile, "a");
+  const child = spawn(wrangler, args, { cwd: ROOT, env, detached: true, stdio: ["ignore", logFd, logFd] });
+  closeSync(logFd);
+  const pgid = child.pid;
+  if (pgid === undefined) throw new Error("could not start wrangler dev");
+  liveGroups.set(pgid, `wrangler dev :${port}`);
+  let exited = null;
+  child.once("exit", (code, signal) => {
+    exited = { code, signal };
+  });
+  child.once("error", (error) => {
+    exited = { error };
+  });
+
+  const host = `127.0.0.1:${port}`;
+  const url = `http://${host}`;
+  const logTail = (lines = 60) => `--- registry log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await stopGroup(pgid);
+    await removeTempDir(dir);
+  };
+
+  const deadline = Date.now() + readyTimeoutMs;
+  let lastError = "";
+  for (;;) {
+    if (exited) {
+      await stop();
+      throw new Error(`wrangler dev exited before it was ready: ${JSON.stringify(exited)}\n${logTail()}`);
+    }
+    if (Date.now() > deadline) {
+      const tail = logTail();
+      await stop();
+      throw new Error(`registry not ready within ${readyTimeoutMs} ms (${lastError})\n${tail}`);
+    }
+    try {
+      const response = await fetchWithTimeout(`${url}/v2/`, {}, 2000);
+      if (response.status === 200) break;
+      lastError = `GET /v2/ answered ${response.status}`;
+    } catch (error) {
+      lastError = String(error?.cause ?? error);
+    }
+    await delay(250);
+  }
+  return { port, host, url, stateDir, logFile, logTail, stop };
+}
+
+// ---------------------------------------------------------------------------------------
+// Client sandbox: private config, storage, caches; only 127.0.0.1:PORT is a registry.
+
+const ISOLATE_SCRIPT = 'mount --bind "$1" /var/lib && mount --bind "$2" /run && shift 2 && exec "$@"';
+
+/**
+ * Whether clients can run in a private mount namespace (root with CAP_SYS_ADMIN): there a
+ * temp dir is bound over /var/lib and /run, so the root blob-info cache
+ * (/var/lib/containers/cache) and /run/containers state are private to this run.
+ */
+function probeIsolation(varLib, runDir) {
+  const probe = spawnSync(
+    "unshare",
+    ["-m", "--propagation", "private", "--", "sh", "-c", ISOLATE_SCRIPT, "sh", varLib, runDir, "true"],
+    { stdio: "ignore", timeout: 10_000 },
+  );
+  return probe.status === 0;
+}
+
+/**
+ * Creates the client sandbox for a registry at `host` (127.0.0.1:PORT).
+ * Returns { dir, env, policy, isolated, run(cmd, args, opts), skopeo(...), podman(...), buildah(...), umoci(...), dispose() }.
+ */
+export async function createClients(registry) {
+  const dir = await makeTempDir("clients");
+  for (const bad of ["/var/lib", "/run"]) {
+    if (dir === bad || dir.startsWith(`${bad}/`)) throw new Error(`temp dir ${dir} must not live under ${bad}`);
+  }
+  const paths = {
+    policy: join(dir, "policy.json"),
+    registries: join(dir, "registries.conf"),
+    storage: join(dir, "storage.conf"),
+    containers: join(dir, "containers.conf"),
+    auth: join(dir, "auth.json"),
+    varLib: join(dir, "var-lib"),
+    run: join(dir, "run"),
+    home: join(dir, "home"),
+    tmp: join(dir, "tmp"),
+    graphroot: join(dir, "graph"),
+    // podman refuses a runroot longer than 50 characters.
+    runroot: join(dir, "rr"),
+    podmanTmp: join(dir, "podman-tmp"),
+    network: join(dir, "network"),
+  };
+  for (const key of ["varLib", "run", "home", "tmp", "graphroot", "runroot", "podmanTmp", "network"]) {
+    await mkdir(paths[key], { recursive: true });
+  }
+  await writeFile(paths.policy, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
+  await writeFile(
+    paths.registries,
+    [
+      "unqualified-search-registries = []",
+      'short-name-mode = "disabled"',
+      "",
+      "[[registry]]",
+      `location = "${registry.host}"`,
+      "insecure = true",
+      "",
+    ].join("\n"),
+  );
+  await writeFile(
+    paths.storage,
+    ["[storage]", 'driver = "vfs"', `graphroot = "${paths.graphroot}"`, `runroot = "${paths.runroot}"`, ""].join("\n"),
+  );
+  await writeFile(
+    paths.containers,
+    [
+      "[engine]",
+      'events_logger = "none"',
+      'cgroup_manager = "cgroupfs"',
+      `tmp_dir = "${paths.podmanTmp}"`,
+      `image_copy_tmp_dir = "${paths.tmp}"`,
+      "",
+      "[network]",
+      `network_config_dir = "${paths.network}"`,
+      "",
+    ].join("\n"),
+  );
+  await writeFile(paths.auth, JSON.stringify({ auths: {} }));
+
+  const env = {
+    PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    LANG: "C.UTF-8",
+    HOME: paths.home,
+    TMPDIR: paths.tmp,
+    XDG_CONFIG_HOME: join(paths.home, ".config"),
+    XDG_DATA_HOME: join(paths.home, ".local", "share"),
+    XDG_CACHE_HOME: join(paths.home, ".cache"),
+    XDG_RUNTIME_DIR: join(paths.run, "user"),
+    CONTAINERS_CONF: paths.containers,
+    CONTAINERS_STORAGE_CONF: paths.storage,
+    CONTAINERS_REGISTRIES_CONF: paths.registries,
+    CONTAINERS_POLICY_JSON: paths.policy,
+    REGISTRY_AUTH_FILE: paths.auth,
+    BUILDAH_ISOLATION: "chroot",
+    // No proxies: everything goes to 127.0.0.1.
+    NO_PROXY: "*",
+    no_proxy: "*",
+  };
+  await mkdir(env.XDG_RUNTIME_DIR, { recursive: true, mode: 0o700 });
+
+  const isolated = probeIsolation(paths.varLib, paths.run);
+  if (!isolated) {
+    console.error(
+      "# warning: cannot create a private mount namespace (unshare -m); clients run unisolated " +
+        "(their blob-info cache lives under the temp HOME only when not root)",
+    );
+  }
+
+  const runClient = (command, args, options = {}) => {
+    const opts = { env, cwd: dir, context: () => registry.logTail(), ...options };
+    if (!isolated) return run(command, args, opts);
+    return run(
+      "unshare",
+      [
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        ISOLATE_SCRIPT,
+        "sh",
+        paths.varLib,
+        paths.run,
+        command,
+        ...args,
+      ],
+      opts,
+    );
+  };
+
+  // Per-tool wrappers; the last argument may be an options object for run().
+  const tool =
+    (command, leading = []) =>
+    (...args) => {
+      const options = typeof args[args.length - 1] === "object" ? args.pop() : {};
+      return runClient(command, [...leading, ...args], options);
+    };
+
+  return {
+    dir,
+    env,
+    paths,
+    isolated,
+    run: runClient,
+    skopeo: tool("skopeo", ["--policy", paths.policy]),
+    podman: tool("podman", [
+      "--root",
+      paths.graphroot,
+      "--runroot",
+      paths.runroot,
+      "--storage-driver",
+      "vfs",
+      "--events-backend",
+      "none",
+      "--cgroup-manager",
+      "cgroupfs",
+      "--tmpdir",
+      paths.podmanTmp,
+    ]),
+    buildah: tool("buildah", ["--root", paths.graphroot, "--runroot", paths.runroot, "--storage-driver", "vfs"]),
+    umoci: tool("umoci"),
+    dispose: () => removeTempDir(dir),
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// OCI image layouts.
+
+/** Parsed index.json of an OCI layout. */
+export async function readIndex(layout) {
+  return JSON.parse(await readFile(join(layout, "index.json"), "utf8"));
+}
+
+/** The index.json descriptor tagged `tag` (org.opencontainers.image.ref.name). */
+export async function descriptorFor(layout, tag) {
+  const index = await readIndex(layout);
+  const found = index.manifests.filter((d) => d.annotations?.["org.opencontainers.image.ref.name"] === tag);
+  if (found.length !== 1) throw new Error(`${layout}: expected one descriptor tagged ${tag}, found ${found.length}`);
+  return found[0];
+}
+
+export function blobPath(layout, digest) {
+  const [algorithm, hex] = digest.split(":");
+  return join(layout, "blobs", algorithm, hex);
+}
+
+export async function readBlob(layout, digest) {
+  return readFile(blobPath(layout, digest));
+}
+
+/**
+ * Every blob of a layout, each verified (its sha256 is its file name):
+ * Map "sha256:<hex>" -> size.
+ */
+export async function layoutBlobs(layout) {
+  const blobs = new Map();
+  const dir = join(layout, "blobs", "sha256");
+  for (const name of (await readdir(dir)).sort()) {
+    const { hex, size } = await hashFile(join(dir, name));
+    if (hex !== name) throw new Error(`${layout}: blob ${name} hashes to ${hex}`);
+    blobs.set(`sha256:${name}`, size);
+  }
+  return blobs;
+}
+
+/** Writes a blob into a layout; returns its descriptor fields { digest, size }. */
+export async function writeBlob(layout, bytes) {
+  const digest = `sha256:${sha256(bytes)}`;
+  await writeFile(blobPath(layout, digest), bytes);
+  return { digest, size: bytes.length };
+}
