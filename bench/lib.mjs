@@ -200,8 +200,16 @@ export async function writeRandomFile(path, size) {
       // A copy per write: the stream may still hold the previous buffer.
       if (!out.write(Buffer.from(chunk.subarray(0, n)))) {
         await new Promise((resolveDrain, rejectDrain) => {
-          out.once("drain", resolveDrain);
-          out.once("error", rejectDrain);
+          const onDrain = () => {
+            out.off("error", onError);
+            resolveDrain();
+          };
+          const onError = (error) => {
+            out.off("drain", onDrain);
+            rejectDrain(error);
+          };
+          out.once("drain", onDrain);
+          out.once("error", onError);
         });
       }
       left -= n;
@@ -598,6 +606,7 @@ export async function startTlsRejectingRelay(targetPort) {
 // RSS of a server's process tree, from /proc.
 
 const PAGE_SIZE = Number(commandLine("getconf", ["PAGESIZE"])) || 4096;
+const CLOCK_TICKS = Number(commandLine("getconf", ["CLK_TCK"])) || 100;
 
 /** pid -> { ppid } for every process, from /proc/<pid>/stat. */
 function processTable() {
@@ -650,10 +659,23 @@ function rssOf(pid) {
   }
 }
 
+/** User + system CPU seconds a process has used so far (undefined if it is gone). */
+function cpuSecondsOf(pid) {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, "latin1");
+    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Samples the summed RSS of a process tree every `intervalMs` between start() and stop();
- * stop() returns { total, byKind: { workerd, node, ... } } peaks in bytes (each kind's
- * peak is the peak of that kind's sum, so they need not add up to the total's peak).
+ * stop() returns { total, byKind: { workerd, node, ... }, cpu: { total, byKind } }: RSS
+ * peaks in bytes (each kind's peak is the peak of that kind's sum, so they need not add
+ * up to the total's peak) and the CPU seconds (user + system) the tree used meanwhile
+ * (a process that exits between two samples loses its last < 100 ms).
  */
 export class RssSampler {
   constructor(rootPid, intervalMs = 100) {
@@ -675,6 +697,11 @@ export class RssSampler {
       const rss = rssOf(pid);
       total += rss;
       byKind[kind] = (byKind[kind] ?? 0) + rss;
+      const cpu = cpuSecondsOf(pid);
+      if (cpu !== undefined) {
+        if (!this.cpuStart.has(pid)) this.cpuStart.set(pid, this.started ? 0 : cpu);
+        this.cpuLast.set(pid, { kind, cpu });
+      }
     }
     this.peak.total = Math.max(this.peak.total, total);
     for (const [kind, rss] of Object.entries(byKind))
@@ -685,15 +712,27 @@ export class RssSampler {
   start() {
     this.peak = { total: 0, byKind: {} };
     this.samples = 0;
+    this.cpuStart = new Map();
+    this.cpuLast = new Map();
+    this.started = false;
     this.refreshTree();
     this.sample();
+    // Processes first seen after this point started during the measurement: from 0.
+    this.started = true;
     this.timer = setInterval(() => this.sample(), this.intervalMs);
   }
 
   stop() {
     clearInterval(this.timer);
     this.timer = undefined;
+    this.refreshTree();
     this.sample();
-    return { ...this.peak, samples: this.samples };
+    const cpu = { total: 0, byKind: {} };
+    for (const [pid, { kind, cpu: last }] of this.cpuLast) {
+      const used = Math.max(0, last - (this.cpuStart.get(pid) ?? 0));
+      cpu.total += used;
+      cpu.byKind[kind] = (cpu.byKind[kind] ?? 0) + used;
+    }
+    return { ...this.peak, cpu, samples: this.samples };
   }
 }

@@ -484,7 +484,14 @@ function rssCell(server, rss) {
   return mib(rss.total);
 }
 
-function table(rows, size) {
+function markdownTable(header, lines) {
+  const all = [header, ...lines];
+  const widths = header.map((_, i) => Math.max(...all.map((l) => String(l[i]).length)));
+  const format = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(" | ")} |`;
+  return [format(header), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...lines.map(format)].join("\n");
+}
+
+function timeTable(rows, size) {
   const header = [
     "scenario",
     "edge-registry s",
@@ -495,10 +502,9 @@ function table(rows, size) {
     "edge peak RSS MiB (workerd / all)",
     "distribution peak RSS MiB",
   ];
-  const lines = [header];
-  for (const row of rows) {
+  const lines = rows.map((row) => {
     const rate = (s) => (row.throughput ? (size / 1e6 / s).toFixed(1) : "–");
-    lines.push([
+    return [
       row.label,
       row.edge.toFixed(2),
       rate(row.edge),
@@ -507,13 +513,21 @@ function table(rows, size) {
       (row.dist / row.edge).toFixed(2),
       rssCell("edge", row.edgeRss),
       rssCell("dist", row.distRss),
+    ];
+  });
+  return markdownTable(header, lines);
+}
+
+function cpuTable(rows) {
+  const header = ["scenario", "edge-registry CPU s (workerd / all)", "distribution CPU s"];
+  const lines = rows
+    .filter((row) => row.edgeRss && row.distRss)
+    .map((row) => [
+      row.label,
+      `${(row.edgeRss.cpu.byKind.workerd ?? 0).toFixed(2)} / ${row.edgeRss.cpu.total.toFixed(2)}`,
+      row.distRss.cpu.total.toFixed(2),
     ]);
-  }
-  const widths = header.map((_, i) => Math.max(...lines.map((l) => String(l[i]).length)));
-  const format = (cells) => `| ${cells.map((c, i) => String(c).padEnd(widths[i])).join(" | ")} |`;
-  return [format(lines[0]), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...lines.slice(1).map(format)].join(
-    "\n",
-  );
+  return markdownTable(header, lines);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -675,7 +689,11 @@ async function main() {
       ...facts,
       `- load average at end ${one} ${five} ${fifteen}`,
       "",
-      table(rows, size),
+      timeTable(rows, size),
+      "",
+      "Server CPU time (user + system, from /proc) used during each scenario:",
+      "",
+      cpuTable(rows),
       "",
       "ratio = distribution seconds / edge-registry seconds (> 1: edge-registry is faster).",
       "Peak RSS sampled every 100 ms from /proc during each scenario; edge-registry: workerd",

@@ -11,15 +11,12 @@ export const Paths = {
   // ---- R2: the strongly consistent record ----
 
   /**
-   * Bytes of a blob, as written by one upload. The upload id (not the digest) names
-   * the object, so an upload can write before its digest is verified and a commit
-   * publishes the object where it already is, with no copy. Small blobs that never
-   * needed multipart live at `data/<upload>.<offset>` (the staged tail that became
-   * the whole blob).
+   * Bytes of a blob, as written by one upload (one single put, or one completed R2
+   * multipart upload). The upload id (not the digest) names the object, so an upload
+   * can write before its digest is verified, and a commit publishes the object where
+   * it already is, with no copy. Manifests use the same family with a fresh UUID.
    */
   uploadData: (uploadId: string): string => `data/${uploadId}`,
-  /** The staged tail of an upload (bytes past the last whole part), named by where it starts. */
-  uploadTail: (uploadId: string, offset: number): string => `data/${uploadId}.${offset}`,
 
   /** Descriptor record of a stored blob: `{digest, size, key}`. Existence means the blob exists. */
   blobDescriptor: (digest: Digest): string => `blobs/${digest.algorithm}/${digest.hex}`,

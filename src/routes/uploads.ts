@@ -1,4 +1,5 @@
 import { Hono } from "hono";
+import { readConfig } from "../config";
 import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
@@ -85,6 +86,9 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
     unwrap(await stub.commit(name, digest.value, requestBody(c), chunkClaim(c)));
     return createdBlob(c, name, digest.value);
   }
+  // Any chunk size works (the session re-cuts chunks into parts), but chunks of at
+  // least one part size never need their tail staged and re-read between requests.
+  c.header("OCI-Chunk-Min-Length", String(readConfig(c.env).uploadPartSize));
   return acceptedUpload(c, name, id, 0, 202);
 });
 

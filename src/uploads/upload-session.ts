@@ -6,11 +6,12 @@ import { LinkedBlobStore } from "../registry/linked-blob-store";
 import { Paths } from "../registry/paths";
 import { MAX_PARTS, readConfig } from "../config";
 import { ResumableHash } from "./resumable-hash";
+import { StagedTail } from "./staged-tail";
 
 /** Largest body R2 accepts in one put(); bigger monolithic uploads go through parts. */
 const MAX_SINGLE_PUT_BYTES = 4_995 * 1024 * 1024;
 
-/** The durable record of one upload, persisted after every part and every request. */
+/** The durable record of one upload, saved at every durable point. */
 interface SessionState {
   uploadId: string;
   name: string;
@@ -22,10 +23,13 @@ interface SessionState {
   /** R2 multipart upload writing Paths.uploadData(uploadId); created with the first whole part. */
   multipartUploadId?: string;
   parts: R2UploadedPart[];
-  /** Bytes past the last whole part, staged at Paths.uploadTail(uploadId, parts × partSize). */
-  tailSize: number;
   /** SHA-256 state after exactly `offset` bytes. */
   hashState: Uint8Array;
+}
+
+/** Absolute offset where the staged tail (bytes past the last whole part) starts. */
+function tailStart(state: SessionState): number {
+  return state.parts.length * state.partSize;
 }
 
 export interface SessionStatus {
@@ -47,33 +51,43 @@ export type SessionResult<T> = { ok: true; value: T } | { ok: false; error: Erro
 
 /**
  * One resumable upload, one Durable Object (named by the upload UUID). It is the
- * upload's lock, its offset, its R2 multipart state and its SHA-256 state, so that
- * chunks of any size, in any number of requests, hash each byte once and land in
- * equal R2 parts with no copy at commit. Bytes stream through this object; memory
- * per request is one part buffer.
+ * upload's lock, its offset, its R2 multipart state, its staged tail and its SHA-256
+ * state, so that chunks of any size, in any number of requests, hash each byte once
+ * and land in equal R2 parts with no copy at commit. Bytes stream through this
+ * object; memory per request is at most two part buffers.
  */
 export class UploadSession extends DurableObject<Env> {
   /** Set while a request is writing; a second writer is refused. */
   private busy = false;
+  private readonly tail: StagedTail;
   /**
    * The part buffer as the last request left it (the staged tail at its start), so a
-   * warm object neither reads the tail back from R2 nor allocates a new buffer.
+   * warm object neither reads the tail back from storage nor allocates a new buffer.
    */
-  private partBuffer: { tailKey: string; buffer: Uint8Array } | null = null;
+  private partBuffer: { start: number; buffer: Uint8Array } | null = null;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.tail = new StagedTail(ctx.storage.sql);
+  }
 
   private get blobs(): BlobStore {
     return new BlobStore(this.env.BLOBS, this.env.META);
   }
 
-  private async load(name: string): Promise<SessionState> {
-    const state = await this.ctx.storage.get<SessionState>("session");
+  private load(name: string): SessionState {
+    const state = this.ctx.storage.kv.get<SessionState>("session");
     if (!state || state.name !== name) throw new RegistryError("BLOB_UPLOAD_UNKNOWN");
     return state;
   }
 
-  private async save(state: SessionState): Promise<void> {
+  /** Saves the state, with any staged-tail changes in the same transaction, and re-arms expiry. */
+  private async persist(state: SessionState, stage?: () => void): Promise<void> {
     state.updatedAt = Date.now();
-    await this.ctx.storage.put("session", state);
+    this.ctx.storage.transactionSync(() => {
+      stage?.();
+      this.ctx.storage.kv.put("session", state);
+    });
     await this.ctx.storage.setAlarm(state.updatedAt + readConfig(this.env).uploadTtlSeconds * 1000);
   }
 
@@ -109,16 +123,15 @@ export class UploadSession extends DurableObject<Env> {
       partSize: config.uploadPartSize,
       offset: 0,
       parts: [],
-      tailSize: 0,
       hashState: ResumableHash.create("sha256").save(),
     };
-    await this.save(state);
+    await this.persist(state);
     return { uploadId, name, offset: 0, startedAt: now };
   }
 
   async status(name: string): Promise<SessionResult<SessionStatus>> {
     return this.run(async () => {
-      const state = await this.load(name);
+      const state = this.load(name);
       return { uploadId: state.uploadId, name, offset: state.offset, startedAt: state.startedAt };
     });
   }
@@ -130,7 +143,7 @@ export class UploadSession extends DurableObject<Env> {
     claim: ChunkClaim,
   ): Promise<SessionResult<SessionStatus>> {
     return this.run(async () => {
-      const state = await this.load(name);
+      const state = this.load(name);
       await this.ingest(state, body, claim);
       return { uploadId: state.uploadId, name, offset: state.offset, startedAt: state.startedAt };
     }, true);
@@ -145,7 +158,7 @@ export class UploadSession extends DurableObject<Env> {
   ): Promise<SessionResult<BlobDescriptor>> {
     return this.run(async () => {
       const digest = parseDigest(digestText);
-      const state = await this.load(name);
+      const state = this.load(name);
       const wholeBodyFitsOnePut =
         body !== null && state.offset === 0 && claim.length !== undefined && claim.length <= MAX_SINGLE_PUT_BYTES;
       const descriptor = wholeBodyFitsOnePut
@@ -163,7 +176,7 @@ export class UploadSession extends DurableObject<Env> {
   /** Cancels the upload (DELETE): everything it wrote is removed now. */
   async cancel(name: string): Promise<SessionResult<null>> {
     return this.run(async () => {
-      const state = await this.load(name);
+      const state = this.load(name);
       await this.purge(state);
       return null;
     }, true);
@@ -171,7 +184,7 @@ export class UploadSession extends DurableObject<Env> {
 
   /** Expiry: a session unused for its TTL is purged. */
   override async alarm(): Promise<void> {
-    const state = await this.ctx.storage.get<SessionState>("session");
+    const state = this.ctx.storage.kv.get<SessionState>("session");
     if (!state) return;
     const ttl = readConfig(this.env).uploadTtlSeconds * 1000;
     if (this.busy || state.updatedAt + ttl > Date.now()) {
@@ -185,25 +198,27 @@ export class UploadSession extends DurableObject<Env> {
     if (state.multipartUploadId) {
       await this.env.BLOBS.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
     }
-    if (state.tailSize > 0) await this.env.BLOBS.delete(this.tailKey(state));
     this.partBuffer = null;
+    // Drops the session record and the staged tail together.
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
-  }
-
-  private tailKey(state: SessionState): string {
-    return Paths.uploadTail(state.uploadId, state.parts.length * state.partSize);
   }
 
   // ---- the byte path ----
 
   /**
-   * Streams a body into the upload: refills the part buffer from the staged tail,
-   * hashes each byte once as it arrives, uploads every full buffer as the next R2
-   * part, and stages what is left as the new tail. Progress is durable at part
-   * boundaries; if the body breaks, the session keeps its last durable point and
-   * the client resumes from the Range a GET reports. If the body turns out not to
-   * match its declared length, the whole chunk is refused and nothing changes.
+   * Streams a body into the upload: the part buffer starts with the staged tail, each
+   * byte is hashed once as it arrives, every full buffer is uploaded as the next R2
+   * part (while the next one fills), and what is left is staged as the new tail in the
+   * same transaction as the new offset and hash state.
+   *
+   * A body that breaks off (client gone) keeps the last durable point: the parts that
+   * completed, or the state before the request. The client reads the offset with GET
+   * and resumes from there. (A connection that closes cleanly mid-body looks like a
+   * short body of undeclared length; what arrived is then a valid prefix and is kept.)
+   * A body that disagrees with its declared length, or a storage failure, leaves the
+   * session exactly as it was before the request (parts it wrote are overwritten by
+   * the next parts, which reuse their numbers).
    */
   private async ingest(state: SessionState, body: ReadableStream<Uint8Array> | null, claim: ChunkClaim): Promise<void> {
     if (claim.start !== undefined && claim.start !== state.offset) {
@@ -211,9 +226,7 @@ export class UploadSession extends DurableObject<Env> {
         "RANGE_INVALID",
         "chunk does not start at the upload's offset",
         { offset: state.offset, start: claim.start },
-        {
-          Range: rangeHeader(state.offset),
-        },
+        { Range: rangeHeader(state.offset) },
       );
     }
     if (body === null) {
@@ -222,11 +235,21 @@ export class UploadSession extends DurableObject<Env> {
     }
     const before = structuredClone(state);
     const partSize = state.partSize;
-    let buffer = await this.takePartBuffer(state);
-    let filled = state.tailSize;
-    const previousTailKey = state.tailSize > 0 ? this.tailKey(state) : null;
+    let bufferStart = tailStart(state);
+    let buffer = this.takePartBuffer(state);
+    let filled = state.offset - bufferStart;
+    /** Bytes of the buffer from here on are not yet in the staged tail. */
+    let unstagedFrom = filled;
     const hash = ResumableHash.restore("sha256", state.hashState);
     let received = 0;
+
+    const restore = async (): Promise<void> => {
+      const multipartUploadId = state.multipartUploadId;
+      Object.assign(state, before);
+      if (multipartUploadId) state.multipartUploadId = multipartUploadId;
+      this.partBuffer = null;
+      await this.persist(state);
+    };
 
     // One part uploads while the next one fills: two part buffers at most.
     let inFlight: Promise<void> | null = null;
@@ -238,16 +261,15 @@ export class UploadSession extends DurableObject<Env> {
         throw new RegistryError(
           "UNAVAILABLE",
           "storage failed while writing the upload; retry from the upload's offset",
-          {
-            cause: String(error),
-          },
+          { cause: String(error) },
           { "Retry-After": "1" },
         );
       }
-      state.tailSize = 0;
-      state.offset = state.parts.length * partSize;
+      // A durable point: the rows of the old tail stay until the request succeeds,
+      // so a refused chunk can still fall back to them.
+      state.offset = tailStart(state);
       state.hashState = hashAtBoundary;
-      await this.save(state);
+      await this.persist(state);
     };
 
     const reader = body.getReader({ mode: "byob" });
@@ -260,70 +282,73 @@ export class UploadSession extends DurableObject<Env> {
         hash.update(value);
         filled += value.byteLength;
         received += value.byteLength;
-        if (claim.length !== undefined && received > claim.length) break;
+        if (claim.length !== undefined && received > claim.length) {
+          await reader.cancel();
+          break;
+        }
         if (filled === partSize) {
           if (inFlight) await inFlight;
           // R2 takes ownership of (detaches) the buffer it uploads: fill a new one.
           inFlight = flush(buffer, hash.save());
           buffer = new Uint8Array(partSize);
+          bufferStart += partSize;
           filled = 0;
+          unstagedFrom = 0;
         }
       }
       if (inFlight) await inFlight;
     } catch (error) {
-      // Keep the last durable point: parts that completed stay, the rest is discarded.
-      if (inFlight) await inFlight.catch(() => undefined);
-      await this.save(state);
-      if (previousTailKey && state.parts.length > before.parts.length) await this.env.BLOBS.delete(previousTailKey);
-      if (error instanceof RegistryError) throw error;
+      let storageError = error instanceof RegistryError ? error : null;
+      if (inFlight) {
+        await inFlight.catch((flushError: unknown) => {
+          storageError ??= flushError instanceof RegistryError ? flushError : new RegistryError("UNAVAILABLE");
+        });
+      }
+      if (storageError) {
+        await restore();
+        throw storageError;
+      }
+      // The failed read took the part buffer with it (BYOB transfers it), so what
+      // arrived since the last durable point is gone: keep that point (the completed
+      // parts, or the state before this request) and let the client resume from it.
+      this.partBuffer = null;
+      await this.persist(state);
       throw new RegistryError(
         "BLOB_UPLOAD_INVALID",
-        "the request body ended early; GET the upload for its offset and resume",
+        "the request body broke off; GET the upload for its offset and resume",
         { offset: state.offset, cause: String(error) },
       );
     }
+
     if (claim.length !== undefined && received !== claim.length) {
-      // A body that disagrees with its declared length is refused whole. Parts it
-      // wrote are overwritten by the next ones (same part numbers); the multipart
-      // upload itself is kept so it can still be aborted.
-      const multipartUploadId = state.multipartUploadId;
-      Object.assign(state, before);
-      if (multipartUploadId) state.multipartUploadId = multipartUploadId;
-      await this.save(state);
+      await restore();
       throw new RegistryError("SIZE_INVALID", "the body's length does not match Content-Length / Content-Range", {
         declared: claim.length,
         received,
+        offset: state.offset,
       });
     }
-    state.tailSize = filled;
-    state.offset = state.parts.length * partSize + filled;
+    state.offset = bufferStart + filled;
     state.hashState = hash.save();
-    const tailKey = this.tailKey(state);
-    if (filled > 0) await this.env.BLOBS.put(tailKey, buffer.subarray(0, filled));
-    // Keep the buffer for the next request unless R2 took ownership of it.
-    this.partBuffer = buffer.byteLength === partSize ? { tailKey, buffer } : null;
-    await this.save(state);
-    if (previousTailKey && (previousTailKey !== tailKey || filled === 0)) await this.env.BLOBS.delete(previousTailKey);
+    const staged = buffer.subarray(unstagedFrom, filled);
+    await this.persist(state, () => {
+      this.tail.prune(bufferStart);
+      this.tail.append(bufferStart + unstagedFrom, staged);
+    });
+    this.partBuffer = { start: bufferStart, buffer };
   }
 
   /** A part-sized buffer holding the staged tail at its start. */
-  private async takePartBuffer(state: SessionState): Promise<Uint8Array> {
+  private takePartBuffer(state: SessionState): Uint8Array {
+    const start = tailStart(state);
     const cached = this.partBuffer;
     this.partBuffer = null;
-    if (
-      cached &&
-      cached.buffer.byteLength === state.partSize &&
-      (state.tailSize === 0 || cached.tailKey === this.tailKey(state))
-    ) {
-      return cached.buffer;
-    }
+    if (cached && cached.start === start && cached.buffer.byteLength === state.partSize) return cached.buffer;
     const buffer = new Uint8Array(state.partSize);
-    if (state.tailSize === 0) return buffer;
-    const object = await this.env.BLOBS.get(this.tailKey(state));
-    if (!object || object.size !== state.tailSize) {
+    const size = state.offset - start;
+    if (size > 0 && this.tail.readInto(start, buffer) !== size) {
       throw new RegistryError("BLOB_UPLOAD_UNKNOWN", "the upload's staged data is missing; restart the upload");
     }
-    buffer.set(new Uint8Array(await object.arrayBuffer()));
     return buffer;
   }
 
@@ -442,29 +467,24 @@ export class UploadSession extends DurableObject<Env> {
     return `${digest.algorithm}:${toHex(await digester.digest)}`;
   }
 
-  /** Makes the upload's bytes one R2 object and returns its key. No byte is copied but the tail. */
+  /**
+   * Makes the upload's bytes one R2 object and returns its key. Whole parts are
+   * already in R2; only the staged tail is written now (as the last part, or as the
+   * whole object for a blob smaller than one part).
+   */
   private async finishObject(state: SessionState): Promise<string> {
+    const key = Paths.uploadData(state.uploadId);
+    const tailSize = state.offset - tailStart(state);
+    const tail = tailSize > 0 ? this.takePartBuffer(state).subarray(0, tailSize) : new Uint8Array(0);
     if (state.parts.length === 0) {
-      // Never reached a whole part: the staged tail (or an empty object) is the blob.
-      if (state.tailSize > 0) return this.tailKey(state);
-      const key = Paths.uploadData(state.uploadId);
-      await this.env.BLOBS.put(key, new Uint8Array(0));
+      await this.env.BLOBS.put(key, tail);
       return key;
     }
-    if (state.tailSize > 0) {
-      const tailKey = this.tailKey(state);
-      const tail = await this.env.BLOBS.get(tailKey);
-      if (!tail)
-        throw new RegistryError("BLOB_UPLOAD_UNKNOWN", "the upload's staged data is missing; restart the upload");
-      await this.uploadPart(state, tail.body);
-      await this.save(state);
-      await this.env.BLOBS.delete(tailKey);
-      state.tailSize = 0;
-    }
+    if (tailSize > 0) await this.uploadPart(state, tail);
     const upload = await this.multipart(state);
     await upload.complete(state.parts);
     delete state.multipartUploadId;
-    return Paths.uploadData(state.uploadId);
+    return key;
   }
 }
 

@@ -7,12 +7,14 @@
 // signalled. Every command has a timeout and every wait loop a deadline.
 //
 // Set E2E_KEEP_TMP=1 to keep the temp directories (registry state, wrangler log, client
-// storage, image layouts) for inspection.
+// storage, image layouts) for inspection, and E2E_VERBOSE=1 to log every command with its
+// duration on stderr.
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, rmSync } from "node:fs";
-import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { createServer } from "node:net";
+import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { once } from "node:events";
+import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -22,6 +24,7 @@ import { fileURLToPath } from "node:url";
 export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 
 const KEEP_TMP = process.env.E2E_KEEP_TMP === "1";
+const VERBOSE = process.env.E2E_VERBOSE === "1";
 
 // ---------------------------------------------------------------------------------------
 // Process-group bookkeeping: whatever happens, no child outlives this process.
@@ -128,12 +131,7 @@ export async function writeRandomFile(path, size) {
     while (left > 0) {
       const n = Math.min(left, chunk.length);
       randomFillSync(chunk, 0, n);
-      if (!out.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
-        await new Promise((resolveDrain, rejectDrain) => {
-          out.once("drain", resolveDrain);
-          out.once("error", rejectDrain);
-        });
-      }
+      if (!out.write(n === chunk.length ? chunk : chunk.subarray(0, n))) await once(out, "drain");
       left -= n;
     }
   } finally {
@@ -194,8 +192,13 @@ export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 
       timedOut = true;
       if (child.pid !== undefined) killGroup(child.pid, "SIGKILL");
     }, timeoutMs);
+    const started = performance.now();
     const finish = (error, code, signal) => {
       clearTimeout(timer);
+      if (VERBOSE) {
+        const seconds = ((performance.now() - started) / 1000).toFixed(1);
+        console.error(`# ${seconds}s exit ${code ?? signal ?? error?.message}: ${printable.slice(-300)}`);
+      }
       if (child.pid !== undefined) {
         // Reap anything the command left behind in its group.
         killGroup(child.pid, "SIGKILL");
@@ -284,9 +287,79 @@ export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
 }
 
 /**
- * Starts `wrangler dev` from the repository root on a free port with a fresh
- * --persist-to directory and waits until GET /v2/ answers 200.
- * Returns { port, host, url, stateDir, logFile, logTail(), stop() }.
+ * A plain TCP front for the registry that answers TLS handshakes at once.
+ *
+ * containers/image (skopeo, podman, buildah) pings https:// first even for an insecure
+ * registry and falls back to http:// only when that fails. workerd's plain-HTTP listener
+ * never answers a TLS ClientHello (it holds the connection ~15 s), so every client command
+ * would wait out Go's 10 s TLS handshake timeout. This front peeks at the first byte of
+ * each connection: a TLS record (0x16) gets an immediate HTTP 400 and close (what a Go
+ * net/http server does), anything else is piped byte for byte to wrangler.
+ */
+async function startTlsRejectingFront(targetPort) {
+  const sockets = new Set();
+  const server = createServer({ allowHalfOpen: true }, (client) => {
+    sockets.add(client);
+    client.once("close", () => sockets.delete(client));
+    client.on("error", () => client.destroy());
+    client.once("data", (first) => {
+      if (first[0] === 0x16) {
+        client.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        return;
+      }
+      const upstream = connect({ host: "127.0.0.1", port: targetPort, allowHalfOpen: true });
+      sockets.add(upstream);
+      upstream.once("close", () => {
+        sockets.delete(upstream);
+        client.destroy();
+      });
+      client.once("close", () => upstream.destroy());
+      upstream.on("error", () => upstream.destroy());
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+  });
+  await new Promise((resolveListen, rejectListen) => {
+    server.once("error", rejectListen);
+    server.listen(0, "127.0.0.1", resolveListen);
+  });
+  return {
+    port: server.address().port,
+    close: () =>
+      new Promise((resolveClose) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolveClose());
+      }),
+  };
+}
+
+/** Top-level entries of the checkout a snapshot leaves out (node_modules is symlinked). */
+const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "test", "bench"]);
+
+/**
+ * Copies the checkout (sources, wrangler.toml, build/*.wasm, ...) to `dir` and links its
+ * node_modules. `wrangler dev` watches the sources and hot-reloads the Worker when one
+ * changes; a reload drops requests in flight (wrangler's proxy answers 503 "Your worker
+ * restarted mid-request" to a PUT/PATCH), so a suite running while someone edits src/
+ * would fail at random. A snapshot pins the code under test to what it was at the start.
+ */
+async function snapshotCheckout(dir) {
+  await mkdir(dir, { recursive: true });
+  for (const entry of await readdir(ROOT)) {
+    if (SNAPSHOT_SKIP.has(entry)) continue;
+    await cp(join(ROOT, entry), join(dir, entry), { recursive: true, verbatimSymlinks: true });
+  }
+  await symlink(join(ROOT, "node_modules"), join(dir, "node_modules"));
+  return dir;
+}
+
+/**
+ * Starts `wrangler dev --ip 127.0.0.1 --port <free port> --persist-to <fresh dir>` on a
+ * snapshot of the checkout (see snapshotCheckout) and waits until GET /v2/ answers 200.
+ * Returns { port, host, url, clientHost, stateDir, logFile, logTail(), stop() }: `url` and
+ * `host` reach wrangler directly; `clientHost` is the TLS-rejecting front for the
+ * containers/image clients (set E2E_NO_TLS_FRONT=1 to point them at wrangler directly).
  */
 export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const wasm = join(ROOT, "build", "sha256.wasm");
@@ -300,6 +373,9 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const logFile = join(dir, "wrangler.log");
   await mkdir(join(dir, "config"), { recursive: true });
   const port = await freePort();
+  // E2E_IN_PLACE=1 runs wrangler in the checkout itself (then edits under src/ hot-reload
+  // the Worker mid-suite); by default it runs in a snapshot of the checkout.
+  const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
   const wrangler = join(ROOT, "node_modules", ".bin", "wrangler");
   const args = [
     "dev",
@@ -324,7 +400,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
     FORCE_COLOR: "0",
   };
   const logFd = openSync(logFile, "a");
-  const child = spawn(wrangler, args, { cwd: ROOT, env, detached: true, stdio: ["ignore", logFd, logFd] });
+  const child = spawn(wrangler, args, { cwd, env, detached: true, stdio: ["ignore", logFd, logFd] });
   closeSync(logFd);
   const pgid = child.pid;
   if (pgid === undefined) throw new Error("could not start wrangler dev");
@@ -341,9 +417,11 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const url = `http://${host}`;
   const logTail = (lines = 60) => `--- registry log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
   let stopped = false;
+  let front;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
+    await front?.close();
     await stopGroup(pgid);
     await removeTempDir(dir);
   };
@@ -369,7 +447,17 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
     }
     await delay(250);
   }
-  return { port, host, url, stateDir, logFile, logTail, stop };
+  let clientHost = host;
+  if (process.env.E2E_NO_TLS_FRONT !== "1") {
+    try {
+      front = await startTlsRejectingFront(port);
+    } catch (error) {
+      await stop();
+      throw error;
+    }
+    clientHost = `127.0.0.1:${front.port}`;
+  }
+  return { port, host, url, clientHost, stateDir, logFile, logTail, stop };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -392,7 +480,7 @@ function probeIsolation(varLib, runDir) {
 }
 
 /**
- * Creates the client sandbox for a registry at `host` (127.0.0.1:PORT).
+ * Creates the client sandbox for a registry whose clients use `registry.clientHost` (127.0.0.1:PORT).
  * Returns { dir, env, policy, isolated, run(cmd, args, opts), skopeo(...), podman(...), buildah(...), umoci(...), dispose() }.
  */
 export async function createClients(registry) {
@@ -427,7 +515,7 @@ export async function createClients(registry) {
       'short-name-mode = "disabled"',
       "",
       "[[registry]]",
-      `location = "${registry.host}"`,
+      `location = "${registry.clientHost}"`,
       "insecure = true",
       "",
     ].join("\n"),

@@ -512,22 +512,26 @@ describe("upload expiry (the session's alarm)", () => {
   it("the alarm purges a session unused past its TTL: GET is 404 and its staged bytes are gone", async () => {
     const { location, uuid } = await startUpload("expiry/expired");
     expect((await patchChunk(location, randomBytes(1000), 0)).status).toBe(202);
-    const before = await env.BLOBS.list({ prefix: `data/${uuid}` });
-    expect(before.objects.length).toBeGreaterThan(0);
 
     const stub = sessionStub(uuid);
-    await runInDurableObject(stub, async (_instance, state) => {
-      const session = await state.storage.get<StoredSession>("session");
+    const stagedRows = (state: DurableObjectState): number =>
+      state.storage.sql.exec<{ rows: number }>("SELECT COUNT(*) AS rows FROM tail").one().rows;
+    await runInDurableObject(stub, (_instance, state) => {
+      expect(stagedRows(state)).toBeGreaterThan(0);
+      const session = state.storage.kv.get<StoredSession>("session");
       if (!session) throw new Error("no stored session");
       session.updatedAt = 0;
       session.startedAt = 0;
-      await state.storage.put("session", session);
+      state.storage.kv.put("session", session);
     });
     expect(await runDurableObjectAlarm(stub)).toBe(true);
 
     await expectError(await registry(location), 404, "BLOB_UPLOAD_UNKNOWN");
-    const after = await env.BLOBS.list({ prefix: `data/${uuid}` });
-    expect(after.objects).toEqual([]);
+    await runInDurableObject(stub, (_instance, state) => {
+      expect(state.storage.kv.get("session")).toBeUndefined();
+      expect(state.storage.sql.exec("SELECT name FROM sqlite_master WHERE name = 'tail'").toArray()).toEqual([]);
+    });
+    expect((await env.BLOBS.list({ prefix: `data/${uuid}` })).objects).toEqual([]);
   });
 
   it("the alarm keeps a session still within its TTL, and it can still be committed", async () => {
