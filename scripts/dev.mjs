@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+// Local registry: `wrangler dev` (workerd + miniflare, state on disk) behind a small TCP
+// front on 127.0.0.1.
+//
+// Why the front: skopeo, podman and buildah try HTTPS first, even for an insecure
+// registry, and fall back to plain HTTP only when the TLS handshake fails. workerd's
+// plain-HTTP listener never answers a TLS ClientHello, so every client connection
+// waited ~10 s for its handshake timeout. The front closes a connection whose first
+// byte is a TLS handshake record (0x16) at once, so clients fall back immediately, and
+// passes every other connection through to wrangler untouched.
+//
+// Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
+import { spawn } from "node:child_process";
+import net from "node:net";
+
+const args = process.argv.slice(2);
+function option(name, fallback) {
+  const index = args.indexOf(name);
+  return index >= 0 && args[index + 1] !== undefined ? args[index + 1] : fallback;
+}
+const port = Number(option("--port", process.env.PORT ?? "5000"));
+const persistTo = option("--persist-to", ".wrangler/state");
+const quiet = args.includes("--quiet");
+const TLS_HANDSHAKE = 0x16;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port: chosen } = server.address();
+      server.close(() => resolve(chosen));
+    });
+  });
+}
+
+const innerPort = await freePort();
+const wrangler = spawn(
+  process.execPath,
+  [
+    "node_modules/wrangler/bin/wrangler.js",
+    "dev",
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(innerPort),
+    "--persist-to",
+    persistTo,
+    "--show-interactive-dev-session=false",
+    ...(quiet ? ["--log-level", "error"] : []),
+  ],
+  {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" },
+  },
+);
+
+// Pass wrangler's output through, and say where to connect once it is ready (its own
+// "Ready on" port is the internal one behind the front).
+let announced = false;
+wrangler.stdout.on("data", (chunk) => {
+  process.stdout.write(chunk);
+  if (!announced && chunk.toString().includes("Ready on")) {
+    announced = true;
+    console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; no authentication locally)`);
+  }
+});
+
+const front = net.createServer((client) => {
+  client.once("data", (first) => {
+    if (first[0] === TLS_HANDSHAKE) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(innerPort, "127.0.0.1", () => {
+      upstream.write(first);
+      client.pipe(upstream);
+      upstream.pipe(client);
+    });
+    const close = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    upstream.on("error", close);
+    client.on("error", close);
+    upstream.on("close", close);
+    client.on("close", close);
+  });
+  client.on("error", () => client.destroy());
+});
+front.listen(port, "127.0.0.1");
+
+function stop(code) {
+  front.close();
+  if (wrangler.exitCode === null) wrangler.kill("SIGTERM");
+  process.exitCode = code;
+}
+process.on("SIGINT", () => stop(0));
+process.on("SIGTERM", () => stop(0));
+wrangler.on("exit", (code) => {
+  front.close();
+  process.exit(code ?? 1);
+});
