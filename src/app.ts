@@ -4,6 +4,7 @@ import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
 import { manifestRoutes } from "./routes/manifests";
+import { referrerRoutes } from "./routes/referrers";
 import { uploadRoutes } from "./routes/uploads";
 
 export const app = new Hono<AppEnv>();
@@ -27,6 +28,7 @@ v2.route("/", listingRoutes);
 v2.route("/", uploadRoutes);
 v2.route("/", blobRoutes);
 v2.route("/", manifestRoutes);
+v2.route("/", referrerRoutes);
 app.route("/v2", v2);
 
 app.notFound(() => {

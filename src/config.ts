@@ -10,6 +10,12 @@ export interface RegistryConfig {
   uploadPartSize: number;
   /** Whether DELETE of manifests, tags and blobs is allowed (distribution's storage.delete.enabled). */
   deleteEnabled: boolean;
+  /**
+   * Whether `POST ?mount=<digest>` without `from` links any stored blob with that digest
+   * (automatic content discovery). Off by default: it lets a repository claim a blob it
+   * never uploaded by knowing its digest.
+   */
+  mountWithoutFrom: boolean;
 }
 
 const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
@@ -28,6 +34,7 @@ export function readConfig(env: Env): RegistryConfig {
     uploadTtlSeconds: positiveInteger(env.UPLOAD_TTL_SECONDS, DEFAULT_TTL_SECONDS),
     uploadPartSize: Math.min(MAX_PART_BYTES, Math.max(MIN_PART_BYTES, partSize)),
     deleteEnabled: env.DELETE_ENABLED !== "false",
+    mountWithoutFrom: env.MOUNT_WITHOUT_FROM === "true",
   };
 }
 

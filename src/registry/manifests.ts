@@ -5,6 +5,7 @@ import { validateTag } from "../oci/names";
 import type { BlobStore } from "./blob-store";
 import type { LinkedBlobStore } from "./linked-blob-store";
 import { Paths } from "./paths";
+import { Referrers } from "./referrers";
 import type { Tags } from "./tags";
 
 /** A manifest as served: its exact bytes and the media type it was pushed with. */
@@ -17,6 +18,8 @@ export interface StoredManifest {
 export interface PutManifestResult {
   digest: Digest;
   manifest: ParsedManifest;
+  /** Every tag the push set (the reference's and any `?tag=`). */
+  tags: string[];
 }
 
 /** A manifest reference in a URL: a tag or a digest. */
@@ -37,6 +40,7 @@ export class Manifests {
     private readonly layers: LinkedBlobStore,
     private readonly revisions: LinkedBlobStore,
     private readonly tags: Tags,
+    private readonly referrers: Referrers,
   ) {}
 
   /** The digest a reference names, or MANIFEST_UNKNOWN. */
@@ -68,7 +72,12 @@ export class Manifests {
    * names one, and every blob and child manifest it references linked in this
    * repository (read strongly: a blob whose upload just returned 201 must count).
    */
-  async put(reference: Reference, bytes: Uint8Array, contentType: string): Promise<PutManifestResult> {
+  async put(
+    reference: Reference,
+    bytes: Uint8Array,
+    contentType: string,
+    extraTags: string[] = [],
+  ): Promise<PutManifestResult> {
     const manifest = parseManifest(bytes, contentType);
     const algorithm: DigestAlgorithm = "digest" in reference ? reference.digest.algorithm : "sha256";
     const digest = await digestOf(bytes, algorithm);
@@ -81,8 +90,14 @@ export class Manifests {
     await this.checkReferences(manifest);
     await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
     await this.revisions.link(digest, { mediaType: manifest.mediaType });
-    if ("tag" in reference) await this.tags.set(reference.tag, digest);
-    return { digest, manifest };
+    if (manifest.subject) {
+      // The subject need not exist (yet): referrers may be pushed before what they refer to.
+      await this.referrers.add(manifest.subject.digest, digest, Referrers.describe(manifest, digest, bytes.byteLength));
+    }
+    // Tags last: a tag never points at a manifest that is not fully stored.
+    const tags = [...("tag" in reference ? [reference.tag] : []), ...extraTags];
+    for (const tag of tags) await this.tags.set(tag, digest);
+    return { digest, manifest, tags };
   }
 
   /**
@@ -96,10 +111,30 @@ export class Manifests {
         throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
       return;
     }
+    if (!(await this.revisions.readLink(reference.digest, { strong: true }))) {
+      throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
+    }
+    const subject = await this.subjectOf(reference.digest);
+    // Tags first, then the referrer record, then the revision: a failure part-way
+    // never leaves a tag or a referrer pointing at a manifest that is gone.
+    for (const tag of await this.tags.pointingAt(reference.digest)) await this.tags.delete(tag);
+    if (subject) await this.referrers.remove(subject, reference.digest);
     if (!(await this.revisions.unlink(reference.digest))) {
       throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
     }
-    for (const tag of await this.tags.pointingAt(reference.digest)) await this.tags.delete(tag);
+  }
+
+  /** The subject a stored manifest names, if any (null for a manifest this repository lacks). */
+  private async subjectOf(digest: Digest): Promise<Digest | null> {
+    const link = await this.revisions.readLink(digest, { strong: true });
+    const descriptor = link ? await this.blobs.stat(digest) : null;
+    const bytes = descriptor ? await this.blobs.readBytes(descriptor) : null;
+    if (!bytes || !link) return null;
+    try {
+      return parseManifest(bytes, link.mediaType ?? "").subject?.digest ?? null;
+    } catch {
+      return null;
+    }
   }
 
   private async checkReferences(manifest: ParsedManifest): Promise<void> {

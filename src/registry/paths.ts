@@ -31,6 +31,15 @@ export const Paths = {
   /** A tag; body is the digest it points at. */
   tag: (name: string, tag: string): string => `repositories/${name}/_manifests/tags/${tag}`,
 
+  /**
+   * A manifest that names `subject` as its subject: one record per referrer, its body
+   * the referrer's descriptor, so the referrers API is one sorted listing.
+   */
+  referrerPrefix: (name: string, subject: Digest): string =>
+    `repositories/${name}/_referrers/${subject.algorithm}/${subject.hex}/`,
+  referrer: (name: string, subject: Digest, referrer: Digest): string =>
+    `repositories/${name}/_referrers/${subject.algorithm}/${subject.hex}/${referrer.algorithm}:${referrer.hex}`,
+
   /** One empty marker per repository, so the catalog is a sorted listing of one prefix. */
   catalogPrefix: "catalog/",
   catalogEntry: (name: string): string => `catalog/${name}`,

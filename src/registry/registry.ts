@@ -1,6 +1,7 @@
 import { BlobStore } from "./blob-store";
 import { LinkedBlobStore } from "./linked-blob-store";
 import { Manifests } from "./manifests";
+import { Referrers } from "./referrers";
 import { Tags } from "./tags";
 
 /** The services one repository's requests use, wired over the Worker's bindings. */
@@ -10,6 +11,7 @@ export interface Repository {
   layers: LinkedBlobStore;
   revisions: LinkedBlobStore;
   tags: Tags;
+  referrers: Referrers;
   manifests: Manifests;
 }
 
@@ -18,5 +20,7 @@ export function openRepository(env: Env, name: string): Repository {
   const layers = new LinkedBlobStore(env.BLOBS, env.META, blobs, name, "layer");
   const revisions = new LinkedBlobStore(env.BLOBS, env.META, blobs, name, "revision");
   const tags = new Tags(env.BLOBS, name);
-  return { name, blobs, layers, revisions, tags, manifests: new Manifests(blobs, layers, revisions, tags) };
+  const referrers = new Referrers(env.BLOBS, name);
+  const manifests = new Manifests(blobs, layers, revisions, tags, referrers);
+  return { name, blobs, layers, revisions, tags, referrers, manifests };
 }

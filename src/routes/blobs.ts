@@ -4,7 +4,7 @@ import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
 import { openRepository } from "../registry/registry";
-import { repositoryName, type AppContext, type AppEnv } from "./http";
+import { notModified, repositoryName, type AppContext, type AppEnv } from "./http";
 
 export const blobRoutes = new Hono<AppEnv>();
 
@@ -60,6 +60,7 @@ async function statBlob(
 blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
   const { descriptor, repository } = await statBlob(c);
   blobHeaders(c, descriptor);
+  if (notModified(c, descriptor.digest)) return c.body(null, 304);
   const range = byteRange(c.req.header("Range"), descriptor.size);
   const head = c.req.method === "HEAD";
   if (range) {

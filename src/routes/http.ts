@@ -91,18 +91,36 @@ export function pagination(c: AppContext): { limit: number; last?: string } {
 /**
  * Runs a listing for one page: asks for one entry more than the page holds, so the
  * `Link: <next>; rel="next"` header appears exactly when there is a next page.
+ * `keyOf` gives the value `last` takes to continue after an entry.
  */
-export async function paginate(
+export async function paginate<T>(
   c: AppContext,
   path: string,
-  list: (limit: number, last?: string) => Promise<string[]>,
-): Promise<string[]> {
+  list: (limit: number, last?: string) => Promise<T[]>,
+  keyOf: (entry: T) => string,
+  extraParams: Record<string, string> = {},
+): Promise<T[]> {
   const { limit, last } = pagination(c);
   if (limit === 0) return [];
   const entries = await list(limit + 1, last);
   if (entries.length <= limit) return entries;
   const page = entries.slice(0, limit);
-  const params = new URLSearchParams({ n: String(limit), last: page[page.length - 1] ?? "" });
+  const lastEntry = page[page.length - 1];
+  const params = new URLSearchParams({
+    ...extraParams,
+    n: String(limit),
+    last: lastEntry === undefined ? "" : keyOf(lastEntry),
+  });
   c.header("Link", `<${path}?${params.toString()}>; rel="next"`);
   return page;
+}
+
+/** True when the client already holds this digest (`If-None-Match` names its ETag). */
+export function notModified(c: AppContext, digest: string): boolean {
+  const header = c.req.header("If-None-Match");
+  if (!header) return false;
+  return header
+    .split(",")
+    .map((tag) => tag.trim().replace(/^W\//, ""))
+    .some((tag) => tag === "*" || tag === `"${digest}"` || tag === digest);
 }

@@ -8,7 +8,12 @@ export const listingRoutes = new Hono<AppEnv>();
 
 listingRoutes.get("/_catalog", async (c) => {
   const catalog = new Catalog(c.env.BLOBS);
-  const repositories = await paginate(c, "/v2/_catalog", (limit, last) => catalog.list(limit, last));
+  const repositories = await paginate(
+    c,
+    "/v2/_catalog",
+    (limit, last) => catalog.list(limit, last),
+    (name) => name,
+  );
   return c.json({ repositories });
 });
 
@@ -16,6 +21,11 @@ listingRoutes.get("/:name{.+}/tags/list", async (c) => {
   const name = repositoryName(c);
   if (!(await new Catalog(c.env.BLOBS).exists(name))) throw new RegistryError("NAME_UNKNOWN", undefined, { name });
   const tags = openRepository(c.env, name).tags;
-  const page = await paginate(c, `/v2/${name}/tags/list`, (limit, last) => tags.list(limit, last));
+  const page = await paginate(
+    c,
+    `/v2/${name}/tags/list`,
+    (limit, last) => tags.list(limit, last),
+    (tag) => tag,
+  );
   return c.json({ name, tags: page });
 });

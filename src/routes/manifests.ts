@@ -2,9 +2,10 @@ import { Hono } from "hono";
 import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest";
+import { validateTag } from "../oci/names";
 import { parseReference } from "../registry/manifests";
 import { openRepository } from "../registry/registry";
-import { readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
+import { notModified, readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();
 
@@ -18,10 +19,14 @@ function manifestHeaders(c: AppContext, digest: string, mediaType: string, size:
 manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", async (c) => {
   const repository = openRepository(c.env, repositoryName(c));
   const reference = parseReference(c.req.param("reference"));
-  if (c.req.method === "HEAD") {
+  if (c.req.method === "HEAD" || c.req.header("If-None-Match")) {
     const { digest, mediaType, size } = await repository.manifests.stat(reference);
     manifestHeaders(c, digest.value, mediaType, size);
-    return c.body(null, 200);
+    if (notModified(c, digest.value)) {
+      c.header("Content-Length", undefined);
+      return c.body(null, 304);
+    }
+    if (c.req.method === "HEAD") return c.body(null, 200);
   }
   const manifest = await repository.manifests.get(reference);
   manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
@@ -32,11 +37,19 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const name = repositoryName(c);
   const repository = openRepository(c.env, name);
   const reference = parseReference(c.req.param("reference"));
+  // `?tag=` (distribution-spec main): tag the pushed manifest with each, in one request.
+  const extraTags = (c.req.queries("tag") ?? []).map(validateTag);
   const bytes = await readLimited(c, MAX_MANIFEST_BYTES);
-  const { digest, manifest } = await repository.manifests.put(reference, bytes, c.req.header("Content-Type") ?? "");
+  const { digest, manifest, tags } = await repository.manifests.put(
+    reference,
+    bytes,
+    c.req.header("Content-Type") ?? "",
+    extraTags,
+  );
   c.header("Location", `/v2/${name}/manifests/${digest.value}`);
   c.header("Docker-Content-Digest", digest.value);
   if (manifest.subject) c.header("OCI-Subject", manifest.subject.digest.value);
+  for (const tag of tags) c.header("OCI-Tag", tag, { append: true });
   c.header("Content-Length", "0");
   return c.body(null, 201);
 });

@@ -65,15 +65,20 @@ function createdBlob(c: AppContext, name: string, digest: string): Response {
 uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"], async (c) => {
   const name = repositoryName(c);
   const mount = c.req.query("mount");
-  const from = c.req.query("from");
-  if (mount !== undefined && from !== undefined) {
+  if (mount !== undefined) {
     const digest = parseDigest(mount);
-    const source = openRepository(c.env, validateName(from));
-    // Mounting links the blob the source repository links: never a copy. If the source
-    // does not link it, fall through to a normal upload session, as the spec says.
-    const linked = await source.layers.readLink(digest, { strong: true });
-    if (linked && (await source.blobs.stat(digest))) {
-      await openRepository(c.env, name).layers.link(digest);
+    const from = c.req.query("from");
+    const target = openRepository(c.env, name);
+    // Mounting links a blob that is already stored: never a copy. With `from`, the
+    // source repository must link it; without, only if automatic content discovery is
+    // enabled. Otherwise fall through to a normal upload session, as the spec says.
+    const mountable =
+      from !== undefined
+        ? (await openRepository(c.env, validateName(from)).layers.readLink(digest, { strong: true })) !== null &&
+          (await target.blobs.stat(digest)) !== null
+        : readConfig(c.env).mountWithoutFrom && (await target.blobs.stat(digest)) !== null;
+    if (mountable) {
+      await target.layers.link(digest);
       return createdBlob(c, name, digest.value);
     }
   }
