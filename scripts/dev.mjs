@@ -50,21 +50,31 @@ const wrangler = spawn(
     ...(quiet ? ["--log-level", "error"] : []),
   ],
   {
-    stdio: ["ignore", "pipe", "inherit"],
+    stdio: ["ignore", "inherit", "inherit"],
     env: { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" },
   },
 );
 
-// Pass wrangler's output through, and say where to connect once it is ready (its own
-// "Ready on" port is the internal one behind the front).
-let announced = false;
-wrangler.stdout.on("data", (chunk) => {
-  process.stdout.write(chunk);
-  if (!announced && chunk.toString().includes("Ready on")) {
-    announced = true;
-    console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; no authentication locally)`);
+// Say where to connect once wrangler answers (its own "Ready on" port is the internal
+// one behind the front).
+async function announceWhenReady() {
+  for (let attempt = 0; attempt < 600; attempt++) {
+    try {
+      const response = await fetch(`http://127.0.0.1:${innerPort}/v2/`);
+      if (response.ok) {
+        console.log(
+          `edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; no authentication locally)`,
+        );
+        return;
+      }
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
   }
-});
+  console.error("edge-registry: wrangler did not become ready in 120 s");
+}
+void announceWhenReady();
 
 const front = net.createServer((client) => {
   client.once("data", (first) => {
@@ -72,11 +82,12 @@ const front = net.createServer((client) => {
       client.destroy();
       return;
     }
-    const upstream = net.connect(innerPort, "127.0.0.1", () => {
-      upstream.write(first);
-      client.pipe(upstream);
-      upstream.pipe(client);
-    });
+    // Pipe at once: data arriving before the upstream connects is queued by the
+    // upstream socket, never dropped (the client stream is already flowing).
+    const upstream = net.connect(innerPort, "127.0.0.1");
+    upstream.write(first);
+    client.pipe(upstream);
+    upstream.pipe(client);
     const close = () => {
       client.destroy();
       upstream.destroy();

@@ -3,8 +3,17 @@ import { readConfig } from "../config";
 import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
+import type { BlobDescriptor } from "../registry/blob-store";
 import { openRepository } from "../registry/registry";
-import { rangeHeader, type ChunkClaim, type SessionResult, type UploadSession } from "../uploads/upload-session";
+import {
+  BYTE_REQUEST_ARGS,
+  rangeHeader,
+  type ByteRequestArgs,
+  type ChunkClaim,
+  type SessionResult,
+  type SessionStatus,
+  type UploadSession,
+} from "../uploads/upload-session";
 import { contentLength, contentRange, repositoryName, requestBody, type AppContext, type AppEnv } from "./http";
 
 export const uploadRoutes = new Hono<AppEnv>();
@@ -19,6 +28,15 @@ function uploadId(c: AppContext): string {
   const id = c.req.param("uuid") ?? "";
   if (!UUID.test(id)) throw new RegistryError("BLOB_UPLOAD_UNKNOWN", undefined, { uuid: id });
   return id;
+}
+
+/** Forwards the request's body to the upload's object (see UploadSession.fetch). */
+async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequestArgs, "hasBody">): Promise<T> {
+  const body = requestBody(c);
+  const forwarded = new Request("https://upload-session/", c.req.raw);
+  forwarded.headers.set(BYTE_REQUEST_ARGS, JSON.stringify({ ...args, hasBody: body !== null }));
+  const response = await session(c, id).fetch(forwarded);
+  return unwrap((await response.json()) as SessionResult<T>);
 }
 
 function unwrap<T>(result: SessionResult<T>): T {
@@ -88,7 +106,12 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   const digestParam = c.req.query("digest");
   if (digestParam !== undefined) {
     const digest = parseDigest(digestParam);
-    unwrap(await stub.commit(name, digest.value, requestBody(c), chunkClaim(c)));
+    await forwardBytes<BlobDescriptor>(c, id, {
+      operation: "commit",
+      name,
+      digest: digest.value,
+      claim: chunkClaim(c),
+    });
     return createdBlob(c, name, digest.value);
   }
   // Any chunk size works (the session re-cuts chunks into parts), but chunks of at
@@ -107,7 +130,7 @@ uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 uploadRoutes.patch("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = repositoryName(c);
   const id = uploadId(c);
-  const status = unwrap(await session(c, id).append(name, requestBody(c), chunkClaim(c)));
+  const status = await forwardBytes<SessionStatus>(c, id, { operation: "append", name, claim: chunkClaim(c) });
   return acceptedUpload(c, name, id, status.offset, 202);
 });
 
@@ -117,7 +140,7 @@ uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const digestParam = c.req.query("digest");
   if (digestParam === undefined) throw new RegistryError("DIGEST_INVALID", "the digest query parameter is required");
   const digest = parseDigest(digestParam);
-  unwrap(await session(c, id).commit(name, digest.value, requestBody(c), chunkClaim(c)));
+  await forwardBytes<BlobDescriptor>(c, id, { operation: "commit", name, digest: digest.value, claim: chunkClaim(c) });
   return createdBlob(c, name, digest.value);
 });
 

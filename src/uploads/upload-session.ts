@@ -47,6 +47,18 @@ export interface ChunkClaim {
   length?: number;
 }
 
+/** Header carrying a forwarded byte request's arguments (JSON of ByteRequestArgs). */
+export const BYTE_REQUEST_ARGS = "X-Upload-Session-Args";
+
+export interface ByteRequestArgs {
+  operation: "append" | "commit";
+  name: string;
+  claim: ChunkClaim;
+  hasBody: boolean;
+  /** The digest to verify, for commit. */
+  digest?: string;
+}
+
 export type SessionResult<T> = { ok: true; value: T } | { ok: false; error: ErrorRecord };
 
 /**
@@ -136,8 +148,24 @@ export class UploadSession extends DurableObject<Env> {
     });
   }
 
+  /**
+   * The byte path. PATCH and PUT bodies reach the object as a forwarded request rather
+   * than as a stream argument of an RPC call: it streams faster here, and a large RPC
+   * stream left the client's connection unusable for its next request (wrangler dev
+   * answered that request with a 503).
+   */
+  override async fetch(request: Request): Promise<Response> {
+    const args = JSON.parse(request.headers.get(BYTE_REQUEST_ARGS) ?? "{}") as ByteRequestArgs;
+    const body = args.hasBody ? request.body : null;
+    const result =
+      args.operation === "commit"
+        ? await this.commit(args.name, args.digest ?? "", body, args.claim)
+        : await this.append(args.name, body, args.claim);
+    return Response.json(result);
+  }
+
   /** Appends one chunk (PATCH). */
-  async append(
+  private async append(
     name: string,
     body: ReadableStream<Uint8Array> | null,
     claim: ChunkClaim,
@@ -150,7 +178,7 @@ export class UploadSession extends DurableObject<Env> {
   }
 
   /** Appends an optional last chunk, verifies the digest and publishes the blob (PUT ?digest=). */
-  async commit(
+  private async commit(
     name: string,
     digestText: string,
     body: ReadableStream<Uint8Array> | null,

@@ -2,6 +2,15 @@
 // fresh state directory, and runs the real OCI clients (skopeo, podman, buildah, umoci)
 // against it with private, throw-away configuration and storage.
 //
+// - wrangler runs on a snapshot of the checkout (edits under src/ during a run would
+//   hot-reload the Worker and drop requests in flight); E2E_IN_PLACE=1 runs it in place.
+// - It is started as `npm start` starts it (scripts/dev.mjs): wrangler dev behind a small
+//   TCP front that refuses TLS at once, because workerd never answers a TLS ClientHello
+//   and containers/image tries https:// first (10 s per command otherwise).
+// - Clients run in a private mount namespace with temp dirs over /var/lib and /run (the
+//   root blob-info cache lives in /var/lib/containers/cache), with their own policy.json,
+//   registries.conf, storage.conf (vfs) and containers.conf.
+//
 // Every child process is started in its own process group (detached) and killed as a
 // group: on success, on failure, on timeout and when this test process exits or is
 // signalled. Every command has a timeout and every wait loop a deadline.
@@ -14,7 +23,7 @@ import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, rmSync } from "node:fs";
 import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
-import { connect, createServer } from "node:net";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -286,54 +295,6 @@ export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
   }
 }
 
-/**
- * A plain TCP front for the registry that answers TLS handshakes at once.
- *
- * containers/image (skopeo, podman, buildah) pings https:// first even for an insecure
- * registry and falls back to http:// only when that fails. workerd's plain-HTTP listener
- * never answers a TLS ClientHello (it holds the connection ~15 s), so every client command
- * would wait out Go's 10 s TLS handshake timeout. This front peeks at the first byte of
- * each connection: a TLS record (0x16) gets an immediate HTTP 400 and close (what a Go
- * net/http server does), anything else is piped byte for byte to wrangler.
- */
-async function startTlsRejectingFront(targetPort) {
-  const sockets = new Set();
-  const server = createServer({ allowHalfOpen: true }, (client) => {
-    sockets.add(client);
-    client.once("close", () => sockets.delete(client));
-    client.on("error", () => client.destroy());
-    client.once("data", (first) => {
-      if (first[0] === 0x16) {
-        client.end("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-        return;
-      }
-      const upstream = connect({ host: "127.0.0.1", port: targetPort, allowHalfOpen: true });
-      sockets.add(upstream);
-      upstream.once("close", () => {
-        sockets.delete(upstream);
-        client.destroy();
-      });
-      client.once("close", () => upstream.destroy());
-      upstream.on("error", () => upstream.destroy());
-      upstream.write(first);
-      client.pipe(upstream);
-      upstream.pipe(client);
-    });
-  });
-  await new Promise((resolveListen, rejectListen) => {
-    server.once("error", rejectListen);
-    server.listen(0, "127.0.0.1", resolveListen);
-  });
-  return {
-    port: server.address().port,
-    close: () =>
-      new Promise((resolveClose) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolveClose());
-      }),
-  };
-}
-
 /** Top-level entries of the checkout a snapshot leaves out (node_modules is symlinked). */
 const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "test", "bench"]);
 
@@ -376,17 +337,9 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   // E2E_IN_PLACE=1 runs wrangler in the checkout itself (then edits under src/ hot-reload
   // the Worker mid-suite); by default it runs in a snapshot of the checkout.
   const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
-  const wrangler = join(ROOT, "node_modules", ".bin", "wrangler");
-  const args = [
-    "dev",
-    "--ip",
-    "127.0.0.1",
-    "--port",
-    String(port),
-    "--persist-to",
-    stateDir,
-    "--show-interactive-dev-session=false",
-  ];
+  // The registry as `npm start` runs it: wrangler dev behind scripts/dev.mjs's front,
+  // which refuses TLS handshakes at once (containers/image tries https first).
+  const args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir, "--quiet"];
   const env = {
     ...process.env,
     // Offline and quiet: no Request.cf download, no update check, no telemetry.
@@ -400,7 +353,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
     FORCE_COLOR: "0",
   };
   const logFd = openSync(logFile, "a");
-  const child = spawn(wrangler, args, { cwd, env, detached: true, stdio: ["ignore", logFd, logFd] });
+  const child = spawn(process.execPath, args, { cwd, env, detached: true, stdio: ["ignore", logFd, logFd] });
   closeSync(logFd);
   const pgid = child.pid;
   if (pgid === undefined) throw new Error("could not start wrangler dev");
@@ -417,11 +370,9 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const url = `http://${host}`;
   const logTail = (lines = 60) => `--- registry log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
   let stopped = false;
-  let front;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
-    await front?.close();
     await stopGroup(pgid);
     await removeTempDir(dir);
   };
@@ -447,16 +398,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
     }
     await delay(250);
   }
-  let clientHost = host;
-  if (process.env.E2E_NO_TLS_FRONT !== "1") {
-    try {
-      front = await startTlsRejectingFront(port);
-    } catch (error) {
-      await stop();
-      throw error;
-    }
-    clientHost = `127.0.0.1:${front.port}`;
-  }
+  const clientHost = host;
   return { port, host, url, clientHost, stateDir, logFile, logTail, stop };
 }
 
