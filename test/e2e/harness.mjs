@@ -339,7 +339,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
   // The registry as `npm start` runs it: wrangler dev behind scripts/dev.mjs's front,
   // which refuses TLS handshakes at once (containers/image tries https first).
-  const args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir, "--quiet"];
+  const args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir];
   const env = {
     ...process.env,
     // Offline and quiet: no Request.cf download, no update check, no telemetry.
