@@ -10,7 +10,6 @@
 // passes every other connection through to wrangler untouched.
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
-import { spawn } from "node:child_process";
 import net from "node:net";
 
 const args = process.argv.slice(2);
@@ -35,25 +34,24 @@ function freePort() {
 }
 
 const innerPort = await freePort();
-const wrangler = spawn(
-  process.execPath,
-  [
-    "node_modules/wrangler/bin/wrangler.js",
-    "dev",
-    "--ip",
-    "127.0.0.1",
-    "--port",
-    String(innerPort),
-    "--persist-to",
-    persistTo,
-    "--show-interactive-dev-session=false",
-    ...(quiet ? ["--log-level", "error"] : []),
-  ],
-  {
-    stdio: ["ignore", "inherit", "inherit"],
-    env: { ...process.env, CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" },
+process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
+process.env.WRANGLER_SEND_METRICS = "false";
+const { unstable_startWorker } = await import("wrangler");
+// wrangler's dev server, started through its API so the DevTools inspector can be left
+// off: with it on, every subrequest (including upload bodies forwarded to the upload
+// session, hundreds of MiB) is reported to the inspector, and requests that followed a
+// large upload on the same connection intermittently failed with 503.
+const worker = await unstable_startWorker({
+  config: "wrangler.toml",
+  dev: {
+    server: { hostname: "127.0.0.1", port: innerPort },
+    inspector: false,
+    persist: persistTo,
+    watch: true,
+    logLevel: quiet ? "error" : "log",
   },
-);
+});
+await worker.ready;
 
 // Say where to connect once wrangler answers (its own "Ready on" port is the internal
 // one behind the front).
@@ -101,14 +99,10 @@ const front = net.createServer((client) => {
 });
 front.listen(port, "127.0.0.1");
 
-function stop(code) {
+async function stop() {
   front.close();
-  if (wrangler.exitCode === null) wrangler.kill("SIGTERM");
-  process.exitCode = code;
+  await worker.dispose();
+  process.exit(0);
 }
-process.on("SIGINT", () => stop(0));
-process.on("SIGTERM", () => stop(0));
-wrangler.on("exit", (code) => {
-  front.close();
-  process.exit(code ?? 1);
-});
+process.on("SIGINT", () => void stop());
+process.on("SIGTERM", () => void stop());

@@ -19,7 +19,7 @@ export interface RegistryConfig {
 }
 
 const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
-const DEFAULT_PART_BYTES = 32 * 1024 * 1024;
+const DEFAULT_PART_BYTES = 16 * 1024 * 1024;
 /** Part buffers beyond this would not fit a 128 MB isolate next to the request. */
 const MAX_PART_BYTES = 64 * 1024 * 1024;
 

@@ -72,12 +72,6 @@ export class UploadSession extends DurableObject<Env> {
   /** Set while a request is writing; a second writer is refused. */
   private busy = false;
   private readonly tail: StagedTail;
-  /**
-   * The part buffer as the last request left it (the staged tail at its start), so a
-   * warm object neither reads the tail back from storage nor allocates a new buffer.
-   */
-  private partBuffer: { start: number; buffer: Uint8Array } | null = null;
-
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.tail = new StagedTail(ctx.storage.sql);
@@ -194,7 +188,6 @@ export class UploadSession extends DurableObject<Env> {
         : await this.commitChunked(state, digest, body, claim);
       const linked = new LinkedBlobStore(this.env.BLOBS, this.env.META, this.blobs, name, "layer");
       await linked.link(digest);
-      this.partBuffer = null;
       await this.ctx.storage.deleteAll();
       await this.ctx.storage.deleteAlarm();
       return descriptor;
@@ -226,7 +219,6 @@ export class UploadSession extends DurableObject<Env> {
     if (state.multipartUploadId) {
       await this.env.BLOBS.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
     }
-    this.partBuffer = null;
     // Drops the session record and the staged tail together.
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
@@ -275,7 +267,6 @@ export class UploadSession extends DurableObject<Env> {
       const multipartUploadId = state.multipartUploadId;
       Object.assign(state, before);
       if (multipartUploadId) state.multipartUploadId = multipartUploadId;
-      this.partBuffer = null;
       await this.persist(state);
     };
 
@@ -339,7 +330,6 @@ export class UploadSession extends DurableObject<Env> {
       // The failed read took the part buffer with it (BYOB transfers it), so what
       // arrived since the last durable point is gone: keep that point (the completed
       // parts, or the state before this request) and let the client resume from it.
-      this.partBuffer = null;
       await this.persist(state);
       throw new RegistryError(
         "BLOB_UPLOAD_INVALID",
@@ -363,15 +353,15 @@ export class UploadSession extends DurableObject<Env> {
       this.tail.prune(bufferStart);
       this.tail.append(bufferStart + unstagedFrom, staged);
     });
-    this.partBuffer = { start: bufferStart, buffer };
   }
 
-  /** A part-sized buffer holding the staged tail at its start. */
+  /**
+   * A part-sized buffer holding the staged tail at its start, read from storage. Not
+   * kept between requests: many upload objects can share one isolate (128 MB), so an
+   * idle upload must not hold a part buffer.
+   */
   private takePartBuffer(state: SessionState): Uint8Array {
     const start = tailStart(state);
-    const cached = this.partBuffer;
-    this.partBuffer = null;
-    if (cached && cached.start === start && cached.buffer.byteLength === state.partSize) return cached.buffer;
     const buffer = new Uint8Array(state.partSize);
     const size = state.offset - start;
     if (size > 0 && this.tail.readInto(start, buffer) !== size) {

@@ -211,6 +211,37 @@ describe("OCI clients against the registry (wrangler dev)", () => {
     assert.equal(got.headers.get("docker-distribution-api-version"), "registry/2.0");
   });
 
+  // First, on a fresh registry: under wrangler dev (not on Cloudflare), the request that
+  // follows a large PATCH on the same connection intermittently fails with 503 from
+  // wrangler's own proxy once the registry has served other clients (docs/operations.md).
+  it("skopeo round-trips a 256 MiB incompressible layer, identical digests", { timeout: 540_000 }, async () => {
+    const size = 256 * MiB;
+    const image = await buildImage("big", [size], { tag: "big" });
+    const manifest = JSON.parse(await readBlob(image.layout, image.descriptor.digest));
+    const [layer] = manifest.layers;
+    assert.ok(layer.size > size, `random data should not compress (layer is ${layer.size} bytes)`);
+    await roundTrip(image, "big/layer", "big", { timeoutMs: 360_000, skipBlobsOver: 16 * MiB });
+
+    // Ranged reads of the big blob, including across upload part boundaries (16 MiB parts).
+    const bytes = await readFile(blobPath(image.layout, layer.digest));
+    const ranges = [
+      [0, 99],
+      [32 * MiB - 3, 32 * MiB + 2],
+      [64 * MiB - 1, 64 * MiB],
+      [layer.size - 10, layer.size - 1],
+    ];
+    for (const [start, end] of ranges) {
+      const got = await fetchWithTimeout(`${registry.url}/v2/big/layer/blobs/${layer.digest}`, {
+        headers: { Range: `bytes=${start}-${end}` },
+      });
+      assert.equal(got.status, 206, `Range ${start}-${end}`);
+      assert.equal(got.headers.get("content-range"), `bytes ${start}-${end}/${layer.size}`);
+      assert.ok(got.body.equals(bytes.subarray(start, end + 1)), `Range ${start}-${end}: bytes differ`);
+    }
+    const pulled = await hashFile(blobPath(join(work, "big_layer-big-out"), layer.digest));
+    assert.equal(`sha256:${pulled.hex}`, layer.digest);
+  });
+
   it("skopeo round-trips a single-layer image under a nested name, byte for byte", { timeout: 180_000 }, async () => {
     const image = await single();
     const manifest = JSON.parse(await readBlob(image.layout, image.descriptor.digest));
@@ -418,34 +449,6 @@ describe("OCI clients against the registry (wrangler dev)", () => {
       assert.ok(inspected.RepoDigests.includes(`${registry.clientHost}/podman/app@${digest}`), `${tag}: RepoDigests`);
     }
     assert.deepEqual(await listTags("podman/app"), ["v1", "v1-docker"]);
-  });
-
-  it("skopeo round-trips a 256 MiB incompressible layer, identical digests", { timeout: 540_000 }, async () => {
-    const size = 256 * MiB;
-    const image = await buildImage("big", [size], { tag: "big" });
-    const manifest = JSON.parse(await readBlob(image.layout, image.descriptor.digest));
-    const [layer] = manifest.layers;
-    assert.ok(layer.size > size, `random data should not compress (layer is ${layer.size} bytes)`);
-    await roundTrip(image, "big/layer", "big", { timeoutMs: 360_000, skipBlobsOver: 16 * MiB });
-
-    // Ranged reads of the big blob, including across the 32 MiB upload part boundaries.
-    const bytes = await readFile(blobPath(image.layout, layer.digest));
-    const ranges = [
-      [0, 99],
-      [32 * MiB - 3, 32 * MiB + 2],
-      [64 * MiB - 1, 64 * MiB],
-      [layer.size - 10, layer.size - 1],
-    ];
-    for (const [start, end] of ranges) {
-      const got = await fetchWithTimeout(`${registry.url}/v2/big/layer/blobs/${layer.digest}`, {
-        headers: { Range: `bytes=${start}-${end}` },
-      });
-      assert.equal(got.status, 206, `Range ${start}-${end}`);
-      assert.equal(got.headers.get("content-range"), `bytes ${start}-${end}/${layer.size}`);
-      assert.ok(got.body.equals(bytes.subarray(start, end + 1)), `Range ${start}-${end}: bytes differ`);
-    }
-    const pulled = await hashFile(blobPath(join(work, "big_layer-big-out"), layer.digest));
-    assert.equal(`sha256:${pulled.hex}`, layer.digest);
   });
 
   it("tags/list returns exactly the pushed tags, paginated with Link", { timeout: 180_000 }, async () => {
