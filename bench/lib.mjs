@@ -463,7 +463,7 @@ async function startServer({ name, command, args, env, cwd, dir, port, readyTime
   return server;
 }
 
-/** edge-registry under `wrangler dev` with a fresh --persist-to dir, logging errors only. */
+/** edge-registry as `npm start` runs it, with a fresh --persist-to dir, logging errors only. */
 export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
   try {
     await stat(join(ROOT, "build", "sha256.wasm"));
@@ -473,17 +473,15 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
   const dir = await makeTempDir("edge");
   const port = await freePort();
   await mkdir(join(dir, "config"), { recursive: true });
+  // As `npm start` runs it: scripts/dev.mjs (wrangler's dev server with the inspector off,
+  // behind a front that refuses TLS handshakes at once).
   const args = [
-    "dev",
-    "--ip",
-    "127.0.0.1",
+    join(ROOT, "scripts", "dev.mjs"),
     "--port",
     String(port),
     "--persist-to",
     join(dir, "state"),
-    "--log-level",
-    "error",
-    "--show-interactive-dev-session=false",
+    "--quiet",
   ];
   const env = {
     ...process.env,
@@ -498,7 +496,7 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
   };
   return startServer({
     name: "edge-registry",
-    command: join(ROOT, "node_modules", ".bin", "wrangler"),
+    command: process.execPath,
     args,
     env,
     cwd: ROOT,
