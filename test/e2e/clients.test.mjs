@@ -493,4 +493,84 @@ describe("OCI clients against the registry (wrangler dev)", () => {
     assert.equal(unknown.status, 404);
     assert.equal(JSON.parse(unknown.body.toString("utf8")).errors?.[0]?.code, "NAME_UNKNOWN");
   });
+
+  it(
+    "an artifact with a subject is found through the referrers API; skopeo delete by digest removes it",
+    {
+      timeout: 180_000,
+    },
+    async () => {
+      const image = await single();
+      await skopeoCopy(`oci:${image.layout}:v1`, `docker://${registry.clientHost}/refs/app:v1`);
+      pushedRepos.add("refs/app");
+
+      // An OCI 1.1 artifact (empty config, one payload layer) whose subject is the image.
+      const pushBlob = async (bytes) => {
+        const digest = `sha256:${sha256(bytes)}`;
+        const posted = await fetchWithTimeout(`${registry.url}/v2/refs/app/blobs/uploads/?digest=${digest}`, {
+          method: "POST",
+          body: bytes,
+        });
+        assert.equal(posted.status, 201, `blob ${digest}`);
+        return { digest, size: bytes.length };
+      };
+      const empty = await pushBlob(Buffer.from("{}"));
+      const payload = await pushBlob(Buffer.from(`signature for ${image.descriptor.digest}`));
+      const artifactType = "application/vnd.example.signature.v1";
+      const manifest = Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_MANIFEST,
+          artifactType,
+          config: { mediaType: "application/vnd.oci.empty.v1+json", ...empty },
+          layers: [{ mediaType: "application/octet-stream", ...payload }],
+          subject: {
+            mediaType: image.descriptor.mediaType,
+            digest: image.descriptor.digest,
+            size: image.descriptor.size,
+          },
+        }),
+      );
+      const artifactDigest = `sha256:${sha256(manifest)}`;
+      const put = await fetchWithTimeout(`${registry.url}/v2/refs/app/manifests/${artifactDigest}`, {
+        method: "PUT",
+        headers: { "Content-Type": OCI_MANIFEST },
+        body: manifest,
+      });
+      assert.equal(put.status, 201);
+      assert.equal(put.headers.get("oci-subject"), image.descriptor.digest);
+
+      const referrers = async () => {
+        const got = await fetchWithTimeout(`${registry.url}/v2/refs/app/referrers/${image.descriptor.digest}`);
+        assert.equal(got.status, 200);
+        assert.equal(got.headers.get("content-type"), OCI_INDEX);
+        return JSON.parse(got.body.toString("utf8")).manifests;
+      };
+      assert.deepEqual(await referrers(), [
+        { mediaType: OCI_MANIFEST, digest: artifactDigest, size: manifest.length, artifactType },
+      ]);
+      // A real client reads the artifact back byte for byte (inspect --raw handles artifacts).
+      const raw = await inspectRaw(`${registry.clientHost}/refs/app@${artifactDigest}`);
+      assert.equal(raw.toString("utf8"), manifest.toString("utf8"));
+
+      // skopeo deletes it by digest: gone from the repository and from the referrers list,
+      // while the image it referred to is untouched.
+      await clients.skopeo(
+        "delete",
+        "--tls-verify=false",
+        `docker://${registry.clientHost}/refs/app@${artifactDigest}`,
+      );
+      assert.deepEqual(await referrers(), []);
+      const gone = await fetchWithTimeout(`${registry.url}/v2/refs/app/manifests/${artifactDigest}`, {
+        headers: { Accept: OCI_MANIFEST },
+      });
+      assert.equal(gone.status, 404);
+      assert.equal(JSON.parse(gone.body.toString("utf8")).errors?.[0]?.code, "MANIFEST_UNKNOWN");
+      const stillThere = await fetchWithTimeout(`${registry.url}/v2/refs/app/manifests/v1`, {
+        headers: { Accept: MANIFEST_ACCEPT },
+      });
+      assert.equal(stillThere.status, 200);
+      assert.equal(stillThere.headers.get("docker-content-digest"), image.descriptor.digest);
+    },
+  );
 });
