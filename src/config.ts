@@ -37,8 +37,3 @@ export function readConfig(env: Env): RegistryConfig {
     mountWithoutFrom: env.MOUNT_WITHOUT_FROM === "true",
   };
 }
-
-/** Largest blob an upload can carry with the configured part size. */
-export function maxBlobBytes(config: RegistryConfig): number {
-  return config.uploadPartSize * MAX_PARTS;
-}

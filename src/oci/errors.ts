@@ -21,7 +21,6 @@ export const ErrorCodes = {
   TOOMANYREQUESTS: { status: 429, message: "too many requests" },
   // Not in the spec's table, but distribution serves these and clients understand them.
   RANGE_INVALID: { status: 416, message: "requested range not satisfiable" },
-  PAYLOAD_TOO_LARGE: { status: 413, message: "payload too large" },
   UNAVAILABLE: { status: 503, message: "storage temporarily unavailable, retry" },
   UNKNOWN: { status: 500, message: "unknown error" },
   PAGINATION_NUMBER_INVALID: { status: 400, message: "invalid number of results requested" },

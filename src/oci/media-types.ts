@@ -4,7 +4,6 @@ export const MediaTypes = {
   ociIndex: "application/vnd.oci.image.index.v1+json",
   dockerManifest: "application/vnd.docker.distribution.manifest.v2+json",
   dockerManifestList: "application/vnd.docker.distribution.manifest.list.v2+json",
-  ociEmpty: "application/vnd.oci.empty.v1+json",
 } as const;
 
 /** Docker schema 1, which this registry refuses (it is signed per host and long deprecated). */

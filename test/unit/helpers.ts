@@ -1,5 +1,9 @@
-import { SELF } from "cloudflare:test";
+import { env, SELF } from "cloudflare:test";
 import { expect } from "vitest";
+
+export const MiB = 1024 * 1024;
+/** UPLOAD_PART_SIZE in wrangler.toml: the R2 multipart part size the tests run with. */
+export const PART_SIZE = Number(env.UPLOAD_PART_SIZE);
 
 /** Any host works: the Worker only looks at the path. */
 export const BASE = "http://registry.test";

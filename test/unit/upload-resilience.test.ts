@@ -10,11 +10,9 @@ import {
   sha256,
   startUpload,
   withDigest,
+  MiB,
+  PART_SIZE,
 } from "./helpers";
-
-const MiB = 1024 * 1024;
-/** UPLOAD_PART_SIZE in wrangler.toml. */
-const PART_SIZE = Number(env.UPLOAD_PART_SIZE);
 
 /** A body that delivers `bytes` in 1 MiB pieces and then fails, like a dropped connection. */
 function breakingBody(bytes: Uint8Array): ReadableStream<Uint8Array> {

@@ -14,11 +14,9 @@ import {
   streamOf,
   utf8,
   withDigest,
+  MiB,
+  PART_SIZE,
 } from "./helpers";
-
-const MiB = 1024 * 1024;
-/** UPLOAD_PART_SIZE in wrangler.toml: the R2 multipart part size the tests run with. */
-const PART_SIZE = Number(env.UPLOAD_PART_SIZE);
 
 /** PATCHes one chunk with Content-Range (and the Content-Length fetch derives from the body). */
 function patchChunk(location: string, bytes: Uint8Array<ArrayBuffer>, start: number): Promise<Response> {
