@@ -16,103 +16,23 @@ import {
   readFileSync,
   readdirSync,
   readlinkSync,
-  rmSync,
 } from "node:fs";
-import { mkdir, rm, stat, writeFile } from "node:fs/promises";
+import { mkdir, stat, writeFile } from "node:fs/promises";
 import http from "node:http";
 import { connect, createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { clearInterval, setInterval } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { processKeeper } from "../scripts/lib/process-groups.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
 
-export const KEEP_TMP = process.env.BENCH_KEEP_TMP === "1";
-
 export const MiB = 1 << 20;
 
-// ---------------------------------------------------------------------------------------
-// Process groups and temp dirs: nothing outlives this process.
-
-/** pgid -> description of every detached child group still running. */
-const liveGroups = new Map();
-const tempDirs = new Set();
-
-function killGroup(pgid, signal) {
-  try {
-    process.kill(-pgid, signal);
-    return true;
-  } catch {
-    return false; // ESRCH: the group is gone
-  }
-}
-
-function groupAlive(pgid) {
-  return killGroup(pgid, 0);
-}
-
-function cleanupSync() {
-  for (const pgid of liveGroups.keys()) killGroup(pgid, "SIGKILL");
-  liveGroups.clear();
-  if (!KEEP_TMP) {
-    for (const dir of tempDirs) {
-      try {
-        rmSync(dir, { recursive: true, force: true });
-      } catch {
-        // best effort at exit
-      }
-    }
-    tempDirs.clear();
-  }
-}
-
-process.on("exit", cleanupSync);
-for (const [signal, number] of [
-  ["SIGINT", 2],
-  ["SIGTERM", 15],
-  ["SIGHUP", 1],
-]) {
-  process.once(signal, () => {
-    console.error(`\n# ${signal}: killing child process groups`);
-    cleanupSync();
-    process.exit(128 + number);
-  });
-}
-
-/** SIGTERM the group, SIGKILL after `graceMs`, and wait (bounded) until it is gone. */
-export async function stopGroup(pgid, graceMs = 5000) {
-  if (groupAlive(pgid)) {
-    killGroup(pgid, "SIGTERM");
-    const deadline = Date.now() + graceMs;
-    while (Date.now() < deadline && groupAlive(pgid)) await delay(100);
-    if (groupAlive(pgid)) {
-      killGroup(pgid, "SIGKILL");
-      const killDeadline = Date.now() + 5000;
-      while (Date.now() < killDeadline && groupAlive(pgid)) await delay(100);
-    }
-  }
-  liveGroups.delete(pgid);
-}
-
-/** A fresh lowercase-named temp dir, removed at exit unless BENCH_KEEP_TMP=1. */
-export async function makeTempDir(prefix) {
-  const dir = join(tmpdir(), `edge-bench-${prefix}-${randomBytes(6).toString("hex")}`);
-  await mkdir(dir, { mode: 0o700 });
-  tempDirs.add(dir);
-  return dir;
-}
-
-export async function removeTempDir(dir) {
-  if (KEEP_TMP) {
-    console.error(`# BENCH_KEEP_TMP: kept ${dir}`);
-    return;
-  }
-  tempDirs.delete(dir);
-  await rm(dir, { recursive: true, force: true });
-}
+const keeper = processKeeper({ tempPrefix: "edge-bench", keepTmpVariable: "BENCH_KEEP_TMP" });
+export const { stopGroup, makeTempDir, removeTempDir } = keeper;
 
 export function tailFile(path, lines = 40) {
   try {
@@ -152,10 +72,10 @@ export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 
     child.stderr.on("data", (chunk) => {
       if (stderr.length < MAX_CAPTURE) stderr += chunk;
     });
-    if (child.pid !== undefined) liveGroups.set(child.pid, line);
+    if (child.pid !== undefined) keeper.track(child.pid, line);
     const timer = setTimeout(() => {
       timedOut = true;
-      if (child.pid !== undefined) killGroup(child.pid, "SIGKILL");
+      if (child.pid !== undefined) keeper.kill(child.pid, "SIGKILL");
     }, timeoutMs);
     let finished = false;
     const finish = (error, code, signal) => {
@@ -163,8 +83,8 @@ export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 
       finished = true;
       clearTimeout(timer);
       if (child.pid !== undefined) {
-        killGroup(child.pid, "SIGKILL");
-        liveGroups.delete(child.pid);
+        keeper.kill(child.pid, "SIGKILL");
+        keeper.forget(child.pid);
       }
       const result = { command: line, code, signal, stdout, stderr };
       const details = `\n$ ${line}\n--- exit ${code ?? signal}\n--- stderr:\n${stderr.slice(-6000)}\n--- stdout:\n${stdout.slice(-3000)}`;
@@ -411,7 +331,7 @@ async function startServer({ name, command, args, env, cwd, dir, port, readyTime
   closeSync(logFd);
   if (child.pid === undefined) throw new Error(`could not start ${name} (${command})`);
   const pgid = child.pid;
-  liveGroups.set(pgid, `${name} :${port}`);
+  keeper.track(pgid, `${name} :${port}`);
   let exited = null;
   child.once("exit", (code, signal) => {
     exited = { code, signal };

@@ -19,102 +19,26 @@
 // storage, image layouts) for inspection, and E2E_VERBOSE=1 to log every command with its
 // duration on stderr.
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes, randomFillSync } from "node:crypto";
-import { closeSync, createReadStream, createWriteStream, openSync, readFileSync, rmSync } from "node:fs";
-import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { createHash, randomFillSync } from "node:crypto";
+import { closeSync, createReadStream, createWriteStream, openSync, readFileSync } from "node:fs";
+import { cp, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { processKeeper } from "../../scripts/lib/process-groups.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 
-const KEEP_TMP = process.env.E2E_KEEP_TMP === "1";
 const VERBOSE = process.env.E2E_VERBOSE === "1";
 
-// ---------------------------------------------------------------------------------------
-// Process-group bookkeeping: whatever happens, no child outlives this process.
-
-/** pgid -> description, for every detached child still running. */
-const liveGroups = new Map();
-/** Temp directories to remove at exit (unless E2E_KEEP_TMP=1). */
-const tempDirs = new Set();
-
-function killGroup(pgid, signal) {
-  try {
-    process.kill(-pgid, signal);
-    return true;
-  } catch {
-    return false; // ESRCH: the group is gone
-  }
-}
-
-function groupAlive(pgid) {
-  return killGroup(pgid, 0);
-}
-
-function killAllSync() {
-  for (const pgid of liveGroups.keys()) killGroup(pgid, "SIGKILL");
-  liveGroups.clear();
-  if (!KEEP_TMP) {
-    for (const dir of tempDirs) {
-      try {
-        rmSync(dir, { recursive: true, force: true });
-      } catch {
-        // best effort at exit
-      }
-    }
-  }
-}
-
-process.on("exit", killAllSync);
-for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
-  process.once(signal, () => {
-    killAllSync();
-    process.exit(128 + (signal === "SIGINT" ? 2 : signal === "SIGTERM" ? 15 : 1));
-  });
-}
-
-/** Kills a process group: SIGTERM, then SIGKILL after `graceMs`; waits (bounded) until it is gone. */
-export async function stopGroup(pgid, graceMs = 5000) {
-  if (!groupAlive(pgid)) {
-    liveGroups.delete(pgid);
-    return;
-  }
-  killGroup(pgid, "SIGTERM");
-  const deadline = Date.now() + graceMs;
-  while (Date.now() < deadline && groupAlive(pgid)) await delay(100);
-  if (groupAlive(pgid)) {
-    killGroup(pgid, "SIGKILL");
-    const killDeadline = Date.now() + 5000;
-    while (Date.now() < killDeadline && groupAlive(pgid)) await delay(100);
-  }
-  liveGroups.delete(pgid);
-}
+const keeper = processKeeper({ tempPrefix: "er-e2e", keepTmpVariable: "E2E_KEEP_TMP" });
+export const { stopGroup, makeTempDir, removeTempDir } = keeper;
 
 // ---------------------------------------------------------------------------------------
-// Temp dirs, hashing, small file helpers.
-
-/** A fresh temp directory, removed at exit unless E2E_KEEP_TMP=1. */
-export async function makeTempDir(prefix) {
-  // Lowercase names only: podman derives an image name from an oci: layout's path.
-  const dir = join(tmpdir(), `er-e2e-${prefix}-${randomBytes(6).toString("hex")}`);
-  await mkdir(dir, { mode: 0o700 });
-  tempDirs.add(dir);
-  return dir;
-}
-
-export async function removeTempDir(dir) {
-  tempDirs.delete(dir);
-  if (KEEP_TMP) {
-    console.error(`# E2E_KEEP_TMP: kept ${dir}`);
-    return;
-  }
-  await rm(dir, { recursive: true, force: true });
-}
+// Hashing and small file helpers.
 
 export function sha256(bytes) {
   return createHash("sha256").update(bytes).digest("hex");
@@ -196,10 +120,10 @@ export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 
     child.stderr.on("data", (chunk) => {
       if (stderr.length < MAX_CAPTURE) stderr += chunk;
     });
-    if (child.pid !== undefined) liveGroups.set(child.pid, description);
+    if (child.pid !== undefined) keeper.track(child.pid, description);
     const timer = setTimeout(() => {
       timedOut = true;
-      if (child.pid !== undefined) killGroup(child.pid, "SIGKILL");
+      if (child.pid !== undefined) keeper.kill(child.pid, "SIGKILL");
     }, timeoutMs);
     const started = performance.now();
     const finish = (error, code, signal) => {
@@ -210,8 +134,8 @@ export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 
       }
       if (child.pid !== undefined) {
         // Reap anything the command left behind in its group.
-        killGroup(child.pid, "SIGKILL");
-        liveGroups.delete(child.pid);
+        keeper.kill(child.pid, "SIGKILL");
+        keeper.forget(child.pid);
       }
       const result = { command: printable, code, signal, stdout: Buffer.concat(stdout), stderr };
       const details = () => {
@@ -357,7 +281,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   closeSync(logFd);
   const pgid = child.pid;
   if (pgid === undefined) throw new Error("could not start wrangler dev");
-  liveGroups.set(pgid, `wrangler dev :${port}`);
+  keeper.track(pgid, `wrangler dev :${port}`);
   let exited = null;
   child.once("exit", (code, signal) => {
     exited = { code, signal };
