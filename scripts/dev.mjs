@@ -38,9 +38,9 @@ process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
 process.env.WRANGLER_SEND_METRICS = "false";
 const { unstable_startWorker } = await import("wrangler");
 // wrangler's dev server, started through its API so the DevTools inspector can be left
-// off: with it on, every subrequest (including upload bodies forwarded to the upload
-// session, hundreds of MiB) is reported to the inspector, and requests that followed a
-// large upload on the same connection intermittently failed with 503.
+// off: with it on, wrangler reports every subrequest (upload bodies forwarded to the
+// upload session included) to its inspector proxy, which is work on the byte path that
+// nobody is looking at.
 const worker = await unstable_startWorker({
   config: "wrangler.toml",
   dev: {
