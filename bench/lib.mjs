@@ -24,6 +24,7 @@ import { basename, join, resolve } from "node:path";
 import { clearInterval, setInterval } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
 
 /** The repository root (where wrangler.toml lives). */
@@ -309,19 +310,6 @@ export function expectStatus(what, response, expected) {
 
 // ---------------------------------------------------------------------------------------
 // The two registries.
-
-/** A free TCP port on 127.0.0.1 (bound and released; the server binds it right after). */
-export function freePort() {
-  return new Promise((resolvePort, rejectPort) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", rejectPort);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address();
-      server.close(() => resolvePort(port));
-    });
-  });
-}
 
 /** Spawns a long-running server in its own group and waits until GET /v2/ answers 200. */
 async function startServer({ name, command, args, env, cwd, dir, port, readyTimeoutMs }) {

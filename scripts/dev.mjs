@@ -11,6 +11,7 @@
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
 import net from "node:net";
+import { freePort } from "./lib/free-port.mjs";
 
 const args = process.argv.slice(2);
 function option(name, fallback) {
@@ -21,17 +22,6 @@ const port = Number(option("--port", process.env.PORT ?? "5000"));
 const persistTo = option("--persist-to", ".wrangler/state");
 const quiet = args.includes("--quiet");
 const TLS_HANDSHAKE = 0x16;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port: chosen } = server.address();
-      server.close(() => resolve(chosen));
-    });
-  });
-}
 
 const innerPort = await freePort();
 process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";

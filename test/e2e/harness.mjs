@@ -23,10 +23,10 @@ import { createHash, randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readFileSync } from "node:fs";
 import { cp, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
-import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { freePort } from "../../scripts/lib/free-port.mjs";
 import { processKeeper } from "../../scripts/lib/process-groups.mjs";
 
 /** The repository root (where wrangler.toml lives). */
@@ -163,19 +163,6 @@ export function haveCommand(command) {
 
 // ---------------------------------------------------------------------------------------
 // The registry under test.
-
-/** A free TCP port on 127.0.0.1 (bound and released; wrangler binds it right after). */
-export function freePort() {
-  return new Promise((resolvePort, rejectPort) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", rejectPort);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => resolvePort(address.port));
-    });
-  });
-}
 
 /** fetch with a timeout; only ever called with 127.0.0.1 URLs. */
 export async function fetchWithTimeout(url, init = {}, timeoutMs = 30_000) {
