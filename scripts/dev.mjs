@@ -1,16 +1,32 @@
 #!/usr/bin/env node
-// Local registry: `wrangler dev` (workerd + miniflare, state on disk) behind a small TCP
-// front on 127.0.0.1.
+// Local registry: the Worker bundled exactly as `wrangler deploy` bundles it, served by
+// Miniflare (workerd, with R2, KV and Durable Objects persisted on local disk) behind a
+// small TCP front on 127.0.0.1.
+//
+// Why Miniflare directly and not `wrangler dev`: wrangler dev runs two workerd
+// processes, its own proxy Worker in front of ours, and every byte of every upload
+// crossed both. The proxy answers any non-GET request that is in flight when it
+// believes the Worker reloaded with `503 Your worker restarted mid-request`, which is
+// what broke large skopeo pushes (docs/operations.md). Miniflare on its own serves the
+// same Worker, with the same bindings (read from wrangler.toml by wrangler's own
+// `unstable_getMiniflareWorkerOptions`) and the same state layout (`<persist>/v3`, so
+// `wrangler dev` and `npm start` share state), with one process and one hop less.
+// There is no hot reload: restart after editing src/ (`npm run dev` is wrangler dev with
+// reload, for working on the code).
 //
 // Why the front: skopeo, podman and buildah try HTTPS first, even for an insecure
 // registry, and fall back to plain HTTP only when the TLS handshake fails. workerd's
 // plain-HTTP listener never answers a TLS ClientHello, so every client connection
 // waited ~10 s for its handshake timeout. The front closes a connection whose first
 // byte is a TLS handshake record (0x16) at once, so clients fall back immediately, and
-// passes every other connection through to wrangler untouched.
+// passes every other connection through untouched.
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
+import { spawnSync } from "node:child_process";
+import { createRequire } from "node:module";
 import net from "node:net";
+import { join, resolve } from "node:path";
+import { Log, LogLevel, Miniflare } from "miniflare";
 import { freePort } from "./lib/free-port.mjs";
 
 const args = process.argv.slice(2);
@@ -19,50 +35,50 @@ function option(name, fallback) {
   return index >= 0 && args[index + 1] !== undefined ? args[index + 1] : fallback;
 }
 const port = Number(option("--port", process.env.PORT ?? "5000"));
-const persistTo = option("--persist-to", ".wrangler/state");
+const persistTo = resolve(option("--persist-to", ".wrangler/state"));
 const quiet = args.includes("--quiet");
 const TLS_HANDSHAKE = 0x16;
+const CONFIG = "wrangler.toml";
+const BUNDLE_DIR = resolve("build", "worker");
 
-const innerPort = await freePort();
 process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
 process.env.WRANGLER_SEND_METRICS = "false";
-const { unstable_startWorker } = await import("wrangler");
-// wrangler's dev server, started through its API so the DevTools inspector can be left
-// off: with it on, wrangler reports every subrequest (upload bodies forwarded to the
-// upload session included) to its inspector proxy, which is work on the byte path that
-// nobody is looking at.
-const worker = await unstable_startWorker({
-  config: "wrangler.toml",
-  dev: {
-    server: { hostname: "127.0.0.1", port: innerPort },
-    inspector: false,
-    persist: persistTo,
-    watch: true,
-    logLevel: quiet ? "error" : "log",
-  },
-});
-await worker.ready;
 
-// Say where to connect once wrangler answers (its own "Ready on" port is the internal
-// one behind the front).
-async function announceWhenReady() {
-  for (let attempt = 0; attempt < 600; attempt++) {
-    try {
-      const response = await fetch(`http://127.0.0.1:${innerPort}/v2/`);
-      if (response.ok) {
-        console.log(
-          `edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; no authentication locally)`,
-        );
-        return;
-      }
-    } catch {
-      // not listening yet
-    }
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  console.error("edge-registry: wrangler did not become ready in 120 s");
+// Bundle with wrangler itself, so the code served here is the code `wrangler deploy`
+// would upload (same esbuild settings, same module rules for the .wasm hashes).
+const wranglerCli = createRequire(import.meta.url).resolve("wrangler/bin/wrangler.js");
+const bundled = spawnSync(
+  process.execPath,
+  [wranglerCli, "deploy", "--dry-run", "--outdir", BUNDLE_DIR, "-c", CONFIG],
+  {
+    encoding: "utf8",
+  },
+);
+if (bundled.status !== 0) {
+  console.error(`edge-registry: bundling failed\n${bundled.stdout}\n${bundled.stderr}`);
+  process.exit(1);
 }
-void announceWhenReady();
+
+const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
+const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
+const innerPort = await freePort();
+const miniflare = new Miniflare({
+  ...workerOptions,
+  name: "edge-registry",
+  modules: true,
+  scriptPath: join(BUNDLE_DIR, "index.js"),
+  modulesRoot: BUNDLE_DIR,
+  modulesRules: [
+    { type: "ESModule", include: ["**/*.js"] },
+    { type: "CompiledWasm", include: ["**/*.wasm"] },
+  ],
+  host: "127.0.0.1",
+  port: innerPort,
+  defaultPersistRoot: join(persistTo, "v3"),
+  log: new Log(quiet ? LogLevel.ERROR : LogLevel.INFO),
+  logRequests: !quiet,
+});
+await miniflare.ready;
 
 const front = net.createServer((client) => {
   client.once("data", (first) => {
@@ -87,11 +103,13 @@ const front = net.createServer((client) => {
   });
   client.on("error", () => client.destroy());
 });
-front.listen(port, "127.0.0.1");
+front.listen(port, "127.0.0.1", () => {
+  console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; no authentication locally)`);
+});
 
 async function stop() {
   front.close();
-  await worker.dispose();
+  await miniflare.dispose();
   process.exit(0);
 }
 process.on("SIGINT", () => void stop());

@@ -111,6 +111,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
       name,
       digest: digest.value,
       claim: chunkClaim(c),
+      once: true,
     });
     return createdBlob(c, name, digest.value);
   }

@@ -47,6 +47,12 @@ export class StagedTail {
     return filled;
   }
 
+  /** Drops every row (the upload's bytes are all in R2 now). */
+  clear(): void {
+    this.ensureTable();
+    this.sql.exec("DELETE FROM tail");
+  }
+
   /** Drops rows before `position` (bytes that are now in a completed part). */
   prune(position: number): void {
     this.ensureTable();

@@ -7,9 +7,7 @@ import { Paths } from "../registry/paths";
 import { MAX_PARTS, readConfig } from "../config";
 import { ResumableHash } from "./resumable-hash";
 import { StagedTail } from "./staged-tail";
-
-/** Largest body R2 accepts in one put(); bigger monolithic uploads go through parts. */
-const MAX_SINGLE_PUT_BYTES = 4_995 * 1024 * 1024;
+import { nativeHash, resumableHash, type UploadHash } from "./upload-hash";
 
 /** The durable record of one upload, saved at every durable point. */
 interface SessionState {
@@ -25,6 +23,12 @@ interface SessionState {
   parts: R2UploadedPart[];
   /** SHA-256 state after exactly `offset` bytes. */
   hashState: Uint8Array;
+  /**
+   * Set once the upload's bytes are one finished, verified R2 object (or the digest was
+   * found already stored): a commit that failed after this point (publishing or linking)
+   * is retried from here, without finishing the object twice.
+   */
+  completed?: { digest: string; size: number; key: string };
 }
 
 /** Absolute offset where the staged tail (bytes past the last whole part) starts. */
@@ -57,6 +61,8 @@ export interface ByteRequestArgs {
   hasBody: boolean;
   /** The digest to verify, for commit. */
   digest?: string;
+  /** The session exists only for this request (POST ?digest=): purge it if the request fails. */
+  once?: boolean;
 }
 
 export type SessionResult<T> = { ok: true; value: T } | { ok: false; error: ErrorRecord };
@@ -151,7 +157,7 @@ export class UploadSession extends DurableObject<Env> {
     const body = args.hasBody ? request.body : null;
     const result =
       args.operation === "commit"
-        ? await this.commit(args.name, args.digest ?? "", body, args.claim)
+        ? await this.commit(args.name, args.digest ?? "", body, args.claim, args.once === true)
         : await this.append(args.name, body, args.claim);
     return Response.json(result);
   }
@@ -164,32 +170,137 @@ export class UploadSession extends DurableObject<Env> {
   ): Promise<SessionResult<SessionStatus>> {
     return this.run(async () => {
       const state = this.load(name);
-      await this.ingest(state, body, claim);
+      if (state.completed)
+        throw new RegistryError("BLOB_UPLOAD_INVALID", "the upload is already complete; PUT to commit it");
+      await this.ingest(state, body, claim, resumableHash(state.hashState));
       return { uploadId: state.uploadId, name, offset: state.offset, startedAt: state.startedAt };
     }, true);
   }
 
-  /** Appends an optional last chunk, verifies the digest and publishes the blob (PUT ?digest=). */
+  /**
+   * Appends an optional last chunk, verifies the digest and publishes the blob
+   * (PUT ?digest=, or POST ?digest= with the body). Retrying a commit that failed is
+   * safe: before the object is finished the session is as it was before the request
+   * (or at a durable point the client can read with GET); after, the retry only
+   * publishes and links.
+   */
   private async commit(
     name: string,
     digestText: string,
     body: ReadableStream<Uint8Array> | null,
     claim: ChunkClaim,
+    once: boolean,
   ): Promise<SessionResult<BlobDescriptor>> {
     return this.run(async () => {
       const digest = parseDigest(digestText);
       const state = this.load(name);
-      const wholeBodyFitsOnePut =
-        body !== null && state.offset === 0 && claim.length !== undefined && claim.length <= MAX_SINGLE_PUT_BYTES;
-      const descriptor = wholeBodyFitsOnePut
-        ? await this.commitMonolithic(state, digest, body, claim)
-        : await this.commitChunked(state, digest, body, claim);
-      const linked = new LinkedBlobStore(this.env.BLOBS, this.env.META, this.blobs, name, "layer");
-      await linked.link(digest);
-      await this.ctx.storage.deleteAll();
-      await this.ctx.storage.deleteAlarm();
-      return descriptor;
+      try {
+        if (!state.completed) {
+          if (body !== null && state.offset === 0) await this.receiveWhole(state, digest, body, claim);
+          else await this.receiveLast(state, digest, body, claim);
+        } else {
+          if (state.completed.digest !== digest.value) {
+            throw new RegistryError("DIGEST_INVALID", "the upload was already completed under another digest", {
+              digest: digest.value,
+              completed: state.completed.digest,
+            });
+          }
+          // The bytes were received and verified by the earlier attempt.
+          await body?.cancel();
+        }
+        return await this.publish(state, digest);
+      } catch (error) {
+        // If the purge fails too, the session's alarm purges it later.
+        if (once) await this.purge(state).catch(() => undefined);
+        throw error;
+      }
     }, true);
+  }
+
+  /**
+   * The whole blob in the one request that commits it: hashed with the runtime's native
+   * digest (several times faster than the WASM one; nothing continues after this request,
+   * so no state needs saving), cut into parts as any upload is. All or nothing: on any
+   * failure the session is as it was before.
+   */
+  private async receiveWhole(
+    state: SessionState,
+    digest: Digest,
+    body: ReadableStream<Uint8Array>,
+    claim: ChunkClaim,
+  ): Promise<void> {
+    const before = structuredClone(state);
+    const hash = nativeHash(digest.algorithm);
+    const tail = await this.ingest(state, body, claim, hash);
+    const computed = await hash.digest();
+    if (computed !== digest.value) {
+      await this.restore(state, before);
+      throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
+    }
+    await this.complete(state, digest, tail);
+  }
+
+  /**
+   * Finishes a chunked upload: the optional last chunk, then the digest check from the
+   * saved SHA-256 state (no re-read). Other algorithms (sha512) are rare; tracking them
+   * on every chunked upload would halve throughput, so a chunked sha512 upload is
+   * verified by reading its finished object once, and a mismatch ends the upload.
+   */
+  private async receiveLast(
+    state: SessionState,
+    digest: Digest,
+    body: ReadableStream<Uint8Array> | null,
+    claim: ChunkClaim,
+  ): Promise<void> {
+    const tail = await this.ingest(state, body, claim, resumableHash(state.hashState));
+    if (digest.algorithm === "sha256") {
+      const computed = await resumableHash(state.hashState).digest();
+      if (computed !== digest.value) {
+        throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
+      }
+      await this.complete(state, digest, tail);
+      return;
+    }
+    const key = await this.finishObject(state, tail);
+    const computed = await this.digestOfObject(key, state.offset, digest);
+    if (computed !== digest.value) {
+      await this.env.BLOBS.delete(key);
+      await this.purge(state);
+      throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
+    }
+    await this.markCompleted(state, { digest: digest.value, size: state.offset, key });
+  }
+
+  /**
+   * The verified bytes become one R2 object, or, if the digest is already stored, the
+   * stored one is used and ours dropped (one object per digest).
+   */
+  private async complete(state: SessionState, digest: Digest, tail: Uint8Array | null): Promise<void> {
+    const existing = await this.blobs.stat(digest);
+    if (existing) {
+      await this.abortMultipart(state);
+      await this.markCompleted(state, { digest: digest.value, size: existing.size, key: existing.key });
+      return;
+    }
+    const key = await this.finishObject(state, tail);
+    await this.markCompleted(state, { digest: digest.value, size: state.offset, key });
+  }
+
+  private async markCompleted(state: SessionState, completed: NonNullable<SessionState["completed"]>): Promise<void> {
+    state.completed = completed;
+    delete state.multipartUploadId;
+    await this.persist(state, () => this.tail.clear());
+  }
+
+  /** Publishes the finished object under its digest, links it, and ends the session. */
+  private async publish(state: SessionState, digest: Digest): Promise<BlobDescriptor> {
+    const completed = state.completed;
+    if (!completed) throw new Error("publish before the upload completed");
+    const descriptor = await this.blobs.publish(digest, completed.size, completed.key);
+    await new LinkedBlobStore(this.env.BLOBS, this.env.META, this.blobs, state.name, "layer").link(digest);
+    await this.ctx.storage.deleteAll();
+    await this.ctx.storage.deleteAlarm();
+    return descriptor;
   }
 
   /** Cancels the upload (DELETE): everything it wrote is removed now. */
@@ -214,31 +325,50 @@ export class UploadSession extends DurableObject<Env> {
   }
 
   private async purge(state: SessionState): Promise<void> {
-    if (state.multipartUploadId) {
-      await this.env.BLOBS.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
+    await this.abortMultipart(state);
+    const completed = state.completed;
+    if (completed && completed.key === Paths.uploadData(state.uploadId)) {
+      // Finished but perhaps never published: keep the object only if a descriptor uses it.
+      const published = await this.blobs.stat(parseDigest(completed.digest));
+      if (published?.key !== completed.key) await this.env.BLOBS.delete(completed.key);
     }
     // Drops the session record and the staged tail together.
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
   }
 
+  private async abortMultipart(state: SessionState): Promise<void> {
+    if (!state.multipartUploadId) return;
+    await this.env.BLOBS.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
+    delete state.multipartUploadId;
+  }
+
   // ---- the byte path ----
 
   /**
-   * Streams a body into the upload: the part buffer starts with the staged tail, each
-   * byte is hashed once as it arrives, every full buffer is uploaded as the next R2
-   * part (while the next one fills), and what is left is staged as the new tail in the
-   * same transaction as the new offset and hash state.
+   * Streams a body into the upload: the part buffer starts with the staged tail, every
+   * full buffer is hashed and uploaded as the next R2 part (while the next one fills).
+   * Returns the bytes past the last whole part (the new tail), which a commit in the
+   * same request writes without reading them back.
    *
-   * A body that breaks off (client gone) keeps the last durable point: the parts that
-   * completed, or the state before the request. The client reads the offset with GET
-   * and resumes from there. (A connection that closes cleanly mid-body looks like a
-   * short body of undeclared length; what arrived is then a valid prefix and is kept.)
+   * With a resumable hash, each uploaded part is a durable point (offset, parts and
+   * hash state saved together), and the new tail is staged in the same transaction as
+   * the final offset. A body that breaks off (client gone) keeps the last durable point:
+   * the client reads the offset with GET and resumes from there. (A connection that
+   * closes cleanly mid-body looks like a short body of undeclared length; what arrived
+   * is then a valid prefix and is kept.) With a native hash nothing is saved until the
+   * request succeeds, so any failure leaves the session as it was.
+   *
    * A body that disagrees with its declared length, or a storage failure, leaves the
-   * session exactly as it was before the request (parts it wrote are overwritten by
-   * the next parts, which reuse their numbers).
+   * session exactly as it was before the request (parts it wrote are overwritten by the
+   * next parts, which reuse their numbers).
    */
-  private async ingest(state: SessionState, body: ReadableStream<Uint8Array> | null, claim: ChunkClaim): Promise<void> {
+  private async ingest(
+    state: SessionState,
+    body: ReadableStream<Uint8Array> | null,
+    claim: ChunkClaim,
+    hash: UploadHash,
+  ): Promise<Uint8Array | null> {
     if (claim.start !== undefined && claim.start !== state.offset) {
       throw new RegistryError(
         "RANGE_INVALID",
@@ -249,28 +379,21 @@ export class UploadSession extends DurableObject<Env> {
     }
     if (body === null) {
       if (claim.length) throw new RegistryError("SIZE_INVALID", "declared length but no body");
-      return;
+      return null;
     }
+    const durable = hash.save() !== null;
     const before = structuredClone(state);
     const partSize = state.partSize;
     let bufferStart = tailStart(state);
     let buffer = this.takePartBuffer(state);
     let filled = state.offset - bufferStart;
-    /** Bytes of the buffer from here on are not yet in the staged tail. */
-    let unstagedFrom = filled;
-    const hash = ResumableHash.restore("sha256", state.hashState);
+    /** Bytes of the buffer from here on arrived in this request: not hashed, not staged yet. */
+    let freshFrom = filled;
     let received = 0;
-
-    const restore = async (): Promise<void> => {
-      const multipartUploadId = state.multipartUploadId;
-      Object.assign(state, before);
-      if (multipartUploadId) state.multipartUploadId = multipartUploadId;
-      await this.persist(state);
-    };
 
     // One part uploads while the next one fills: two part buffers at most.
     let inFlight: Promise<void> | null = null;
-    const flush = async (part: Uint8Array, hashAtBoundary: Uint8Array): Promise<void> => {
+    const flush = async (part: Uint8Array, hashAtBoundary: Uint8Array | null): Promise<void> => {
       try {
         await this.uploadPart(state, part);
       } catch (error) {
@@ -282,11 +405,13 @@ export class UploadSession extends DurableObject<Env> {
           { "Retry-After": "1" },
         );
       }
-      // A durable point: the rows of the old tail stay until the request succeeds,
-      // so a refused chunk can still fall back to them.
       state.offset = tailStart(state);
-      state.hashState = hashAtBoundary;
-      await this.persist(state);
+      if (hashAtBoundary) {
+        // A durable point: the rows of the old tail stay until the request succeeds,
+        // so a refused chunk can still fall back to them.
+        state.hashState = hashAtBoundary;
+        await this.persist(state);
+      }
     };
 
     const reader = body.getReader({ mode: "byob" });
@@ -296,7 +421,6 @@ export class UploadSession extends DurableObject<Env> {
         const { done, value } = await reader.read(new Uint8Array(buffer.buffer, filled, partSize - filled));
         if (value) buffer = new Uint8Array(value.buffer);
         if (done) break;
-        hash.update(value);
         filled += value.byteLength;
         received += value.byteLength;
         if (claim.length !== undefined && received > claim.length) {
@@ -304,13 +428,15 @@ export class UploadSession extends DurableObject<Env> {
           break;
         }
         if (filled === partSize) {
+          // Hashed a part at a time: one call per part, whichever hash it is.
+          await hash.update(buffer.subarray(freshFrom, partSize));
           if (inFlight) await inFlight;
           // R2 takes ownership of (detaches) the buffer it uploads: fill a new one.
           inFlight = flush(buffer, hash.save());
           buffer = new Uint8Array(partSize);
           bufferStart += partSize;
           filled = 0;
-          unstagedFrom = 0;
+          freshFrom = 0;
         }
       }
       if (inFlight) await inFlight;
@@ -321,9 +447,14 @@ export class UploadSession extends DurableObject<Env> {
           storageError ??= flushError instanceof RegistryError ? flushError : new RegistryError("UNAVAILABLE");
         });
       }
-      if (storageError) {
-        await restore();
-        throw storageError;
+      if (storageError || !durable) {
+        await this.restore(state, before);
+        throw (
+          storageError ??
+          new RegistryError("BLOB_UPLOAD_INVALID", "the request body broke off; retry the request", {
+            cause: String(error),
+          })
+        );
       }
       // The failed read took the part buffer with it (BYOB transfers it), so what
       // arrived since the last durable point is gone: keep that point (the completed
@@ -337,20 +468,38 @@ export class UploadSession extends DurableObject<Env> {
     }
 
     if (claim.length !== undefined && received !== claim.length) {
-      await restore();
+      await this.restore(state, before);
       throw new RegistryError("SIZE_INVALID", "the body's length does not match Content-Length / Content-Range", {
         declared: claim.length,
         received,
-        offset: state.offset,
+        offset: before.offset,
       });
     }
+    await hash.update(buffer.subarray(freshFrom, filled));
     state.offset = bufferStart + filled;
-    state.hashState = hash.save();
-    const staged = buffer.subarray(unstagedFrom, filled);
-    await this.persist(state, () => {
-      this.tail.prune(bufferStart);
-      this.tail.append(bufferStart + unstagedFrom, staged);
-    });
+    const saved = hash.save();
+    if (saved) {
+      state.hashState = saved;
+      const staged = buffer.subarray(freshFrom, filled);
+      const stagedFrom = bufferStart + freshFrom;
+      await this.persist(state, () => {
+        this.tail.prune(bufferStart);
+        this.tail.append(stagedFrom, staged);
+      });
+    }
+    return buffer.subarray(0, filled);
+  }
+
+  /**
+   * Puts the session back as it was before a refused request, keeping the multipart
+   * upload it may have created (its parts are overwritten by the next ones, which reuse
+   * their numbers, and purge aborts it).
+   */
+  private async restore(state: SessionState, before: SessionState): Promise<void> {
+    const multipartUploadId = state.multipartUploadId;
+    Object.assign(state, structuredClone(before));
+    if (multipartUploadId) state.multipartUploadId = multipartUploadId;
+    await this.persist(state);
   }
 
   /**
@@ -387,95 +536,6 @@ export class UploadSession extends DurableObject<Env> {
     state.parts.push(await upload.uploadPart(state.parts.length + 1, bytes));
   }
 
-  /**
-   * The whole blob in one request of known length (POST ?digest= or a PUT with the
-   * body on a fresh session): stream it straight into one R2 object, hashing with the
-   * runtime's native digest (several times faster than the WASM one, and no state to
-   * keep because nothing continues after this request).
-   */
-  private async commitMonolithic(
-    state: SessionState,
-    digest: Digest,
-    body: ReadableStream<Uint8Array>,
-    claim: ChunkClaim,
-  ): Promise<BlobDescriptor> {
-    if (claim.start !== undefined && claim.start !== 0) {
-      throw new RegistryError("RANGE_INVALID", "chunk does not start at the upload's offset", undefined, {
-        Range: rangeHeader(0),
-      });
-    }
-    const length = claim.length ?? 0;
-    const key = Paths.uploadData(state.uploadId);
-    const digester = new crypto.DigestStream(webCryptoName(digest.algorithm));
-    const digestWriter = digester.getWriter();
-    let received = 0;
-    const hashing = new TransformStream<Uint8Array, Uint8Array>({
-      async transform(chunk, controller) {
-        received += chunk.byteLength;
-        await digestWriter.write(chunk);
-        controller.enqueue(chunk);
-      },
-    });
-    const sized = new FixedLengthStream(length);
-    const piping = body.pipeThrough(hashing).pipeTo(sized.writable);
-    try {
-      await Promise.all([this.env.BLOBS.put(key, sized.readable), piping]);
-    } catch (error) {
-      await this.env.BLOBS.delete(key);
-      throw new RegistryError("SIZE_INVALID", "the body ended before its declared length", {
-        declared: length,
-        received,
-        cause: String(error),
-      });
-    }
-    await digestWriter.close();
-    const computed = `${digest.algorithm}:${toHex(await digester.digest)}`;
-    if (computed !== digest.value) {
-      await this.env.BLOBS.delete(key);
-      throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
-    }
-    return this.blobs.publish(digest, length, key);
-  }
-
-  /**
-   * Finishes a chunked upload: last chunk, digest check, then publish in place.
-   * SHA-256 is tracked while chunks stream, so it is checked before anything is
-   * finalised. Other algorithms (sha512) are rare; tracking them on every upload
-   * would halve throughput, so they are verified by reading the finished object once,
-   * and a mismatch then ends the upload.
-   */
-  private async commitChunked(
-    state: SessionState,
-    digest: Digest,
-    body: ReadableStream<Uint8Array> | null,
-    claim: ChunkClaim,
-  ): Promise<BlobDescriptor> {
-    await this.ingest(state, body, claim);
-    const tracked = digest.algorithm === "sha256";
-    if (tracked) {
-      const computed = `sha256:${ResumableHash.restore("sha256", state.hashState).digestHex()}`;
-      if (computed !== digest.value)
-        throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
-      const existing = await this.blobs.stat(digest);
-      if (existing) {
-        // Same bytes already stored: keep that object, drop ours.
-        await this.purge(state);
-        return existing;
-      }
-    }
-    const size = state.offset;
-    const key = await this.finishObject(state);
-    if (!tracked) {
-      const computed = await this.digestOfObject(key, size, digest);
-      if (computed !== digest.value) {
-        await this.env.BLOBS.delete(key);
-        await this.purge(state);
-        throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
-      }
-    }
-    return this.blobs.publish(digest, size, key);
-  }
-
   private async digestOfObject(key: string, size: number, digest: Digest): Promise<string> {
     const digester = new crypto.DigestStream(webCryptoName(digest.algorithm));
     const stream = await this.blobs.open({ digest: digest.value, size, key });
@@ -485,21 +545,27 @@ export class UploadSession extends DurableObject<Env> {
 
   /**
    * Makes the upload's bytes one R2 object and returns its key. Whole parts are
-   * already in R2; only the staged tail is written now (as the last part, or as the
-   * whole object for a blob smaller than one part).
+   * already in R2; only the tail is written now (as the last part, or as the whole
+   * object for a blob smaller than one part). `tail` is the tail when this request
+   * holds it in memory; otherwise it is read from the staged rows.
    */
-  private async finishObject(state: SessionState): Promise<string> {
+  private async finishObject(state: SessionState, tail: Uint8Array | null): Promise<string> {
     const key = Paths.uploadData(state.uploadId);
     const tailSize = state.offset - tailStart(state);
-    const tail = tailSize > 0 ? this.takePartBuffer(state).subarray(0, tailSize) : new Uint8Array(0);
+    const bytes = tail ?? (tailSize > 0 ? this.takePartBuffer(state).subarray(0, tailSize) : new Uint8Array(0));
     if (state.parts.length === 0) {
-      await this.env.BLOBS.put(key, tail);
+      await this.env.BLOBS.put(key, bytes);
       return key;
     }
-    if (tailSize > 0) await this.uploadPart(state, tail);
-    const upload = await this.multipart(state);
-    await upload.complete(state.parts);
-    delete state.multipartUploadId;
+    try {
+      if (tailSize > 0) await this.uploadPart(state, bytes);
+      await (await this.multipart(state)).complete(state.parts);
+    } catch (error) {
+      // A retried commit whose multipart upload was completed by the earlier attempt
+      // (which failed before saving that): the object is there, whole.
+      const object = await this.env.BLOBS.head(key);
+      if (object?.size !== state.offset) throw error;
+    }
     return key;
   }
 }

@@ -1,12 +1,13 @@
-// End-to-end harness: runs the Worker under `wrangler dev` on a free 127.0.0.1 port with a
+// End-to-end harness: runs the Worker as `npm start` does (scripts/dev.mjs: the Worker
+// bundled by wrangler, served by Miniflare/workerd) on a free 127.0.0.1 port with a
 // fresh state directory, and runs the real OCI clients (skopeo, podman, buildah, umoci)
 // against it with private, throw-away configuration and storage.
 //
-// - wrangler runs on a snapshot of the checkout (edits under src/ during a run would
-//   hot-reload the Worker and drop requests in flight); E2E_IN_PLACE=1 runs it in place.
-// - It is started as `npm start` starts it (scripts/dev.mjs): wrangler dev behind a small
-//   TCP front that refuses TLS at once, because workerd never answers a TLS ClientHello
-//   and containers/image tries https:// first (10 s per command otherwise).
+// - The server runs on a snapshot of the checkout, so the code under test and its bundle
+//   (build/worker) are what they were at the start; E2E_IN_PLACE=1 runs it in place.
+// - scripts/dev.mjs puts a small TCP front before workerd that refuses TLS at once,
+//   because workerd never answers a TLS ClientHello and containers/image tries https://
+//   first (10 s per command otherwise).
 // - Clients run in a private mount namespace with temp dirs over /var/lib and /run (the
 //   root blob-info cache lives in /var/lib/containers/cache), with their own policy.json,
 //   registries.conf, storage.conf (vfs) and containers.conf.
@@ -15,7 +16,7 @@
 // group: on success, on failure, on timeout and when this test process exits or is
 // signalled. Every command has a timeout and every wait loop a deadline.
 //
-// Set E2E_KEEP_TMP=1 to keep the temp directories (registry state, wrangler log, client
+// Set E2E_KEEP_TMP=1 to keep the temp directories (registry state, registry log, client
 // storage, image layouts) for inspection, and E2E_VERBOSE=1 to log every command with its
 // duration on stderr.
 import { spawn, spawnSync } from "node:child_process";
@@ -211,10 +212,8 @@ const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "tes
 
 /**
  * Copies the checkout (sources, wrangler.toml, build/*.wasm, ...) to `dir` and links its
- * node_modules. `wrangler dev` watches the sources and hot-reloads the Worker when one
- * changes; a reload drops requests in flight (wrangler's proxy answers 503 "Your worker
- * restarted mid-request" to a PUT/PATCH), so a suite running while someone edits src/
- * would fail at random. A snapshot pins the code under test to what it was at the start.
+ * node_modules, so a suite running while someone edits src/ tests the code as it was at
+ * the start, and its bundle (build/worker) does not overwrite the checkout's.
  */
 async function snapshotCheckout(dir) {
   await mkdir(dir, { recursive: true });
@@ -227,11 +226,9 @@ async function snapshotCheckout(dir) {
 }
 
 /**
- * Starts `wrangler dev --ip 127.0.0.1 --port <free port> --persist-to <fresh dir>` on a
- * snapshot of the checkout (see snapshotCheckout) and waits until GET /v2/ answers 200.
- * Returns { port, host, url, clientHost, stateDir, logFile, logTail(), stop() }: `url` and
- * `host` reach wrangler directly; `clientHost` is the TLS-rejecting front for the
- * containers/image clients (set E2E_NO_TLS_FRONT=1 to point them at wrangler directly).
+ * Starts `scripts/dev.mjs --port <free port> --persist-to <fresh dir>` on a snapshot of
+ * the checkout (see snapshotCheckout) and waits until GET /v2/ answers 200.
+ * Returns { port, host, url, clientHost, stateDir, logFile, logTail(), stop() }.
  */
 export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const wasm = join(ROOT, "build", "sha256.wasm");
@@ -242,14 +239,12 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   }
   const dir = await makeTempDir("registry");
   const stateDir = join(dir, "state");
-  const logFile = join(dir, "wrangler.log");
+  const logFile = join(dir, "registry.log");
   await mkdir(join(dir, "config"), { recursive: true });
   const port = await freePort();
-  // E2E_IN_PLACE=1 runs wrangler in the checkout itself (then edits under src/ hot-reload
-  // the Worker mid-suite); by default it runs in a snapshot of the checkout.
+  // E2E_IN_PLACE=1 runs the server in the checkout itself; by default in a snapshot.
   const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
-  // The registry as `npm start` runs it: wrangler dev behind scripts/dev.mjs's front,
-  // which refuses TLS handshakes at once (containers/image tries https first).
+  // The registry as `npm start` runs it.
   const args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir];
   const env = {
     ...process.env,
@@ -267,8 +262,8 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   const child = spawn(process.execPath, args, { cwd, env, detached: true, stdio: ["ignore", logFd, logFd] });
   closeSync(logFd);
   const pgid = child.pid;
-  if (pgid === undefined) throw new Error("could not start wrangler dev");
-  keeper.track(pgid, `wrangler dev :${port}`);
+  if (pgid === undefined) throw new Error("could not start the registry");
+  keeper.track(pgid, `registry :${port}`);
   let exited = null;
   child.once("exit", (code, signal) => {
     exited = { code, signal };
@@ -293,7 +288,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
   for (;;) {
     if (exited) {
       await stop();
-      throw new Error(`wrangler dev exited before it was ready: ${JSON.stringify(exited)}\n${logTail()}`);
+      throw new Error(`the registry exited before it was ready: ${JSON.stringify(exited)}\n${logTail()}`);
     }
     if (Date.now() > deadline) {
       const tail = logTail();

@@ -500,6 +500,73 @@ describe("uploads larger than one multipart part", () => {
   });
 });
 
+describe("the whole blob in one request (POST ?digest=, or PUT with the body on a fresh session)", () => {
+  it(
+    "a body of two and a half parts is cut into parts and served back byte for byte",
+    { timeout: 120_000 },
+    async () => {
+      const name = "whole/parts";
+      const bytes = randomBytes(2 * PART_SIZE + PART_SIZE / 2);
+      const digest = await sha256(bytes);
+      const response = await registry(`/v2/${name}/blobs/uploads/?digest=${digest}`, { method: "POST", body: bytes });
+      expect(response.status).toBe(201);
+      const [algorithm, hex] = digest.split(":");
+      const record = (await (await env.BLOBS.get(`blobs/${algorithm}/${hex}`))?.json()) as {
+        key: string;
+        size: number;
+      };
+      expect(record.size).toBe(bytes.byteLength);
+      const stored = await env.BLOBS.head(record.key);
+      expect(stored?.size).toBe(bytes.byteLength);
+      const pulled = await registry(`/v2/${name}/blobs/${digest}`);
+      const body = pulled.body;
+      if (!body) throw new Error("blob response has no body");
+      expect(await digestStream(body)).toEqual({ digest, size: bytes.byteLength });
+    },
+  );
+
+  it(
+    "a wrong digest on a multi-part PUT body leaves the session at offset 0, where the right digest then commits",
+    { timeout: 120_000 },
+    async () => {
+      const name = "whole/retry";
+      const bytes = randomBytes(PART_SIZE + 3 * MiB);
+      const digest = await sha256(bytes);
+      const wrong = await sha256(utf8("not these bytes"));
+      const { location } = await startUpload(name);
+      await expectError(
+        await registry(withDigest(location, wrong), { method: "PUT", body: bytes }),
+        400,
+        "DIGEST_INVALID",
+      );
+      expect(await uploadRange(location)).toBe("0-0");
+      await expectError(await registry(`/v2/${name}/blobs/${wrong}`), 404, "BLOB_UNKNOWN");
+      const committed = await registry(withDigest(location, digest), { method: "PUT", body: bytes });
+      expect(committed.status).toBe(201);
+      const pulled = await registry(`/v2/${name}/blobs/${digest}`);
+      const body = pulled.body;
+      if (!body) throw new Error("blob response has no body");
+      expect(await digestStream(body)).toEqual({ digest, size: bytes.byteLength });
+    },
+  );
+
+  it("a sha512 whole-body upload is verified as it streams", async () => {
+    const name = "whole/sha512";
+    const bytes = randomBytes(200_000);
+    const digest = await sha512(bytes);
+    expect(
+      (await registry(`/v2/${name}/blobs/uploads/?digest=${digest}`, { method: "POST", body: bytes })).status,
+    ).toBe(201);
+    expect(await readBlob(name, digest)).toEqual(bytes);
+    const wrong = await sha512(utf8("other"));
+    await expectError(
+      await registry(`/v2/${name}/blobs/uploads/?digest=${wrong}`, { method: "POST", body: bytes }),
+      400,
+      "DIGEST_INVALID",
+    );
+  });
+});
+
 describe("upload expiry (the session's alarm)", () => {
   type StoredSession = { updatedAt: number; startedAt: number };
 
