@@ -1,5 +1,6 @@
 import { Hono } from "hono";
 import { RegistryError } from "./oci/errors";
+import { adminRoutes } from "./routes/admin";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
@@ -30,6 +31,7 @@ v2.route("/", blobRoutes);
 v2.route("/", manifestRoutes);
 v2.route("/", referrerRoutes);
 app.route("/v2", v2);
+app.route("/_admin", adminRoutes);
 
 app.notFound(() => {
   throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);

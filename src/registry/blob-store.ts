@@ -1,6 +1,7 @@
-import type { Digest } from "../oci/digest";
+import { parseDigest, type Digest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import { Paths } from "./paths";
+import type { Storage } from "./storage";
 
 /** What the registry knows of a stored blob. */
 export interface BlobDescriptor {
@@ -32,27 +33,43 @@ function isBlobDescriptor(value: unknown): value is BlobDescriptor {
 
 /**
  * The global content store: every blob stored once, addressed by digest. The R2
- * descriptor record is the truth; KV holds a copy for fast reads at the edge. A KV
- * miss (never written, not yet propagated, or cached as missing) falls back to R2
- * and repairs KV, so a stale KV only costs time, never correctness. Descriptors are
- * immutable while they exist, so a stale KV hit is still a right answer.
+ * descriptor record is the truth; KV holds a copy for fast reads at the edge, and is
+ * only ever a cache: a KV miss (never written, not yet propagated, or cached as
+ * missing), a KV failure, or a KV value whose object is gone all fall back to R2 (and
+ * repair KV, best effort), so a stale or failing KV costs time, never correctness.
+ * Descriptors are immutable while they exist; the one way a cached one can be wrong is
+ * a blob removed and pushed again (its object key changes), which `open` and
+ * `readBytes` detect by the object being missing.
  */
 export class BlobStore {
-  constructor(
-    private readonly bucket: R2Bucket,
-    private readonly kv: KVNamespace,
-  ) {}
+  private readonly bucket: R2Bucket;
+  private readonly kv: KVNamespace;
 
-  /** The descriptor of a stored blob, or null. */
-  async stat(digest: Digest): Promise<BlobDescriptor | null> {
-    const cached = await this.kv.get(Paths.kvBlob(digest), "json");
-    if (isBlobDescriptor(cached)) return cached;
+  constructor(storage: Storage) {
+    this.bucket = storage.bucket;
+    this.kv = storage.kv;
+  }
+
+  /** The descriptor of a stored blob, or null. `strong` skips the KV cache. */
+  async stat(digest: Digest, options: { strong?: boolean } = {}): Promise<BlobDescriptor | null> {
+    if (!options.strong) {
+      const cached: unknown = await this.kv.get(Paths.kvBlob(digest), "json").catch(() => null);
+      if (isBlobDescriptor(cached) && cached.digest === digest.value) return cached;
+    }
     const record = await this.bucket.get(Paths.blobDescriptor(digest));
     if (!record) return null;
     const descriptor: unknown = await record.json();
     if (!isBlobDescriptor(descriptor)) return null;
-    await this.kv.put(Paths.kvBlob(digest), JSON.stringify(descriptor));
+    await this.cache(digest, descriptor);
     return descriptor;
+  }
+
+  /**
+   * Writes the KV copy. Best effort: KV takes about one write per second per key, and
+   * a cache that could not be written only costs the next reader an R2 read.
+   */
+  private async cache(digest: Digest, descriptor: BlobDescriptor): Promise<void> {
+    await this.kv.put(Paths.kvBlob(digest), JSON.stringify(descriptor)).catch(() => undefined);
   }
 
   /**
@@ -68,14 +85,14 @@ export class BlobStore {
     });
     if (written === null) {
       // Another upload of the same bytes got there first: keep its object, drop ours.
-      const existing = await this.stat(digest);
+      const existing = await this.stat(digest, { strong: true });
       if (existing && existing.key !== key) await this.bucket.delete(key);
       if (existing) return existing;
       throw new RegistryError("UNAVAILABLE", "blob descriptor vanished while publishing; retry", undefined, {
         "Retry-After": "1",
       });
     }
-    await this.kv.put(Paths.kvBlob(digest), JSON.stringify(descriptor));
+    await this.cache(digest, descriptor);
     return descriptor;
   }
 
@@ -90,8 +107,18 @@ export class BlobStore {
   /** Reads a whole blob that is known to be small (manifests), or null if its object is gone. */
   async readBytes(descriptor: BlobDescriptor): Promise<Uint8Array<ArrayBuffer> | null> {
     const object = await this.bucket.get(descriptor.key);
-    if (!object) return null;
-    return new Uint8Array(await object.arrayBuffer());
+    if (object) return new Uint8Array(await object.arrayBuffer());
+    const current = await this.current(descriptor);
+    return current ? this.readBytes(current) : null;
+  }
+
+  /**
+   * The R2 descriptor when a descriptor's object is missing and R2 names another one
+   * (the cached descriptor was stale), else null.
+   */
+  private async current(descriptor: BlobDescriptor): Promise<BlobDescriptor | null> {
+    const fresh = await this.stat(parseDigest(descriptor.digest), { strong: true });
+    return fresh && fresh.key !== descriptor.key ? fresh : null;
   }
 
   /**
@@ -118,7 +145,15 @@ export class BlobStore {
         throw new RegistryError("BLOB_UNKNOWN", "blob content missing from storage", { digest: descriptor.digest });
       return object.body;
     };
-    const first = await readSlice(start);
+    let first: ReadableStream<Uint8Array>;
+    try {
+      first = await readSlice(start);
+    } catch (error) {
+      const missing = error instanceof RegistryError && error.code === "BLOB_UNKNOWN";
+      const current = missing ? await this.current(descriptor) : null;
+      if (!current) throw error;
+      return this.open(current, range);
+    }
     if (length <= READ_SLICE_BYTES) return first;
     const output = new FixedLengthStream(length);
     const pump = async (): Promise<void> => {

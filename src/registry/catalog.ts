@@ -13,6 +13,11 @@ export class Catalog {
     return (await this.bucket.head(Paths.catalogEntry(name))) !== null;
   }
 
+  /** Lists a repository. A head first: a read is cheaper than a write, and most links are to known repositories. */
+  async add(name: string): Promise<void> {
+    if (!(await this.exists(name))) await this.bucket.put(Paths.catalogEntry(name), "");
+  }
+
   async list(limit: number, last?: string): Promise<string[]> {
     return listNames(this.bucket, Paths.catalogPrefix, limit, last);
   }

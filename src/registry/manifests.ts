@@ -111,7 +111,7 @@ export class Manifests {
         throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
       return;
     }
-    if (!(await this.revisions.readLink(reference.digest, { strong: true }))) {
+    if (!(await this.revisions.readLink(reference.digest))) {
       throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
     }
     const subject = await this.subjectOf(reference.digest);
@@ -126,7 +126,7 @@ export class Manifests {
 
   /** The subject a stored manifest names, if any (null for a manifest this repository lacks). */
   private async subjectOf(digest: Digest): Promise<Digest | null> {
-    const link = await this.revisions.readLink(digest, { strong: true });
+    const link = await this.revisions.readLink(digest);
     const descriptor = link ? await this.blobs.stat(digest) : null;
     const bytes = descriptor ? await this.blobs.readBytes(descriptor) : null;
     if (!bytes || !link) return null;
@@ -149,7 +149,7 @@ export class Manifests {
   }
 
   private async checkOne(store: LinkedBlobStore, reference: Descriptor, code: "MANIFEST_BLOB_UNKNOWN"): Promise<void> {
-    const link = await store.readLink(reference.digest, { strong: true });
+    const link = await store.readLink(reference.digest);
     const descriptor = link ? await this.blobs.stat(reference.digest) : null;
     if (!descriptor) throw new RegistryError(code, undefined, { digest: reference.digest.value });
     if (descriptor.size !== reference.size) {

@@ -46,10 +46,9 @@ export const Paths = {
 
   // ---- KV: edge read cache (never the only record) ----
 
-  /** Cached blob descriptor. Content-addressed, so it never changes while it exists. */
+  /**
+   * Cached blob descriptor. Content-addressed, so it never changes while it exists.
+   * (Links are not cached in KV: see LinkedBlobStore.)
+   */
   kvBlob: (digest: Digest): string => `blob:${digest.value}`,
-  /** Cached existence of a layer link. */
-  kvLayerLink: (name: string, digest: Digest): string => `layer:${name}@${digest.value}`,
-  /** Cached manifest revision link (its media type). */
-  kvRevision: (name: string, digest: Digest): string => `revision:${name}@${digest.value}`,
 } as const;

@@ -2,12 +2,13 @@ import { Hono } from "hono";
 import { RegistryError } from "../oci/errors";
 import { Catalog } from "../registry/catalog";
 import { openRepository } from "../registry/registry";
+import { storageOf } from "../registry/storage";
 import { paginate, repositoryName, type AppEnv } from "./http";
 
 export const listingRoutes = new Hono<AppEnv>();
 
 listingRoutes.get("/_catalog", async (c) => {
-  const catalog = new Catalog(c.env.BLOBS);
+  const catalog = new Catalog(storageOf(c.env).bucket);
   const repositories = await paginate(
     c,
     "/v2/_catalog",
@@ -19,7 +20,8 @@ listingRoutes.get("/_catalog", async (c) => {
 
 listingRoutes.get("/:name{.+}/tags/list", async (c) => {
   const name = repositoryName(c);
-  if (!(await new Catalog(c.env.BLOBS).exists(name))) throw new RegistryError("NAME_UNKNOWN", undefined, { name });
+  if (!(await new Catalog(storageOf(c.env).bucket).exists(name)))
+    throw new RegistryError("NAME_UNKNOWN", undefined, { name });
   const tags = openRepository(c.env, name).tags;
   const page = await paginate(
     c,

@@ -24,6 +24,25 @@ function session(c: AppContext, uploadId: string): DurableObjectStub<UploadSessi
   return c.env.UPLOADS.get(c.env.UPLOADS.idFromName(uploadId));
 }
 
+/**
+ * A call to an upload's object that fails as a call (the object was reset, is
+ * overloaded, or could not be reached) is retryable: the session keeps its last
+ * durable point, and the client's retry finds it.
+ */
+async function reach<T>(call: Promise<T>): Promise<T> {
+  try {
+    return await call;
+  } catch (error) {
+    if (error instanceof RegistryError) throw error;
+    throw new RegistryError(
+      "UNAVAILABLE",
+      "the upload session could not be reached; retry",
+      { cause: String(error) },
+      { "Retry-After": "1" },
+    );
+  }
+}
+
 function uploadId(c: AppContext): string {
   const id = c.req.param("uuid") ?? "";
   if (!UUID.test(id)) throw new RegistryError("BLOB_UPLOAD_UNKNOWN", undefined, { uuid: id });
@@ -35,8 +54,8 @@ async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequest
   const body = requestBody(c);
   const forwarded = new Request("https://upload-session/", c.req.raw);
   forwarded.headers.set(BYTE_REQUEST_ARGS, JSON.stringify({ ...args, hasBody: body !== null }));
-  const response = await session(c, id).fetch(forwarded);
-  return unwrap((await response.json()) as SessionResult<T>);
+  const response = await reach(session(c, id).fetch(forwarded));
+  return unwrap((await reach(response.json())) as SessionResult<T>);
 }
 
 function unwrap<T>(result: SessionResult<T>): T {
@@ -92,7 +111,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
     // enabled. Otherwise fall through to a normal upload session, as the spec says.
     const mountable =
       from !== undefined
-        ? (await openRepository(c.env, validateName(from)).layers.readLink(digest, { strong: true })) !== null &&
+        ? (await openRepository(c.env, validateName(from)).layers.readLink(digest)) !== null &&
           (await target.blobs.stat(digest)) !== null
         : readConfig(c.env).mountWithoutFrom && (await target.blobs.stat(digest)) !== null;
     if (mountable) {
@@ -102,7 +121,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   }
   const id = crypto.randomUUID();
   const stub = session(c, id);
-  await stub.start(id, name);
+  await reach(stub.start(id, name));
   const digestParam = c.req.query("digest");
   if (digestParam !== undefined) {
     const digest = parseDigest(digestParam);
@@ -124,7 +143,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
 uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = repositoryName(c);
   const id = uploadId(c);
-  const status = unwrap(await session(c, id).status(name));
+  const status = unwrap(await reach(session(c, id).status(name)));
   return acceptedUpload(c, name, id, status.offset, 204);
 });
 
@@ -148,6 +167,6 @@ uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 uploadRoutes.delete("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = repositoryName(c);
   const id = uploadId(c);
-  unwrap(await session(c, id).cancel(name));
+  unwrap(await reach(session(c, id).cancel(name)));
   return c.body(null, 204);
 });

@@ -4,6 +4,7 @@ import { RegistryError, toErrorRecord, type ErrorRecord } from "../oci/errors";
 import { BlobStore, type BlobDescriptor } from "../registry/blob-store";
 import { LinkedBlobStore } from "../registry/linked-blob-store";
 import { Paths } from "../registry/paths";
+import { storageOf, type Storage } from "../registry/storage";
 import { MAX_PARTS, readConfig } from "../config";
 import { ResumableHash } from "./resumable-hash";
 import { StagedTail } from "./staged-tail";
@@ -83,8 +84,16 @@ export class UploadSession extends DurableObject<Env> {
     this.tail = new StagedTail(ctx.storage.sql);
   }
 
+  private get storage(): Storage {
+    return storageOf(this.env);
+  }
+
+  private get bucket(): R2Bucket {
+    return this.storage.bucket;
+  }
+
   private get blobs(): BlobStore {
-    return new BlobStore(this.env.BLOBS, this.env.META);
+    return new BlobStore(this.storage);
   }
 
   private load(name: string): SessionState {
@@ -264,7 +273,7 @@ export class UploadSession extends DurableObject<Env> {
     const key = await this.finishObject(state, tail);
     const computed = await this.digestOfObject(key, state.offset, digest);
     if (computed !== digest.value) {
-      await this.env.BLOBS.delete(key);
+      await this.bucket.delete(key);
       await this.purge(state);
       throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
     }
@@ -297,7 +306,7 @@ export class UploadSession extends DurableObject<Env> {
     const completed = state.completed;
     if (!completed) throw new Error("publish before the upload completed");
     const descriptor = await this.blobs.publish(digest, completed.size, completed.key);
-    await new LinkedBlobStore(this.env.BLOBS, this.env.META, this.blobs, state.name, "layer").link(digest);
+    await new LinkedBlobStore(this.bucket, this.blobs, state.name, "layer").link(digest);
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
     return descriptor;
@@ -330,7 +339,7 @@ export class UploadSession extends DurableObject<Env> {
     if (completed && completed.key === Paths.uploadData(state.uploadId)) {
       // Finished but perhaps never published: keep the object only if a descriptor uses it.
       const published = await this.blobs.stat(parseDigest(completed.digest));
-      if (published?.key !== completed.key) await this.env.BLOBS.delete(completed.key);
+      if (published?.key !== completed.key) await this.bucket.delete(completed.key);
     }
     // Drops the session record and the staged tail together.
     await this.ctx.storage.deleteAll();
@@ -339,7 +348,7 @@ export class UploadSession extends DurableObject<Env> {
 
   private async abortMultipart(state: SessionState): Promise<void> {
     if (!state.multipartUploadId) return;
-    await this.env.BLOBS.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
+    await this.bucket.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
     delete state.multipartUploadId;
   }
 
@@ -519,8 +528,8 @@ export class UploadSession extends DurableObject<Env> {
 
   private async multipart(state: SessionState): Promise<R2MultipartUpload> {
     const key = Paths.uploadData(state.uploadId);
-    if (state.multipartUploadId) return this.env.BLOBS.resumeMultipartUpload(key, state.multipartUploadId);
-    const upload = await this.env.BLOBS.createMultipartUpload(key);
+    if (state.multipartUploadId) return this.bucket.resumeMultipartUpload(key, state.multipartUploadId);
+    const upload = await this.bucket.createMultipartUpload(key);
     state.multipartUploadId = upload.uploadId;
     return upload;
   }
@@ -554,7 +563,7 @@ export class UploadSession extends DurableObject<Env> {
     const tailSize = state.offset - tailStart(state);
     const bytes = tail ?? (tailSize > 0 ? this.takePartBuffer(state).subarray(0, tailSize) : new Uint8Array(0));
     if (state.parts.length === 0) {
-      await this.env.BLOBS.put(key, bytes);
+      await this.bucket.put(key, bytes);
       return key;
     }
     try {
@@ -563,7 +572,7 @@ export class UploadSession extends DurableObject<Env> {
     } catch (error) {
       // A retried commit whose multipart upload was completed by the earlier attempt
       // (which failed before saving that): the object is there, whole.
-      const object = await this.env.BLOBS.head(key);
+      const object = await this.bucket.head(key);
       if (object?.size !== state.offset) throw error;
     }
     return key;

@@ -1,0 +1,396 @@
+import { parseDigest, toHex, webCryptoName, type Digest } from "../oci/digest";
+import { parseManifest } from "../oci/manifest";
+import { BlobStore, type BlobDescriptor } from "./blob-store";
+import { Catalog } from "./catalog";
+import { Paths } from "./paths";
+import type { Storage } from "./storage";
+
+/**
+ * The integrity check (`npm run verify`): walks every record the registry keeps,
+ * re-hashes every blob, and reports what is inconsistent; with `repair`, it fixes what
+ * can be fixed without losing anything a client could still use. docker/distribution
+ * has no such check (zot calls it scrub).
+ *
+ * What it checks, family by family (keys as in paths.ts):
+ * - descriptors `blobs/…`: well-formed, named by their own digest, pointing at an object
+ *   of the recorded size whose bytes hash to the digest (invariant 1), and their KV copy
+ *   (if any) agreeing;
+ * - links, tags and referrers under `repositories/…`: every link names a stored blob,
+ *   every tag a revision of its repository, every referrer record a revision;
+ * - the catalog: every repository with links is listed;
+ * - `data/…` objects no descriptor points at (an upload in flight, or left over);
+ * - KV `blob:` entries with no, or another, R2 descriptor.
+ */
+export interface Finding {
+  /** error: breaks a rule clients rely on; warning: harmless but untidy; info: expected in a live registry. */
+  severity: "error" | "warning" | "info";
+  kind: FindingKind;
+  key: string;
+  detail: string;
+  /** What repair did about it, when it did something. */
+  repaired?: string;
+}
+
+export type FindingKind =
+  | "descriptor-invalid"
+  | "descriptor-without-bytes"
+  | "size-mismatch"
+  | "digest-mismatch"
+  | "kv-descriptor-stale"
+  | "link-without-descriptor"
+  | "tag-invalid"
+  | "tag-without-manifest"
+  | "referrer-without-manifest"
+  | "repository-not-in-catalog"
+  | "catalog-entry-empty"
+  | "orphan-data";
+
+export interface VerifyOptions {
+  /** Re-hash every blob's bytes (the default); false checks existence and size only. */
+  rehash?: boolean;
+  repair?: boolean;
+  /**
+   * Records younger than this are left alone by repair, because a push in flight writes
+   * them in steps (catalog entry before link, object before descriptor): 1 hour by default.
+   */
+  settleMs?: number;
+  /** Objects under `data/` older than this with no descriptor are deleted by repair (the upload TTL). */
+  orphanAgeMs?: number;
+  now?: number;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  counts: {
+    descriptors: number;
+    bytesRehashed: number;
+    links: number;
+    tags: number;
+    referrers: number;
+    repositories: number;
+    catalogEntries: number;
+    dataObjects: number;
+    kvEntries: number;
+  };
+  findings: Finding[];
+}
+
+const HOUR_MS = 60 * 60 * 1000;
+
+/** Every object under a prefix, page by page (R2 lists at most 1000 keys a call). */
+async function* listAll(bucket: R2Bucket, prefix: string): AsyncGenerator<R2Object> {
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await bucket.list({ prefix, ...(cursor ? { cursor } : {}) });
+    yield* page.objects;
+    if (!page.truncated) return;
+    cursor = page.cursor;
+  }
+}
+
+/** How many records are checked at once. */
+const CONCURRENCY = 16;
+
+/** Runs `work` over every item, CONCURRENCY at a time. */
+async function inBatches<T>(items: AsyncIterable<T> | Iterable<T>, work: (item: T) => Promise<void>): Promise<void> {
+  let batch: Promise<void>[] = [];
+  for await (const item of items) {
+    batch.push(work(item));
+    if (batch.length === CONCURRENCY) {
+      await Promise.all(batch);
+      batch = [];
+    }
+  }
+  await Promise.all(batch);
+}
+
+/** The digest `text` (`alg:hex`) names, or null. */
+function digestOrNull(text: string): Digest | null {
+  try {
+    return parseDigest(text);
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A key under `repositories/` split into the repository name and the rest. Name
+ * components never start with `_` (the name grammar), so the first `/_` ends the name.
+ */
+function splitRepositoryKey(key: string): { name: string; family: string; rest: string[] } | null {
+  const path = key.slice("repositories/".length);
+  const end = path.indexOf("/_");
+  if (end <= 0) return null;
+  const [family = "", ...rest] = path.slice(end + 1).split("/");
+  return { name: path.slice(0, end), family, rest };
+}
+
+export async function verifyStorage(storage: Storage, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const { bucket, kv } = storage;
+  const rehash = options.rehash ?? true;
+  const repair = options.repair ?? false;
+  const now = options.now ?? Date.now();
+  const settled = (object: R2Object) => now - object.uploaded.getTime() >= (options.settleMs ?? HOUR_MS);
+  const blobs = new BlobStore(storage);
+  const findings: Finding[] = [];
+  const counts: VerifyReport["counts"] = {
+    descriptors: 0,
+    bytesRehashed: 0,
+    links: 0,
+    tags: 0,
+    referrers: 0,
+    repositories: 0,
+    catalogEntries: 0,
+    dataObjects: 0,
+    kvEntries: 0,
+  };
+  const report = (finding: Finding) => findings.push(finding);
+  /** Digests with a sound descriptor (and bytes), and the objects those point at. */
+  const stored = new Map<string, BlobDescriptor>();
+  const referencedData = new Set<string>();
+
+  // ---- descriptors ----
+  // Checked a batch at a time: each needs a read or two, and they are independent.
+  const checkDescriptor = async (object: R2Object): Promise<void> => {
+    const [, algorithm, hex] = object.key.split("/");
+    const digest = digestOrNull(`${algorithm}:${hex}`);
+    const record = await bucket.get(object.key);
+    const descriptor = record ? await record.json<BlobDescriptor>().catch(() => null) : null;
+    if (!digest || !descriptor || descriptor.digest !== digest.value || typeof descriptor.key !== "string") {
+      report({
+        severity: "error",
+        kind: "descriptor-invalid",
+        key: object.key,
+        detail: "not a descriptor of its own digest",
+      });
+      return;
+    }
+    referencedData.add(descriptor.key);
+    const problem = await checkBytes(bucket, blobs, descriptor, digest, rehash, counts);
+    if (!problem) {
+      stored.set(digest.value, descriptor);
+      return;
+    }
+    const finding: Finding = { severity: "error", kind: problem.kind, key: object.key, detail: problem.detail };
+    if (repair) {
+      // Nothing may be served under a digest its bytes do not match: withdraw the
+      // descriptor (clients see the blob as unknown and push it again). The object
+      // stays, for inspection, as an orphan.
+      await bucket.delete(object.key);
+      await kv.delete(Paths.kvBlob(digest));
+      finding.repaired = "descriptor withdrawn";
+    }
+    report(finding);
+  };
+  await inBatches(listAll(bucket, "blobs/"), (object) => {
+    counts.descriptors++;
+    return checkDescriptor(object);
+  });
+
+  // ---- links, tags, referrers ----
+  const linked = new Set<string>();
+  const revisions = new Set<string>();
+  const tags: { key: string; name: string }[] = [];
+  const referrers: { key: string; name: string; digest: Digest | null }[] = [];
+  for await (const object of listAll(bucket, "repositories/")) {
+    const parts = splitRepositoryKey(object.key);
+    if (!parts) continue;
+    const { name, family, rest } = parts;
+    if (family === "_layers" || (family === "_manifests" && rest[0] === "revisions")) {
+      counts.links++;
+      const [algorithm, hex] = family === "_layers" ? rest : rest.slice(1);
+      const digest = digestOrNull(`${algorithm}:${hex}`);
+      linked.add(name);
+      if (family === "_manifests" && digest) revisions.add(`${name}@${digest.value}`);
+      if (!digest || !stored.has(digest.value)) {
+        const finding: Finding = {
+          severity: "error",
+          kind: "link-without-descriptor",
+          key: object.key,
+          detail: "the repository links a blob that is not stored",
+        };
+        if (repair) {
+          await bucket.delete(object.key);
+          finding.repaired = "link removed";
+        }
+        report(finding);
+      }
+    } else if (family === "_manifests" && rest[0] === "tags") {
+      counts.tags++;
+      tags.push({ key: object.key, name });
+    } else if (family === "_referrers") {
+      counts.referrers++;
+      const digest = digestOrNull(rest[2] ?? "");
+      referrers.push({ key: object.key, name, digest });
+    }
+  }
+  // Links whose repair removed them no longer count as revisions.
+  const sound = (name: string, digest: Digest) => revisions.has(`${name}@${digest.value}`) && stored.has(digest.value);
+
+  await inBatches(tags, async (tag) => {
+    const record = await bucket.get(tag.key);
+    const digest = record ? digestOrNull((await record.text()).trim()) : null;
+    if (!digest) {
+      report({ severity: "error", kind: "tag-invalid", key: tag.key, detail: "the tag does not hold a digest" });
+      return;
+    }
+    if (sound(tag.name, digest)) return;
+    const finding: Finding = {
+      severity: "error",
+      kind: "tag-without-manifest",
+      key: tag.key,
+      detail: `the tag points at ${digest.value}, which is not a manifest of ${tag.name}`,
+    };
+    if (repair) finding.repaired = await repairTag(bucket, blobs, tag.name, tag.key, digest, stored);
+    report(finding);
+  });
+
+  for (const referrer of referrers) {
+    if (referrer.digest && sound(referrer.name, referrer.digest)) continue;
+    const finding: Finding = {
+      severity: "error",
+      kind: "referrer-without-manifest",
+      key: referrer.key,
+      detail: "the referrers list names a manifest the repository does not hold",
+    };
+    if (repair) {
+      await bucket.delete(referrer.key);
+      finding.repaired = "record removed";
+    }
+    report(finding);
+  }
+
+  // ---- catalog ----
+  const catalog = new Catalog(bucket);
+  const listed = new Set<string>();
+  for await (const object of listAll(bucket, Paths.catalogPrefix)) {
+    counts.catalogEntries++;
+    const name = object.key.slice(Paths.catalogPrefix.length);
+    listed.add(name);
+    if (linked.has(name)) continue;
+    const finding: Finding = {
+      severity: "warning",
+      kind: "catalog-entry-empty",
+      key: object.key,
+      detail: "the catalog lists a repository that links nothing",
+    };
+    if (repair && settled(object)) {
+      await bucket.delete(object.key);
+      finding.repaired = "entry removed";
+    }
+    report(finding);
+  }
+  counts.repositories = linked.size;
+  for (const name of linked) {
+    if (listed.has(name)) continue;
+    const finding: Finding = {
+      severity: "error",
+      kind: "repository-not-in-catalog",
+      key: Paths.catalogEntry(name),
+      detail: "a repository with links is missing from the catalog",
+    };
+    if (repair) {
+      await catalog.add(name);
+      finding.repaired = "entry added";
+    }
+    report(finding);
+  }
+
+  // ---- objects no descriptor points at ----
+  for await (const object of listAll(bucket, "data/")) {
+    counts.dataObjects++;
+    if (referencedData.has(object.key)) continue;
+    const old = now - object.uploaded.getTime() >= (options.orphanAgeMs ?? 7 * 24 * HOUR_MS);
+    const finding: Finding = {
+      severity: old ? "warning" : "info",
+      kind: "orphan-data",
+      key: object.key,
+      detail: old
+        ? "no descriptor points at this object and no upload can still be using it"
+        : "no descriptor points at this object yet (an upload in flight, or one that lost a race)",
+    };
+    if (repair && old) {
+      await bucket.delete(object.key);
+      finding.repaired = "object deleted";
+    }
+    report(finding);
+  }
+
+  // ---- KV copies ----
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await kv.list({ prefix: "blob:", ...(cursor ? { cursor } : {}) });
+    for (const entry of page.keys) {
+      counts.kvEntries++;
+      const digestText = entry.name.slice("blob:".length);
+      const cached = await kv.get<BlobDescriptor>(entry.name, "json");
+      const truth = stored.get(digestText);
+      if (cached && truth && cached.key === truth.key && cached.size === truth.size) continue;
+      const finding: Finding = {
+        severity: "warning",
+        kind: "kv-descriptor-stale",
+        key: `kv:${entry.name}`,
+        detail: truth ? "the KV copy disagrees with the R2 descriptor" : "a KV copy of a descriptor R2 does not hold",
+      };
+      if (repair) {
+        await kv.delete(entry.name);
+        finding.repaired = "KV copy removed";
+      }
+      report(finding);
+    }
+    if (page.list_complete) break;
+    cursor = page.cursor;
+  }
+
+  const ok = findings.every((finding) => finding.severity === "info" || finding.repaired !== undefined);
+  return { ok, counts, findings };
+}
+
+async function checkBytes(
+  bucket: R2Bucket,
+  blobs: BlobStore,
+  descriptor: BlobDescriptor,
+  digest: Digest,
+  rehash: boolean,
+  counts: VerifyReport["counts"],
+): Promise<{ kind: FindingKind; detail: string } | null> {
+  const object = await bucket.head(descriptor.key);
+  if (!object) return { kind: "descriptor-without-bytes", detail: `its object ${descriptor.key} is missing` };
+  if (object.size !== descriptor.size) {
+    return { kind: "size-mismatch", detail: `descriptor says ${descriptor.size} bytes, object has ${object.size}` };
+  }
+  if (!rehash) return null;
+  const digester = new crypto.DigestStream(webCryptoName(digest.algorithm));
+  await (await blobs.open(descriptor)).pipeTo(digester);
+  counts.bytesRehashed += descriptor.size;
+  const computed = `${digest.algorithm}:${toHex(await digester.digest)}`;
+  return computed === digest.value ? null : { kind: "digest-mismatch", detail: `its bytes hash to ${computed}` };
+}
+
+/**
+ * A tag whose revision link is gone: if the manifest's bytes are still stored (a link
+ * lost, the content not), the revision is linked again and the tag kept; otherwise the
+ * tag can never be pulled and is removed.
+ */
+async function repairTag(
+  bucket: R2Bucket,
+  blobs: BlobStore,
+  name: string,
+  tagKey: string,
+  digest: Digest,
+  stored: Map<string, BlobDescriptor>,
+): Promise<string> {
+  const descriptor = stored.get(digest.value);
+  const bytes = descriptor ? await blobs.readBytes(descriptor) : null;
+  if (bytes) {
+    try {
+      const manifest = parseManifest(bytes, "");
+      await bucket.put(Paths.manifestRevision(name, digest), JSON.stringify({ mediaType: manifest.mediaType }));
+      return "revision link restored from the stored manifest";
+    } catch {
+      // not a manifest: fall through
+    }
+  }
+  await bucket.delete(tagKey);
+  return "tag removed (its manifest is not stored)";
+}

@@ -1,0 +1,14 @@
+import { describe, expect, it } from "vitest";
+import { multipartCommit, runWithFaults, scenarios, type Scenario } from "./fault-scenarios";
+
+describe("a storage call that succeeds but whose answer is lost", () => {
+  for (const scenario of [...scenarios, multipartCommit as Scenario<unknown>]) {
+    it(
+      `${scenario.name}: the retry still succeeds and nothing is duplicated or half-written`,
+      { timeout: 300_000 },
+      async () => {
+        expect(await runWithFaults(scenario, "throw-after")).toBeGreaterThanOrEqual(2);
+      },
+    );
+  }
+});
