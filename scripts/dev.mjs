@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Local registry: the Worker bundled exactly as `wrangler deploy` bundles it, served by
 // Miniflare (workerd, with R2, KV and Durable Objects persisted on local disk) behind a
-// small TCP front on 127.0.0.1.
+// small TCP front on 127.0.0.1 (scripts/lib/local-worker.mjs starts the Worker).
 //
 // Why Miniflare directly and not `wrangler dev`: wrangler dev runs two workerd
 // processes, its own proxy Worker in front of ours, and every byte of every upload
@@ -22,12 +22,10 @@
 // passes every other connection through untouched.
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
-import { spawnSync } from "node:child_process";
-import { createRequire } from "node:module";
 import net from "node:net";
-import { join, resolve } from "node:path";
-import { Log, LogLevel, Miniflare } from "miniflare";
+import { resolve } from "node:path";
 import { freePort } from "./lib/free-port.mjs";
+import { startLocalWorker } from "./lib/local-worker.mjs";
 
 const args = process.argv.slice(2);
 function option(name, fallback) {
@@ -38,47 +36,9 @@ const port = Number(option("--port", process.env.PORT ?? "5000"));
 const persistTo = resolve(option("--persist-to", ".wrangler/state"));
 const quiet = args.includes("--quiet");
 const TLS_HANDSHAKE = 0x16;
-const CONFIG = "wrangler.toml";
-const BUNDLE_DIR = resolve("build", "worker");
 
-process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
-process.env.WRANGLER_SEND_METRICS = "false";
-
-// Bundle with wrangler itself, so the code served here is the code `wrangler deploy`
-// would upload (same esbuild settings, same module rules for the .wasm hashes).
-const wranglerCli = createRequire(import.meta.url).resolve("wrangler/bin/wrangler.js");
-const bundled = spawnSync(
-  process.execPath,
-  [wranglerCli, "deploy", "--dry-run", "--outdir", BUNDLE_DIR, "-c", CONFIG],
-  {
-    encoding: "utf8",
-  },
-);
-if (bundled.status !== 0) {
-  console.error(`edge-registry: bundling failed\n${bundled.stdout}\n${bundled.stderr}`);
-  process.exit(1);
-}
-
-const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
-const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
 const innerPort = await freePort();
-const miniflare = new Miniflare({
-  ...workerOptions,
-  name: "edge-registry",
-  modules: true,
-  scriptPath: join(BUNDLE_DIR, "index.js"),
-  modulesRoot: BUNDLE_DIR,
-  modulesRules: [
-    { type: "ESModule", include: ["**/*.js"] },
-    { type: "CompiledWasm", include: ["**/*.wasm"] },
-  ],
-  host: "127.0.0.1",
-  port: innerPort,
-  defaultPersistRoot: join(persistTo, "v3"),
-  log: new Log(quiet ? LogLevel.ERROR : LogLevel.INFO),
-  logRequests: !quiet,
-});
-await miniflare.ready;
+const miniflare = await startLocalWorker({ persistTo, port: innerPort, quiet });
 
 const front = net.createServer((client) => {
   client.once("data", (first) => {

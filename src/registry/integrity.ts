@@ -60,6 +60,7 @@ export interface VerifyOptions {
 }
 
 export interface VerifyReport {
+  /** No error is left unrepaired (warnings and infos are harmless). */
   ok: boolean;
   counts: {
     descriptors: number;
@@ -330,7 +331,9 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
         severity: "warning",
         kind: "kv-descriptor-stale",
         key: `kv:${entry.name}`,
-        detail: truth ? "the KV copy disagrees with the R2 descriptor" : "a KV copy of a descriptor R2 does not hold",
+        detail: truth
+          ? "the KV copy disagrees with the R2 descriptor"
+          : "a KV copy of a descriptor R2 does not hold (or that failed its check)",
       };
       if (repair) {
         await kv.delete(entry.name);
@@ -342,7 +345,7 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
     cursor = page.cursor;
   }
 
-  const ok = findings.every((finding) => finding.severity === "info" || finding.repaired !== undefined);
+  const ok = findings.every((finding) => finding.severity !== "error" || finding.repaired !== undefined);
   return { ok, counts, findings };
 }
 

@@ -119,12 +119,13 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
       return createdBlob(c, name, digest.value);
     }
   }
+  // Refuse a malformed digest before a session exists for it.
+  const digestParam = c.req.query("digest");
+  const digest = digestParam === undefined ? undefined : parseDigest(digestParam);
   const id = crypto.randomUUID();
   const stub = session(c, id);
   await reach(stub.start(id, name));
-  const digestParam = c.req.query("digest");
-  if (digestParam !== undefined) {
-    const digest = parseDigest(digestParam);
+  if (digest !== undefined) {
     await forwardBytes<BlobDescriptor>(c, id, {
       operation: "commit",
       name,

@@ -1,0 +1,53 @@
+// The Worker as it runs locally (npm start, npm run verify): bundled by wrangler exactly as
+// `wrangler deploy` bundles it, served by Miniflare with the bindings wrangler.toml declares
+// and its state persisted under <persistTo>/v3, the layout `wrangler dev` uses. See
+// docs/architecture.md, "Local development server", for why not `wrangler dev` itself.
+import { spawnSync } from "node:child_process";
+import { createRequire } from "node:module";
+import { join, resolve } from "node:path";
+import { Log, LogLevel, Miniflare } from "miniflare";
+
+const CONFIG = "wrangler.toml";
+
+/** Bundles the Worker into `outDir` with wrangler's own bundler; throws with wrangler's output on failure. */
+export function bundleWorker(outDir) {
+  const wranglerCli = createRequire(import.meta.url).resolve("wrangler/bin/wrangler.js");
+  const bundled = spawnSync(process.execPath, [wranglerCli, "deploy", "--dry-run", "--outdir", outDir, "-c", CONFIG], {
+    encoding: "utf8",
+    env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
+  });
+  if (bundled.status !== 0) throw new Error(`bundling failed\n${bundled.stdout}\n${bundled.stderr}`);
+}
+
+/**
+ * Starts the Worker on 127.0.0.1:`port` (0: any free port). `bindings` adds or overrides
+ * variables (the verify command passes a one-off ADMIN_TOKEN). Returns the Miniflare
+ * instance; `await miniflare.ready` gives its URL.
+ */
+export async function startLocalWorker({ persistTo, port = 0, quiet = false, bindings = {} }) {
+  process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
+  process.env.WRANGLER_SEND_METRICS = "false";
+  const bundleDir = resolve("build", "worker");
+  bundleWorker(bundleDir);
+  const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
+  const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
+  const miniflare = new Miniflare({
+    ...workerOptions,
+    bindings: { ...workerOptions.bindings, ...bindings },
+    name: "edge-registry",
+    modules: true,
+    scriptPath: join(bundleDir, "index.js"),
+    modulesRoot: bundleDir,
+    modulesRules: [
+      { type: "ESModule", include: ["**/*.js"] },
+      { type: "CompiledWasm", include: ["**/*.wasm"] },
+    ],
+    host: "127.0.0.1",
+    port,
+    defaultPersistRoot: join(resolve(persistTo), "v3"),
+    log: new Log(quiet ? LogLevel.ERROR : LogLevel.INFO),
+    logRequests: !quiet,
+  });
+  await miniflare.ready;
+  return miniflare;
+}
