@@ -38,7 +38,7 @@ const quiet = args.includes("--quiet");
 const TLS_HANDSHAKE = 0x16;
 
 const innerPort = await freePort();
-const miniflare = await startLocalWorker({ persistTo, port: innerPort, quiet });
+const { miniflare, authenticated } = await startLocalWorker({ persistTo, port: innerPort, quiet });
 
 const front = net.createServer((client) => {
   client.once("data", (first) => {
@@ -64,7 +64,10 @@ const front = net.createServer((client) => {
   client.on("error", () => client.destroy());
 });
 front.listen(port, "127.0.0.1", () => {
-  console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; no authentication locally)`);
+  const auth = authenticated
+    ? "authentication enforced (AUTH_USERS)"
+    : "OPEN: no authentication, anyone on this machine may push (set AUTH_USERS to require logins)";
+  console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; ${auth})`);
 });
 
 async function stop() {

@@ -1,4 +1,5 @@
-import { Hono } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
+import { authorize } from "./auth/authorize";
 import { RegistryError } from "./oci/errors";
 import { adminRoutes } from "./routes/admin";
 import { blobRoutes } from "./routes/blobs";
@@ -6,11 +7,12 @@ import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
 import { manifestRoutes } from "./routes/manifests";
 import { referrerRoutes } from "./routes/referrers";
+import { tokenRoutes } from "./routes/token";
 import { uploadRoutes } from "./routes/uploads";
 
 export const app = new Hono<AppEnv>();
 
-app.use("/v2/*", async (c, next) => {
+const apiHeaders: MiddlewareHandler<AppEnv> = async (c, next) => {
   c.header("Docker-Distribution-API-Version", "registry/2.0");
   // Names, tags and digests never contain '%': a percent-encoded path (`%2F`, `%2E%2E`)
   // is an attempt to smuggle characters past the grammar, so refuse it up front.
@@ -18,7 +20,9 @@ app.use("/v2/*", async (c, next) => {
     throw new RegistryError("NAME_INVALID", "percent-encoded characters are not allowed in names or references");
   }
   await next();
-});
+};
+app.use("/v2", apiHeaders, authorize);
+app.use("/v2/*", apiHeaders, authorize);
 
 // API version check: 200 tells clients this is a v2 registry.
 app.get("/v2/", (c) => c.json({}));
@@ -32,6 +36,7 @@ v2.route("/", manifestRoutes);
 v2.route("/", referrerRoutes);
 app.route("/v2", v2);
 app.route("/_admin", adminRoutes);
+app.route("/token", tokenRoutes);
 
 app.notFound(() => {
   throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);

@@ -19,10 +19,16 @@ export function bundleWorker(outDir) {
   if (bundled.status !== 0) throw new Error(`bundling failed\n${bundled.stdout}\n${bundled.stderr}`);
 }
 
+/** Settings that may also come from the environment (handy for tests and one-off runs). */
+const FROM_ENVIRONMENT = ["AUTH_USERS", "AUTH_ACCESS", "TOKEN_SECRET", "ADMIN_TOKEN", "AUTH_SERVICE", "AUTH_REALM"];
+
 /**
  * Starts the Worker on 127.0.0.1:`port` (0: any free port). `bindings` adds or overrides
- * variables (the verify command passes a one-off ADMIN_TOKEN). Returns the Miniflare
- * instance; `await miniflare.ready` gives its URL.
+ * variables (the verify command passes a one-off ADMIN_TOKEN). Settings come from
+ * wrangler.toml, then `.dev.vars`, then the environment (FROM_ENVIRONMENT), then
+ * `bindings`. Without AUTH_USERS the local registry runs open (AUTH_MODE=open): a
+ * deployed Worker without users is read-only instead. Returns the Miniflare instance
+ * and whether authentication is enforced.
  */
 export async function startLocalWorker({ persistTo, port = 0, quiet = false, bindings = {} }) {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
@@ -31,9 +37,15 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   bundleWorker(bundleDir);
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
+  const fromEnvironment = Object.fromEntries(
+    FROM_ENVIRONMENT.filter((name) => process.env[name]).map((name) => [name, process.env[name]]),
+  );
+  const settings = { ...workerOptions.bindings, ...fromEnvironment, ...bindings };
+  const authenticated = typeof settings.AUTH_USERS === "string" && settings.AUTH_USERS.trim() !== "";
+  if (!authenticated) settings.AUTH_MODE = "open";
   const miniflare = new Miniflare({
     ...workerOptions,
-    bindings: { ...workerOptions.bindings, ...bindings },
+    bindings: settings,
     name: "edge-registry",
     modules: true,
     scriptPath: join(bundleDir, "index.js"),
@@ -49,5 +61,5 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     logRequests: !quiet,
   });
   await miniflare.ready;
-  return miniflare;
+  return { miniflare, authenticated };
 }

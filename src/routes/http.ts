@@ -1,8 +1,9 @@
 import type { Context } from "hono";
+import type { AuthEnv } from "../auth/authorize";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
 
-export type AppEnv = { Bindings: Env };
+export type AppEnv = AuthEnv;
 export type AppContext = Context<AppEnv>;
 
 /** The repository name from the route, validated against the spec's grammar. */

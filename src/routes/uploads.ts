@@ -109,9 +109,12 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
     // Mounting links a blob that is already stored: never a copy. With `from`, the
     // source repository must link it; without, only if automatic content discovery is
     // enabled. Otherwise fall through to a normal upload session, as the spec says.
+    // The client must be allowed to pull from the source, or it could copy any blob
+    // of a repository it cannot read into one it can.
     const mountable =
       from !== undefined
-        ? (await openRepository(c.env, validateName(from)).layers.readLink(digest)) !== null &&
+        ? c.var.can({ type: "repository", name: validateName(from) }, "pull") &&
+          (await openRepository(c.env, from).layers.readLink(digest)) !== null &&
           (await target.blobs.stat(digest)) !== null
         : readConfig(c.env).mountWithoutFrom && (await target.blobs.stat(digest)) !== null;
     if (mountable) {

@@ -1,5 +1,5 @@
 // End-to-end: real OCI clients (skopeo, podman, buildah, umoci) against the Worker running
-// under `wrangler dev`. Images are built offline with umoci/buildah, pushed, pulled back
+// as `npm start` runs it (Miniflare/workerd, no authentication). Images are built offline with umoci/buildah, pushed, pulled back
 // and compared byte for byte. See harness.mjs for how the registry and clients are sandboxed.
 import assert from "node:assert/strict";
 import { readFile, rm, writeFile } from "node:fs/promises";

@@ -227,10 +227,12 @@ async function snapshotCheckout(dir) {
 
 /**
  * Starts `scripts/dev.mjs --port <free port> --persist-to <fresh dir>` on a snapshot of
- * the checkout (see snapshotCheckout) and waits until GET /v2/ answers 200.
+ * the checkout (see snapshotCheckout) and waits until GET /v2/ answers (200, or 401 when
+ * `env` turns authentication on: AUTH_USERS and friends, as scripts/lib/local-worker.mjs
+ * takes them from the environment).
  * Returns { port, host, url, clientHost, stateDir, logFile, logTail(), stop() }.
  */
-export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
+export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {} } = {}) {
   const wasm = join(ROOT, "build", "sha256.wasm");
   try {
     await stat(wasm);
@@ -257,6 +259,8 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
     XDG_CONFIG_HOME: join(dir, "config"),
     NO_COLOR: "1",
     FORCE_COLOR: "0",
+    // Settings such as AUTH_USERS (scripts/lib/local-worker.mjs reads them from here).
+    ...extraEnv,
   };
   const logFd = openSync(logFile, "a");
   const child = spawn(process.execPath, args, { cwd, env, detached: true, stdio: ["ignore", logFd, logFd] });
@@ -297,7 +301,8 @@ export async function startRegistry({ readyTimeoutMs = 90_000 } = {}) {
     }
     try {
       const response = await fetchWithTimeout(`${url}/v2/`, {}, 2000);
-      if (response.status === 200) break;
+      // 401: up, with authentication on.
+      if (response.status === 200 || response.status === 401) break;
       lastError = `GET /v2/ answered ${response.status}`;
     } catch (error) {
       lastError = String(error?.cause ?? error);

@@ -1,0 +1,142 @@
+import type { Context, MiddlewareHandler } from "hono";
+import { RegistryError } from "../oci/errors";
+import { formatScope, needOf, resourceKey, type Action, type Resource } from "./access";
+import { basicCredentials, checkPassword } from "./passwords";
+import { allowedActions, policyOf, PolicyError, type Policy } from "./policy";
+import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
+
+/** What the request's credentials allow, for routes that check more than the middleware did (mount's `from`). */
+export type AccessCheck = (resource: Resource, action: Action) => boolean;
+
+export type AuthEnv = { Bindings: Env; Variables: { can: AccessCheck } };
+
+/** Who is asking: nobody in particular, a user by password, or the holder of a token. */
+type Identity =
+  | { kind: "anonymous" }
+  | { kind: "user"; user: string }
+  | { kind: "token"; user: string | null; grants: Map<string, Set<string>> };
+
+const DEFAULT_ACCESS_TTL_SECONDS = 300;
+const DEFAULT_REFRESH_TTL_SECONDS = 30 * 24 * 60 * 60;
+
+function seconds(text: string | undefined, fallback: number): number {
+  const value = Number(text);
+  return text !== undefined && Number.isSafeInteger(value) && value > 0 ? value : fallback;
+}
+
+/** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
+export function serviceOf(c: Context<AuthEnv>): string {
+  return c.env.AUTH_SERVICE ?? new URL(c.req.url).host;
+}
+
+export async function tokenSettings(c: Context<AuthEnv>): Promise<TokenSettings> {
+  return {
+    key: await signingKey(c.env),
+    issuer: "edge-registry",
+    service: serviceOf(c),
+    accessTtlSeconds: seconds(c.env.TOKEN_TTL_SECONDS, DEFAULT_ACCESS_TTL_SECONDS),
+    refreshTtlSeconds: seconds(c.env.REFRESH_TOKEN_TTL_SECONDS, DEFAULT_REFRESH_TTL_SECONDS),
+  };
+}
+
+/** The policy, or a 500 naming the setting to fix: a broken policy must not fall open. */
+export function loadPolicy(env: Env): Policy {
+  try {
+    return policyOf(env);
+  } catch (error) {
+    if (error instanceof PolicyError) throw new RegistryError("UNKNOWN", `authentication settings: ${error.message}`);
+    throw error;
+  }
+}
+
+function challenge(c: Context<AuthEnv>, scope?: string, error?: "invalid_token" | "insufficient_scope"): string {
+  const realm = c.env.AUTH_REALM ?? `${new URL(c.req.url).origin}/token`;
+  let value = `Bearer realm="${realm}",service="${serviceOf(c)}"`;
+  if (scope) value += `,scope="${scope}"`;
+  if (error) value += `,error="${error}"`;
+  return value;
+}
+
+function unauthorized(
+  c: Context<AuthEnv>,
+  message: string,
+  scope?: string,
+  error?: "invalid_token" | "insufficient_scope",
+): RegistryError {
+  return new RegistryError("UNAUTHORIZED", message, undefined, { "WWW-Authenticate": challenge(c, scope, error) });
+}
+
+async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Promise<Identity> {
+  const header = c.req.header("Authorization");
+  if (!header) return { kind: "anonymous" };
+  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
+  if (bearer) {
+    const claims = await verifyAccessToken(await tokenSettings(c), bearer);
+    if (!claims) throw unauthorized(c, "the token is invalid, expired or for another service", scope, "invalid_token");
+    const grants = new Map<string, Set<string>>();
+    for (const grant of claims.access) {
+      grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
+    }
+    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants };
+  }
+  const credentials = basicCredentials(header);
+  if (!credentials || !(await checkPassword(policy, credentials.user, credentials.password))) {
+    throw unauthorized(c, "incorrect username or password", scope);
+  }
+  return { kind: "user", user: credentials.user };
+}
+
+/**
+ * What an identity may do to a resource now. A token carries grants, but the policy is
+ * read again: a token outliving a user's rights (or the user) shrinks with them.
+ */
+function permitted(policy: Policy, identity: Identity, resource: Resource): Set<Action> {
+  const user = identity.kind === "anonymous" ? null : identity.user;
+  const allowed = allowedActions(policy, user, resource);
+  if (identity.kind !== "token") return allowed;
+  const granted = identity.grants.get(resourceKey(resource));
+  return new Set([...allowed].filter((action) => granted?.has(action) || granted?.has("*")));
+}
+
+/**
+ * Authentication and authorization of /v2 requests, before any route runs: the
+ * request's need (from its method and path, `needOf`) against what its credentials
+ * allow. No credentials, bad credentials, or a token that lacks a scope the user could
+ * get: 401 UNAUTHORIZED with the challenge naming that scope (clients then fetch a
+ * token for it). Credentials whose user may not do it: 403 DENIED.
+ */
+export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
+  const policy = loadPolicy(c.env);
+  if (policy.mode === "open") {
+    c.set("can", () => true);
+    return next();
+  }
+  const need = needOf(c.req.method, new URL(c.req.url).pathname);
+  const scope = typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
+  const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
+  c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
+  if (need === "nothing") return next();
+  if (need === "base") {
+    // `docker login` learns where to get a token here.
+    if (policy.mode === "enforced" && identity.kind === "anonymous") {
+      throw unauthorized(c, "authentication required");
+    }
+    return next();
+  }
+  const allowed = permitted(policy, identity, need.resource);
+  if (need.actions.every((action) => allowed.has(action))) return next();
+
+  if (policy.mode === "read-only") {
+    throw new RegistryError("DENIED", "this registry has no users configured, so it is read-only (set AUTH_USERS)");
+  }
+  // Nobody in particular (no credentials, or an anonymous token): logging in may help.
+  const anonymous = identity.kind === "anonymous" || (identity.kind === "token" && identity.user === null);
+  if (anonymous) throw unauthorized(c, "authentication required", scope);
+  if (identity.kind === "token") {
+    const couldHave = allowedActions(policy, identity.user, need.resource);
+    if (need.actions.every((action) => couldHave.has(action))) {
+      throw unauthorized(c, "the token does not grant this", scope, "insufficient_scope");
+    }
+  }
+  throw new RegistryError("DENIED", undefined, { scope });
+};

@@ -1,0 +1,119 @@
+import { Hono, type Context } from "hono";
+import { parseScope, type Grant } from "../auth/access";
+import { loadPolicy, serviceOf, tokenSettings, type AuthEnv } from "../auth/authorize";
+import { basicCredentials, checkPassword } from "../auth/passwords";
+import { allowedActions, type Policy } from "../auth/policy";
+import { issueAccessToken, issueRefreshToken, verifyRefreshToken } from "../auth/tokens";
+import { RegistryError } from "../oci/errors";
+
+/**
+ * The token endpoint of the Docker registry token authentication flow, served by the
+ * Worker itself (the realm of every challenge):
+ *
+ * - `GET /token?service=…&scope=…&scope=…[&offline_token=true]`, with Basic credentials
+ *   or none (anonymous), as docker, podman, skopeo and buildah call it;
+ * - `POST /token` with a form: `grant_type=password` (username, password) or
+ *   `grant_type=refresh_token` (refresh_token), plus scope (space-separated), service,
+ *   client_id, access_type: the OAuth2 form containerd uses.
+ *
+ * A token carries only the granted subset of what was asked: unknown scopes and
+ * actions are dropped, never an error (the registry then answers 401/403 for them).
+ */
+export const tokenRoutes = new Hono<AuthEnv>();
+
+function grantsFor(policy: Policy, user: string | null, scopes: string[]): Grant[] {
+  const grants = new Map<string, Grant>();
+  for (const text of scopes.flatMap((scope) => scope.split(" ")).filter((scope) => scope !== "")) {
+    const requested = parseScope(text);
+    if (!requested) continue;
+    const allowed = allowedActions(policy, user, requested.resource);
+    const actions = requested.actions.filter((action) => allowed.has(action));
+    if (actions.length === 0) continue;
+    const key = `${requested.resource.type}:${requested.resource.name}`;
+    const grant = grants.get(key) ?? { type: requested.resource.type, name: requested.resource.name, actions: [] };
+    for (const action of requested.resource.type === "registry" ? ["*"] : actions) {
+      if (!grant.actions.includes(action)) grant.actions.push(action);
+    }
+    grants.set(key, grant);
+  }
+  return [...grants.values()];
+}
+
+function checkService(c: Context<AuthEnv>, service: string | undefined): void {
+  if (service !== undefined && service !== "" && service !== serviceOf(c)) {
+    throw new RegistryError("DENIED", "tokens of this registry are for another service", {
+      requested: service,
+      service: serviceOf(c),
+    });
+  }
+}
+
+function badCredentials(): RegistryError {
+  return new RegistryError("UNAUTHORIZED", "incorrect username or password", undefined, {
+    "WWW-Authenticate": 'Basic realm="edge-registry"',
+  });
+}
+
+async function answer(c: Context<AuthEnv>, user: string | null, scopes: string[], refresh: string | null) {
+  const policy = loadPolicy(c.env);
+  const settings = await tokenSettings(c);
+  const access = grantsFor(policy, user, scopes);
+  const { token, expiresIn, issuedAt } = await issueAccessToken(settings, { sub: user ?? "", access });
+  c.header("Cache-Control", "no-store");
+  return c.json({
+    token,
+    access_token: token,
+    expires_in: expiresIn,
+    issued_at: issuedAt,
+    scope: access.map((grant) => `${grant.type}:${grant.name}:${grant.actions.join(",")}`).join(" "),
+    ...(refresh !== null ? { refresh_token: refresh } : {}),
+  });
+}
+
+tokenRoutes.get("/", async (c) => {
+  checkService(c, c.req.query("service"));
+  const policy = loadPolicy(c.env);
+  const credentials = basicCredentials(c.req.header("Authorization"));
+  if (c.req.header("Authorization") && !credentials) throw badCredentials();
+  let user: string | null = null;
+  if (credentials) {
+    if (!(await checkPassword(policy, credentials.user, credentials.password))) throw badCredentials();
+    user = credentials.user;
+  }
+  const offline = c.req.query("offline_token") === "true" && user !== null;
+  const refresh = offline && user !== null ? await issueRefreshToken(await tokenSettings(c), user) : null;
+  return answer(c, user, c.req.queries("scope") ?? [], refresh);
+});
+
+tokenRoutes.post("/", async (c) => {
+  const form = await c.req.parseBody().catch(() => {
+    throw new RegistryError(
+      "UNSUPPORTED",
+      "the token request must be a form (application/x-www-form-urlencoded)",
+      undefined,
+      {},
+      400,
+    );
+  });
+  const field = (name: string): string | undefined => (typeof form[name] === "string" ? form[name] : undefined);
+  checkService(c, field("service"));
+  const policy = loadPolicy(c.env);
+  const scopes = [field("scope") ?? ""];
+  const grantType = field("grant_type");
+  if (grantType === "password") {
+    const user = field("username") ?? "";
+    if (!(await checkPassword(policy, user, field("password") ?? ""))) throw badCredentials();
+    const refresh = field("access_type") === "offline" ? await issueRefreshToken(await tokenSettings(c), user) : null;
+    return answer(c, user, scopes, refresh);
+  }
+  if (grantType === "refresh_token") {
+    const presented = field("refresh_token") ?? "";
+    const user = await verifyRefreshToken(await tokenSettings(c), presented);
+    // A refresh token outlives nothing: its user must still exist.
+    if (user === null || !policy.users.has(user)) {
+      throw new RegistryError("UNAUTHORIZED", "the refresh token is invalid, expired or for another service");
+    }
+    return answer(c, user, scopes, presented);
+  }
+  throw new RegistryError("UNSUPPORTED", "grant_type must be password or refresh_token", { grantType }, {}, 400);
+});

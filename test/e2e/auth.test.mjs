@@ -1,0 +1,159 @@
+// End-to-end: token authentication with real clients. The registry runs as `npm start`
+// runs it, with users configured (AUTH_USERS, AUTH_ACCESS from the environment): podman
+// logs in, pushes and pulls; skopeo uses --creds; a read-only user is refused a push; an
+// anonymous client pulls only the public repository.
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import bcrypt from "bcryptjs";
+import {
+  createClients,
+  fetchWithTimeout,
+  haveCommand,
+  makeTempDir,
+  removeTempDir,
+  startRegistry,
+  writeRandomFile,
+} from "./harness.mjs";
+
+const MiB = 1 << 20;
+
+let registry;
+let clients;
+let work;
+let layout;
+
+const users = {
+  pusher: "pusher-password",
+  reader: "reader-password",
+};
+
+const access = [
+  { repositories: ["**"], users: ["pusher"], actions: ["pull", "push", "delete"], catalog: true },
+  { repositories: ["**"], users: ["reader"], actions: ["pull"] },
+  { repositories: ["public/**"], anonymous: true, actions: ["pull"] },
+];
+
+/** The command must fail, and its own stderr (not the registry log around it) must say why. */
+async function expectFailure(promise, pattern) {
+  try {
+    await promise;
+  } catch (error) {
+    assert.match(String(error.result?.stderr ?? ""), pattern);
+    return;
+  }
+  assert.fail("the command succeeded but should have been refused");
+}
+
+describe("token authentication with real clients", { timeout: 600_000 }, () => {
+  before(async () => {
+    const missing = ["skopeo", "podman", "umoci", "unshare"].filter((command) => !haveCommand(command));
+    assert.deepEqual(missing, [], `missing client tools (see .ci/run): ${missing.join(", ")}`);
+    registry = await startRegistry({
+      env: {
+        // Cost 5 (htpasswd -B's default): a login costs a few ms.
+        AUTH_USERS: Object.entries(users)
+          .map(([name, password]) => `${name}:${bcrypt.hashSync(password, 5)}`)
+          .join("\n"),
+        AUTH_ACCESS: JSON.stringify(access),
+      },
+    });
+    clients = await createClients(registry);
+    work = await makeTempDir("auth-work");
+    layout = join(work, "layout");
+    await clients.umoci("init", "--layout", layout);
+    await clients.umoci("new", "--image", `${layout}:v1`);
+    const file = join(work, "layer.bin");
+    await writeRandomFile(file, 3 * MiB);
+    await clients.umoci("insert", "--image", `${layout}:v1`, file, "/data/layer.bin");
+    await clients.umoci("gc", "--layout", layout);
+  });
+
+  after(async () => {
+    await registry?.stop();
+    if (clients) await clients.dispose();
+    if (work) await removeTempDir(work);
+  });
+
+  it("GET /v2/ challenges with the Worker's own token endpoint", async () => {
+    const got = await fetchWithTimeout(`${registry.url}/v2/`);
+    assert.equal(got.status, 401);
+    const challenge = got.headers.get("www-authenticate") ?? "";
+    assert.match(challenge, new RegExp(`^Bearer realm="http://${registry.host}/token",service="${registry.host}"`));
+  });
+
+  it("podman login, push and pull", async () => {
+    const host = registry.clientHost;
+    await expectFailure(
+      clients.podman("login", "--tls-verify=false", "-u", "pusher", "-p", "wrong", host),
+      /invalid username\/password/,
+    );
+    await clients.podman("login", "--tls-verify=false", "-u", "pusher", "-p", users.pusher, host);
+    const imageId = (await clients.podman("pull", `oci:${layout}:v1`)).stdout.toString("utf8").trim().split("\n").pop();
+    await clients.podman("push", "--tls-verify=false", imageId, `docker://${host}/team/app:v1`, {
+      timeoutMs: 180_000,
+    });
+    await clients.podman("rmi", "--all", "--force");
+    await clients.podman("pull", "--tls-verify=false", `${host}/team/app:v1`, { timeoutMs: 180_000 });
+    const inspected = JSON.parse((await clients.podman("image", "inspect", `${host}/team/app:v1`)).stdout.toString());
+    assert.equal(inspected[0].Id, imageId);
+    await clients.podman("logout", host);
+  });
+
+  it("skopeo --creds: the pusher pushes, the reader pulls but is refused a push", async () => {
+    const host = registry.clientHost;
+    const tls = ["--src-tls-verify=false", "--dest-tls-verify=false", "--retry-times", "0"];
+    await clients.skopeo(
+      "copy",
+      ...tls,
+      "--dest-creds",
+      `pusher:${users.pusher}`,
+      `oci:${layout}:v1`,
+      `docker://${host}/public/base:v1`,
+    );
+    await clients.skopeo(
+      "copy",
+      ...tls,
+      "--dest-creds",
+      `pusher:${users.pusher}`,
+      `oci:${layout}:v1`,
+      `docker://${host}/private/app:v1`,
+    );
+    const pulled = join(work, "pulled-by-reader");
+    await clients.skopeo(
+      "copy",
+      ...tls,
+      "--src-creds",
+      `reader:${users.reader}`,
+      `docker://${host}/private/app:v1`,
+      `oci:${pulled}:v1`,
+    );
+    await expectFailure(
+      clients.skopeo(
+        "copy",
+        ...tls,
+        "--dest-creds",
+        `reader:${users.reader}`,
+        `oci:${layout}:v1`,
+        `docker://${host}/private/other:v1`,
+      ),
+      /denied: requested access to the resource is denied/,
+    );
+  });
+
+  it("an anonymous client pulls the public repository and nothing else", async () => {
+    const host = registry.clientHost;
+    const tls = ["--src-tls-verify=false", "--retry-times", "0"];
+    await clients.skopeo("copy", ...tls, `docker://${host}/public/base:v1`, `oci:${join(work, "anonymous-public")}:v1`);
+    await expectFailure(
+      clients.skopeo("copy", ...tls, `docker://${host}/private/app:v1`, `oci:${join(work, "anonymous-private")}:v1`),
+      /unauthorized/,
+    );
+    const catalog = await fetchWithTimeout(`${registry.url}/v2/_catalog`);
+    assert.equal(catalog.status, 401);
+  });
+
+  it("the registry says on start-up that authentication is on", () => {
+    assert.match(registry.logTail(400), /authentication enforced/);
+  });
+});
