@@ -49,6 +49,10 @@ const front = net.createServer((client) => {
     // Pipe at once: data arriving before the upstream connects is queued by the
     // upstream socket, never dropped (the client stream is already flowing).
     const upstream = net.connect(innerPort, "127.0.0.1");
+    // No Nagle on either side: a relay that holds back small writes meets the peer's
+    // delayed ACK, and every small request waited ~40 ms (measured: HEAD p50 60 ms).
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
     upstream.write(first);
     client.pipe(upstream);
     upstream.pipe(client);
