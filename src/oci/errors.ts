@@ -59,6 +59,11 @@ export class RegistryError extends Error {
   }
 }
 
+/** A failure the client can simply retry (storage or an upload object failed or was slow): 503 with Retry-After. */
+export function unavailable(message: string, detail?: unknown): RegistryError {
+  return new RegistryError("UNAVAILABLE", message, detail, { "Retry-After": "1" });
+}
+
 /** The serialisable form a Durable Object returns instead of throwing across RPC. */
 export interface ErrorRecord {
   code: ErrorCode;

@@ -1,5 +1,5 @@
 import { parseDigest, type Digest } from "../oci/digest";
-import { RegistryError } from "../oci/errors";
+import { RegistryError, unavailable } from "../oci/errors";
 import { Paths } from "./paths";
 import type { Storage } from "./storage";
 
@@ -88,9 +88,7 @@ export class BlobStore {
       const existing = await this.stat(digest, { strong: true });
       if (existing && existing.key !== key) await this.bucket.delete(key);
       if (existing) return existing;
-      throw new RegistryError("UNAVAILABLE", "blob descriptor vanished while publishing; retry", undefined, {
-        "Retry-After": "1",
-      });
+      throw unavailable("blob descriptor vanished while publishing; retry");
     }
     await this.cache(digest, descriptor);
     return descriptor;

@@ -1,4 +1,4 @@
-import { RegistryError } from "../oci/errors";
+import { RegistryError, unavailable as retryable } from "../oci/errors";
 
 /** The two stores the registry keeps its data in (see docs/architecture.md, "Where data lives"). */
 export interface Storage {
@@ -22,12 +22,7 @@ export const storageHooks: { wrap?: (storage: Storage) => Storage; timeoutMs?: n
 const STORAGE_TIMEOUT_MS = 30_000;
 
 function unavailable(operation: string, cause: unknown): RegistryError {
-  return new RegistryError(
-    "UNAVAILABLE",
-    "storage temporarily unavailable, retry",
-    { operation, cause: String(cause) },
-    { "Retry-After": "1" },
-  );
+  return retryable("storage temporarily unavailable, retry", { operation, cause: String(cause) });
 }
 
 function withTimeout<T>(promise: Promise<T>, operation: string, timeoutMs: number): Promise<T> {

@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import { readConfig } from "../config";
 import { parseDigest } from "../oci/digest";
-import { fromErrorRecord, RegistryError } from "../oci/errors";
+import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
 import { validateName } from "../oci/names";
 import type { BlobDescriptor } from "../registry/blob-store";
 import { openRepository } from "../registry/registry";
@@ -34,12 +34,7 @@ async function reach<T>(call: Promise<T>): Promise<T> {
     return await call;
   } catch (error) {
     if (error instanceof RegistryError) throw error;
-    throw new RegistryError(
-      "UNAVAILABLE",
-      "the upload session could not be reached; retry",
-      { cause: String(error) },
-      { "Retry-After": "1" },
-    );
+    throw unavailable("the upload session could not be reached; retry", { cause: String(error) });
   }
 }
 

@@ -1,6 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import { parseDigest, toHex, webCryptoName, type Digest } from "../oci/digest";
-import { RegistryError, toErrorRecord, type ErrorRecord } from "../oci/errors";
+import { RegistryError, toErrorRecord, unavailable, type ErrorRecord } from "../oci/errors";
 import { BlobStore, type BlobDescriptor } from "../registry/blob-store";
 import { LinkedBlobStore } from "../registry/linked-blob-store";
 import { Paths } from "../registry/paths";
@@ -402,18 +402,9 @@ export class UploadSession extends DurableObject<Env> {
 
     // One part uploads while the next one fills: two part buffers at most.
     let inFlight: Promise<void> | null = null;
+    // A failed part upload is a RegistryError already (UNAVAILABLE: see storage.ts).
     const flush = async (part: Uint8Array, hashAtBoundary: Uint8Array | null): Promise<void> => {
-      try {
-        await this.uploadPart(state, part);
-      } catch (error) {
-        if (error instanceof RegistryError) throw error;
-        throw new RegistryError(
-          "UNAVAILABLE",
-          "storage failed while writing the upload; retry from the upload's offset",
-          { cause: String(error) },
-          { "Retry-After": "1" },
-        );
-      }
+      await this.uploadPart(state, part);
       state.offset = tailStart(state);
       if (hashAtBoundary) {
         // A durable point: the rows of the old tail stay until the request succeeds,
@@ -453,7 +444,7 @@ export class UploadSession extends DurableObject<Env> {
       let storageError = error instanceof RegistryError ? error : null;
       if (inFlight) {
         await inFlight.catch((flushError: unknown) => {
-          storageError ??= flushError instanceof RegistryError ? flushError : new RegistryError("UNAVAILABLE");
+          storageError ??= flushError instanceof RegistryError ? flushError : unavailable("storage failed; retry");
         });
       }
       if (storageError || !durable) {
