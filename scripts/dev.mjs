@@ -14,12 +14,13 @@
 // There is no hot reload: restart after editing src/ (`npm run dev` is wrangler dev with
 // reload, for working on the code).
 //
-// Why the front: skopeo, podman and buildah try HTTPS first, even for an insecure
-// registry, and fall back to plain HTTP only when the TLS handshake fails. workerd's
-// plain-HTTP listener never answers a TLS ClientHello, so every client connection
-// waited ~10 s for its handshake timeout. The front closes a connection whose first
-// byte is a TLS handshake record (0x16) at once, so clients fall back immediately, and
-// passes every other connection through untouched.
+// Why the front: skopeo, podman, buildah and the docker CLI try HTTPS first, even for an
+// insecure registry, and fall back to plain HTTP only when the TLS handshake fails.
+// workerd's plain-HTTP listener never answers a TLS ClientHello, so every client
+// connection waited ~10 s for its handshake timeout. The front answers a connection whose
+// first byte is a TLS handshake record (0x16) at once with a plain-HTTP 400, as
+// docker/distribution does, so clients fall back immediately, and passes every other
+// connection through untouched.
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
 import net from "node:net";
@@ -43,7 +44,10 @@ const { miniflare, authenticated } = await startLocalWorker({ persistTo, port: i
 const front = net.createServer((client) => {
   client.once("data", (first) => {
     if (first[0] === TLS_HANDSHAKE) {
-      client.destroy();
+      // Answer as Go's HTTP server (docker/distribution) does: a plain-HTTP 400. The TLS
+      // client then fails with "first record does not look like a TLS handshake", which
+      // is the error the docker CLI falls back to HTTP on (a bare close, EOF, is not).
+      client.end("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n400 Bad Request");
       return;
     }
     // Pipe at once: data arriving before the upstream connects is queued by the

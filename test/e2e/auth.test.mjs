@@ -6,12 +6,14 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import bcrypt from "bcryptjs";
+import { readFile } from "node:fs/promises";
 import {
   createClients,
   fetchWithTimeout,
   haveCommand,
   makeTempDir,
   removeTempDir,
+  run,
   startRegistry,
   writeRandomFile,
 } from "./harness.mjs";
@@ -140,6 +142,30 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
       /denied: requested access to the resource is denied/,
     );
   });
+
+  it(
+    "docker login keeps a refresh token; docker manifest inspect trades it for an access token",
+    { skip: haveCommand("docker") ? false : "no docker CLI on this machine" },
+    async () => {
+      const config = join(work, "docker-config");
+      const env = { ...clients.env, DOCKER_CONFIG: config };
+      const host = registry.clientHost;
+      await expectFailure(
+        run("docker", ["login", "--username", "pusher", "--password-stdin", host], { env, input: "wrong\n" }),
+        /incorrect username or password/,
+      );
+      await run("docker", ["login", "--username", "pusher", "--password-stdin", host], {
+        env,
+        input: `${users.pusher}\n`,
+      });
+      const saved = JSON.parse(await readFile(join(config, "config.json"), "utf8"));
+      assert.ok(saved.auths[host].identitytoken, "docker saved a refresh token (offline_token=true)");
+      const { stdout } = await run("docker", ["manifest", "inspect", "--insecure", `${host}/private/app:v1`], { env });
+      const manifest = JSON.parse(stdout.toString("utf8"));
+      assert.equal(manifest.schemaVersion, 2);
+      assert.match(registry.logTail(400), /POST \/token 200/);
+    },
+  );
 
   it("an anonymous client pulls the public repository and nothing else", async () => {
     const host = registry.clientHost;

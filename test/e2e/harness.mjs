@@ -101,13 +101,20 @@ const MAX_CAPTURE = 64 << 20;
 
 /**
  * Runs a command in its own process group with a timeout (the whole group is killed when
- * it expires). Resolves { code, signal, stdout: Buffer, stderr: string }; rejects with a
- * CommandError carrying the output when it times out or (unless `check: false`) exits non-zero.
+ * it expires). `input`, if given, is written to its stdin. Resolves { code, signal, stdout:
+ * Buffer, stderr: string }; rejects with a CommandError carrying the output when it times
+ * out or (unless `check: false`) exits non-zero.
  */
-export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 120_000, check = true, context } = {}) {
+export function run(
+  command,
+  args,
+  { env = process.env, cwd = ROOT, timeoutMs = 120_000, check = true, context, input } = {},
+) {
   const printable = [command, ...args].map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : JSON.stringify(a))).join(" ");
   return new Promise((resolvePromise, rejectPromise) => {
-    const child = spawn(command, args, { env, cwd, detached: true, stdio: ["ignore", "pipe", "pipe"] });
+    const stdin = input === undefined ? "ignore" : "pipe";
+    const child = spawn(command, args, { env, cwd, detached: true, stdio: [stdin, "pipe", "pipe"] });
+    if (input !== undefined) child.stdin.end(input);
     const description = `${printable}`;
     let timedOut = false;
     const stdout = [];
