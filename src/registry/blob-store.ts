@@ -96,7 +96,7 @@ export class BlobStore {
 
   /** Stores small bytes already in memory (manifests) as a blob. */
   async putBytes(digest: Digest, bytes: Uint8Array, key: string): Promise<BlobDescriptor> {
-    const existing = await this.stat(digest);
+    const existing = await this.stat(digest, { strong: true });
     if (existing) return existing;
     await this.bucket.put(key, bytes);
     return this.publish(digest, bytes.byteLength, key);

@@ -150,7 +150,7 @@ export class Manifests {
 
   private async checkOne(store: LinkedBlobStore, reference: Descriptor, code: "MANIFEST_BLOB_UNKNOWN"): Promise<void> {
     const link = await store.readLink(reference.digest);
-    const descriptor = link ? await this.blobs.stat(reference.digest) : null;
+    const descriptor = link ? await this.blobs.stat(reference.digest, { strong: true }) : null;
     if (!descriptor) throw new RegistryError(code, undefined, { digest: reference.digest.value });
     if (descriptor.size !== reference.size) {
       throw new RegistryError("MANIFEST_INVALID", "a descriptor's size does not match the stored content", {

@@ -110,8 +110,8 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
       from !== undefined
         ? c.var.can({ type: "repository", name: validateName(from) }, "pull") &&
           (await openRepository(c.env, from).layers.readLink(digest)) !== null &&
-          (await target.blobs.stat(digest)) !== null
-        : readConfig(c.env).mountWithoutFrom && (await target.blobs.stat(digest)) !== null;
+          (await target.blobs.stat(digest, { strong: true })) !== null
+        : readConfig(c.env).mountWithoutFrom && (await target.blobs.stat(digest, { strong: true })) !== null;
     if (mountable) {
       await target.layers.link(digest);
       return createdBlob(c, name, digest.value);

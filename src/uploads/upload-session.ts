@@ -285,7 +285,9 @@ export class UploadSession extends DurableObject<Env> {
    * stored one is used and ours dropped (one object per digest).
    */
   private async complete(state: SessionState, digest: Digest, tail: Uint8Array | null): Promise<void> {
-    const existing = await this.blobs.stat(digest);
+    // Strong: a KV copy may outlive a descriptor (withdrawn by repair), and publishing
+    // over it would name an object that is gone.
+    const existing = await this.blobs.stat(digest, { strong: true });
     if (existing) {
       await this.abortMultipart(state);
       await this.markCompleted(state, { digest: digest.value, size: existing.size, key: existing.key });
@@ -338,7 +340,7 @@ export class UploadSession extends DurableObject<Env> {
     const completed = state.completed;
     if (completed && completed.key === Paths.uploadData(state.uploadId)) {
       // Finished but perhaps never published: keep the object only if a descriptor uses it.
-      const published = await this.blobs.stat(parseDigest(completed.digest));
+      const published = await this.blobs.stat(parseDigest(completed.digest), { strong: true });
       if (published?.key !== completed.key) await this.bucket.delete(completed.key);
     }
     // Drops the session record and the staged tail together.

@@ -132,6 +132,35 @@ describe("a KV that still serves old values", () => {
   });
 });
 
+describe("a KV still holding a descriptor R2 no longer has (withdrawn by npm run verify --repair)", () => {
+  it("the write path does not trust it: a manifest naming that blob is refused, and pushing the bytes stores them", async () => {
+    const name = "stale/withdrawn";
+    const bytes = randomBytes(30_000);
+    const digest = await sha256(bytes);
+    const ghost = JSON.stringify({ digest, size: bytes.byteLength, key: "data/withdrawn-object" });
+    installStorage(undefined, { oldValues: new Map([[`blob:${digest}`, ghost]]) });
+    // Linked but withdrawn: the link exists in R2, the descriptor does not.
+    await env.BLOBS.put(`repositories/${name}/_layers/${digest.replace(":", "/")}`, "{}");
+    const config = utf8('{"os":"linux"}');
+    const configDigest = await pushBlob(name, config);
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociManifest,
+      config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
+      layers: [{ mediaType: MediaTypes.ociLayer, digest, size: bytes.byteLength }],
+    };
+    await expectError(await putManifest(name, "v1", manifest, MediaTypes.ociManifest), 400, "MANIFEST_BLOB_UNKNOWN");
+    // The client pushes the layer again: it is stored for real, not "deduplicated" into nothing.
+    expect(await pushBlob(name, bytes)).toBe(digest);
+    const { location } = await startUpload(`${name}-chunked`);
+    expect((await registry(location, { method: "PATCH", body: bytes })).status).toBe(202);
+    expect((await registry(withDigest(location, digest), { method: "PUT" })).status).toBe(201);
+    expect((await putManifest(name, "v1", manifest, MediaTypes.ociManifest)).status).toBe(201);
+    expect(await pulledDigest(await registry(`/v2/${name}/blobs/${digest}`))).toBe(digest);
+    await expectConsistent({ rehash: true });
+  });
+});
+
 describe("a KV whose list lags", () => {
   it("tags and the catalog list what was just pushed (they are R2 listings, never KV lists)", async () => {
     installStorage(undefined, { laggingList: true });
