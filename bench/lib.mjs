@@ -1,6 +1,6 @@
 // Helpers for the benchmarks in this directory: child processes in their own process
 // groups (always killed at exit), temp dirs, a small HTTP/1.1 client for 127.0.0.1, the two
-// registries under test (edge-registry under `wrangler dev`, docker/distribution), and an
+// registries under test (edge-registry as `npm start` runs it, docker/distribution), and an
 // RSS sampler for a server's process tree read from /proc.
 //
 // Every child is started detached (its own process group) and killed as a group on success,
@@ -381,8 +381,8 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
   const dir = await makeTempDir("edge");
   const port = await freePort();
   await mkdir(join(dir, "config"), { recursive: true });
-  // As `npm start` runs it: scripts/dev.mjs (wrangler's dev server with the inspector off,
-  // behind a front that refuses TLS handshakes at once).
+  // As `npm start` runs it: scripts/dev.mjs (the Worker bundled by `wrangler deploy
+  // --dry-run`, served by Miniflare, behind a front that answers TLS handshakes at once).
   const args = [
     join(ROOT, "scripts", "dev.mjs"),
     "--port",
@@ -458,9 +458,10 @@ export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
  *
  * Why: containers/image (skopeo) always tries HTTPS first, even with --tls-verify=false, and
  * falls back to HTTP when that fails. docker/distribution answers a TLS ClientHello on its
- * plain-HTTP port with an HTTP 400 at once, but `wrangler dev` (workerd) answers nothing,
- * so skopeo waits for its 10 s TLS handshake timeout on every invocation. Putting the same
- * relay in front of both servers removes that dev-server artefact from the comparison.
+ * plain-HTTP port with an HTTP 400 at once, but workerd answers nothing, so skopeo would
+ * wait for its 10 s TLS handshake timeout on every invocation. scripts/dev.mjs's own front
+ * already answers such connections at once; the same relay in front of both servers keeps the
+ * comparison symmetric (each pays the same extra hop).
  * Returns { port, connections(), rejected(), close() }.
  */
 export async function startTlsRejectingRelay(targetPort) {

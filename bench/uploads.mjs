@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Upload/download benchmark: edge-registry (under `wrangler dev`) against docker/distribution,
+// Upload/download benchmark: edge-registry (as `npm start` runs it) against docker/distribution,
 // side by side on 127.0.0.1, on one layer of N MiB of random bytes.
 //
 //   node bench/uploads.mjs [--size-mib N] [--only NAME[,NAME...]]
@@ -41,7 +41,7 @@ function usage() {
     `  --size-mib N   layer size in MiB (default 1024)`,
     `  --only NAMES   run only these scenarios: ${SCENARIOS.join(", ")}`,
     "  --skopeo-direct  point skopeo at the servers' ports, not through the TLS-rejecting relay",
-    "                   (then every skopeo run against wrangler dev waits ~10 s for a TLS handshake)",
+    "                   (scripts/dev.mjs answers TLS handshakes itself, so neither server stalls)",
     "  env BENCH_KEEP_TMP=1 keeps the temp dirs (server state, logs, layouts)",
   ].join("\n");
 }
@@ -560,7 +560,7 @@ async function main() {
     throw new Error("the rotated blobs are not distinct (is the layer too small?)");
   }
 
-  progress("starting edge-registry (wrangler dev) and docker/distribution");
+  progress("starting edge-registry (scripts/dev.mjs) and docker/distribution");
   const [edgeResult, distResult] = await Promise.allSettled([startEdgeRegistry(), startDistribution()]);
   const servers = [edgeResult, distResult].filter((r) => r.status === "fulfilled").map((r) => r.value);
   const relays = [];
@@ -675,8 +675,8 @@ async function main() {
         notes.push(
           `skopeo went through a TCP relay that closes TLS handshakes at once (${relays
             .map((r) => r.rejected())
-            .reduce((a, b) => a + b, 0)} rejected): skopeo tries HTTPS first and \`wrangler dev\` never answers a ` +
-            "ClientHello on its HTTP port (a 10 s stall per skopeo run; see bench/README.md, `--skopeo-direct`).",
+            .reduce((a, b) => a + b, 0)} rejected): skopeo tries HTTPS first; the relay puts both servers behind ` +
+            "the same extra hop (see bench/README.md, `--skopeo-direct`).",
         );
       }
       await removeTempDir(tools.dir);
@@ -684,7 +684,7 @@ async function main() {
 
     const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
     const lines = [
-      `### Upload/download benchmark: edge-registry (wrangler dev) vs docker/distribution`,
+      `### Upload/download benchmark: edge-registry (scripts/dev.mjs, Miniflare) vs docker/distribution`,
       "",
       ...facts,
       `- load average at end ${one} ${five} ${fifteen}`,
@@ -697,7 +697,7 @@ async function main() {
       "",
       "ratio = distribution seconds / edge-registry seconds (> 1: edge-registry is faster).",
       "Peak RSS sampled every 100 ms from /proc during each scenario; edge-registry: workerd",
-      "processes / whole tree (wrangler's node processes + workerd).",
+      "process / whole tree (scripts/dev.mjs's node process + workerd).",
       ...notes,
     ];
     console.log(lines.join("\n"));
