@@ -39,7 +39,7 @@ const quiet = args.includes("--quiet");
 const TLS_HANDSHAKE = 0x16;
 
 const innerPort = await freePort();
-const { miniflare, authenticated } = await startLocalWorker({ persistTo, port: innerPort, quiet });
+const { authenticated, stop: stopWorker } = await startLocalWorker({ persistTo, port: innerPort, quiet });
 
 const front = net.createServer((client) => {
   client.once("data", (first) => {
@@ -80,7 +80,7 @@ front.listen(port, "127.0.0.1", () => {
 
 async function stop() {
   front.close();
-  await miniflare.dispose();
+  await stopWorker();
   process.exit(0);
 }
 process.on("SIGINT", () => void stop());

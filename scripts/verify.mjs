@@ -34,7 +34,11 @@ async function runLocal(stateDir) {
     process.exit(2);
   }
   const token = randomUUID();
-  const { miniflare } = await startLocalWorker({ persistTo: stateDir, quiet: true, bindings: { ADMIN_TOKEN: token } });
+  const { miniflare, stop } = await startLocalWorker({
+    persistTo: stateDir,
+    quiet: true,
+    bindings: { ADMIN_TOKEN: token },
+  });
   try {
     const response = await miniflare.dispatchFetch(`http://verify.local/_admin/verify?${query}`, {
       method: "POST",
@@ -42,7 +46,7 @@ async function runLocal(stateDir) {
     });
     return { status: response.status, text: await response.text() };
   } finally {
-    await miniflare.dispose();
+    await stop();
   }
 }
 

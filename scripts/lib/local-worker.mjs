@@ -3,6 +3,7 @@
 // and its state persisted under <persistTo>/v3, the layout `wrangler dev` uses. See
 // docs/architecture.md, "Local development server", for why not `wrangler dev` itself.
 import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { Log, LogLevel, Miniflare } from "miniflare";
@@ -27,13 +28,16 @@ const FROM_ENVIRONMENT = ["AUTH_USERS", "AUTH_ACCESS", "TOKEN_SECRET", "ADMIN_TO
  * variables (the verify command passes a one-off ADMIN_TOKEN). Settings come from
  * wrangler.toml, then `.dev.vars`, then the environment (FROM_ENVIRONMENT), then
  * `bindings`. Without AUTH_USERS the local registry runs open (AUTH_MODE=open): a
- * deployed Worker without users is read-only instead. Returns the Miniflare instance
- * and whether authentication is enforced.
+ * deployed Worker without users is read-only instead. Returns the Miniflare instance,
+ * whether authentication is enforced, and stop() (disposes it and removes its bundle).
  */
 export async function startLocalWorker({ persistTo, port = 0, quiet = false, bindings = {} }) {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
   process.env.WRANGLER_SEND_METRICS = "false";
-  const bundleDir = resolve("build", "worker");
+  // A bundle of its own per start: two servers starting at once must not overwrite
+  // each other's files (the e2e suite and the benchmarks start several).
+  mkdirSync(resolve("build"), { recursive: true });
+  const bundleDir = mkdtempSync(join(resolve("build"), "worker-"));
   bundleWorker(bundleDir);
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
@@ -61,5 +65,13 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     logRequests: !quiet,
   });
   await miniflare.ready;
-  return { miniflare, authenticated };
+  // Miniflare's own signal handling may end the process before an async stop finishes:
+  // remove the bundle on exit, synchronously, however the process ends.
+  const removeBundle = () => rmSync(bundleDir, { recursive: true, force: true });
+  process.once("exit", removeBundle);
+  const stop = async () => {
+    await miniflare.dispose();
+    removeBundle();
+  };
+  return { miniflare, authenticated, stop };
 }

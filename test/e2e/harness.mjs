@@ -4,7 +4,7 @@
 // against it with private, throw-away configuration and storage.
 //
 // - The server runs on a snapshot of the checkout, so the code under test and its bundle
-//   (build/worker) are what they were at the start; E2E_IN_PLACE=1 runs it in place.
+//   are what they were at the start; E2E_IN_PLACE=1 runs it in place.
 // - scripts/dev.mjs puts a small TCP front before workerd that refuses TLS at once,
 //   because workerd never answers a TLS ClientHello and containers/image tries https://
 //   first (10 s per command otherwise).
@@ -220,7 +220,7 @@ const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "tes
 /**
  * Copies the checkout (sources, wrangler.toml, build/*.wasm, ...) to `dir` and links its
  * node_modules, so a suite running while someone edits src/ tests the code as it was at
- * the start, and its bundle (build/worker) does not overwrite the checkout's.
+ * the start.
  */
 async function snapshotCheckout(dir) {
   await mkdir(dir, { recursive: true });
