@@ -148,7 +148,8 @@ async function runOperation(base, images, name, client, sequence) {
     default: {
       const blob = randomBytes(64 * 1024);
       await pushBlob(base, image.name, blob);
-      await pushManifest(base, image.name, `c${client}-${sequence}`, image.config, [image.layer, blob]);
+      // Tags sort after "latest", so the first page of tags/list always holds it.
+      await pushManifest(base, image.name, `pushed-${client}-${sequence}`, image.config, [image.layer, blob]);
     }
   }
 }
