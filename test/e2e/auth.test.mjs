@@ -14,6 +14,7 @@ import {
   makeTempDir,
   removeTempDir,
   run,
+  startContainerd,
   startRegistry,
   writeRandomFile,
 } from "./harness.mjs";
@@ -164,6 +165,44 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
       const manifest = JSON.parse(stdout.toString("utf8"));
       assert.equal(manifest.schemaVersion, 2);
       assert.match(registry.logTail(400), /POST \/token 200/);
+    },
+  );
+
+  it(
+    "containerd (ctr) pulls and pushes with credentials through POST /token; a wrong password is refused",
+    { skip: haveCommand("containerd") && process.getuid?.() === 0 ? false : "needs containerd and root" },
+    async () => {
+      const containerd = await startContainerd();
+      try {
+        const host = registry.clientHost;
+        const { ctr } = containerd;
+        await expectFailure(
+          ctr("images", "pull", "--plain-http", "--user", "reader:wrong", `${host}/private/app:v1`),
+          /401 Unauthorized/,
+        );
+        await ctr("images", "pull", "--plain-http", "--user", `reader:${users.reader}`, `${host}/private/app:v1`);
+        await ctr("images", "tag", `${host}/private/app:v1`, `${host}/team/from-containerd:v1`);
+        await expectFailure(
+          ctr("images", "push", "--plain-http", "--user", `reader:${users.reader}`, `${host}/team/from-containerd:v1`),
+          /denied|forbidden|403/i,
+        );
+        await ctr(
+          "images",
+          "push",
+          "--plain-http",
+          "--user",
+          `pusher:${users.pusher}`,
+          `${host}/team/from-containerd:v1`,
+        );
+        const head = await fetchWithTimeout(`${registry.url}/v2/team/from-containerd/manifests/v1`, {
+          method: "HEAD",
+          headers: { Authorization: `Basic ${Buffer.from(`reader:${users.reader}`).toString("base64")}` },
+        });
+        assert.equal(head.status, 200);
+        assert.match(registry.logTail(400), /POST \/token 200/);
+      } finally {
+        await containerd.stop();
+      }
     },
   );
 

@@ -488,6 +488,56 @@ export async function createClients(registry) {
 }
 
 // ---------------------------------------------------------------------------------------
+// containerd, for its own registry client (ctr): a private daemon (root, state and socket
+// in a temp dir, CRI off), as root only.
+
+/** Starts containerd and returns { ctr(...args), stop() }, or null where it cannot run here. */
+export async function startContainerd({ readyTimeoutMs = 30_000 } = {}) {
+  if (!haveCommand("containerd") || !haveCommand("ctr") || process.getuid?.() !== 0) return null;
+  const dir = await makeTempDir("containerd");
+  const socket = join(dir, "containerd.sock");
+  const config = join(dir, "config.toml");
+  await writeFile(
+    config,
+    [
+      "version = 2",
+      `root = "${join(dir, "root")}"`,
+      `state = "${join(dir, "state")}"`,
+      "[grpc]",
+      `  address = "${socket}"`,
+      '[plugins."io.containerd.grpc.v1.cri"]',
+      "  disable = true",
+      "",
+    ].join("\n"),
+  );
+  const logFd = openSync(join(dir, "containerd.log"), "a");
+  const child = spawn("containerd", ["--config", config], { detached: true, stdio: ["ignore", logFd, logFd] });
+  closeSync(logFd);
+  if (child.pid === undefined) throw new Error("could not start containerd");
+  const pgid = child.pid;
+  keeper.track(pgid, "containerd");
+  const stop = async () => {
+    await stopGroup(pgid);
+    await removeTempDir(dir);
+  };
+  const ctr = (...args) => {
+    const options = typeof args[args.length - 1] === "object" ? args.pop() : {};
+    return run("ctr", ["--address", socket, ...args], options);
+  };
+  const deadline = Date.now() + readyTimeoutMs;
+  for (;;) {
+    const probe = await run("ctr", ["--address", socket, "version"], { check: false, timeoutMs: 5000 });
+    if (probe.code === 0) return { ctr, stop };
+    if (Date.now() > deadline) {
+      const log = tailFile(join(dir, "containerd.log"));
+      await stop();
+      throw new Error(`containerd did not start in ${readyTimeoutMs} ms\n${log}`);
+    }
+    await delay(200);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // OCI image layouts.
 
 /** Parsed index.json of an OCI layout. */
