@@ -3,7 +3,8 @@
 // and its state persisted under <persistTo>/v3, the layout `wrangler dev` uses. See
 // docs/architecture.md, "Local development server", for why not `wrangler dev` itself.
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { Log, LogLevel, Miniflare } from "miniflare";
@@ -18,6 +19,19 @@ export function bundleWorker(outDir) {
     env: { ...process.env, WRANGLER_SEND_METRICS: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false" },
   });
   if (bundled.status !== 0) throw new Error(`bundling failed\n${bundled.stdout}\n${bundled.stderr}`);
+}
+
+/**
+ * A deployed Worker needs TOKEN_SECRET set; locally one is made once per state directory
+ * (kept beside the state, readable by its owner only), so logins survive restarts.
+ */
+function localTokenSecret(persistTo) {
+  const file = join(resolve(persistTo), "token-secret");
+  if (!existsSync(file)) {
+    mkdirSync(resolve(persistTo), { recursive: true });
+    writeFileSync(file, randomBytes(32).toString("hex"), { mode: 0o600 });
+  }
+  return readFileSync(file, "utf8").trim();
 }
 
 /** Settings that may also come from the environment (handy for tests and one-off runs). */
@@ -47,6 +61,7 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   const settings = { ...workerOptions.bindings, ...fromEnvironment, ...bindings };
   const authenticated = typeof settings.AUTH_USERS === "string" && settings.AUTH_USERS.trim() !== "";
   if (!authenticated) settings.AUTH_MODE = "open";
+  if (authenticated && !settings.TOKEN_SECRET) settings.TOKEN_SECRET = localTokenSecret(persistTo);
   const miniflare = new Miniflare({
     ...workerOptions,
     bindings: settings,

@@ -31,7 +31,7 @@ export function serviceOf(c: Context<AuthEnv>): string {
 
 export async function tokenSettings(c: Context<AuthEnv>): Promise<TokenSettings> {
   return {
-    key: await signingKey(c.env),
+    key: signingKey(c.env),
     issuer: "edge-registry",
     service: serviceOf(c),
     accessTtlSeconds: seconds(c.env.TOKEN_TTL_SECONDS, DEFAULT_ACCESS_TTL_SECONDS),

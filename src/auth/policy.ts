@@ -13,6 +13,7 @@ import { ACTIONS, type Action, type Resource } from "./access";
  *   anonymous clients nothing (distribution's htpasswd behaviour).
  * - `AUTH_MODE=open` (set by `npm start` when no users are configured): no
  *   authentication at all. A deployed Worker without users is read-only instead.
+ * - `TOKEN_SECRET`: the key tokens are signed with; required with AUTH_USERS.
  */
 export type AuthMode = "open" | "read-only" | "enforced";
 
@@ -29,6 +30,8 @@ export interface Policy {
   /** user name → bcrypt hash. */
   users: Map<string, string>;
   rules: AccessRule[];
+  /** Whether AUTH_ACCESS gave the rules (else they are the default: users may do everything). */
+  explicitRules: boolean;
 }
 
 /** A mistake in the authentication settings: the operator's to fix, so the registry refuses to guess. */
@@ -58,7 +61,7 @@ function parseUsers(text: string | undefined): Map<string, string> {
     const colon = entry.indexOf(":");
     const name = entry.slice(0, colon);
     const hash = entry.slice(colon + 1);
-    if (colon <= 0 || !/^\$2[abxy]\$\d\d\$[./A-Za-z0-9]{53}$/.test(hash)) {
+    if (colon <= 0 || !/^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/.test(hash)) {
       throw new PolicyError(`AUTH_USERS: "${entry.slice(0, 40)}" is not a name:bcrypt-hash line (htpasswd -nB NAME)`);
     }
     users.set(name, hash);
@@ -105,12 +108,18 @@ const cache = new Map<string, Policy>();
 
 /** The policy of this environment (parsed once per isolate and settings). */
 export function policyOf(env: Env): Policy {
-  const key = JSON.stringify([env.AUTH_MODE, env.AUTH_USERS, env.AUTH_ACCESS]);
+  const key = JSON.stringify([env.AUTH_MODE, env.AUTH_USERS, env.AUTH_ACCESS, env.TOKEN_SECRET !== undefined]);
   const cached = cache.get(key);
   if (cached) return cached;
   const users = parseUsers(env.AUTH_USERS);
   const mode: AuthMode = users.size > 0 ? "enforced" : env.AUTH_MODE === "open" ? "open" : "read-only";
-  const policy: Policy = { mode, users, rules: parseRules(env.AUTH_ACCESS) };
+  if (mode === "enforced" && !env.TOKEN_SECRET) {
+    // A key derived from AUTH_USERS would let anyone who saw the bcrypt hashes (which
+    // people treat as safe to show) sign tokens: the key must be a secret of its own.
+    throw new PolicyError("TOKEN_SECRET must be set (a long random value) when AUTH_USERS is");
+  }
+  const explicitRules = env.AUTH_ACCESS !== undefined && env.AUTH_ACCESS.trim() !== "";
+  const policy: Policy = { mode, users, rules: parseRules(env.AUTH_ACCESS), explicitRules };
   cache.clear();
   cache.set(key, policy);
   return policy;
@@ -120,7 +129,16 @@ export function policyOf(env: Env): Policy {
 export function allowedActions(policy: Policy, user: string | null, resource: Resource): Set<Action> {
   const allowed = new Set<Action>();
   if (policy.mode === "open") return new Set(ACTIONS);
-  if (policy.mode === "read-only") return new Set<Action>(["pull"]);
+  if (policy.mode === "read-only") {
+    // No users: nothing can be written. What can be read is what AUTH_ACCESS lets
+    // anonymous clients read, or, without AUTH_ACCESS, everything (a registry never given
+    // rules has nothing private). A missing AUTH_USERS never opens repositories the rules
+    // keep private.
+    if (!policy.explicitRules) return new Set<Action>(["pull"]);
+    return allowedActions({ ...policy, mode: "enforced" }, null, resource).has("pull")
+      ? new Set<Action>(["pull"])
+      : allowed;
+  }
   if (user !== null && !policy.users.has(user)) return allowed;
   for (const rule of policy.rules) {
     const applies = user === null ? rule.anonymous : rule.users.includes("*") || rule.users.includes(user);

@@ -11,8 +11,8 @@ import type { Grant } from "./access";
  * - refresh tokens (`offline_token=true`, `access_type=offline`): `sub` and `aud` only,
  *   marked `use: "refresh"`, long-lived. Each kind is refused where the other is expected.
  *
- * The key is TOKEN_SECRET; without it, a key derived (HKDF) from AUTH_USERS, so tokens
- * survive restarts and every token is void once the users change.
+ * The key is TOKEN_SECRET (required with users: see policy.ts). Refresh tokens also carry
+ * a binding to the user's password hash, so changing a password voids them.
  */
 export interface TokenSettings {
   key: string;
@@ -28,30 +28,30 @@ export interface AccessClaims {
 }
 
 const ALGORITHM = "HS256";
-const keys = new Map<string, string>();
 
-export async function signingKey(env: Env): Promise<string> {
-  if (env.TOKEN_SECRET) return env.TOKEN_SECRET;
-  const source = env.AUTH_USERS ?? "";
-  const cached = keys.get(source);
-  if (cached) return cached;
-  const material = await crypto.subtle.importKey("raw", new TextEncoder().encode(source), "HKDF", false, [
-    "deriveBits",
-  ]);
-  const bits = await crypto.subtle.deriveBits(
-    {
-      name: "HKDF",
-      hash: "SHA-256",
-      salt: new TextEncoder().encode("edge-registry token key"),
-      info: new Uint8Array(0),
-    },
-    material,
-    256,
+/**
+ * policyOf refuses enforced mode without TOKEN_SECRET. Without users (open or read-only
+ * mode) a token never grants more than the policy gives anonymous clients anyway, so a
+ * fixed key there costs nothing.
+ */
+export function signingKey(env: Env): string {
+  return env.TOKEN_SECRET ?? "edge-registry without users: tokens grant nothing beyond the anonymous policy";
+}
+
+/**
+ * Binds a refresh token to the user's password as it is now: a changed password (a new
+ * bcrypt hash) voids the user's refresh tokens, a leaked one included.
+ */
+export async function passwordBinding(key: string, user: string, hash: string): Promise<string> {
+  const hmacKey = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(key),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
   );
-  const key = toHex(bits);
-  keys.clear();
-  keys.set(source, key);
-  return key;
+  const mac = await crypto.subtle.sign("HMAC", hmacKey, new TextEncoder().encode(`${user}\0${hash}`));
+  return toHex(mac).slice(0, 32);
 }
 
 function now(): number {
@@ -80,7 +80,7 @@ export async function issueAccessToken(
   return { token, expiresIn: settings.accessTtlSeconds, issuedAt: new Date(issued * 1000).toISOString() };
 }
 
-export async function issueRefreshToken(settings: TokenSettings, user: string): Promise<string> {
+export async function issueRefreshToken(settings: TokenSettings, user: string, passwordHash: string): Promise<string> {
   const issued = now();
   return sign(
     {
@@ -91,6 +91,7 @@ export async function issueRefreshToken(settings: TokenSettings, user: string): 
       exp: issued + settings.refreshTtlSeconds,
       jti: crypto.randomUUID(),
       use: "refresh",
+      pwb: await passwordBinding(settings.key, user, passwordHash),
     },
     settings.key,
     ALGORITHM,
@@ -122,11 +123,21 @@ export async function verifyAccessToken(settings: TokenSettings, token: string):
   }
 }
 
-/** The user of a valid refresh token for this service, or null. */
-export async function verifyRefreshToken(settings: TokenSettings, token: string): Promise<string | null> {
+/**
+ * The user of a valid refresh token for this service, or null; `hashOf` gives a user's
+ * current bcrypt hash (undefined: no such user any more).
+ */
+export async function verifyRefreshToken(
+  settings: TokenSettings,
+  token: string,
+  hashOf: (user: string) => string | undefined,
+): Promise<string | null> {
   try {
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
-    return payload.use === "refresh" && typeof payload.sub === "string" && payload.sub !== "" ? payload.sub : null;
+    if (payload.use !== "refresh" || typeof payload.sub !== "string" || payload.sub === "") return null;
+    const hash = hashOf(payload.sub);
+    if (hash === undefined) return null;
+    return payload.pwb === (await passwordBinding(settings.key, payload.sub, hash)) ? payload.sub : null;
   } catch {
     return null;
   }

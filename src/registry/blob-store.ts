@@ -74,32 +74,55 @@ export class BlobStore {
     await this.kv.put(Paths.kvBlob(digest), JSON.stringify(descriptor)).catch(() => undefined);
   }
 
+  /** Whether a descriptor's object is there, of its size. */
+  async hasBytes(descriptor: BlobDescriptor): Promise<boolean> {
+    return (await this.bucket.head(descriptor.key))?.size === descriptor.size;
+  }
+
   /**
    * Publishes a blob whose bytes are in `key` and whose digest was verified while
    * they streamed in. If the digest is already stored, the existing descriptor wins
-   * and the caller's object is deleted: one object per digest.
+   * and the caller's object is deleted: one object per digest. An existing descriptor
+   * whose object is gone (or of another size) is replaced, conditionally on being the
+   * record just read, so a race between two repairs cannot lose either.
    */
   async publish(digest: Digest, size: number, key: string): Promise<BlobDescriptor> {
     const descriptor: BlobDescriptor = { digest: digest.value, size, key };
-    const written = await this.bucket.put(Paths.blobDescriptor(digest), JSON.stringify(descriptor), {
-      onlyIf: new Headers({ "If-None-Match": "*" }),
-      httpMetadata: { contentType: "application/json" },
-    });
-    if (written === null) {
-      // Another upload of the same bytes got there first: keep its object, drop ours.
-      const existing = await this.stat(digest, { strong: true });
-      if (existing && existing.key !== key) await this.bucket.delete(key);
-      if (existing) return existing;
-      throw unavailable("blob descriptor vanished while publishing; retry");
+    const body = JSON.stringify(descriptor);
+    const options = { httpMetadata: { contentType: "application/json" } };
+    const recordKey = Paths.blobDescriptor(digest);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const created = await this.bucket.put(recordKey, body, {
+        ...options,
+        onlyIf: new Headers({ "If-None-Match": "*" }),
+      });
+      if (created !== null) {
+        await this.cache(digest, descriptor);
+        return descriptor;
+      }
+      const record = await this.bucket.get(recordKey);
+      if (!record) continue; // deleted meanwhile: try creating again
+      const existing: unknown = await record.json();
+      if (isBlobDescriptor(existing) && existing.key === key) return existing;
+      if (isBlobDescriptor(existing) && (await this.hasBytes(existing))) {
+        // Another upload of the same bytes got there first: keep its object, drop ours.
+        await this.bucket.delete(key);
+        await this.cache(digest, existing);
+        return existing;
+      }
+      const replaced = await this.bucket.put(recordKey, body, { ...options, onlyIf: { etagMatches: record.etag } });
+      if (replaced !== null) {
+        await this.cache(digest, descriptor);
+        return descriptor;
+      }
     }
-    await this.cache(digest, descriptor);
-    return descriptor;
+    throw unavailable("the blob's descriptor kept changing while publishing; retry");
   }
 
   /** Stores small bytes already in memory (manifests) as a blob. */
   async putBytes(digest: Digest, bytes: Uint8Array, key: string): Promise<BlobDescriptor> {
     const existing = await this.stat(digest, { strong: true });
-    if (existing) return existing;
+    if (existing && (await this.hasBytes(existing))) return existing;
     await this.bucket.put(key, bytes);
     return this.publish(digest, bytes.byteLength, key);
   }
@@ -156,7 +179,9 @@ export class BlobStore {
     }
     if (end - start + 1 <= READ_SLICE_BYTES) return first;
     let reader = first.getReader({ mode: "byob" });
-    let next = start + READ_SLICE_BYTES;
+    let sliceStart = start;
+    let received = 0;
+    const sliceLength = (from: number) => Math.min(READ_SLICE_BYTES, end - from + 1);
     return new ReadableStream<Uint8Array>(
       {
         async pull(controller) {
@@ -164,14 +189,25 @@ export class BlobStore {
             const { done, value } = await reader.readAtLeast(READ_CHUNK_BYTES, new Uint8Array(READ_CHUNK_BYTES));
             // The last read of a slice may bring its final bytes and the end together.
             const passed = value !== undefined && value.byteLength > 0;
-            if (passed) controller.enqueue(value);
+            if (passed) {
+              received += value.byteLength;
+              controller.enqueue(value);
+            }
             if (!done) return;
-            if (next > end) {
+            // A slice that ends early must not pass for the whole blob.
+            if (received !== sliceLength(sliceStart)) {
+              controller.error(
+                new Error(`blob ${descriptor.digest}: a slice ended ${sliceLength(sliceStart) - received} bytes short`),
+              );
+              return;
+            }
+            sliceStart += READ_SLICE_BYTES;
+            received = 0;
+            if (sliceStart > end) {
               controller.close();
               return;
             }
-            reader = (await readSlice(next)).getReader({ mode: "byob" });
-            next += READ_SLICE_BYTES;
+            reader = (await readSlice(sliceStart)).getReader({ mode: "byob" });
             if (passed) return;
           }
         },

@@ -36,6 +36,7 @@ export type FindingKind =
   | "descriptor-without-bytes"
   | "size-mismatch"
   | "digest-mismatch"
+  | "read-failed"
   | "kv-descriptor-stale"
   | "link-without-descriptor"
   | "tag-invalid"
@@ -133,6 +134,11 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
   const now = options.now ?? Date.now();
   const settled = (object: R2Object) => now - object.uploaded.getTime() >= (options.settleMs ?? HOUR_MS);
   const blobs = new BlobStore(storage);
+  /** Whether `digest` is stored, read from R2 now (not from the listing). */
+  const storedNow = async (digest: Digest) => {
+    const descriptor = await blobs.stat(digest, { strong: true });
+    return descriptor !== null && (await blobs.hasBytes(descriptor));
+  };
   const findings: Finding[] = [];
   const counts: VerifyReport["counts"] = {
     descriptors: 0,
@@ -173,13 +179,18 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
       return;
     }
     const finding: Finding = { severity: "error", kind: problem.kind, key: object.key, detail: problem.detail };
-    if (repair) {
+    // A read that failed proves nothing about the bytes: report it, change nothing.
+    if (repair && problem.kind !== "read-failed") {
       // Nothing may be served under a digest its bytes do not match: withdraw the
-      // descriptor (clients see the blob as unknown and push it again). The object
-      // stays, for inspection, as an orphan.
+      // descriptor (clients see the blob as unknown and push it again). The object is
+      // quarantined, kept for inspection and never swept as an orphan.
+      await bucket.put(
+        Paths.quarantine(descriptor.key),
+        JSON.stringify({ digest: digest.value, reason: problem.detail }),
+      );
       await bucket.delete(object.key);
       await kv.delete(Paths.kvBlob(digest));
-      finding.repaired = "descriptor withdrawn";
+      finding.repaired = `descriptor withdrawn, ${Paths.quarantine(descriptor.key)} marks the object`;
     }
     report(finding);
   };
@@ -191,8 +202,8 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
   // ---- links, tags, referrers ----
   const linked = new Set<string>();
   const revisions = new Set<string>();
-  const tags: { key: string; name: string }[] = [];
-  const referrers: { key: string; name: string; digest: Digest | null }[] = [];
+  const tags: { key: string; name: string; object: R2Object }[] = [];
+  const referrers: { key: string; name: string; digest: Digest | null; object: R2Object }[] = [];
   for await (const object of listAll(bucket, "repositories/")) {
     const parts = splitRepositoryKey(object.key);
     if (!parts) continue;
@@ -210,7 +221,7 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
           key: object.key,
           detail: "the repository links a blob that is not stored",
         };
-        if (repair) {
+        if (repair && settled(object) && !(digest && (await storedNow(digest)))) {
           await bucket.delete(object.key);
           finding.repaired = "link removed";
         }
@@ -218,15 +229,18 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
       }
     } else if (family === "_manifests" && rest[0] === "tags") {
       counts.tags++;
-      tags.push({ key: object.key, name });
+      tags.push({ key: object.key, name, object });
     } else if (family === "_referrers") {
       counts.referrers++;
       const digest = digestOrNull(rest[2] ?? "");
-      referrers.push({ key: object.key, name, digest });
+      referrers.push({ key: object.key, name, digest, object });
     }
   }
   // Links whose repair removed them no longer count as revisions.
   const sound = (name: string, digest: Digest) => revisions.has(`${name}@${digest.value}`) && stored.has(digest.value);
+  /** Read again just before a repair: a push may have written it since the listing. */
+  const revisionNow = async (name: string, digest: Digest) =>
+    (await bucket.head(Paths.manifestRevision(name, digest))) !== null && (await storedNow(digest));
 
   await inBatches(tags, async (tag) => {
     const record = await bucket.get(tag.key);
@@ -242,7 +256,12 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
       key: tag.key,
       detail: `the tag points at ${digest.value}, which is not a manifest of ${tag.name}`,
     };
-    if (repair) finding.repaired = await repairTag(bucket, blobs, tag.name, tag.key, digest, stored);
+    if (repair && settled(tag.object)) {
+      const moved = (await (await bucket.get(tag.key))?.text())?.trim() !== digest.value;
+      if (!moved && !(await revisionNow(tag.name, digest))) {
+        finding.repaired = await repairTag(bucket, blobs, tag.name, tag.key, digest, stored);
+      }
+    }
     report(finding);
   });
 
@@ -254,7 +273,11 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
       key: referrer.key,
       detail: "the referrers list names a manifest the repository does not hold",
     };
-    if (repair) {
+    if (
+      repair &&
+      settled(referrer.object) &&
+      !(referrer.digest && (await revisionNow(referrer.name, referrer.digest)))
+    ) {
       await bucket.delete(referrer.key);
       finding.repaired = "record removed";
     }
@@ -301,6 +324,15 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
   for await (const object of listAll(bucket, "data/")) {
     counts.dataObjects++;
     if (referencedData.has(object.key)) continue;
+    if (await bucket.head(Paths.quarantine(object.key))) {
+      report({
+        severity: "info",
+        kind: "orphan-data",
+        key: object.key,
+        detail: "quarantined: its bytes did not match its digest",
+      });
+      continue;
+    }
     const old = now - object.uploaded.getTime() >= (options.orphanAgeMs ?? 7 * 24 * HOUR_MS);
     const finding: Finding = {
       severity: old ? "warning" : "info",
@@ -363,11 +395,37 @@ async function checkBytes(
     return { kind: "size-mismatch", detail: `descriptor says ${descriptor.size} bytes, object has ${object.size}` };
   }
   if (!rehash) return null;
-  const digester = new crypto.DigestStream(webCryptoName(digest.algorithm));
-  await (await blobs.open(descriptor)).pipeTo(digester);
+  const first = await hashOf(blobs, descriptor, digest);
   counts.bytesRehashed += descriptor.size;
-  const computed = `${digest.algorithm}:${toHex(await digester.digest)}`;
-  return computed === digest.value ? null : { kind: "digest-mismatch", detail: `its bytes hash to ${computed}` };
+  if (first.computed === digest.value) return null;
+  // Before calling the bytes wrong (and withdrawing them), read them once more: a read
+  // that broke off or came back different proves nothing about what is stored.
+  const second = first.read === descriptor.size ? await hashOf(blobs, descriptor, digest) : first;
+  if (first.read !== descriptor.size || second.read !== descriptor.size || second.computed !== first.computed) {
+    return { kind: "read-failed", detail: `reading its ${descriptor.size} bytes failed or gave different bytes` };
+  }
+  return { kind: "digest-mismatch", detail: `its bytes hash to ${first.computed}` };
+}
+
+async function hashOf(
+  blobs: BlobStore,
+  descriptor: BlobDescriptor,
+  digest: Digest,
+): Promise<{ computed: string; read: number }> {
+  const digester = new crypto.DigestStream(webCryptoName(digest.algorithm));
+  let read = 0;
+  const counter = new TransformStream<Uint8Array, Uint8Array>({
+    transform(chunk, controller) {
+      read += chunk.byteLength;
+      controller.enqueue(chunk);
+    },
+  });
+  try {
+    await (await blobs.open(descriptor)).pipeThrough(counter).pipeTo(digester);
+  } catch {
+    return { computed: "", read: -1 };
+  }
+  return { computed: `${digest.algorithm}:${toHex(await digester.digest)}`, read };
 }
 
 /**

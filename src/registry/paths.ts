@@ -40,6 +40,12 @@ export const Paths = {
   referrer: (name: string, subject: Digest, referrer: Digest): string =>
     `repositories/${name}/_referrers/${subject.algorithm}/${subject.hex}/${referrer.algorithm}:${referrer.hex}`,
 
+  /**
+   * Marks an object whose bytes did not match its digest, withdrawn by the integrity
+   * check's repair: kept for inspection, never swept as an orphan. Body: `{digest, reason}`.
+   */
+  quarantine: (objectKey: string): string => `quarantine/${objectKey}`,
+
   /** One empty marker per repository, so the catalog is a sorted listing of one prefix. */
   catalogPrefix: "catalog/",
   catalogEntry: (name: string): string => `catalog/${name}`,

@@ -20,6 +20,8 @@ export const storageHooks: { wrap?: (storage: Storage) => Storage; timeoutMs?: n
  * they take as long as their body does.
  */
 const STORAGE_TIMEOUT_MS = 30_000;
+/** KV is only a cache: waiting long for it would make a "best effort" read a stall. */
+const KV_TIMEOUT_MS = 5_000;
 
 function unavailable(operation: string, cause: unknown): RegistryError {
   return retryable("storage temporarily unavailable, retry", { operation, cause: String(cause) });
@@ -81,6 +83,8 @@ function guarded<T extends object>(target: T, family: string, timeoutMs: number)
 export function storageOf(env: Env): Storage {
   const raw: Storage = { bucket: env.BLOBS, kv: env.META };
   const storage = storageHooks.wrap ? storageHooks.wrap(raw) : raw;
-  const timeoutMs = storageHooks.timeoutMs ?? STORAGE_TIMEOUT_MS;
-  return { bucket: guarded(storage.bucket, "r2", timeoutMs), kv: guarded(storage.kv, "kv", timeoutMs) };
+  return {
+    bucket: guarded(storage.bucket, "r2", storageHooks.timeoutMs ?? STORAGE_TIMEOUT_MS),
+    kv: guarded(storage.kv, "kv", storageHooks.timeoutMs ?? KV_TIMEOUT_MS),
+  };
 }

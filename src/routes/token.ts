@@ -39,6 +39,10 @@ function grantsFor(policy: Policy, user: string | null, scopes: string[]): Grant
   return [...grants.values()];
 }
 
+async function refreshTokenFor(c: Context<AuthEnv>, policy: Policy, user: string): Promise<string> {
+  return issueRefreshToken(await tokenSettings(c), user, policy.users.get(user) ?? "");
+}
+
 function checkService(c: Context<AuthEnv>, service: string | undefined): void {
   if (service !== undefined && service !== "" && service !== serviceOf(c)) {
     throw new RegistryError("DENIED", "tokens of this registry are for another service", {
@@ -80,8 +84,8 @@ tokenRoutes.get("/", async (c) => {
     if (!(await checkPassword(policy, credentials.user, credentials.password))) throw badCredentials();
     user = credentials.user;
   }
-  const offline = c.req.query("offline_token") === "true" && user !== null;
-  const refresh = offline && user !== null ? await issueRefreshToken(await tokenSettings(c), user) : null;
+  const offline = c.req.query("offline_token") === "true";
+  const refresh = offline && user !== null ? await refreshTokenFor(c, policy, user) : null;
   return answer(c, user, c.req.queries("scope") ?? [], refresh);
 });
 
@@ -103,14 +107,14 @@ tokenRoutes.post("/", async (c) => {
   if (grantType === "password") {
     const user = field("username") ?? "";
     if (!(await checkPassword(policy, user, field("password") ?? ""))) throw badCredentials();
-    const refresh = field("access_type") === "offline" ? await issueRefreshToken(await tokenSettings(c), user) : null;
+    const refresh = field("access_type") === "offline" ? await refreshTokenFor(c, policy, user) : null;
     return answer(c, user, scopes, refresh);
   }
   if (grantType === "refresh_token") {
     const presented = field("refresh_token") ?? "";
-    const user = await verifyRefreshToken(await tokenSettings(c), presented);
-    // A refresh token outlives nothing: its user must still exist.
-    if (user === null || !policy.users.has(user)) {
+    // A refresh token outlives neither its user nor the user's password.
+    const user = await verifyRefreshToken(await tokenSettings(c), presented, (name) => policy.users.get(name));
+    if (user === null) {
       throw new RegistryError("UNAUTHORIZED", "the refresh token is invalid, expired or for another service");
     }
     return answer(c, user, scopes, presented);

@@ -30,6 +30,19 @@ interface SessionState {
    * is retried from here, without finishing the object twice.
    */
   completed?: { digest: string; size: number; key: string };
+  /**
+   * The digest a multipart completion was last attempted for, saved before the attempt.
+   * A completion whose answer was lost may still have happened; a retry may take the
+   * finished object as its own only when it completes the same digest (the same bytes),
+   * never when other bytes arrived since.
+   */
+  completing?: string;
+  /**
+   * Set when a PUT's last chunk was appended and the whole upload verified against
+   * `digest` at `offset`: a retry of that PUT (its commit failed later) must not append
+   * the chunk again.
+   */
+  verified?: { digest: string; offset: number };
 }
 
 /** Absolute offset where the staged tail (bytes past the last whole part) starts. */
@@ -240,13 +253,23 @@ export class UploadSession extends DurableObject<Env> {
   ): Promise<void> {
     const before = structuredClone(state);
     const hash = nativeHash(digest.algorithm);
-    const tail = await this.ingest(state, body, claim, hash);
-    const computed = await hash.digest();
-    if (computed !== digest.value) {
-      await this.restore(state, before);
-      throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
+    try {
+      const tail = await this.ingest(state, body, claim, hash);
+      const computed = await hash.digest();
+      if (computed !== digest.value) {
+        throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
+      }
+      await this.complete(state, digest, tail);
+    } catch (error) {
+      if (!state.completed) {
+        // Nothing of this request is kept, not even its multipart upload: a retry with
+        // other bytes must never meet parts (or a finished object) of these.
+        await this.abortMultipart(state).catch(() => undefined);
+        delete state.multipartUploadId;
+        await this.restore(state, before);
+      }
+      throw error;
     }
-    await this.complete(state, digest, tail);
   }
 
   /**
@@ -261,16 +284,28 @@ export class UploadSession extends DurableObject<Env> {
     body: ReadableStream<Uint8Array> | null,
     claim: ChunkClaim,
   ): Promise<void> {
+    if (body !== null && state.verified?.digest === digest.value && state.verified.offset === state.offset) {
+      // A retry of a PUT whose last chunk arrived and was verified, and whose commit
+      // then failed: the chunk is in already, and appending it again would corrupt the
+      // upload. What is stored hashes to the digest; the body is not needed.
+      await body.cancel();
+      await this.complete(state, digest, null);
+      return;
+    }
     const tail = await this.ingest(state, body, claim, resumableHash(state.hashState));
     if (digest.algorithm === "sha256") {
       const computed = await resumableHash(state.hashState).digest();
       if (computed !== digest.value) {
         throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
       }
+      if (body !== null) {
+        state.verified = { digest: digest.value, offset: state.offset };
+        await this.persist(state);
+      }
       await this.complete(state, digest, tail);
       return;
     }
-    const key = await this.finishObject(state, tail);
+    const key = await this.finishObject(state, digest, tail);
     const computed = await this.digestOfObject(key, state.offset, digest);
     if (computed !== digest.value) {
       await this.bucket.delete(key);
@@ -285,15 +320,15 @@ export class UploadSession extends DurableObject<Env> {
    * stored one is used and ours dropped (one object per digest).
    */
   private async complete(state: SessionState, digest: Digest, tail: Uint8Array | null): Promise<void> {
-    // Strong: a KV copy may outlive a descriptor (withdrawn by repair), and publishing
-    // over it would name an object that is gone.
+    // Strong: a KV copy may outlive a descriptor (withdrawn by repair). And the stored
+    // object must really be there: a descriptor left naming nothing is replaced by ours.
     const existing = await this.blobs.stat(digest, { strong: true });
-    if (existing) {
+    if (existing && (await this.blobs.hasBytes(existing))) {
       await this.abortMultipart(state);
       await this.markCompleted(state, { digest: digest.value, size: existing.size, key: existing.key });
       return;
     }
-    const key = await this.finishObject(state, tail);
+    const key = await this.finishObject(state, digest, tail);
     await this.markCompleted(state, { digest: digest.value, size: state.offset, key });
   }
 
@@ -307,6 +342,15 @@ export class UploadSession extends DurableObject<Env> {
   private async publish(state: SessionState, digest: Digest): Promise<BlobDescriptor> {
     const completed = state.completed;
     if (!completed) throw new Error("publish before the upload completed");
+    if (completed.key !== Paths.uploadData(state.uploadId)) {
+      // Completed as a duplicate of a stored blob: only while that blob is still stored
+      // under that object (a retry must not re-publish a descriptor since withdrawn).
+      const current = await this.blobs.stat(digest, { strong: true });
+      if (current?.key !== completed.key) {
+        await this.purge(state);
+        throw new RegistryError("BLOB_UPLOAD_INVALID", "the stored copy of this blob changed meanwhile; upload again");
+      }
+    }
     const descriptor = await this.blobs.publish(digest, completed.size, completed.key);
     await new LinkedBlobStore(this.bucket, this.blobs, state.name, "layer").link(digest);
     await this.ctx.storage.deleteAll();
@@ -335,14 +379,15 @@ export class UploadSession extends DurableObject<Env> {
     await this.purge(state);
   }
 
+  /**
+   * Ends the session: aborts its multipart upload and drops its record and staged tail.
+   * A finished object is left alone even if it was never published: a publish whose
+   * answer was lost (or timed out) may still land, and deleting the object under it
+   * would leave a descriptor naming nothing. `npm run verify --repair` deletes objects no
+   * descriptor names once they are older than the upload TTL.
+   */
   private async purge(state: SessionState): Promise<void> {
     await this.abortMultipart(state);
-    const completed = state.completed;
-    if (completed && completed.key === Paths.uploadData(state.uploadId)) {
-      // Finished but perhaps never published: keep the object only if a descriptor uses it.
-      const published = await this.blobs.stat(parseDigest(completed.digest), { strong: true });
-      if (published?.key !== completed.key) await this.bucket.delete(completed.key);
-    }
     // Drops the session record and the staged tail together.
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
@@ -498,9 +543,10 @@ export class UploadSession extends DurableObject<Env> {
    * their numbers, and purge aborts it).
    */
   private async restore(state: SessionState, before: SessionState): Promise<void> {
-    const multipartUploadId = state.multipartUploadId;
+    const { multipartUploadId, completing } = state;
     Object.assign(state, structuredClone(before));
     if (multipartUploadId) state.multipartUploadId = multipartUploadId;
+    if (completing) state.completing = completing;
     await this.persist(state);
   }
 
@@ -551,23 +597,31 @@ export class UploadSession extends DurableObject<Env> {
    * object for a blob smaller than one part). `tail` is the tail when this request
    * holds it in memory; otherwise it is read from the staged rows.
    */
-  private async finishObject(state: SessionState, tail: Uint8Array | null): Promise<string> {
+  private async finishObject(state: SessionState, digest: Digest, tail: Uint8Array | null): Promise<string> {
     const key = Paths.uploadData(state.uploadId);
     const tailSize = state.offset - tailStart(state);
     const bytes = tail ?? (tailSize > 0 ? this.takePartBuffer(state).subarray(0, tailSize) : new Uint8Array(0));
     if (state.parts.length === 0) {
+      // A single put replaces whatever an earlier attempt wrote: idempotent.
       await this.bucket.put(key, bytes);
       return key;
+    }
+    const previous = state.completing;
+    if (previous !== digest.value) {
+      state.completing = digest.value;
+      await this.persist(state);
     }
     try {
       if (tailSize > 0) await this.uploadPart(state, bytes);
       await (await this.multipart(state)).complete(state.parts);
     } catch (error) {
-      // A retried commit whose multipart upload was completed by the earlier attempt
-      // (which failed before saving that): the object is there, whole.
-      const object = await this.bucket.head(key);
+      // An earlier attempt at this same digest may have completed the upload and lost the
+      // answer: then the object is there, whole, and holds these very bytes.
+      const object = previous === digest.value ? await this.bucket.head(key) : null;
       if (object?.size !== state.offset) throw error;
     }
+    // Finished: there is no multipart upload left to abort.
+    delete state.multipartUploadId;
     return key;
   }
 }

@@ -30,6 +30,7 @@ beforeAll(() => {
     AUTH_MODE: undefined,
     AUTH_USERS: [line("admin", "admin-pw"), line("ci", "ci-pw"), line("reader", "reader-pw")].join("\n"),
     AUTH_ACCESS: JSON.stringify(ACCESS),
+    TOKEN_SECRET: "a test key of the registry, long and random in production",
   } as Env;
 });
 
@@ -339,7 +340,7 @@ describe("tokens that must not work", () => {
   });
 
   it("expired, wrong-audience, foreign-key and refresh tokens are refused as access tokens", async () => {
-    const key = await signingKey(authEnv);
+    const key = signingKey(authEnv);
     const now = Math.floor(Date.now() / 1000);
     const access = [{ type: "repository", name: "team/app", actions: ["pull"] }];
     const base = { iss: "edge-registry", sub: "reader", aud: SERVICE, iat: now - 10, nbf: now - 10, access };
@@ -354,6 +355,26 @@ describe("tokens that must not work", () => {
       expect(response.status).toBe(401);
       expect(challengeOf(response).error).toBe("invalid_token");
     }
+  });
+
+  it("a refresh token dies with its user's old password", async () => {
+    const response = await call(`/token?service=${SERVICE}&offline_token=true`, { headers: basic("ci", "ci-pw") });
+    const refresh = ((await response.json()) as Record<string, string>).refresh_token ?? "";
+    const exchange = (bindings: Env) =>
+      call(
+        "/token",
+        {
+          method: "POST",
+          body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: refresh, service: SERVICE }),
+        },
+        bindings,
+      );
+    expect((await exchange(authEnv)).status).toBe(200);
+    const changed = {
+      ...authEnv,
+      AUTH_USERS: (authEnv.AUTH_USERS ?? "").replace(/^ci:.*$/m, `ci:${bcrypt.hashSync("new-ci-pw", 4)}`),
+    } as Env;
+    await expectCode(await exchange(changed), 401, "UNAUTHORIZED");
   });
 
   it("an access token is not a refresh token", async () => {
@@ -410,6 +431,24 @@ describe("defaults", () => {
   it("AUTH_MODE=open (npm start without users) needs no credentials at all", async () => {
     const open = { ...env, AUTH_MODE: "open", AUTH_USERS: undefined } as Env;
     expect((await call("/v2/open/app/blobs/uploads/", { method: "POST" }, open)).status).toBe(202);
+  });
+
+  it("without users but with AUTH_ACCESS, only what the rules give anonymous clients can be read", async () => {
+    await pushAsAdmin("team/hidden", "v1");
+    await pushAsAdmin("public/shown", "v1");
+    const noUsers = { ...authEnv, AUTH_USERS: undefined } as Env;
+    expect(
+      (await call("/v2/public/shown/manifests/v1", { headers: { Accept: MediaTypes.ociManifest } }, noUsers)).status,
+    ).toBe(200);
+    await expectCode(await call("/v2/team/hidden/manifests/v1", {}, noUsers), 403, "DENIED");
+    await expectCode(await call("/v2/public/shown/blobs/uploads/", { method: "POST" }, noUsers), 403, "DENIED");
+  });
+
+  it("users without TOKEN_SECRET refuse every request, naming the setting", async () => {
+    const keyless = { ...authEnv, TOKEN_SECRET: undefined } as Env;
+    const response = await call("/v2/", {}, keyless);
+    expect(response.status).toBe(500);
+    expect(await response.text()).toMatch(/TOKEN_SECRET/);
   });
 
   it("settings that do not parse refuse every request rather than run open", async () => {

@@ -119,6 +119,27 @@ export const multipartCommit: Scenario<{ name: string; location: string; digest:
   },
 };
 
+export const lastChunkCommit: Scenario<{
+  name: string;
+  location: string;
+  digest: string;
+  bytes: Uint8Array<ArrayBuffer>;
+}> = {
+  name: "PUT ?digest= carrying the last chunk",
+  async setup(id) {
+    const name = `faults/last-chunk-${id}`;
+    const bytes = randomBytes(300_000);
+    const { location } = await startUpload(name);
+    const patched = await registry(location, { method: "PATCH", body: bytes.slice(0, 200_000) });
+    expect(patched.status).toBe(202);
+    return { name, location: withDigest(location, await sha256(bytes)), digest: await sha256(bytes), bytes };
+  },
+  // No Content-Range: a retry that appended the chunk again would corrupt the upload.
+  run: (context) => registry(context.location, { method: "PUT", body: context.bytes.slice(200_000) }),
+  success: [201],
+  check: (context) => expectBlob(context.name, context.digest, context.bytes),
+};
+
 export const monolithic: Scenario<{ name: string; digest: string; bytes: Uint8Array<ArrayBuffer> }> = {
   name: "POST ?digest= with the whole blob",
   async setup(id) {
@@ -225,6 +246,7 @@ export const mount: Scenario<{ name: string; from: string; digest: string; bytes
 /** Every scenario but the multipart one (which uploads a part per step, so runs on its own). */
 export const scenarios = [
   smallChunkedCommit,
+  lastChunkCommit,
   monolithic,
   manifestPush,
   tagMove,

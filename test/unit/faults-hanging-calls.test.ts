@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { storageHooks } from "../../src/registry/storage";
 import {
+  lastChunkCommit,
   manifestDelete,
   manifestPush,
   monolithic,
@@ -10,7 +11,13 @@ import {
 } from "./fault-scenarios";
 
 describe("a storage call that never answers", () => {
-  for (const scenario of [smallChunkedCommit, monolithic, manifestPush, manifestDelete] as Scenario<unknown>[]) {
+  for (const scenario of [
+    smallChunkedCommit,
+    lastChunkCommit,
+    monolithic,
+    manifestPush,
+    manifestDelete,
+  ] as Scenario<unknown>[]) {
     it(
       `${scenario.name}: gives up with 503 instead of hanging, and the retry succeeds`,
       { timeout: 120_000 },

@@ -47,10 +47,15 @@ describe("the integrity check (npm run verify)", () => {
     // Sizes only: the rot is invisible without re-hashing.
     expect(kinds((await verifyStorage(storage(), { rehash: false })).findings, descriptorKey(digest))).toEqual([]);
 
-    const repaired = await verifyStorage(storage(), { repair: true });
+    const repaired = await verifyStorage(storage(), { repair: true, settleMs: 0 });
     expect(repaired.ok).toBe(true);
     // Nothing is served under a digest its bytes do not match.
     expect((await registry(`/v2/${name}/blobs/${digest}`)).status).toBe(404);
+    // The object is kept, quarantined, and not swept as an orphan even when old.
+    expect(await env.BLOBS.head(`quarantine/${key}`)).not.toBeNull();
+    const later = await verifyStorage(storage(), { repair: true, now: Date.now() + 30 * 24 * 3600 * 1000 });
+    expect(later.findings.find((finding) => finding.key === key)?.detail).toMatch(/quarantined/);
+    expect(await env.BLOBS.head(key)).not.toBeNull();
     const after = await verifyStorage(storage());
     expect(after.findings.filter((finding) => finding.severity === "error")).toEqual([]);
   });
@@ -60,7 +65,7 @@ describe("the integrity check (npm run verify)", () => {
     await env.BLOBS.delete((await descriptorOf(gone)).key);
     const resized = await pushBlob("integrity/resized", utf8("bytes that will change size"));
     await env.BLOBS.put((await descriptorOf(resized)).key, utf8("short"));
-    const report = await verifyStorage(storage(), { repair: true });
+    const report = await verifyStorage(storage(), { repair: true, settleMs: 0 });
     expect(kinds(report.findings, descriptorKey(gone))).toEqual(["descriptor-without-bytes"]);
     expect(kinds(report.findings, descriptorKey(resized))).toEqual(["size-mismatch"]);
     // The links to them are now links to nothing: removed in the same pass.
@@ -75,7 +80,7 @@ describe("the integrity check (npm run verify)", () => {
     const image = await pushImage(name, "v1");
     await env.BLOBS.delete(`repositories/${name}/_manifests/revisions/${image.digest.replace(":", "/")}`);
     expect((await registry(`/v2/${name}/manifests/v1`)).status).toBe(404);
-    const report = await verifyStorage(storage(), { repair: true });
+    const report = await verifyStorage(storage(), { repair: true, settleMs: 0 });
     const finding = report.findings.find((entry) => entry.key === `repositories/${name}/_manifests/tags/v1`);
     expect(finding?.kind).toBe("tag-without-manifest");
     expect(finding?.repaired).toMatch(/restored/);
@@ -90,12 +95,31 @@ describe("the integrity check (npm run verify)", () => {
     await env.BLOBS.put(`repositories/${name}/_manifests/tags/ghost`, missing);
     await env.BLOBS.put(`repositories/${name}/_referrers/sha256/${"c".repeat(64)}/${missing}`, "{}");
     await env.BLOBS.put(`catalog/${name}`, "");
-    const report = await verifyStorage(storage(), { repair: true });
+    const report = await verifyStorage(storage(), { repair: true, settleMs: 0 });
     expect(kinds(report.findings, `repositories/${name}/_manifests/tags/ghost`)).toEqual(["tag-without-manifest"]);
     expect(kinds(report.findings, `repositories/${name}/_referrers/sha256/${"c".repeat(64)}/${missing}`)).toEqual([
       "referrer-without-manifest",
     ]);
     expect(await env.BLOBS.head(`repositories/${name}/_manifests/tags/ghost`)).toBeNull();
+  });
+
+  it("records younger than the settle window are reported but not repaired (a push may be writing them)", async () => {
+    const name = "integrity/recent";
+    const missing = `sha256:${"e".repeat(64)}`;
+    await env.BLOBS.put(`repositories/${name}/_manifests/tags/fresh`, missing);
+    await env.BLOBS.put(`repositories/${name}/_layers/sha256/${"e".repeat(64)}`, "{}");
+    const report = await verifyStorage(storage(), { repair: true });
+    const fresh = report.findings.filter((finding) => finding.key.startsWith(`repositories/${name}/`));
+    expect(fresh.map((finding) => finding.kind).sort()).toEqual(["link-without-descriptor", "tag-without-manifest"]);
+    expect(fresh.every((finding) => finding.repaired === undefined)).toBe(true);
+    expect(await env.BLOBS.head(`repositories/${name}/_manifests/tags/fresh`)).not.toBeNull();
+    // Once settled they are repaired; a link whose blob a push stored meanwhile is not.
+    const bytes = utf8("stored meanwhile");
+    const digest = await pushBlob("integrity/elsewhere", bytes);
+    await env.BLOBS.put(`repositories/${name}/_layers/${digest.replace(":", "/")}`, "{}");
+    const settled = await verifyStorage(storage(), { repair: true, settleMs: 0 });
+    expect(settled.findings.find((finding) => finding.key.endsWith(digest.replace(":", "/")))).toBeUndefined();
+    expect(await env.BLOBS.head(`repositories/${name}/_manifests/tags/fresh`)).toBeNull();
   });
 
   it("a repository missing from the catalog is listed again; a stale KV copy is dropped", async () => {
