@@ -12,5 +12,8 @@ export default defineConfig({
   ],
   test: {
     include: ["test/unit/**/*.test.ts"],
+    // CI machines are slower than this one and shared: tests moving MiBs through the
+    // local simulators must not fail on a loaded machine for taking 5 s.
+    testTimeout: 30_000,
   },
 });

@@ -1,7 +1,7 @@
 import { expect } from "vitest";
 import {
   descriptorOf,
-  digestStream,
+  expectBlobReads,
   expectError,
   imageManifest,
   MediaTypes,
@@ -45,13 +45,8 @@ async function expectRetryableError(response: Response): Promise<void> {
   if (response.status === 503) expect(response.headers.get("Retry-After")).not.toBeNull();
 }
 
-/** The blob reads back whole (compared by digest: a failed comparison of MiBs would print them all). */
 export async function expectBlob(name: string, digest: string, bytes: Uint8Array): Promise<void> {
-  const response = await registry(`/v2/${name}/blobs/${digest}`);
-  expect(response.status).toBe(200);
-  const body = response.body;
-  if (!body) throw new Error("blob response has no body");
-  expect(await digestStream(body)).toEqual({ digest, size: bytes.byteLength });
+  await expectBlobReads(name, digest, bytes.byteLength);
 }
 
 export async function runWithFaults<Context>(scenario: Scenario<Context>, fault: Fault): Promise<number> {

@@ -56,6 +56,18 @@ export async function digestStream(stream: ReadableStream<Uint8Array>): Promise<
   return { digest: `sha256:${hex(await digester.digest)}`, size };
 }
 
+/**
+ * GET of a blob answers 200 with exactly `size` bytes hashing to `digest` (compared by
+ * digest: a failed comparison of MiBs would print them all).
+ */
+export async function expectBlobReads(name: string, digest: string, size: number): Promise<void> {
+  const response = await registry(`/v2/${name}/blobs/${digest}`);
+  expect(response.status).toBe(200);
+  const body = response.body;
+  if (!body) throw new Error("blob response has no body");
+  expect(await digestStream(body)).toEqual({ digest, size });
+}
+
 /** Random bytes of any size (crypto.getRandomValues fills at most 64 KiB per call). */
 export function randomBytes(size: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(size);

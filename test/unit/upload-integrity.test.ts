@@ -1,7 +1,7 @@
 import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import {
-  digestStream,
+  expectBlobReads,
   expectError,
   imageManifest,
   MediaTypes,
@@ -24,63 +24,63 @@ import { expectConsistent, faultWhere, installStorage, restoreStorage } from "./
  * review found: a finished multipart upload, a completion whose answer was lost, a
  * descriptor left naming nothing, a stored copy withdrawn while a commit was retried.
  */
-async function readsBack(name: string, digest: string, size: number): Promise<void> {
-  const response = await registry(`/v2/${name}/blobs/${digest}`);
-  expect(response.status).toBe(200);
-  const body = response.body;
-  if (!body) throw new Error("no body");
-  expect(await digestStream(body)).toEqual({ digest, size });
-}
-
 function descriptorKey(digest: string): string {
   return `blobs/${digest.replace(":", "/")}`;
 }
 
 describe("a chunked multipart upload committed under a wrong sha512 digest", () => {
-  it("is refused with DIGEST_INVALID, ends the session, and never aborts the upload it finished", async () => {
-    const name = "integrity/sha512-wrong";
-    const bytes = randomBytes(PART_SIZE + MiB);
-    const { location } = await startUpload(name);
-    expect((await registry(location, { method: "PATCH", body: bytes })).status).toBe(202);
-    const faulty = installStorage();
-    const wrong = await sha512(utf8("other bytes"));
-    await expectError(await registry(withDigest(location, wrong), { method: "PUT" }), 400, "DIGEST_INVALID");
-    restoreStorage();
-    const methods = faulty.log.map((call) => call.method);
-    const completed = methods.indexOf("multipart.complete");
-    expect(completed).toBeGreaterThanOrEqual(0);
-    // R2 answers an abort of a completed upload with an error: one must not be sent.
-    expect(methods.slice(completed)).not.toContain("multipart.abort");
-    await expectError(await registry(location), 404, "BLOB_UPLOAD_UNKNOWN");
-    await expectError(await registry(`/v2/${name}/blobs/${wrong}`), 404, "BLOB_UNKNOWN");
-    await expectError(await registry(`/v2/${name}/blobs/${await sha512(bytes)}`), 404, "BLOB_UNKNOWN");
-  });
+  it(
+    "is refused with DIGEST_INVALID, ends the session, and never aborts the upload it finished",
+    { timeout: 60_000 },
+    async () => {
+      const name = "integrity/sha512-wrong";
+      const bytes = randomBytes(PART_SIZE + MiB);
+      const { location } = await startUpload(name);
+      expect((await registry(location, { method: "PATCH", body: bytes })).status).toBe(202);
+      const faulty = installStorage();
+      const wrong = await sha512(utf8("other bytes"));
+      await expectError(await registry(withDigest(location, wrong), { method: "PUT" }), 400, "DIGEST_INVALID");
+      restoreStorage();
+      const methods = faulty.log.map((call) => call.method);
+      const completed = methods.indexOf("multipart.complete");
+      expect(completed).toBeGreaterThanOrEqual(0);
+      // R2 answers an abort of a completed upload with an error: one must not be sent.
+      expect(methods.slice(completed)).not.toContain("multipart.abort");
+      await expectError(await registry(location), 404, "BLOB_UPLOAD_UNKNOWN");
+      await expectError(await registry(`/v2/${name}/blobs/${wrong}`), 404, "BLOB_UNKNOWN");
+      await expectError(await registry(`/v2/${name}/blobs/${await sha512(bytes)}`), 404, "BLOB_UNKNOWN");
+    },
+  );
 });
 
 describe("a multipart completion whose answer was lost", () => {
-  it("a retry with other bytes of the same length never publishes the first bytes under its digest", async () => {
-    const name = "integrity/lost-complete";
-    const head = randomBytes(PART_SIZE);
-    const first = randomBytes(MiB);
-    const second = randomBytes(MiB);
-    const { location } = await startUpload(name);
-    expect((await registry(location, { method: "PATCH", body: head })).status).toBe(202);
-    const firstDigest = await sha256(new Uint8Array([...head, ...first]));
-    installStorage(faultWhere((call) => call.method === "multipart.complete", "throw-after"));
-    const lost = await registry(withDigest(location, firstDigest), { method: "PUT", body: first });
-    expect(lost.status).toBe(503);
-    restoreStorage();
-    // Now a different last chunk (a confused or hostile client) under its own digest.
-    const secondDigest = await sha256(new Uint8Array([...head, ...second]));
-    const retry = await registry(withDigest(location, secondDigest), { method: "PUT", body: second });
-    if (retry.status === 201) await readsBack(name, secondDigest, PART_SIZE + MiB);
-    else expect(retry.status).toBeGreaterThanOrEqual(400);
-    // Whatever happened, nothing is readable under a digest its bytes do not match.
-    await expectConsistent({ rehash: true });
-    const again = await registry(`/v2/${name}/blobs/${secondDigest}`);
-    if (again.status === 200) await readsBack(name, secondDigest, PART_SIZE + MiB);
-    else await again.body?.cancel();
-  });
+  it(
+    "a retry with other bytes of the same length never publishes the first bytes under its digest",
+    { timeout: 60_000 },
+    async () => {
+      const name = "integrity/lost-complete";
+      const head = randomBytes(PART_SIZE);
+      const first = randomBytes(MiB);
+      const second = randomBytes(MiB);
+      const { location } = await startUpload(name);
+      expect((await registry(location, { method: "PATCH", body: head })).status).toBe(202);
+      const firstDigest = await sha256(new Uint8Array([...head, ...first]));
+      installStorage(faultWhere((call) => call.method === "multipart.complete", "throw-after"));
+      const lost = await registry(withDigest(location, firstDigest), { method: "PUT", body: first });
+      expect(lost.status).toBe(503);
+      restoreStorage();
+      // Now a different last chunk (a confused or hostile client) under its own digest.
+      const secondDigest = await sha256(new Uint8Array([...head, ...second]));
+      const retry = await registry(withDigest(location, secondDigest), { method: "PUT", body: second });
+      if (retry.status === 201) await expectBlobReads(name, secondDigest, PART_SIZE + MiB);
+      else expect(retry.status).toBeGreaterThanOrEqual(400);
+      // Whatever happened, nothing is readable under a digest its bytes do not match.
+      await expectConsistent({ rehash: true });
+      const again = await registry(`/v2/${name}/blobs/${secondDigest}`);
+      if (again.status === 200) await expectBlobReads(name, secondDigest, PART_SIZE + MiB);
+      else await again.body?.cancel();
+    },
+  );
 });
 
 describe("a descriptor left naming an object that is gone", () => {
@@ -100,7 +100,7 @@ describe("a descriptor left naming an object that is gone", () => {
       } else {
         expect(await pushBlob(name, bytes)).toBe(digest);
       }
-      await readsBack(name, digest, bytes.byteLength);
+      await expectBlobReads(name, digest, bytes.byteLength);
     }
   });
 
@@ -134,6 +134,6 @@ describe("a commit retried after the stored copy it deduplicated onto was withdr
     await expectError(await registry(`/v2/${name}/blobs/${digest}`), 404, "BLOB_UNKNOWN");
     // Uploading again stores the bytes for real.
     expect(await pushBlob(name, bytes)).toBe(digest);
-    await readsBack(name, digest, bytes.byteLength);
+    await expectBlobReads(name, digest, bytes.byteLength);
   });
 });
