@@ -19,13 +19,13 @@ import {
 } from "node:fs";
 import { mkdir, stat, writeFile } from "node:fs/promises";
 import http from "node:http";
-import { connect, createServer } from "node:net";
 import { basename, join, resolve } from "node:path";
 import { clearInterval, setInterval } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
+import { startFront } from "../scripts/lib/tls-front.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
@@ -453,8 +453,9 @@ export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
 }
 
 /**
- * A TCP relay on a free 127.0.0.1 port to `targetPort` that closes, at once, any connection
- * opening with a TLS handshake record (first byte 0x16), and relays everything else.
+ * A TCP relay on a free 127.0.0.1 port to `targetPort` that answers, at once, any connection
+ * opening with a TLS handshake record (first byte 0x16), and relays everything else: the
+ * same front as npm start's (scripts/lib/tls-front.mjs).
  *
  * Why: containers/image (skopeo) always tries HTTPS first, even with --tls-verify=false, and
  * falls back to HTTP when that fails. docker/distribution answers a TLS ClientHello on its
@@ -465,48 +466,7 @@ export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
  * Returns { port, connections(), rejected(), close() }.
  */
 export async function startTlsRejectingRelay(targetPort) {
-  const sockets = new Set();
-  let connections = 0;
-  let rejected = 0;
-  const server = createServer({ allowHalfOpen: true }, (client) => {
-    sockets.add(client);
-    client.once("close", () => sockets.delete(client));
-    client.on("error", () => client.destroy());
-    client.once("data", (first) => {
-      client.pause();
-      if (first[0] === 0x16) {
-        rejected++;
-        client.destroy();
-        return;
-      }
-      connections++;
-      const upstream = connect({ host: "127.0.0.1", port: targetPort, allowHalfOpen: true });
-      sockets.add(upstream);
-      upstream.once("close", () => {
-        sockets.delete(upstream);
-        client.destroy();
-      });
-      client.once("close", () => upstream.destroy());
-      upstream.on("error", () => upstream.destroy());
-      upstream.write(first);
-      client.pipe(upstream);
-      upstream.pipe(client);
-    });
-  });
-  await new Promise((resolveListen, rejectListen) => {
-    server.once("error", rejectListen);
-    server.listen(0, "127.0.0.1", resolveListen);
-  });
-  return {
-    port: server.address().port,
-    connections: () => connections,
-    rejected: () => rejected,
-    close: () =>
-      new Promise((resolveClose) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolveClose());
-      }),
-  };
+  return startFront({ targetPort });
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-// End-to-end: token authentication with real clients. The registry runs as `npm start`
-// runs it, with users configured (AUTH_USERS, AUTH_ACCESS from the environment): podman
+// End-to-end: token authentication with real clients. The registry runs under plain
+// `wrangler dev` (npm run dev), with users configured in .dev.vars: podman
 // logs in, pushes and pulls; skopeo uses --creds; a read-only user is refused a push; an
 // anonymous client pulls only the public repository.
 import assert from "node:assert/strict";
@@ -52,13 +52,16 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
   before(async () => {
     const missing = ["skopeo", "podman", "umoci", "unshare"].filter((command) => !haveCommand(command));
     assert.deepEqual(missing, [], `missing client tools (see .ci/run): ${missing.join(", ")}`);
+    // Against plain `wrangler dev` (npm run dev): the clients suite covers npm start.
     registry = await startRegistry({
+      server: "wrangler-dev",
       env: {
         // Cost 5 (htpasswd -B's default): a login costs a few ms.
         AUTH_USERS: Object.entries(users)
           .map(([name, password]) => `${name}:${bcrypt.hashSync(password, 5)}`)
           .join("\n"),
         AUTH_ACCESS: JSON.stringify(access),
+        TOKEN_SECRET: "e2e token key, long and random in production",
       },
     });
     clients = await createClients(registry);
@@ -218,7 +221,15 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
     assert.equal(catalog.status, 401);
   });
 
-  it("the registry says on start-up that authentication is on", () => {
-    assert.match(registry.logTail(400), /authentication enforced/);
+  it("npm start with users enforces authentication too, and says so on start-up", async () => {
+    const local = await startRegistry({ env: { AUTH_USERS: `pusher:${bcrypt.hashSync(users.pusher, 5)}` } });
+    try {
+      assert.match(local.logTail(50), /authentication enforced/);
+      assert.equal((await fetchWithTimeout(`${local.url}/v2/`)).status, 401);
+      const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
+      assert.equal((await fetchWithTimeout(`${local.url}/v2/`, { headers: { Authorization: basic } })).status, 200);
+    } finally {
+      await local.stop();
+    }
   });
 });

@@ -29,6 +29,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../../scripts/lib/free-port.mjs";
 import { processKeeper } from "../../scripts/lib/process-groups.mjs";
+import { startFront } from "../../scripts/lib/tls-front.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -233,13 +234,14 @@ async function snapshotCheckout(dir) {
 }
 
 /**
- * Starts `scripts/dev.mjs --port <free port> --persist-to <fresh dir>` on a snapshot of
- * the checkout (see snapshotCheckout) and waits until GET /v2/ answers (200, or 401 when
- * `env` turns authentication on: AUTH_USERS and friends, as scripts/lib/local-worker.mjs
- * takes them from the environment).
+ * Starts `scripts/dev.mjs --port <free port> --persist-to <fresh dir>` (`server:
+ * "npm-start"`) or `wrangler dev` behind the same TLS front (`server: "wrangler-dev"`) on
+ * a snapshot of the checkout (see snapshotCheckout) and waits until GET /v2/ answers
+ * (200, or 401 when `env` turns authentication on: AUTH_USERS and friends, taken from the
+ * environment by scripts/lib/local-worker.mjs, or written to .dev.vars for wrangler dev).
  * Returns { port, host, url, clientHost, stateDir, logFile, logTail(), stop() }.
  */
-export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {} } = {}) {
+export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {}, server = "npm-start" } = {}) {
   const wasm = join(ROOT, "build", "sha256.wasm");
   try {
     await stat(wasm);
@@ -253,8 +255,27 @@ export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {
   const port = await freePort();
   // E2E_IN_PLACE=1 runs the server in the checkout itself; by default in a snapshot.
   const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
-  // The registry as `npm start` runs it.
-  const args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir];
+  // The registry as `npm start` runs it; or as `npm run dev` (plain `wrangler dev`) runs
+  // it, with its settings in .dev.vars and the same TLS front (in this process) before it.
+  let args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir];
+  let front = null;
+  if (server === "wrangler-dev") {
+    const innerPort = await freePort();
+    const vars = Object.entries(extraEnv).map(([name, value]) => `${name}='${value}'`);
+    await writeFile(join(cwd, ".dev.vars"), `${vars.join("\n")}\n`);
+    args = [
+      join(cwd, "node_modules", "wrangler", "bin", "wrangler.js"),
+      "dev",
+      "--ip",
+      "127.0.0.1",
+      "--port",
+      String(innerPort),
+      "--persist-to",
+      stateDir,
+      "--show-interactive-dev-session=false",
+    ];
+    front = await startFront({ port, targetPort: innerPort });
+  }
   const env = {
     ...process.env,
     // Offline and quiet: no Request.cf download, no update check, no telemetry.
@@ -290,6 +311,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {
   const stop = async () => {
     if (stopped) return;
     stopped = true;
+    await front?.close();
     await stopGroup(pgid);
     await removeTempDir(dir);
   };
