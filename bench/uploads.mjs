@@ -673,7 +673,7 @@ async function main() {
       });
       if (relays.length > 0) {
         notes.push(
-          `skopeo went through a TCP relay that closes TLS handshakes at once (${relays
+          `skopeo went through a TCP relay that answers TLS handshakes at once with a plain-HTTP 400 (${relays
             .map((r) => r.rejected())
             .reduce((a, b) => a + b, 0)} rejected): skopeo tries HTTPS first; the relay puts both servers behind ` +
             "the same extra hop (see bench/README.md, `--skopeo-direct`).",
