@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import bcrypt from "bcryptjs";
 import { readFile } from "node:fs/promises";
+import { setTimeout as delay } from "node:timers/promises";
 import {
   createClients,
   fetchWithTimeout,
@@ -36,6 +37,12 @@ const access = [
   { repositories: ["**"], users: ["reader"], actions: ["pull"] },
   { repositories: ["public/**"], anonymous: true, actions: ["pull"] },
 ];
+
+/** The registry's log shows `pattern` within a few seconds (it is written after the answer). */
+async function expectLogged(pattern) {
+  for (let attempt = 0; attempt < 50 && !pattern.test(registry.logTail(400)); attempt++) await delay(100);
+  assert.match(registry.logTail(400), pattern);
+}
 
 /** The command must fail, and its own stderr (not the registry log around it) must say why. */
 async function expectFailure(promise, pattern) {
@@ -167,7 +174,7 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
       const { stdout } = await run("docker", ["manifest", "inspect", "--insecure", `${host}/private/app:v1`], { env });
       const manifest = JSON.parse(stdout.toString("utf8"));
       assert.equal(manifest.schemaVersion, 2);
-      assert.match(registry.logTail(400), /POST \/token 200/);
+      await expectLogged(/POST \/token 200/);
     },
   );
 
@@ -202,7 +209,7 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
           headers: { Authorization: `Basic ${Buffer.from(`reader:${users.reader}`).toString("base64")}` },
         });
         assert.equal(head.status, 200);
-        assert.match(registry.logTail(400), /POST \/token 200/);
+        await expectLogged(/POST \/token 200/);
       } finally {
         await containerd.stop();
       }
