@@ -25,7 +25,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
-import { startFront } from "../scripts/lib/tls-front.mjs";
+import { startFront } from "../scripts/lib/front.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
@@ -453,9 +453,9 @@ export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
 }
 
 /**
- * A TCP relay on a free 127.0.0.1 port to `targetPort` that answers, at once, any connection
- * opening with a TLS handshake record (first byte 0x16), and relays everything else: the
- * same front as npm start's (scripts/lib/tls-front.mjs).
+ * A proxy on a free 127.0.0.1 port to `targetPort` that answers, at once, any connection
+ * opening with a TLS handshake record (first byte 0x16), and proxies everything else: the
+ * same front as npm start's (scripts/lib/front.mjs).
  *
  * Why: containers/image (skopeo) always tries HTTPS first, even with --tls-verify=false, and
  * falls back to HTTP when that fails. docker/distribution answers a TLS ClientHello on its

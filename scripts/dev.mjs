@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Local registry: the Worker bundled exactly as `wrangler deploy` bundles it, served by
 // Miniflare (workerd, with R2, KV and Durable Objects persisted on local disk) behind a
-// small TCP front on 127.0.0.1 (scripts/lib/local-worker.mjs starts the Worker).
+// small HTTP front on 127.0.0.1 (scripts/lib/local-worker.mjs starts the Worker).
 //
 // Why Miniflare directly and not `wrangler dev`: wrangler dev runs two workerd
 // processes, its own proxy Worker in front of ours, and every byte of every upload
@@ -14,13 +14,14 @@
 // There is no hot reload: restart after editing src/ (`npm run dev` is wrangler dev with
 // reload, for working on the code).
 //
-// Why the front: see scripts/lib/tls-front.mjs (HTTPS-first clients fall back at once).
+// Why the front: see scripts/lib/front.mjs (HTTPS-first clients fall back at once, answers
+// given before a body was read reach the client, malformed requests get an OCI 400).
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
 import { resolve } from "node:path";
 import { freePort } from "./lib/free-port.mjs";
 import { startLocalWorker } from "./lib/local-worker.mjs";
-import { startFront } from "./lib/tls-front.mjs";
+import { startFront } from "./lib/front.mjs";
 
 const args = process.argv.slice(2);
 function option(name, fallback) {

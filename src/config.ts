@@ -16,9 +16,18 @@ export interface RegistryConfig {
    * never uploaded by knowing its digest.
    */
   mountWithoutFrom: boolean;
+  /**
+   * Most descriptors (config, layers, index children) a manifest may list. Each distinct
+   * one costs storage reads when the manifest is pushed; see docs/configuration.md.
+   */
+  manifestMaxReferences: number;
+  /** Most tags one manifest PUT may set (the reference's and `?tag=`), each an `OCI-Tag` header. */
+  manifestMaxTags: number;
 }
 
 const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
+const DEFAULT_MANIFEST_MAX_REFERENCES = 1000;
+const DEFAULT_MANIFEST_MAX_TAGS = 20;
 const DEFAULT_PART_BYTES = 16 * 1024 * 1024;
 /** Part buffers beyond this would not fit a 128 MB isolate next to the request. */
 const MAX_PART_BYTES = 64 * 1024 * 1024;
@@ -35,5 +44,7 @@ export function readConfig(env: Env): RegistryConfig {
     uploadPartSize: Math.min(MAX_PART_BYTES, Math.max(MIN_PART_BYTES, partSize)),
     deleteEnabled: env.DELETE_ENABLED !== "false",
     mountWithoutFrom: env.MOUNT_WITHOUT_FROM === "true",
+    manifestMaxReferences: positiveInteger(env.MANIFEST_MAX_REFERENCES, DEFAULT_MANIFEST_MAX_REFERENCES),
+    manifestMaxTags: positiveInteger(env.MANIFEST_MAX_TAGS, DEFAULT_MANIFEST_MAX_TAGS),
   };
 }

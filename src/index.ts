@@ -1,5 +1,6 @@
 import { app } from "./app";
 
+export { LoginLimiter } from "./auth/login-limiter";
 export { UploadSession } from "./uploads/upload-session";
 
 export default {

@@ -1,7 +1,8 @@
 import type { Context, MiddlewareHandler } from "hono";
 import { RegistryError } from "../oci/errors";
 import { formatScope, needOf, resourceKey, type Action, type Resource } from "./access";
-import { basicCredentials, checkPassword } from "./passwords";
+import { verifyLogin } from "./logins";
+import { basicCredentials } from "./passwords";
 import { allowedActions, policyOf, PolicyError, type Policy } from "./policy";
 import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 
@@ -71,7 +72,7 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
   if (!header) return { kind: "anonymous" };
   const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
   if (bearer) {
-    const claims = await verifyAccessToken(await tokenSettings(c), bearer);
+    const claims = await verifyAccessToken(await tokenSettings(c), bearer, (name) => policy.users.get(name));
     if (!claims) throw unauthorized(c, "the token is invalid, expired or for another service", scope, "invalid_token");
     const grants = new Map<string, Set<string>>();
     for (const grant of claims.access) {
@@ -80,7 +81,7 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants };
   }
   const credentials = basicCredentials(header);
-  if (!credentials || !(await checkPassword(policy, credentials.user, credentials.password))) {
+  if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password))) {
     throw unauthorized(c, "incorrect username or password", scope);
   }
   return { kind: "user", user: credentials.user };

@@ -13,7 +13,8 @@ import type { Policy } from "./policy";
  * Clients that send Basic credentials on every request (`/v2/...` straight, not via a
  * token) would pay one bcrypt per request, so a success is remembered for a minute per
  * isolate, keyed by a hash of user, password and stored hash: a wrong password never
- * hits the cache, and a changed password or user misses it.
+ * hits the cache, and a changed password or user misses it. logins.ts decides when a
+ * success counts (the failed-login limits).
  */
 const REMEMBER_MS = 60_000;
 const REMEMBER_MAX = 1000;
@@ -38,7 +39,30 @@ async function rememberKey(user: string, password: string, hash: string): Promis
   return toHex(await crypto.subtle.digest("SHA-256", bytes));
 }
 
-/** True when `password` is `user`'s. */
+/**
+ * True when a check of exactly these credentials succeeded, and was let through by the
+ * failed-login limits, in this isolate within the last minute: no bcrypt, and not a
+ * guess (logins.ts does not count it).
+ */
+export async function isRemembered(policy: Policy, user: string, password: string): Promise<boolean> {
+  const hash = policy.users.get(user);
+  if (!hash) return false;
+  const until = remembered.get(await rememberKey(user, password, hash));
+  return until !== undefined && until > Date.now();
+}
+
+/**
+ * Remembers credentials found correct. Only once the failed-login limits let the attempt
+ * through: a correct guess refused during a lockout must not be let in later by memory.
+ */
+export async function remember(policy: Policy, user: string, password: string): Promise<void> {
+  const hash = policy.users.get(user);
+  if (!hash) return;
+  if (remembered.size >= REMEMBER_MAX) remembered.clear();
+  remembered.set(await rememberKey(user, password, hash), Date.now() + REMEMBER_MS);
+}
+
+/** True when `password` is `user`'s (one bcrypt; an unknown user costs the same). */
 export async function checkPassword(policy: Policy, user: string, password: string): Promise<boolean> {
   const hash = policy.users.get(user);
   if (!hash) {
@@ -46,15 +70,7 @@ export async function checkPassword(policy: Policy, user: string, password: stri
     await bcrypt.compare(password, dummyHash(Math.max(4, ...costs)));
     return false;
   }
-  const key = await rememberKey(user, password, hash);
-  const until = remembered.get(key);
-  if (until !== undefined && until > Date.now()) return true;
-  const ok = await bcrypt.compare(password, hash);
-  if (ok) {
-    if (remembered.size >= REMEMBER_MAX) remembered.clear();
-    remembered.set(key, Date.now() + REMEMBER_MS);
-  }
-  return ok;
+  return bcrypt.compare(password, hash);
 }
 
 /** Parses `Authorization: Basic …` into user and password, or null. */

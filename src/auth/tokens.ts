@@ -11,8 +11,9 @@ import type { Grant } from "./access";
  * - refresh tokens (`offline_token=true`, `access_type=offline`): `sub` and `aud` only,
  *   marked `use: "refresh"`, long-lived. Each kind is refused where the other is expected.
  *
- * The key is TOKEN_SECRET (required with users: see policy.ts). Refresh tokens also carry
- * a binding to the user's password hash, so changing a password voids them.
+ * The key is TOKEN_SECRET (required with users: see policy.ts). Both kinds of a user's
+ * tokens carry a binding to the user's password hash (`pwb`), so changing a password, or
+ * removing the user, voids them at once, not at expiry. Every token must carry `exp`.
  */
 export interface TokenSettings {
   key: string;
@@ -43,6 +44,8 @@ export function signingKey(env: Env): string {
  * bcrypt hash) voids the user's refresh tokens, a leaked one included.
  */
 export async function passwordBinding(key: string, user: string, hash: string): Promise<string> {
+  const remembered = bindings.get(key)?.get(`${user}\0${hash}`);
+  if (remembered) return remembered;
   const hmacKey = await crypto.subtle.importKey(
     "raw",
     new TextEncoder().encode(key),
@@ -51,16 +54,47 @@ export async function passwordBinding(key: string, user: string, hash: string): 
     ["sign"],
   );
   const mac = await crypto.subtle.sign("HMAC", hmacKey, new TextEncoder().encode(`${user}\0${hash}`));
-  return toHex(mac).slice(0, 32);
+  const binding = toHex(mac).slice(0, 32);
+  // Every request with a user's token checks its binding: keep the few there are per isolate.
+  let forKey = bindings.get(key);
+  if (!forKey || forKey.size >= BINDINGS_MAX) {
+    bindings.clear();
+    forKey = new Map();
+    bindings.set(key, forKey);
+  }
+  forKey.set(`${user}\0${hash}`, binding);
+  return binding;
+}
+
+const BINDINGS_MAX = 1000;
+/** signing key → (user, hash) → binding; a new key (or too many users) starts afresh. */
+const bindings = new Map<string, Map<string, string>>();
+
+/**
+ * A looked-up user's current bcrypt hash, or undefined when there is no such user: what
+ * a token's binding is checked against.
+ */
+export type HashOf = (user: string) => string | undefined;
+
+/** Whether a token's `pwb` claim matches the user's password as it is now. */
+async function bindingHolds(key: string, user: string, claimed: unknown, hashOf: HashOf): Promise<boolean> {
+  const hash = hashOf(user);
+  if (hash === undefined || typeof claimed !== "string") return false;
+  return claimed === (await passwordBinding(key, user, hash));
 }
 
 function now(): number {
   return Math.floor(Date.now() / 1000);
 }
 
+/**
+ * An access token for `claims`; a user's token (`sub` not empty) is bound to
+ * `passwordHash`, the user's bcrypt hash now.
+ */
 export async function issueAccessToken(
   settings: TokenSettings,
   claims: AccessClaims,
+  passwordHash?: string,
 ): Promise<{ token: string; expiresIn: number; issuedAt: string }> {
   const issued = now();
   const token = await sign(
@@ -73,6 +107,9 @@ export async function issueAccessToken(
       exp: issued + settings.accessTtlSeconds,
       jti: crypto.randomUUID(),
       access: claims.access,
+      ...(claims.sub !== "" && passwordHash !== undefined
+        ? { pwb: await passwordBinding(settings.key, claims.sub, passwordHash) }
+        : {}),
     },
     settings.key,
     ALGORITHM,
@@ -112,11 +149,21 @@ function isGrantList(value: unknown): value is Grant[] {
   );
 }
 
-/** The claims of a valid access token for this service, or null (bad signature, expired, other audience, a refresh token). */
-export async function verifyAccessToken(settings: TokenSettings, token: string): Promise<AccessClaims | null> {
+/**
+ * The claims of a valid access token for this service, or null: bad signature, no `exp`
+ * or expired, other audience, a refresh token, or a user's token whose user is gone or
+ * has another password now (`hashOf`).
+ */
+export async function verifyAccessToken(
+  settings: TokenSettings,
+  token: string,
+  hashOf: HashOf,
+): Promise<AccessClaims | null> {
   try {
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
+    if (typeof payload.exp !== "number") return null;
     if (payload.use !== undefined || typeof payload.sub !== "string" || !isGrantList(payload.access)) return null;
+    if (payload.sub !== "" && !(await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf))) return null;
     return { sub: payload.sub, access: payload.access };
   } catch {
     return null;
@@ -130,14 +177,13 @@ export async function verifyAccessToken(settings: TokenSettings, token: string):
 export async function verifyRefreshToken(
   settings: TokenSettings,
   token: string,
-  hashOf: (user: string) => string | undefined,
+  hashOf: HashOf,
 ): Promise<string | null> {
   try {
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
+    if (typeof payload.exp !== "number") return null;
     if (payload.use !== "refresh" || typeof payload.sub !== "string" || payload.sub === "") return null;
-    const hash = hashOf(payload.sub);
-    if (hash === undefined) return null;
-    return payload.pwb === (await passwordBinding(settings.key, payload.sub, hash)) ? payload.sub : null;
+    return (await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf)) ? payload.sub : null;
   } catch {
     return null;
   }

@@ -52,7 +52,11 @@ export class BlobStore {
     this.kv = storage.kv;
   }
 
-  /** The descriptor of a stored blob, or null. `strong` skips the KV cache. */
+  /**
+   * The descriptor of a stored blob, or null. `strong` (write paths) reads R2 only and
+   * leaves KV alone: a manifest push checks every layer it lists, and a KV write per
+   * layer would cost more than the copy is worth (a pull's KV miss writes it).
+   */
   async stat(digest: Digest, options: { strong?: boolean } = {}): Promise<BlobDescriptor | null> {
     if (!options.strong) {
       const cached: unknown = await this.kv.get(Paths.kvBlob(digest), "json").catch(() => null);
@@ -62,7 +66,7 @@ export class BlobStore {
     if (!record) return null;
     const descriptor: unknown = await record.json();
     if (!isBlobDescriptor(descriptor)) return null;
-    await this.cache(digest, descriptor);
+    if (!options.strong) await this.cache(digest, descriptor);
     return descriptor;
   }
 

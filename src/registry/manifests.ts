@@ -3,6 +3,7 @@ import { RegistryError } from "../oci/errors";
 import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import type { BlobStore } from "./blob-store";
+import { forEachBounded } from "./bounded";
 import type { LinkedBlobStore } from "./linked-blob-store";
 import { Paths } from "./paths";
 import { Referrers } from "./referrers";
@@ -13,6 +14,23 @@ export interface StoredManifest {
   digest: Digest;
   mediaType: string;
   bytes: Uint8Array<ArrayBuffer>;
+}
+
+export interface PutManifestOptions {
+  /** More tags to point at the manifest (`?tag=`), after the reference's own. */
+  extraTags?: string[];
+  /** Most descriptors the manifest may list (see RegistryConfig.manifestMaxReferences). */
+  maxReferences?: number;
+}
+
+/** Reference checks in flight at once for one manifest PUT (see forEachBounded). */
+const REFERENCE_CHECKS_IN_FLIGHT = 6;
+
+/** One distinct digest a manifest references, with every size the manifest declares for it. */
+interface ReferenceCheck {
+  store: LinkedBlobStore;
+  digest: Digest;
+  sizes: Set<number>;
 }
 
 export interface PutManifestResult {
@@ -76,9 +94,17 @@ export class Manifests {
     reference: Reference,
     bytes: Uint8Array,
     contentType: string,
-    extraTags: string[] = [],
+    options: PutManifestOptions = {},
   ): Promise<PutManifestResult> {
     const manifest = parseManifest(bytes, contentType);
+    const references = manifest.blobs.length + manifest.manifests.length;
+    if (options.maxReferences !== undefined && references > options.maxReferences) {
+      throw new RegistryError(
+        "MANIFEST_INVALID",
+        `the manifest lists ${references} descriptors; this registry accepts at most ${options.maxReferences}`,
+        { references, limit: options.maxReferences },
+      );
+    }
     const algorithm: DigestAlgorithm = "digest" in reference ? reference.digest.algorithm : "sha256";
     const digest = await digestOf(bytes, algorithm);
     if ("digest" in reference && reference.digest.value !== digest.value) {
@@ -95,7 +121,7 @@ export class Manifests {
       await this.referrers.add(manifest.subject.digest, digest, Referrers.describe(manifest, digest, bytes.byteLength));
     }
     // Tags last: a tag never points at a manifest that is not fully stored.
-    const tags = [...("tag" in reference ? [reference.tag] : []), ...extraTags];
+    const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
     for (const tag of tags) await this.tags.set(tag, digest);
     return { digest, manifest, tags };
   }
@@ -137,27 +163,40 @@ export class Manifests {
     }
   }
 
+  /**
+   * Every referenced blob and child manifest must be linked here, of the declared size.
+   * Each distinct digest is read once (a manifest may list one layer thousands of times),
+   * with a bounded number of reads in flight.
+   */
   private async checkReferences(manifest: ParsedManifest): Promise<void> {
-    const checks: Promise<void>[] = [];
+    const checks = new Map<string, ReferenceCheck>();
+    const add = (store: LinkedBlobStore, descriptor: Descriptor, kind: string) => {
+      const key = `${kind} ${descriptor.digest.value}`;
+      const check = checks.get(key) ?? { store, digest: descriptor.digest, sizes: new Set<number>() };
+      check.sizes.add(descriptor.size);
+      checks.set(key, check);
+    };
     for (const blob of manifest.blobs) {
       // Foreign (non-distributable) layers are fetched from their URLs, not from us.
       if (blob.urls && blob.urls.length > 0) continue;
-      checks.push(this.checkOne(this.layers, blob, "MANIFEST_BLOB_UNKNOWN"));
+      add(this.layers, blob, "blob");
     }
-    for (const child of manifest.manifests) checks.push(this.checkOne(this.revisions, child, "MANIFEST_BLOB_UNKNOWN"));
-    await Promise.all(checks);
+    for (const child of manifest.manifests) add(this.revisions, child, "manifest");
+    await forEachBounded([...checks.values()], REFERENCE_CHECKS_IN_FLIGHT, (check) => this.checkOne(check));
   }
 
-  private async checkOne(store: LinkedBlobStore, reference: Descriptor, code: "MANIFEST_BLOB_UNKNOWN"): Promise<void> {
-    const link = await store.readLink(reference.digest);
-    const descriptor = link ? await this.blobs.stat(reference.digest, { strong: true }) : null;
-    if (!descriptor) throw new RegistryError(code, undefined, { digest: reference.digest.value });
-    if (descriptor.size !== reference.size) {
-      throw new RegistryError("MANIFEST_INVALID", "a descriptor's size does not match the stored content", {
-        digest: reference.digest.value,
-        declared: reference.size,
-        stored: descriptor.size,
-      });
+  private async checkOne({ store, digest, sizes }: ReferenceCheck): Promise<void> {
+    const link = await store.readLink(digest);
+    const descriptor = link ? await this.blobs.stat(digest, { strong: true }) : null;
+    if (!descriptor) throw new RegistryError("MANIFEST_BLOB_UNKNOWN", undefined, { digest: digest.value });
+    for (const declared of sizes) {
+      if (declared !== descriptor.size) {
+        throw new RegistryError("MANIFEST_INVALID", "a descriptor's size does not match the stored content", {
+          digest: digest.value,
+          declared,
+          stored: descriptor.size,
+        });
+      }
     }
   }
 }

@@ -27,7 +27,7 @@ function unavailable(operation: string, cause: unknown): RegistryError {
   return retryable("storage temporarily unavailable, retry", { operation, cause: String(cause) });
 }
 
-function withTimeout<T>(promise: Promise<T>, operation: string, timeoutMs: number): Promise<T> {
+export function withTimeout<T>(promise: Promise<T>, operation: string, timeoutMs: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | null = null;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(unavailable(operation, `no answer in ${timeoutMs} ms`)), timeoutMs);

@@ -44,10 +44,19 @@ export function contentRange(c: AppContext): { start: number; end: number } | un
   return { start, end };
 }
 
-/** Reads a body that must not exceed `limit` bytes (manifests), without buffering more than that. */
-export async function readLimited(c: AppContext, limit: number): Promise<Uint8Array> {
+/**
+ * Reads a body that must not exceed `limit` bytes (manifests, the token form) without
+ * ever holding more than that: the cap is enforced while reading, since a chunked body
+ * declares no length, and a declared length over it is refused before reading anything.
+ * `tooLarge` is the error to answer with (413 by default).
+ */
+export async function readLimited(
+  c: AppContext,
+  limit: number,
+  tooLarge: () => RegistryError = () =>
+    new RegistryError("SIZE_INVALID", `payload exceeds ${limit} bytes`, { limit }, {}, 413),
+): Promise<Uint8Array<ArrayBuffer>> {
   const declared = contentLength(c);
-  const tooLarge = () => new RegistryError("SIZE_INVALID", `payload exceeds ${limit} bytes`, { limit }, {}, 413);
   if (declared !== undefined && declared > limit) throw tooLarge();
   const body = c.req.raw.body;
   if (!body) return new Uint8Array(0);
@@ -59,7 +68,7 @@ export async function readLimited(c: AppContext, limit: number): Promise<Uint8Ar
     if (done) break;
     total += value.byteLength;
     if (total > limit) {
-      await reader.cancel();
+      await reader.cancel().catch(() => undefined);
       throw tooLarge();
     }
     chunks.push(value);

@@ -37,14 +37,24 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const name = repositoryName(c);
   const repository = openRepository(c.env, name);
   const reference = parseReference(c.req.param("reference"));
+  const config = readConfig(c.env);
   // `?tag=` (distribution-spec main): tag the pushed manifest with each, in one request.
+  // Checked before the body is read: each tag is a write and an `OCI-Tag` header.
   const extraTags = (c.req.queries("tag") ?? []).map(validateTag);
+  const tagCount = new Set([...("tag" in reference ? [reference.tag] : []), ...extraTags]).size;
+  if (tagCount > config.manifestMaxTags) {
+    throw new RegistryError(
+      "TAG_INVALID",
+      `a manifest PUT may set at most ${config.manifestMaxTags} tags; this one sets ${tagCount}`,
+      { tags: tagCount, limit: config.manifestMaxTags },
+    );
+  }
   const bytes = await readLimited(c, MAX_MANIFEST_BYTES);
   const { digest, manifest, tags } = await repository.manifests.put(
     reference,
     bytes,
     c.req.header("Content-Type") ?? "",
-    extraTags,
+    { extraTags, maxReferences: config.manifestMaxReferences },
   );
   c.header("Location", `/v2/${name}/manifests/${digest.value}`);
   c.header("Docker-Content-Digest", digest.value);

@@ -1,10 +1,12 @@
 import { Hono, type Context } from "hono";
 import { parseScope, type Grant } from "../auth/access";
 import { loadPolicy, serviceOf, tokenSettings, type AuthEnv } from "../auth/authorize";
-import { basicCredentials, checkPassword } from "../auth/passwords";
+import { verifyLogin } from "../auth/logins";
+import { basicCredentials } from "../auth/passwords";
 import { allowedActions, type Policy } from "../auth/policy";
 import { issueAccessToken, issueRefreshToken, verifyRefreshToken } from "../auth/tokens";
 import { RegistryError } from "../oci/errors";
+import { readLimited } from "./http";
 
 /**
  * The token endpoint of the Docker registry token authentication flow, served by the
@@ -62,7 +64,11 @@ async function answer(c: Context<AuthEnv>, user: string | null, scopes: string[]
   const policy = loadPolicy(c.env);
   const settings = await tokenSettings(c);
   const access = grantsFor(policy, user, scopes);
-  const { token, expiresIn, issuedAt } = await issueAccessToken(settings, { sub: user ?? "", access });
+  const { token, expiresIn, issuedAt } = await issueAccessToken(
+    settings,
+    { sub: user ?? "", access },
+    user === null ? undefined : policy.users.get(user),
+  );
   c.header("Cache-Control", "no-store");
   return c.json({
     token,
@@ -81,7 +87,7 @@ tokenRoutes.get("/", async (c) => {
   if (c.req.header("Authorization") && !credentials) throw badCredentials();
   let user: string | null = null;
   if (credentials) {
-    if (!(await checkPassword(policy, credentials.user, credentials.password))) throw badCredentials();
+    if (!(await verifyLogin(c, policy, credentials.user, credentials.password))) throw badCredentials();
     user = credentials.user;
   }
   const offline = c.req.query("offline_token") === "true";
@@ -89,8 +95,32 @@ tokenRoutes.get("/", async (c) => {
   return answer(c, user, c.req.queries("scope") ?? [], refresh);
 });
 
-tokenRoutes.post("/", async (c) => {
-  const form = await c.req.parseBody().catch(() => {
+/**
+ * Largest token request form read: a password grant with scopes fits in well under 1 KiB.
+ * The cap is enforced while reading (readLimited), so a huge form never reaches memory.
+ */
+export const MAX_TOKEN_FORM_BYTES = 8 * 1024;
+
+/** The POST /token form (urlencoded, or multipart), read within MAX_TOKEN_FORM_BYTES. */
+async function readForm(c: Context<AuthEnv>): Promise<FormData> {
+  const bytes = await readLimited(
+    c,
+    MAX_TOKEN_FORM_BYTES,
+    () =>
+      new RegistryError(
+        "SIZE_INVALID",
+        `the token request form exceeds ${MAX_TOKEN_FORM_BYTES} bytes`,
+        {
+          limit: MAX_TOKEN_FORM_BYTES,
+        },
+        {},
+        413,
+      ),
+  );
+  const contentType = c.req.header("Content-Type") ?? "";
+  try {
+    return await new Response(bytes, { headers: { "Content-Type": contentType } }).formData();
+  } catch {
     throw new RegistryError(
       "UNSUPPORTED",
       "the token request must be a form (application/x-www-form-urlencoded)",
@@ -98,15 +128,22 @@ tokenRoutes.post("/", async (c) => {
       {},
       400,
     );
-  });
-  const field = (name: string): string | undefined => (typeof form[name] === "string" ? form[name] : undefined);
+  }
+}
+
+tokenRoutes.post("/", async (c) => {
+  const form = await readForm(c);
+  const field = (name: string): string | undefined => {
+    const value = form.get(name);
+    return typeof value === "string" ? value : undefined;
+  };
   checkService(c, field("service"));
   const policy = loadPolicy(c.env);
   const scopes = [field("scope") ?? ""];
   const grantType = field("grant_type");
   if (grantType === "password") {
     const user = field("username") ?? "";
-    if (!(await checkPassword(policy, user, field("password") ?? ""))) throw badCredentials();
+    if (!(await verifyLogin(c, policy, user, field("password") ?? ""))) throw badCredentials();
     const refresh = field("access_type") === "offline" ? await refreshTokenFor(c, policy, user) : null;
     return answer(c, user, scopes, refresh);
   }

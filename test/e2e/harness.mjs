@@ -5,7 +5,7 @@
 //
 // - The server runs on a snapshot of the checkout, so the code under test and its bundle
 //   are what they were at the start; E2E_IN_PLACE=1 runs it in place.
-// - scripts/dev.mjs puts a small TCP front before workerd that refuses TLS at once,
+// - scripts/dev.mjs puts a small HTTP front before workerd that refuses TLS at once,
 //   because workerd never answers a TLS ClientHello and containers/image tries https://
 //   first (10 s per command otherwise).
 // - Clients run in a private mount namespace with temp dirs over /var/lib and /run (the
@@ -29,7 +29,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import { freePort } from "../../scripts/lib/free-port.mjs";
 import { processKeeper } from "../../scripts/lib/process-groups.mjs";
-import { startFront } from "../../scripts/lib/tls-front.mjs";
+import { startFront } from "../../scripts/lib/front.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -163,6 +163,16 @@ export function run(
     child.once("error", (error) => finish(error, null, null));
     child.once("close", (code, signal) => finish(null, code, signal));
   });
+}
+
+/** The summed resident memory (bytes) of every process in a process group (ps). */
+export function processGroupRss(pgid) {
+  const listed = spawnSync("ps", ["-o", "rss=", "-g", String(pgid)], { encoding: "utf8", timeout: 10_000 });
+  return listed.stdout
+    .split("\n")
+    .map((line) => Number(line.trim()))
+    .filter((kib) => Number.isFinite(kib) && kib > 0)
+    .reduce((sum, kib) => sum + kib * 1024, 0);
 }
 
 /** True if `command` is on PATH. */
@@ -339,7 +349,9 @@ export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {
     await delay(250);
   }
   const clientHost = host;
-  return { port, host, url, clientHost, stateDir, logFile, logTail, stop };
+  /** Resident memory of the registry's processes (the front's node and workerd), in bytes. */
+  const rssBytes = () => processGroupRss(pgid);
+  return { port, host, url, clientHost, stateDir, logFile, logTail, rssBytes, stop };
 }
 
 // ---------------------------------------------------------------------------------------

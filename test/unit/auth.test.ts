@@ -3,7 +3,7 @@ import bcrypt from "bcryptjs";
 import { sign } from "hono/jwt";
 import { beforeAll, describe, expect, it } from "vitest";
 import { app } from "../../src/app";
-import { signingKey } from "../../src/auth/tokens";
+import { passwordBinding, signingKey } from "../../src/auth/tokens";
 import { imageManifest, MediaTypes, sha256, utf8 } from "./helpers";
 
 /**
@@ -375,6 +375,56 @@ describe("tokens that must not work", () => {
       AUTH_USERS: (authEnv.AUTH_USERS ?? "").replace(/^ci:.*$/m, `ci:${bcrypt.hashSync("new-ci-pw", 4)}`),
     } as Env;
     await expectCode(await exchange(changed), 401, "UNAUTHORIZED");
+  });
+
+  it("an access token dies with its user's password, at once", async () => {
+    const answer = await token("ci", "ci-pw", "repository:team/app:pull");
+    const request = (bindings: Env) =>
+      call("/v2/team/app/tags/list", { headers: bearer(String(answer.token)) }, bindings);
+    expect((await request(authEnv)).status).not.toBe(401);
+    const changed = {
+      ...authEnv,
+      AUTH_USERS: (authEnv.AUTH_USERS ?? "").replace(/^ci:.*$/m, `ci:${bcrypt.hashSync("new-ci-pw", 4)}`),
+    } as Env;
+    const refused = await request(changed);
+    expect(refused.status).toBe(401);
+    expect(challengeOf(refused).error).toBe("invalid_token");
+  });
+
+  it("an access token dies with its user, and a user re-created later does not revive it", async () => {
+    const answer = await token("ci", "ci-pw", "repository:team/app:pull");
+    const request = (bindings: Env) =>
+      call("/v2/team/app/tags/list", { headers: bearer(String(answer.token)) }, bindings);
+    const removed = { ...authEnv, AUTH_USERS: (authEnv.AUTH_USERS ?? "").replace(/^ci:.*$/m, "") } as Env;
+    expect(challengeOf(await request(removed)).error).toBe("invalid_token");
+    // Same name, same password: a new hash (bcrypt salts), so a new binding.
+    const recreated = {
+      ...authEnv,
+      AUTH_USERS: (authEnv.AUTH_USERS ?? "").replace(/^ci:.*$/m, `ci:${bcrypt.hashSync("ci-pw", 4)}`),
+    } as Env;
+    expect(challengeOf(await request(recreated)).error).toBe("invalid_token");
+  });
+
+  it("a token signed with the registry's key but without exp is refused, access or refresh", async () => {
+    const key = signingKey(authEnv);
+    const now = Math.floor(Date.now() / 1000);
+    const hash = /^ci:(.*)$/m.exec(authEnv.AUTH_USERS ?? "")?.[1] ?? "";
+    const pwb = await passwordBinding(key, "ci", hash);
+    const access = [{ type: "repository", name: "team/app", actions: ["pull"] }];
+    const base = { iss: "edge-registry", sub: "ci", aud: SERVICE, iat: now - 10, nbf: now - 10, pwb };
+    // The same claims with exp are accepted: only the missing exp is refused.
+    const withExp = await sign({ ...base, access, exp: now + 300 }, key, "HS256");
+    expect((await call("/v2/team/app/tags/list", { headers: bearer(withExp) })).status).not.toBe(401);
+    const withoutExp = await sign({ ...base, access }, key, "HS256");
+    const response = await call("/v2/team/app/tags/list", { headers: bearer(withoutExp) });
+    expect(response.status).toBe(401);
+    expect(challengeOf(response).error).toBe("invalid_token");
+    const refresh = await sign({ ...base, use: "refresh" }, key, "HS256");
+    const exchanged = await call("/token", {
+      method: "POST",
+      body: new URLSearchParams({ grant_type: "refresh_token", refresh_token: refresh, service: SERVICE }),
+    });
+    await expectCode(exchanged, 401, "UNAUTHORIZED");
   });
 
   it("an access token is not a refresh token", async () => {

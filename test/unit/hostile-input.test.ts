@@ -51,6 +51,21 @@ const brokenBody = (sent: number) => () =>
       controller.error(new Error("connection reset"));
     },
   });
+/**
+ * A chunked body that would go on for ever (`chunk` bytes at a time, up to 1 GiB): the
+ * registry must answer once it has read past its cap, without reading the rest.
+ */
+const endless = (chunk: number) => () => {
+  let sent = 0;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent >= 1024 * MiB) return controller.close();
+      sent += chunk;
+      controller.enqueue(new Uint8Array(chunk).fill(0x61));
+    },
+  });
+};
+const form = { "Content-Type": "application/x-www-form-urlencoded" };
 /** `depth` nested arrays: a parser that recurses per level runs out of stack long before. */
 const nested = (depth: number) => `${"[".repeat(depth)}${"]".repeat(depth)}`;
 
@@ -105,6 +120,8 @@ const rows: Row[] = [
   ["annotations nested 100 000 deep", { method: "PUT", path: `/v2/${REPO}/manifests/bad`, headers: ociManifest, body: () => JSON.stringify({ ...validManifest }).replace(/}$/, `,"annotations":${nested(100_000)}}`) }, 400, "MANIFEST_INVALID"],
   ["manifest nested 100 000 deep", { method: "PUT", path: `/v2/${REPO}/manifests/bad`, headers: ociManifest, body: () => nested(100_000) }, 400, "MANIFEST_INVALID"],
   ["manifest over 4 MiB", { method: "PUT", path: `/v2/${REPO}/manifests/bad`, headers: ociManifest, body: () => new Uint8Array(4 * MiB + 1) }, 413, "SIZE_INVALID"],
+  ["manifest over 4 MiB, chunked (no Content-Length)", { method: "PUT", path: `/v2/${REPO}/manifests/bad`, headers: ociManifest, body: endless(MiB) }, 413, "SIZE_INVALID"],
+  ["?tag= naming more tags than MANIFEST_MAX_TAGS", { method: "PUT", path: `/v2/${REPO}/manifests/ok?${Array.from({ length: 100 }, (_, index) => `tag=t${index}`).join("&")}`, headers: ociManifest, body: () => validBytes }, 400, "TAG_INVALID"],
   ["manifest referencing a blob never pushed", { method: "PUT", path: `/v2/${REPO}/manifests/bad`, headers: ociManifest, body: manifestWith({ layers: [{ mediaType: MediaTypes.ociLayer, digest: SHA, size: 1 }] }) }, 400, "MANIFEST_BLOB_UNKNOWN"],
   ["index naming the digest it is pushed under as its own child", { method: "PUT", path: `/v2/${REPO}/manifests/${SHA}`, headers: { "Content-Type": MediaTypes.ociIndex }, body: json({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [{ mediaType: MediaTypes.ociIndex, digest: SHA, size: 100 }] }) }, 400, "DIGEST_INVALID"],
   ["index naming a child this repository lacks", { method: "PUT", path: `/v2/${REPO}/manifests/index`, headers: { "Content-Type": MediaTypes.ociIndex }, body: json({ schemaVersion: 2, mediaType: MediaTypes.ociIndex, manifests: [{ mediaType: MediaTypes.ociManifest, digest: SHA, size: 100 }] }) }, 400, "MANIFEST_BLOB_UNKNOWN"],
@@ -125,6 +142,11 @@ const rows: Row[] = [
   ["PUT ?digest= with a body shorter than declared", { method: "PUT", path: async () => `${await newUpload()()}?digest=${SHA}`, headers: { "Content-Length": "64" }, body: shortBody(10) }, 400, "SIZE_INVALID"],
   ["PATCH to an upload that does not exist", { method: "PATCH", path: `/v2/${REPO}/blobs/uploads/00000000-0000-4000-8000-000000000000`, body: () => new Uint8Array(1) }, 404, "BLOB_UPLOAD_UNKNOWN"],
   ["PATCH to an upload id that is not a UUID", { method: "PATCH", path: `/v2/${REPO}/blobs/uploads/not-a-uuid`, body: () => new Uint8Array(1) }, 404, "BLOB_UPLOAD_UNKNOWN"],
+
+  // ---- the token endpoint ----
+  ["token form over 8 KiB", { method: "POST", path: "/token", headers: form, body: () => `grant_type=password&username=alice&password=${"a".repeat(9000)}` }, 413, "SIZE_INVALID"],
+  ["token form that never ends, chunked", { method: "POST", path: "/token", headers: form, body: endless(64 * 1024) }, 413, "SIZE_INVALID"],
+  ["token form declaring 200 MiB", { method: "POST", path: "/token", headers: { ...form, "Content-Length": String(200 * MiB) }, body: shortBody(16) }, 413, "SIZE_INVALID"],
 
   // ---- pagination ----
   ["n=-1", { path: `/v2/${REPO}/tags/list?n=-1` }, 400, "PAGINATION_NUMBER_INVALID"],
