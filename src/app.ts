@@ -1,6 +1,7 @@
 import { Hono, type MiddlewareHandler } from "hono";
 import { authorize } from "./auth/authorize";
 import { RegistryError } from "./oci/errors";
+import { Meter, runMetered } from "./registry/meter";
 import { adminRoutes } from "./routes/admin";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
@@ -11,6 +12,19 @@ import { tokenRoutes } from "./routes/token";
 import { uploadRoutes } from "./routes/uploads";
 
 export const app = new Hono<AppEnv>();
+
+/** Every answer says what it cost in storage calls (Server-Timing; see registry/meter.ts). */
+app.use("*", async (c, next) => {
+  const meter = new Meter();
+  await runMetered(meter, next);
+  try {
+    c.res.headers.set("Server-Timing", meter.header());
+  } catch {
+    // An answer with immutable headers (one passed through from the cache): copy it.
+    c.res = new Response(c.res.body, c.res);
+    c.res.headers.set("Server-Timing", meter.header());
+  }
+});
 
 const apiHeaders: MiddlewareHandler<AppEnv> = async (c, next) => {
   c.header("Docker-Distribution-API-Version", "registry/2.0");

@@ -23,11 +23,26 @@ export interface RegistryConfig {
   manifestMaxReferences: number;
   /** Most tags one manifest PUT may set (the reference's and `?tag=`), each an `OCI-Tag` header. */
   manifestMaxTags: number;
+  /**
+   * How long a deleted repository link may stay visible at other locations: pull paths
+   * read links from KV with this `cacheTtl` (KV's minimum, 60 s, applies). 0: links are
+   * read from R2 on every pull (strong).
+   */
+  edgeLinkTtlSeconds: number;
+  /** How long a tag may resolve to its old digest at other locations; 0 (default): tags read from R2. */
+  edgeTagTtlSeconds: number;
+  /** Largest blob the edge cache (Cache API) holds; larger ones stream from R2 on every pull. */
+  edgeCacheMaxBytes: number;
+  /** Whether the edge cache is used at all (it does nothing on workers.dev hosts either way). */
+  edgeCacheEnabled: boolean;
 }
 
 const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
 const DEFAULT_MANIFEST_MAX_REFERENCES = 1000;
 const DEFAULT_MANIFEST_MAX_TAGS = 20;
+const DEFAULT_EDGE_LINK_TTL_SECONDS = 60;
+/** The Cache API's per-object limit on the Free, Pro and Business plans. */
+const DEFAULT_EDGE_CACHE_MAX_BYTES = 512 * 1024 * 1024;
 const DEFAULT_PART_BYTES = 16 * 1024 * 1024;
 /** Part buffers beyond this would not fit a 128 MB isolate next to the request. */
 const MAX_PART_BYTES = 64 * 1024 * 1024;
@@ -35,6 +50,11 @@ const MAX_PART_BYTES = 64 * 1024 * 1024;
 function positiveInteger(text: string | undefined, fallback: number): number {
   const value = Number(text);
   return text !== undefined && Number.isSafeInteger(value) && value > 0 ? value : fallback;
+}
+
+function nonNegativeInteger(text: string | undefined, fallback: number): number {
+  const value = Number(text);
+  return text !== undefined && text.trim() !== "" && Number.isSafeInteger(value) && value >= 0 ? value : fallback;
 }
 
 export function readConfig(env: Env): RegistryConfig {
@@ -46,5 +66,9 @@ export function readConfig(env: Env): RegistryConfig {
     mountWithoutFrom: env.MOUNT_WITHOUT_FROM === "true",
     manifestMaxReferences: positiveInteger(env.MANIFEST_MAX_REFERENCES, DEFAULT_MANIFEST_MAX_REFERENCES),
     manifestMaxTags: positiveInteger(env.MANIFEST_MAX_TAGS, DEFAULT_MANIFEST_MAX_TAGS),
+    edgeLinkTtlSeconds: nonNegativeInteger(env.EDGE_LINK_TTL_SECONDS, DEFAULT_EDGE_LINK_TTL_SECONDS),
+    edgeTagTtlSeconds: nonNegativeInteger(env.EDGE_TAG_TTL_SECONDS, 0),
+    edgeCacheMaxBytes: nonNegativeInteger(env.EDGE_CACHE_MAX_BYTES, DEFAULT_EDGE_CACHE_MAX_BYTES),
+    edgeCacheEnabled: env.EDGE_CACHE !== "off",
   };
 }

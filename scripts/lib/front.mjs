@@ -78,12 +78,15 @@ function writeError(response, status, code, message) {
  */
 function lingeringClose(socket, lingerMs) {
   socket.destroySoon = () => {
-    socket.end();
     socket.resume();
-    const timer = setTimeout(() => socket.destroy(), lingerMs);
-    timer.unref();
     socket.once("end", () => socket.destroy());
-    socket.once("close", () => clearTimeout(timer));
+    // The linger starts once the answer is flushed: a slow client still reading it is
+    // not cut off.
+    socket.end(() => {
+      const timer = setTimeout(() => socket.destroy(), lingerMs);
+      timer.unref();
+      socket.once("close", () => clearTimeout(timer));
+    });
   };
 }
 
@@ -134,7 +137,12 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
   const sockets = new Set();
   let connections = 0;
   let rejected = 0;
-  const upstreamAgent = new UpstreamAgent({ keepAlive: true, maxSockets: Infinity });
+  // Requests without a body share kept-alive connections (and are retried once when a
+  // kept-alive connection turns out closed: workerd closes idle ones after 5 s). A
+  // request with a body gets a connection of its own: whether workerd read all of a body
+  // it answered cannot be known from here, and a connection it stopped reading is dead.
+  const pooled = new UpstreamAgent({ keepAlive: true, maxSockets: Infinity });
+  const single = new UpstreamAgent({ keepAlive: false, maxSockets: Infinity });
 
   const server = http.createServer({
     // Uploads take as long as their body does: no whole-request timeout.
@@ -145,16 +153,77 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
   server.on("request", (request, response) => {
     response.sendDate = false;
     lingeringClose(request.socket, lingerMs);
-    const upstream = http.request({
-      host: "127.0.0.1",
-      port: targetPort,
-      method: request.method,
-      path: request.url,
-      headers: withoutHopByHop(request.rawHeaders),
-      agent: upstreamAgent,
+    const hasBody =
+      request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0;
+    const headers = withoutHopByHop(request.rawHeaders).filter((_, index, all) => {
+      const name = all[index - (index % 2)].toLowerCase();
+      return name !== "cf-connecting-ip";
     });
-    upstream.setNoDelay(true);
+    // The client's address, as Cloudflare's edge sets it (clients cannot choose it there).
+    headers.push("CF-Connecting-IP", request.socket.remoteAddress ?? "127.0.0.1");
+    // A chunked body must stay chunked on the way: Node frames bodies of GET, HEAD, DELETE
+    // and OPTIONS requests only when asked, and unframed bytes would read as a request.
+    if (request.headers["transfer-encoding"] !== undefined) headers.push("Transfer-Encoding", "chunked");
+
     let answered = false;
+    let upstreamAnswer = null;
+    const send = (retried) => {
+      const upstream = http.request({
+        host: "127.0.0.1",
+        port: targetPort,
+        method: request.method,
+        path: request.url,
+        headers,
+        // A retry gets a fresh connection: the pool may hold more closed ones.
+        agent: hasBody || retried ? single : pooled,
+      });
+      upstream.setNoDelay(true);
+      upstream.on("error", (error) => {
+        if (answered) {
+          // workerd dropping the connection after a complete early answer is expected; an
+          // answer cut short must reach the client as a cut connection (its Content-Length
+          // is not met), never as a shorter body that looks whole.
+          if (upstreamAnswer && !upstreamAnswer.complete) response.destroy();
+          return;
+        }
+        if (!hasBody && upstream.reusedSocket && !retried) {
+          send(true);
+          return;
+        }
+        answered = true;
+        request.resume();
+        writeError(response, 502, "UNAVAILABLE", `the local registry process did not answer: ${error.message}`);
+      });
+      upstream.on("response", (answer) => {
+        if (answered) {
+          answer.resume();
+          return;
+        }
+        answered = true;
+        upstreamAnswer = answer;
+        const answerHeaders = withoutHopByHop(answer.rawHeaders);
+        if (hasBody && !request.complete) {
+          // Answered while the client is still sending: workerd will not read the rest.
+          // Stop forwarding, tell the client the connection ends here, and keep draining
+          // it (lingeringClose) so the answer is not lost.
+          request.unpipe();
+          request.resume();
+          answerHeaders.push("Connection", "close");
+        }
+        response.writeHead(answer.statusCode ?? 502, answer.statusMessage, answerHeaders);
+        answer.pipe(response);
+        answer.once("aborted", () => response.destroy());
+      });
+      // The client went away mid-request: the Worker must see the body break, not end.
+      request.once("aborted", () => upstream.destroy());
+      response.once("close", () => {
+        if (!response.writableFinished) upstream.destroy();
+      });
+      if (!hasBody) upstream.end();
+      return upstream;
+    };
+    const upstream = send(false);
+
     /** Over the body limit: refused here, as Cloudflare's edge refuses it, before or while the body arrives. */
     const refuseBody = () => {
       answered = true;
@@ -181,55 +250,7 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
         if (received > bodyLimit && !answered) refuseBody();
       });
     }
-    upstream.on("response", (answer) => {
-      if (answered) {
-        answer.resume();
-        return;
-      }
-      answered = true;
-      const headers = withoutHopByHop(answer.rawHeaders);
-      if (!upstream.writableFinished) {
-        // Answered before the whole body reached workerd: it will not read the rest, and
-        // drops its connection, so that connection is never reused.
-        answer.once("end", () => upstream.destroy());
-        if (!request.complete) {
-          // The client is still sending: stop forwarding, tell it the connection ends
-          // here, and keep draining it (lingeringClose) so the answer is not lost.
-          request.unpipe();
-          request.resume();
-          headers.push("Connection", "close");
-        }
-      }
-      response.writeHead(answer.statusCode ?? 502, answer.statusMessage, headers);
-      answer.pipe(response);
-      answer.once("aborted", () => response.destroy());
-      upstreamAnswer = answer;
-    });
-    let upstreamAnswer = null;
-    upstream.on("error", (error) => {
-      console.error("upstream error", request.method, request.url, error.message, {
-        reused: upstream.reusedSocket,
-        answered,
-        complete: request.complete,
-        finished: upstream.writableFinished,
-      });
-      if (answered) {
-        // workerd dropping the connection after a complete early answer is expected; an
-        // answer cut short must reach the client as a cut connection (its Content-Length
-        // is not met), never as a shorter body that looks whole.
-        if (upstreamAnswer && !upstreamAnswer.complete) response.destroy();
-        return;
-      }
-      answered = true;
-      request.resume();
-      writeError(response, 502, "UNAVAILABLE", `the local registry process did not answer: ${error.message}`);
-    });
-    // The client went away mid-request: the Worker must see the body break, not end.
-    request.once("aborted", () => upstream.destroy());
-    response.once("close", () => {
-      if (!response.writableFinished) upstream.destroy();
-    });
-    request.pipe(upstream);
+    if (hasBody) request.pipe(upstream);
   });
 
   // Malformed requests: Node's parser refuses them before any handler runs; answer with
@@ -268,7 +289,10 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
     // No Nagle: a proxy that holds back small writes meets the peer's delayed ACK, and
     // small requests wait ~40 ms each.
     client.setNoDelay(true);
+    // A connection that never says anything is not kept for ever.
+    client.setTimeout(60_000, () => client.destroy());
     client.once("data", (first) => {
+      client.setTimeout(0);
       if (first[0] === TLS_HANDSHAKE) {
         rejected++;
         client.end(NOT_TLS);
@@ -292,7 +316,8 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
     close: () =>
       new Promise((resolveClose) => {
         for (const socket of sockets) socket.destroy();
-        upstreamAgent.destroy();
+        pooled.destroy();
+        single.destroy();
         listener.close(() => resolveClose());
       }),
   };

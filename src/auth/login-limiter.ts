@@ -24,6 +24,12 @@ export interface LockoutSettings {
   maxLockoutSeconds: number;
 }
 
+export interface AttemptVerdict {
+  refused: boolean;
+  /** Seconds the key stays locked from now (0: not locked). */
+  lockedFor: number;
+}
+
 interface FailureRecord {
   failures: number;
   /** ms since the epoch; 0 when not locked. */
@@ -37,20 +43,24 @@ const RECORD = "record";
 
 export class LoginLimiter extends DurableObject<Env> {
   /**
-   * Records one checked login attempt on this key and says whether its outcome stands:
-   * 0 when it does, or the seconds the key stays locked (the attempt is then refused and
-   * not counted). A correct attempt clears the key's failures when `clearOnSuccess` (a
-   * user's own key: logging in proves who holds the password; an address key is not
-   * cleared, or one account would wipe its address's record of guesses at others).
+   * Records one checked login attempt on this key and says whether its outcome stands
+   * (`refused` false) or the key is locked (`refused`: the attempt is refused and not
+   * counted), and for how many more seconds the key is locked (`lockedFor`, also after
+   * the failure that locks it, so the caller can refuse the next attempt at once). A
+   * correct attempt clears the key's failures when `clearOnSuccess` (a user's own key:
+   * logging in proves who holds the password; an address key is not cleared, or one
+   * account would wipe its address's record of guesses at others).
    */
-  async attempt(correct: boolean, clearOnSuccess: boolean, settings: LockoutSettings): Promise<number> {
+  async attempt(correct: boolean, clearOnSuccess: boolean, settings: LockoutSettings): Promise<AttemptVerdict> {
     const now = Date.now();
     let record = await this.ctx.storage.get<FailureRecord>(RECORD);
     if (record && now - record.lastFailure > FORGET_AFTER_MS && now >= record.lockedUntil) record = undefined;
-    if (record && now < record.lockedUntil) return Math.ceil((record.lockedUntil - now) / 1000);
+    if (record && now < record.lockedUntil) {
+      return { refused: true, lockedFor: Math.ceil((record.lockedUntil - now) / 1000) };
+    }
     if (correct) {
       if (record && clearOnSuccess) await this.forget();
-      return 0;
+      return { refused: false, lockedFor: 0 };
     }
     const failures = (record?.failures ?? 0) + 1;
     let lockedUntil = 0;
@@ -61,7 +71,7 @@ export class LoginLimiter extends DurableObject<Env> {
     }
     await this.ctx.storage.put<FailureRecord>(RECORD, { failures, lockedUntil, lastFailure: now });
     await this.ctx.storage.setAlarm(Math.max(lockedUntil, now + FORGET_AFTER_MS));
-    return 0;
+    return { refused: false, lockedFor: lockedUntil === 0 ? 0 : Math.ceil((lockedUntil - now) / 1000) };
   }
 
   /** Quiet long enough: forget the key entirely (no storage is kept for it). */

@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import { RegistryError, unavailable } from "../oci/errors";
+import { metered } from "../registry/meter";
 import { storageHooks, withTimeout } from "../registry/storage";
 import type { AuthEnv } from "./authorize";
 import type { LockoutSettings } from "./login-limiter";
@@ -9,12 +10,17 @@ import type { Policy } from "./policy";
 /**
  * Every password check goes through here (GET and POST /token, Basic auth on /v2), so
  * the failed-login limits apply on every path that takes a password. The outcome of a
- * check is reported to the LoginLimiter objects of the user name and of the client
- * address, which decide atomically whether it stands (login-limiter.ts). A lock the
+ * check is reported to the LoginLimiter objects of the client address and of the user
+ * name, which decide atomically whether it stands (login-limiter.ts). A lock the
  * objects reported is also remembered in this isolate until it ends, so a client
  * hammering a locked key costs neither a bcrypt nor an object call.
  */
-const DEFAULT_SETTINGS: LockoutSettings = { maxFailures: 5, lockoutSeconds: 10, maxLockoutSeconds: 900 };
+/**
+ * An address may fail more often than a user name: several people can share one (a NAT,
+ * a proxy, an IPv6 /64), and a lock of it refuses all of them; what it must stop is one
+ * address trying a few passwords against many user names.
+ */
+const DEFAULT_SETTINGS = { maxFailures: 5, maxFailuresPerAddress: 20, lockoutSeconds: 10, maxLockoutSeconds: 900 };
 /** The limiter is a security control: when it cannot be reached the login waits (503), it is not waved through. */
 const LIMITER_TIMEOUT_MS = 10_000;
 const KNOWN_LOCKS_MAX = 10_000;
@@ -25,10 +31,11 @@ function positive(text: string | undefined, fallback: number): number {
   return text !== undefined && text !== "" && Number.isSafeInteger(value) && value > 0 ? value : fallback;
 }
 
-export function lockoutSettings(env: Env): LockoutSettings {
+export function lockoutSettings(env: Env): LockoutSettings & { maxFailuresPerAddress: number } {
   const lockoutSeconds = positive(env.LOGIN_LOCKOUT_SECONDS, DEFAULT_SETTINGS.lockoutSeconds);
   return {
     maxFailures: positive(env.LOGIN_MAX_FAILURES, DEFAULT_SETTINGS.maxFailures),
+    maxFailuresPerAddress: positive(env.LOGIN_MAX_FAILURES_PER_ADDRESS, DEFAULT_SETTINGS.maxFailuresPerAddress),
     lockoutSeconds,
     maxLockoutSeconds: Math.max(
       lockoutSeconds,
@@ -82,8 +89,39 @@ function knownLock(keys: string[]): number {
 }
 
 /**
+ * Asks one key's LoginLimiter to judge an attempt (login-limiter.ts): 0 when its outcome
+ * stands, else the seconds the key stays locked. A lock it reports, even one this
+ * attempt's failure just set, is remembered in this isolate.
+ */
+async function judge(c: Context<AuthEnv>, key: string, correct: boolean, settings: LockoutSettings): Promise<number> {
+  const limiter = c.env.LOGINS.get(c.env.LOGINS.idFromName(key));
+  const call = metered("do", "attempt", () =>
+    Promise.resolve(limiter.attempt(correct, key.startsWith("user:"), settings)),
+  );
+  const verdict = await withTimeout(
+    call.catch((error: unknown) => {
+      throw unavailable("the login limiter could not be reached; retry", { cause: String(error) });
+    }),
+    "logins.attempt",
+    storageHooks.timeoutMs ?? LIMITER_TIMEOUT_MS,
+  );
+  if (verdict.lockedFor > 0) {
+    if (knownLocks.size >= KNOWN_LOCKS_MAX) knownLocks.clear();
+    knownLocks.set(key, Date.now() + verdict.lockedFor * 1000);
+  }
+  return verdict.refused ? Math.max(1, verdict.lockedFor) : 0;
+}
+
+/**
  * Whether `password` is `user`'s, subject to the failed-login limits: throws 429
- * TOOMANYREQUESTS with Retry-After when the user name or the client address is locked.
+ * TOOMANYREQUESTS with Retry-After when the client address or the user name is locked.
+ *
+ * The address is judged first and the user name only if the address let the attempt
+ * through, so an attempt refused at one key is not counted at the other (a guesser
+ * whose address is locked cannot go on raising its victim's count, and a correct login
+ * refused by its address does not clear the user's failures). A lock known in this
+ * isolate refuses at once, before the memory of successful logins is consulted: a
+ * remembered password must not tell a guesser "right" while the user is locked.
  */
 export async function verifyLogin(
   c: Context<AuthEnv>,
@@ -91,32 +129,17 @@ export async function verifyLogin(
   user: string,
   password: string,
 ): Promise<boolean> {
-  if (await isRemembered(policy, user, password)) return true;
-  const keys = [`address:${clientAddress(c.req.header("CF-Connecting-IP"))}`, `user:${user}`];
-  const locked = knownLock(keys);
+  const address = `address:${clientAddress(c.req.header("CF-Connecting-IP"))}`;
+  const name = `user:${user}`;
+  const locked = knownLock([address, name]);
   if (locked > 0) throw tooManyFailures(locked);
+  if (await isRemembered(policy, user, password)) return true;
   const correct = await checkPassword(policy, user, password);
   const settings = lockoutSettings(c.env);
-  const verdicts = await Promise.all(
-    keys.map((key) => {
-      const limiter = c.env.LOGINS.get(c.env.LOGINS.idFromName(key));
-      const call = Promise.resolve(limiter.attempt(correct, key.startsWith("user:"), settings)).catch(
-        (error: unknown) => {
-          throw unavailable("the login limiter could not be reached; retry", { cause: String(error) });
-        },
-      );
-      return withTimeout(call, "logins.attempt", storageHooks.timeoutMs ?? LIMITER_TIMEOUT_MS);
-    }),
-  );
-  const wait = Math.max(...verdicts);
-  if (wait > 0) {
-    if (knownLocks.size >= KNOWN_LOCKS_MAX) knownLocks.clear();
-    keys.forEach((key, index) => {
-      const seconds = verdicts[index] ?? 0;
-      if (seconds > 0) knownLocks.set(key, Date.now() + seconds * 1000);
-    });
-    throw tooManyFailures(wait);
-  }
+  const addressWait = await judge(c, address, correct, { ...settings, maxFailures: settings.maxFailuresPerAddress });
+  if (addressWait > 0) throw tooManyFailures(addressWait);
+  const nameWait = await judge(c, name, correct, settings);
+  if (nameWait > 0) throw tooManyFailures(nameWait);
   if (correct) await remember(policy, user, password);
   return correct;
 }

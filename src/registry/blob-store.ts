@@ -1,5 +1,6 @@
 import { parseDigest, type Digest } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
+import { currentMeter } from "./meter";
 import { Paths } from "./paths";
 import type { Storage } from "./storage";
 
@@ -149,25 +150,56 @@ export class BlobStore {
   }
 
   /**
-   * Streams a blob's bytes (or one range of them) from R2 in bounded slices.
-   * The first slice is fetched before returning, so a missing object is reported
-   * as BLOB_UNKNOWN instead of failing the response half-way.
+   * A blob's bytes (or one range of them), read from R2 in bounded slices, as a stream
+   * of known length (so the answer carries Content-Length). The first slice is fetched
+   * before returning, so a missing object is reported as BLOB_UNKNOWN instead of failing
+   * the response half-way.
    *
-   * Each slice is read with a BYOB reader in chunks of at least 256 KiB and passed on
-   * by a JavaScript stream: R2 bodies arrive in 4 KiB chunks locally, and moving them one
-   * by one through JavaScript cost more than the reads (a 1 GiB pull took 31.7 s; 256 KiB
-   * chunks make the JavaScript per chunk negligible). Piping the slices natively into a
-   * FixedLengthStream was as fast, but under load 1 in ~20 pulls of 1 GiB stalled with
-   * workerd spinning in the internal pipe, or ended a few KiB short; this form has not.
+   * A range within one slice is R2's own body, passed on natively. Longer ones are read
+   * slice by slice with a BYOB reader in chunks of at least 256 KiB and written into a
+   * FixedLengthStream: R2 bodies arrive in 4 KiB chunks locally, and moving them one by
+   * one through JavaScript cost more than the reads (a 1 GiB pull took 31.7 s). Piping
+   * the slices natively into the FixedLengthStream was as fast, but under load 1 in ~20
+   * pulls of 1 GiB stalled with workerd spinning in the internal pipe, or ended a few KiB
+   * short; chunks written by JavaScript have not (bench/pull-stress.mjs).
    */
   async open(descriptor: BlobDescriptor, range?: ByteRange): Promise<ReadableStream<Uint8Array>> {
+    const slices = await this.slices(descriptor, range);
+    if (slices.only) return slices.only;
+    const { readable, writable } = new FixedLengthStream(slices.length);
+    void pump(slices, [writable.getWriter()]);
+    return readable;
+  }
+
+  /**
+   * The whole blob as two streams of known length, for the client and for the edge cache,
+   * read from R2 once. They advance together (each chunk is written to both before the
+   * next is read), so memory stays at a chunk or two however far apart the two readers'
+   * speeds are; the client's stream fails both when it fails, the cache's only itself.
+   * A single slice is teed natively: its lag is bounded by the slice.
+   */
+  async openTwice(descriptor: BlobDescriptor): Promise<[ReadableStream<Uint8Array>, ReadableStream<Uint8Array>]> {
+    const slices = await this.slices(descriptor);
+    if (slices.only) return slices.only.tee();
+    const client = new FixedLengthStream(slices.length);
+    const copy = new FixedLengthStream(slices.length);
+    void pump(slices, [client.writable.getWriter(), copy.writable.getWriter()]);
+    return [client.readable, copy.readable];
+  }
+
+  /** Opens the slices of a range, the first one fetched (see open). */
+  private async slices(descriptor: BlobDescriptor, range?: ByteRange): Promise<Slices> {
     const start = range?.start ?? 0;
     const end = range?.end ?? descriptor.size - 1;
-    if (end < start) return new ReadableStream({ start: (controller) => controller.close() });
+    const length = Math.max(0, end - start + 1);
+    if (length === 0) {
+      const { readable, writable } = new FixedLengthStream(0);
+      void writable.close();
+      return { length, only: readable, chunks: emptyChunks, cancel: async () => undefined };
+    }
+    const sliceLength = (from: number) => Math.min(READ_SLICE_BYTES, end - from + 1);
     const readSlice = async (from: number): Promise<ReadableStream<Uint8Array>> => {
-      const object = await this.bucket.get(descriptor.key, {
-        range: { offset: from, length: Math.min(READ_SLICE_BYTES, end - from + 1) },
-      });
+      const object = await this.bucket.get(descriptor.key, { range: { offset: from, length: sliceLength(from) } });
       if (!object)
         throw new RegistryError("BLOB_UNKNOWN", "blob content missing from storage", { digest: descriptor.digest });
       return object.body;
@@ -179,47 +211,76 @@ export class BlobStore {
       const missing = error instanceof RegistryError && error.code === "BLOB_UNKNOWN";
       const current = missing ? await this.current(descriptor) : null;
       if (!current) throw error;
-      return this.open(current, range);
+      return this.slices(current, range);
     }
-    if (end - start + 1 <= READ_SLICE_BYTES) return first;
+    if (length <= READ_SLICE_BYTES) {
+      return { length, only: first, chunks: emptyChunks, cancel: (reason) => first.cancel(reason) };
+    }
+    // The slices the body will read after the first, counted now: the answer's
+    // Server-Timing goes out before them (registry/meter.ts).
+    currentMeter()?.record("r2", "get", 0, Math.ceil(length / READ_SLICE_BYTES) - 1);
     let reader = first.getReader({ mode: "byob" });
-    let sliceStart = start;
-    let received = 0;
-    const sliceLength = (from: number) => Math.min(READ_SLICE_BYTES, end - from + 1);
-    return new ReadableStream<Uint8Array>(
-      {
-        async pull(controller) {
-          for (;;) {
-            const { done, value } = await reader.readAtLeast(READ_CHUNK_BYTES, new Uint8Array(READ_CHUNK_BYTES));
-            // The last read of a slice may bring its final bytes and the end together.
-            const passed = value !== undefined && value.byteLength > 0;
-            if (passed) {
-              received += value.byteLength;
-              controller.enqueue(value);
-            }
-            if (!done) return;
-            // A slice that ends early must not pass for the whole blob.
-            if (received !== sliceLength(sliceStart)) {
-              controller.error(
-                new Error(`blob ${descriptor.digest}: a slice ended ${sliceLength(sliceStart) - received} bytes short`),
-              );
-              return;
-            }
-            sliceStart += READ_SLICE_BYTES;
-            received = 0;
-            if (sliceStart > end) {
-              controller.close();
-              return;
-            }
-            reader = (await readSlice(sliceStart)).getReader({ mode: "byob" });
-            if (passed) return;
+    async function* chunks(): AsyncGenerator<Uint8Array<ArrayBuffer>> {
+      for (let sliceStart = start; sliceStart <= end; sliceStart += READ_SLICE_BYTES) {
+        if (sliceStart !== start) reader = (await readSlice(sliceStart)).getReader({ mode: "byob" });
+        let received = 0;
+        for (;;) {
+          const { done, value } = await reader.readAtLeast(READ_CHUNK_BYTES, new Uint8Array(READ_CHUNK_BYTES));
+          // The last read of a slice may bring its final bytes and the end together.
+          if (value !== undefined && value.byteLength > 0) {
+            received += value.byteLength;
+            yield value;
           }
-        },
-        async cancel(reason) {
-          await reader.cancel(reason);
-        },
-      },
-      { highWaterMark: 0 },
-    );
+          if (done) break;
+        }
+        // A slice that ends early must not pass for the whole blob.
+        if (received !== sliceLength(sliceStart)) {
+          throw new Error(`blob ${descriptor.digest}: a slice ended ${sliceLength(sliceStart) - received} bytes short`);
+        }
+      }
+    }
+    return { length, chunks, cancel: (reason) => reader.cancel(reason) };
+  }
+}
+
+/** A range of a blob on its way out of R2 (BlobStore.slices). */
+interface Slices {
+  length: number;
+  /** The whole range in one R2 body (or nothing at all): passed on as it is. */
+  only?: ReadableStream<Uint8Array>;
+  /** Otherwise the bytes, in chunks of at least READ_CHUNK_BYTES. */
+  chunks(): AsyncGenerator<Uint8Array<ArrayBuffer>>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+// eslint-disable-next-line require-yield
+async function* emptyChunks(): AsyncGenerator<Uint8Array<ArrayBuffer>> {
+  return;
+}
+
+/**
+ * Writes the slices' chunks into `writers` (the client's first), each chunk to all of
+ * them before the next is read. A failing client ends everything (its reader is gone);
+ * a failing other writer (the cache's) is dropped and the rest go on. A failing read
+ * aborts every writer, so no reader takes a short body for a whole one.
+ */
+async function pump(slices: Slices, writers: WritableStreamDefaultWriter<Uint8Array>[]): Promise<void> {
+  const [client, ...others] = writers;
+  if (!client) return;
+  let live = others;
+  try {
+    for await (const chunk of slices.chunks()) {
+      const copies = live.map(() => chunk.slice());
+      const results = await Promise.allSettled([
+        client.write(chunk),
+        ...live.map((writer, index) => writer.write(copies[index] ?? chunk)),
+      ]);
+      if (results[0]?.status === "rejected") throw new Error("the client went away");
+      live = live.filter((_, index) => results[index + 1]?.status === "fulfilled");
+    }
+    await Promise.all([client, ...live].map((writer) => writer.close().catch(() => undefined)));
+  } catch (error) {
+    await slices.cancel(error).catch(() => undefined);
+    await Promise.all(writers.map((writer) => writer.abort(error).catch(() => undefined)));
   }
 }

@@ -38,6 +38,7 @@ export type FindingKind =
   | "digest-mismatch"
   | "read-failed"
   | "kv-descriptor-stale"
+  | "kv-link-stale"
   | "link-without-descriptor"
   | "tag-invalid"
   | "tag-without-manifest"
@@ -377,8 +378,44 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
     cursor = page.cursor;
   }
 
+  // KV copies of links (the edge index): each must have its link in R2.
+  cursor = undefined;
+  for (;;) {
+    const page: KVNamespaceListResult<unknown> = await kv.list({ prefix: "link:", ...(cursor ? { cursor } : {}) });
+    for (const entry of page.keys) {
+      counts.kvEntries++;
+      const r2Key = linkKeyOfKvCopy(entry.name);
+      if (r2Key && (await bucket.head(r2Key))) continue;
+      const finding: Finding = {
+        severity: "warning",
+        kind: "kv-link-stale",
+        key: `kv:${entry.name}`,
+        detail: "a KV copy of a link R2 does not hold: pulls at the edge would still see the link",
+      };
+      if (repair) {
+        await kv.delete(entry.name);
+        finding.repaired = "KV copy removed";
+      }
+      report(finding);
+    }
+    if (page.list_complete) break;
+    cursor = page.cursor;
+  }
+
   const ok = findings.every((finding) => finding.severity !== "error" || finding.repaired !== undefined);
   return { ok, counts, findings };
+}
+
+/** The R2 key of the link a KV `link:` copy stands for, or null when the key is not one. */
+function linkKeyOfKvCopy(kvKey: string): string | null {
+  const match = /^link:(.+)\/_(layers|manifests)\/([^/]+)$/.exec(kvKey);
+  if (!match?.[1] || !match[3]) return null;
+  try {
+    const digest = parseDigest(match[3]);
+    return match[2] === "layers" ? Paths.layerLink(match[1], digest) : Paths.manifestRevision(match[1], digest);
+  } catch {
+    return null;
+  }
 }
 
 async function checkBytes(

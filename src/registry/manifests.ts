@@ -3,6 +3,7 @@ import { RegistryError } from "../oci/errors";
 import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import type { BlobStore } from "./blob-store";
+import { EdgeCache } from "./edge-cache";
 import { forEachBounded } from "./bounded";
 import type { LinkedBlobStore } from "./linked-blob-store";
 import { Paths } from "./paths";
@@ -59,30 +60,43 @@ export class Manifests {
     private readonly revisions: LinkedBlobStore,
     private readonly tags: Tags,
     private readonly referrers: Referrers,
+    private readonly edge: EdgeCache = EdgeCache.bypass(),
   ) {}
 
-  /** The digest a reference names, or MANIFEST_UNKNOWN. */
+  /** The digest a reference names for a pull (a tag as this location sees it), or MANIFEST_UNKNOWN. */
   async resolve(reference: Reference): Promise<Digest> {
     if ("digest" in reference) return reference.digest;
-    const digest = await this.tags.resolve(reference.tag);
+    const digest = await this.tags.resolveAtEdge(reference.tag);
     if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
     return digest;
   }
 
-  /** Size and media type without the bytes (HEAD). */
+  /** Size and media type without the bytes (HEAD): the link and descriptor, from KV at the edge. */
   async stat(reference: Reference): Promise<{ digest: Digest; mediaType: string; size: number }> {
     const digest = await this.resolve(reference);
     const { descriptor, link } = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
     return { digest, mediaType: link.mediaType ?? "application/vnd.oci.image.manifest.v1+json", size: descriptor.size };
   }
 
+  /**
+   * The manifest's bytes: after the link check, from this location's cache by digest,
+   * else from R2 (and then kept here).
+   */
   async get(reference: Reference): Promise<StoredManifest> {
     const digest = await this.resolve(reference);
     const { descriptor, link } = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
+    const mediaType = link.mediaType ?? "application/vnd.oci.image.manifest.v1+json";
+    const cached = await this.edge.matchBlob(digest.value);
+    if (cached) {
+      const bytes = new Uint8Array(await cached.arrayBuffer());
+      // Bytes whose size is wrong are not the manifest: read R2 instead.
+      if (bytes.byteLength === descriptor.size) return { digest, mediaType, bytes };
+    }
     const bytes = await this.blobs.readBytes(descriptor);
     if (!bytes)
       throw new RegistryError("MANIFEST_UNKNOWN", "manifest content missing from storage", { digest: digest.value });
-    return { digest, mediaType: link.mediaType ?? "application/vnd.oci.image.manifest.v1+json", bytes };
+    if (this.edge.holds(bytes.byteLength)) void this.edge.putBlob(digest.value, bytes.byteLength, bytes.slice());
+    return { digest, mediaType, bytes };
   }
 
   /**

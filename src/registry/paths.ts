@@ -50,11 +50,22 @@ export const Paths = {
   catalogPrefix: "catalog/",
   catalogEntry: (name: string): string => `catalog/${name}`,
 
-  // ---- KV: edge read cache (never the only record) ----
+  // ---- KV: edge index and read cache (never the only record) ----
 
-  /**
-   * Cached blob descriptor. Content-addressed, so it never changes while it exists.
-   * (Links are not cached in KV: see LinkedBlobStore.)
-   */
+  /** Cached blob descriptor. Content-addressed, so it never changes while it exists. */
   kvBlob: (digest: Digest): string => `blob:${digest.value}`,
+  /**
+   * Edge copy of a repository's layer link (body: the link record). Pull paths read it
+   * first; R2 stays the truth (see LinkedBlobStore for the write and delete order).
+   */
+  kvLayerLink: (name: string, digest: Digest): string => `link:${name}/_layers/${digest.value}`,
+  /** Edge copy of a manifest revision link (body: `{mediaType}`). */
+  kvManifestRevision: (name: string, digest: Digest): string => `link:${name}/_manifests/${digest.value}`,
+
+  // ---- Cache API (per location; keys are URLs on the registry's own host) ----
+
+  /** Bytes of a blob or manifest, by digest alone: every repository linking it shares one copy. */
+  cacheBlob: (origin: string, digest: string): string => `${origin}/_edge-cache/blobs/${digest}`,
+  /** The digest a tag pointed at, kept EDGE_TAG_TTL_SECONDS at a location. */
+  cacheTag: (origin: string, name: string, tag: string): string => `${origin}/_edge-cache/tags/${name}/${tag}`,
 } as const;

@@ -1,4 +1,5 @@
 import { RegistryError, unavailable as retryable } from "../oci/errors";
+import { currentMeter } from "./meter";
 
 /** The two stores the registry keeps its data in (see docs/architecture.md, "Where data lives"). */
 export interface Storage {
@@ -52,13 +53,14 @@ function hasStorageCalls(value: unknown): value is object {
  * (which would be a 500), and so that no call can hang a request: the rule "a client
  * can retry every storage failure" lives here, not in every caller.
  */
-function guarded<T extends object>(target: T, family: string, timeoutMs: number): T {
+function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: number): T {
   const handler: ProxyHandler<T> = {
     get(object, property) {
       const value: unknown = Reflect.get(object, property, object);
       if (typeof value !== "function") return value;
       const operation = `${family}.${String(property)}`;
       return (...args: unknown[]): unknown => {
+        const started = performance.now();
         let result: unknown;
         try {
           result = Reflect.apply(value, object, args) as unknown;
@@ -67,9 +69,14 @@ function guarded<T extends object>(target: T, family: string, timeoutMs: number)
         }
         if (!(result instanceof Promise)) return hasStorageCalls(result) ? guarded(result, family, timeoutMs) : result;
         const settled = args.some(isStream) ? result : withTimeout(result, operation, timeoutMs);
+        const record = () => currentMeter()?.record(family, String(property), performance.now() - started);
         return settled.then(
-          (resolved: unknown) => (hasStorageCalls(resolved) ? guarded(resolved, family, timeoutMs) : resolved),
+          (resolved: unknown) => {
+            record();
+            return hasStorageCalls(resolved) ? guarded(resolved, family, timeoutMs) : resolved;
+          },
           (error: unknown) => {
+            record();
             throw error instanceof RegistryError ? error : unavailable(operation, error);
           },
         );

@@ -1,4 +1,5 @@
 import { parseDigest, type Digest } from "../oci/digest";
+import { EdgeCache } from "./edge-cache";
 import { Paths } from "./paths";
 
 /** R2 returns at most 1000 keys per list call. */
@@ -6,13 +7,17 @@ const R2_LIST_MAX = 1000;
 
 /**
  * A repository's tags. Tags are mutable, so they are read from R2 (strongly
- * consistent everywhere) rather than KV: a client that moved a tag must see the
- * move on its next pull from any location.
+ * consistent everywhere): a client that moved a tag sees the move on its next pull from
+ * any location. With EDGE_TAG_TTL_SECONDS set, pulls (`resolveAtEdge`) may instead use
+ * the digest this location's cache kept for that long (EdgeCache), and a tag moved or
+ * deleted elsewhere may resolve to its old digest here until then; never KV, whose
+ * copies of a value that changes could lag without bound when a write is dropped.
  */
 export class Tags {
   constructor(
     private readonly bucket: R2Bucket,
     readonly name: string,
+    private readonly edge: EdgeCache = EdgeCache.bypass(),
   ) {}
 
   async resolve(tag: string): Promise<Digest | null> {
@@ -21,14 +26,31 @@ export class Tags {
     return parseDigest((await object.text()).trim());
   }
 
+  /** The tag as a pull sees it: this location's cached digest within the tag TTL, else R2. */
+  async resolveAtEdge(tag: string): Promise<Digest | null> {
+    const cached = await this.edge.matchTag(this.name, tag);
+    if (cached !== null) {
+      try {
+        return parseDigest(cached);
+      } catch {
+        // Not a digest: whatever it is, R2 decides.
+      }
+    }
+    const digest = await this.resolve(tag);
+    if (digest) void this.edge.putTag(this.name, tag, digest.value);
+    return digest;
+  }
+
   async set(tag: string, digest: Digest): Promise<void> {
     await this.bucket.put(Paths.tag(this.name, tag), digest.value);
+    await this.edge.forgetTag(this.name, tag);
   }
 
   async delete(tag: string): Promise<boolean> {
     const key = Paths.tag(this.name, tag);
     if (!(await this.bucket.head(key))) return false;
     await this.bucket.delete(key);
+    await this.edge.forgetTag(this.name, tag);
     return true;
   }
 

@@ -4,7 +4,7 @@ import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
 import { openRepository } from "../registry/registry";
-import { notModified, repositoryName, type AppContext, type AppEnv } from "./http";
+import { edgeCacheOf, notModified, repositoryName, type AppContext, type AppEnv } from "./http";
 
 export const blobRoutes = new Hono<AppEnv>();
 
@@ -62,14 +62,20 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
   blobHeaders(c, descriptor);
   if (notModified(c, descriptor.digest)) return c.body(null, 304);
   const range = byteRange(c.req.header("Range"), descriptor.size);
-  const head = c.req.method === "HEAD";
-  if (range) {
-    c.header("Content-Range", `bytes ${range.start}-${range.end}/${descriptor.size}`);
-    c.header("Content-Length", String(range.end - range.start + 1));
-    return head ? c.body(null, 206) : c.body(await repository.blobs.open(descriptor, range), 206);
+  const status = range ? 206 : 200;
+  if (range) c.header("Content-Range", `bytes ${range.start}-${range.end}/${descriptor.size}`);
+  c.header("Content-Length", String(range ? range.end - range.start + 1 : descriptor.size));
+  if (c.req.method === "HEAD") return c.body(null, status);
+  // The link was checked above: the bytes may come from this location's cache.
+  const cache = edgeCacheOf(c);
+  const cached = await cache.matchBlob(descriptor.digest, range);
+  if (cached?.body) return c.body(cached.body, status);
+  if (!range && cache.holds(descriptor.size)) {
+    const [body, copy] = await repository.blobs.openTwice(descriptor);
+    void cache.putBlob(descriptor.digest, descriptor.size, copy);
+    return c.body(body, status);
   }
-  c.header("Content-Length", String(descriptor.size));
-  return head ? c.body(null, 200) : c.body(await repository.blobs.open(descriptor), 200);
+  return c.body(await repository.blobs.open(descriptor, range), status);
 });
 
 blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {

@@ -1,7 +1,9 @@
 import type { Context } from "hono";
 import type { AuthEnv } from "../auth/authorize";
+import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
+import { EdgeCache } from "../registry/edge-cache";
 
 export type AppEnv = AuthEnv;
 export type AppContext = Context<AppEnv>;
@@ -133,4 +135,29 @@ export function notModified(c: AppContext, digest: string): boolean {
     .split(",")
     .map((tag) => tag.trim().replace(/^W\//, ""))
     .some((tag) => tag === "*" || tag === `"${digest}"` || tag === digest);
+}
+
+/** Keeps `work` going after the answer is sent (when the runtime gave us a context to do it in). */
+export function waitUntil(c: AppContext, work: Promise<unknown>): void {
+  try {
+    c.executionCtx.waitUntil(work);
+  } catch {
+    // No ExecutionContext (app.request in tests): the work runs on by itself.
+  }
+}
+
+/**
+ * This location's cache for the request: keyed on the registry's own host, bypassed on
+ * `*.workers.dev` (where the Cache API does nothing) and with EDGE_CACHE=off.
+ */
+export function edgeCacheOf(c: AppContext): EdgeCache {
+  const config = readConfig(c.env);
+  const url = new URL(c.req.url);
+  const usable = config.edgeCacheEnabled && !url.hostname.endsWith(".workers.dev");
+  return new EdgeCache({
+    origin: usable ? url.origin : null,
+    maxBytes: config.edgeCacheMaxBytes,
+    tagTtlSeconds: config.edgeTagTtlSeconds,
+    waitUntil: (work) => waitUntil(c, work),
+  });
 }

@@ -3,9 +3,10 @@ import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
-import { parseReference } from "../registry/manifests";
+import { looksLikeDigest } from "../oci/digest";
+import { parseReference, type Reference } from "../registry/manifests";
 import { openRepository } from "../registry/registry";
-import { notModified, readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
+import { edgeCacheOf, notModified, readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();
 
@@ -16,9 +17,26 @@ function manifestHeaders(c: AppContext, digest: string, mediaType: string, size:
   c.header("Content-Length", String(size));
 }
 
+/**
+ * A reference to read: a digest, or anything else as a tag. A tag the grammar refuses
+ * names no manifest: 404 MANIFEST_UNKNOWN, as distribution answers and clients expect
+ * (a PUT of such a tag is still 400 TAG_INVALID).
+ */
+function referenceToRead(text: string): Reference {
+  if (looksLikeDigest(text)) return parseReference(text);
+  try {
+    return parseReference(text);
+  } catch (error) {
+    if (error instanceof RegistryError && error.code === "TAG_INVALID") {
+      throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: text.slice(0, 200) });
+    }
+    throw error;
+  }
+}
+
 manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", async (c) => {
-  const repository = openRepository(c.env, repositoryName(c));
-  const reference = parseReference(c.req.param("reference"));
+  const repository = openRepository(c.env, repositoryName(c), edgeCacheOf(c));
+  const reference = referenceToRead(c.req.param("reference"));
   if (c.req.method === "HEAD" || c.req.header("If-None-Match")) {
     const { digest, mediaType, size } = await repository.manifests.stat(reference);
     manifestHeaders(c, digest.value, mediaType, size);
@@ -35,7 +53,7 @@ manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", async (c) 
 
 manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const name = repositoryName(c);
-  const repository = openRepository(c.env, name);
+  const repository = openRepository(c.env, name, edgeCacheOf(c));
   const reference = parseReference(c.req.param("reference"));
   const config = readConfig(c.env);
   // `?tag=` (distribution-spec main): tag the pushed manifest with each, in one request.
@@ -66,7 +84,7 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
 
 manifestRoutes.delete("/:name{.+}/manifests/:reference", async (c) => {
   if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
-  const repository = openRepository(c.env, repositoryName(c));
+  const repository = openRepository(c.env, repositoryName(c), edgeCacheOf(c));
   const reference = parseReference(c.req.param("reference"));
   await repository.manifests.delete(reference);
   return c.body(null, 202);

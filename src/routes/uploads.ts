@@ -4,6 +4,7 @@ import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
 import { validateName } from "../oci/names";
 import type { BlobDescriptor } from "../registry/blob-store";
+import { metered } from "../registry/meter";
 import { openRepository } from "../registry/registry";
 import {
   BYTE_REQUEST_ARGS,
@@ -29,9 +30,9 @@ function session(c: AppContext, uploadId: string): DurableObjectStub<UploadSessi
  * overloaded, or could not be reached) is retryable: the session keeps its last
  * durable point, and the client's retry finds it.
  */
-async function reach<T>(call: Promise<T>): Promise<T> {
+async function reach<T>(call: Promise<T>, { count = true }: { count?: boolean } = {}): Promise<T> {
   try {
-    return await call;
+    return await (count ? metered("do", "call", () => call) : call);
   } catch (error) {
     if (error instanceof RegistryError) throw error;
     throw unavailable("the upload session could not be reached; retry", { cause: String(error) });
@@ -50,7 +51,8 @@ async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequest
   const forwarded = new Request("https://upload-session/", c.req.raw);
   forwarded.headers.set(BYTE_REQUEST_ARGS, JSON.stringify({ ...args, hasBody: body !== null }));
   const response = await reach(session(c, id).fetch(forwarded));
-  return unwrap((await reach(response.json())) as SessionResult<T>);
+  // Reading the object's answer is part of the same call.
+  return unwrap((await reach(response.json(), { count: false })) as SessionResult<T>);
 }
 
 function unwrap<T>(result: SessionResult<T>): T {

@@ -352,7 +352,7 @@ export class UploadSession extends DurableObject<Env> {
       }
     }
     const descriptor = await this.blobs.publish(digest, completed.size, completed.key);
-    await new LinkedBlobStore(this.bucket, this.blobs, state.name, "layer").link(digest);
+    await new LinkedBlobStore(this.storage, this.blobs, state.name, "layer").link(digest);
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
     return descriptor;

@@ -31,6 +31,10 @@ beforeAll(() => {
     AUTH_USERS: [line("admin", "admin-pw"), line("ci", "ci-pw"), line("reader", "reader-pw")].join("\n"),
     AUTH_ACCESS: JSON.stringify(ACCESS),
     TOKEN_SECRET: "a test key of the registry, long and random in production",
+    // The failed-login limits have their own file (login-limits.test.ts); here the few
+    // wrong passwords of the tests below, all from one (absent) address, must not add up.
+    LOGIN_MAX_FAILURES: "1000",
+    LOGIN_MAX_FAILURES_PER_ADDRESS: "1000",
   } as Env;
 });
 

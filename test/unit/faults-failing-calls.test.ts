@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { MediaTypes, pushBlob, pushImage, randomBytes, registry, expectError } from "./helpers";
 import { expectBlob, multipartCommit, runWithFaults, scenarios } from "./fault-scenarios";
-import { faultWhere, installStorage } from "./storage-faults";
+import { faultWhere, installStorage, restoreStorage } from "./storage-faults";
 
 describe("a storage call that fails part-way through a write", () => {
   for (const scenario of scenarios) {
@@ -19,7 +19,7 @@ describe("a storage call that fails part-way through a write", () => {
 });
 
 describe("a KV that fails every call", () => {
-  it("push, pull and delete work from R2 alone", async () => {
+  it("push and pull work from R2 alone; a delete waits (503) until KV is back, since a KV copy must not outlive it", async () => {
     installStorage(faultWhere((call) => call.store === "kv"));
     const name = "faults/kv-down";
     const image = await pushImage(name, "v1");
@@ -29,6 +29,9 @@ describe("a KV that fails every call", () => {
     const bytes = randomBytes(10_000);
     const digest = await pushBlob(name, bytes);
     await expectBlob(name, digest, bytes);
+    await expectError(await registry(`/v2/${name}/blobs/${digest}`, { method: "DELETE" }), 503, "UNAVAILABLE");
+    await expectBlob(name, digest, bytes);
+    restoreStorage();
     expect((await registry(`/v2/${name}/blobs/${digest}`, { method: "DELETE" })).status).toBe(202);
     await expectError(await registry(`/v2/${name}/blobs/${digest}`), 404, "BLOB_UNKNOWN");
   });

@@ -89,7 +89,9 @@ const rows: Row[] = [
   ["tag of 129 characters (PUT)", { method: "PUT", path: `/v2/${REPO}/manifests/${"t".repeat(129)}`, headers: ociManifest, body: () => validBytes }, 400, "TAG_INVALID"],
   ["tag starting with '.' (PUT)", { method: "PUT", path: `/v2/${REPO}/manifests/.hidden`, headers: ociManifest, body: () => validBytes }, 400, "TAG_INVALID"],
   ["tag starting with '-' (PUT)", { method: "PUT", path: `/v2/${REPO}/manifests/-flag`, headers: ociManifest, body: () => validBytes }, 400, "TAG_INVALID"],
-  ["tag starting with '-' (GET)", { path: `/v2/${REPO}/manifests/-flag` }, 400, "TAG_INVALID"],
+  ["tag starting with '-' (GET) names no manifest", { path: `/v2/${REPO}/manifests/-flag` }, 404, "MANIFEST_UNKNOWN"],
+  [".INVALID_MANIFEST_NAME (GET), as the conformance suite asks", { path: `/v2/${REPO}/manifests/.INVALID_MANIFEST_NAME` }, 404, "MANIFEST_UNKNOWN"],
+  [".INVALID_MANIFEST_NAME (HEAD)", { method: "HEAD", path: `/v2/${REPO}/manifests/.INVALID_MANIFEST_NAME` }, 404],
   ["?tag= with an invalid tag", { method: "PUT", path: `/v2/${REPO}/manifests/ok?tag=.bad`, headers: ociManifest, body: () => validBytes }, 400, "TAG_INVALID"],
 
   // ---- digests ----

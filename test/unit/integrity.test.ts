@@ -2,7 +2,7 @@ import { env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
 import { app } from "../../src/app";
 import { verifyStorage, type FindingKind } from "../../src/registry/integrity";
-import { MediaTypes, pushBlob, pushImage, randomBytes, registry, utf8 } from "./helpers";
+import { expectError, MediaTypes, pushBlob, pushImage, randomBytes, registry, utf8 } from "./helpers";
 
 const storage = () => ({ bucket: env.BLOBS, kv: env.META });
 
@@ -78,7 +78,9 @@ describe("the integrity check (npm run verify)", () => {
   it("a tag whose revision link was lost is restored from the stored manifest", async () => {
     const name = "integrity/lost-link";
     const image = await pushImage(name, "v1");
+    // Lost everywhere: the link in R2 and its KV copy at the edge.
     await env.BLOBS.delete(`repositories/${name}/_manifests/revisions/${image.digest.replace(":", "/")}`);
+    await env.META.delete(`link:${name}/_manifests/${image.digest}`);
     expect((await registry(`/v2/${name}/manifests/v1`)).status).toBe(404);
     const report = await verifyStorage(storage(), { repair: true, settleMs: 0 });
     const finding = report.findings.find((entry) => entry.key === `repositories/${name}/_manifests/tags/v1`);
@@ -87,6 +89,18 @@ describe("the integrity check (npm run verify)", () => {
     const pulled = await registry(`/v2/${name}/manifests/v1`, { headers: { Accept: MediaTypes.ociManifest } });
     expect(pulled.status).toBe(200);
     expect(new Uint8Array(await pulled.arrayBuffer())).toEqual(image.bytes);
+  });
+
+  it("a KV copy of a link R2 no longer holds is reported, and removed by repair", async () => {
+    const name = "integrity/stale-link-copy";
+    const bytes = utf8("linked, then lost from R2 only");
+    const digest = await pushBlob(name, bytes);
+    await env.BLOBS.delete(`repositories/${name}/_layers/${digest.replace(":", "/")}`);
+    const report = await verifyStorage(storage(), { repair: true, settleMs: 0 });
+    const finding = report.findings.find((entry) => entry.key === `kv:link:${name}/_layers/${digest}`);
+    expect(finding).toMatchObject({ kind: "kv-link-stale", repaired: "KV copy removed" });
+    expect(await env.META.get(`link:${name}/_layers/${digest}`)).toBeNull();
+    await expectError(await registry(`/v2/${name}/blobs/${digest}`), 404, "BLOB_UNKNOWN");
   });
 
   it("a tag naming a manifest that is stored nowhere is removed; a referrer record without its manifest too", async () => {

@@ -16,15 +16,18 @@ const SERVICE = "registry.test";
 const MAX_FAILURES = 5;
 let authEnv: Env;
 
-const USERS = ["victim", "spread", "bystander", "paths", "burst", "cleared", "slow", "g1", "g2", "g3", "g4"];
+const MAX_FAILURES_PER_ADDRESS = 8;
+const GUESSED = Array.from({ length: MAX_FAILURES_PER_ADDRESS }, (_, index) => `g${index + 1}`);
+const USERS = ["victim", "spread", "bystander", "paths", "burst", "cleared", "slow", "alice", "bob", "carol", "eve"];
 
 beforeAll(() => {
   authEnv = {
     ...env,
     AUTH_MODE: undefined,
-    AUTH_USERS: USERS.map((user) => `${user}:${bcrypt.hashSync(`${user}-pw`, 4)}`).join("\n"),
+    AUTH_USERS: [...USERS, ...GUESSED].map((user) => `${user}:${bcrypt.hashSync(`${user}-pw`, 4)}`).join("\n"),
     TOKEN_SECRET: "a test key of the registry, long and random in production",
     LOGIN_MAX_FAILURES: String(MAX_FAILURES),
+    LOGIN_MAX_FAILURES_PER_ADDRESS: String(MAX_FAILURES_PER_ADDRESS),
     LOGIN_LOCKOUT_SECONDS: "10",
     LOGIN_LOCKOUT_MAX_SECONDS: "900",
   } as Env;
@@ -83,12 +86,32 @@ describe("failed logins", () => {
 
   it("an address guessing at many users is locked; those users still log in from elsewhere", async () => {
     const guesser = "198.51.100.30";
-    for (const user of ["bystander", "g1", "g2", "g3", "g4"]) {
-      expect((await wrong(user, guesser)).status).toBe(401);
-    }
+    for (const user of GUESSED) expect((await wrong(user, guesser)).status).toBe(401);
     expect((await right("g1", guesser)).status).toBe(429);
     expect((await right("g1", "203.0.113.60")).status).toBe(200);
     expect((await right("g2", "203.0.113.61")).status).toBe(200);
+    // Refused at the address, not counted for the user: eve's own limit is untouched.
+    for (let attempt = 0; attempt < 10; attempt++) expect((await wrong("eve", guesser)).status).toBe(429);
+    for (let attempt = 0; attempt < MAX_FAILURES - 1; attempt++) {
+      expect((await wrong("eve", "203.0.113.62")).status).toBe(401);
+    }
+    expect((await right("eve", "203.0.113.62")).status).toBe(200);
+  });
+
+  it("a password remembered from the user's own login does not tell a guesser it is right while the user is locked", async () => {
+    expect((await right("alice", "203.0.113.80")).status).toBe(200);
+    for (let attempt = 0; attempt < MAX_FAILURES; attempt++) {
+      expect((await wrong("alice", "198.51.100.100")).status).toBe(401);
+    }
+    expect((await right("alice", "198.51.100.100")).status).toBe(429);
+    expect((await right("alice", "198.51.100.101", "basic")).status).toBe(429);
+  });
+
+  it("users sharing an address (a NAT) are not locked out by one of them mistyping", async () => {
+    const office = "192.0.2.50";
+    for (let attempt = 0; attempt < MAX_FAILURES; attempt++) expect((await wrong("bob", office)).status).toBe(401);
+    expect((await right("bob", office)).status).toBe(429);
+    expect((await right("carol", office)).status).toBe(200);
   });
 
   it("GET /token, POST /token and Basic on /v2 count together and are refused alike", async () => {

@@ -336,8 +336,8 @@ describe("manifest tags must follow the tag grammar", () => {
     await expectError(await putManifest(name, tag, manifest, MediaTypes.ociManifest), 400, "TAG_INVALID");
   });
 
-  it("GET with a tag starting with '.' gives 400 TAG_INVALID", async () => {
-    await expectError(await getManifest(name, ".hidden"), 400, "TAG_INVALID");
+  it("GET with a tag starting with '.' names no manifest: 404 MANIFEST_UNKNOWN, as distribution answers", async () => {
+    await expectError(await getManifest(name, ".hidden"), 404, "MANIFEST_UNKNOWN");
   });
 });
 

@@ -1,0 +1,80 @@
+import { AsyncLocalStorage } from "node:async_hooks";
+
+/**
+ * What a request cost: every call it made to R2, KV, the Cache API and Durable Objects,
+ * counted and timed, and sent back as a `Server-Timing` header (app.ts):
+ *
+ *   Server-Timing: r2;dur=12.4;desc="2", kv;dur=0.9;desc="1", cache;dur=0.3;desc="hit", do;dur=0;desc="0"
+ *
+ * `desc` is the number of calls (for `cache`: `hit`, `miss` or `bypass`), `dur` their
+ * summed milliseconds (calls in parallel add up). Two more metrics appear when not zero:
+ * `r2-class-a` (R2 operations billed as class A: writes, lists, multipart steps; the rest
+ * of `r2` are class B reads and free deletes) and `kv-write` (KV puts and deletes).
+ * Storage calls a response body makes after the headers went out (the slices of a large
+ * blob read from R2) are counted when the body is set up, as they will be made.
+ *
+ * The meter of the request being served is found through AsyncLocalStorage, so the
+ * storage seam (storage.ts), the edge cache and the Durable Object calls record into it
+ * without every function passing it along.
+ */
+export type Store = "r2" | "kv" | "cache" | "do";
+export type CacheOutcome = "hit" | "miss" | "bypass";
+
+/** R2 operations billed as class A (docs: R2 pricing); get and head are class B, delete and abort are free. */
+const R2_CLASS_A = new Set(["put", "list", "createMultipartUpload", "uploadPart", "complete"]);
+const KV_WRITES = new Set(["put", "delete"]);
+
+export class Meter {
+  private readonly calls: Record<Store, number> = { r2: 0, kv: 0, cache: 0, do: 0 };
+  private readonly milliseconds: Record<Store, number> = { r2: 0, kv: 0, cache: 0, do: 0 };
+  private r2ClassA = 0;
+  private kvWrites = 0;
+  private cacheOutcome: CacheOutcome | undefined;
+
+  /** One call to `store` (`operation`: the binding's method name), taking `ms`. */
+  record(store: Store, operation: string, ms: number, count = 1): void {
+    this.calls[store] += count;
+    this.milliseconds[store] += ms;
+    if (store === "r2" && R2_CLASS_A.has(operation)) this.r2ClassA += count;
+    if (store === "kv" && KV_WRITES.has(operation)) this.kvWrites += count;
+  }
+
+  /** What the edge cache did for this request; a hit anywhere wins over a miss. */
+  cache(outcome: CacheOutcome): void {
+    if (this.cacheOutcome === "hit") return;
+    this.cacheOutcome = outcome;
+  }
+
+  header(): string {
+    const metric = (store: Store) => `${store};dur=${this.milliseconds[store].toFixed(1)};desc="${this.calls[store]}"`;
+    const parts = [metric("r2"), metric("kv")];
+    parts.push(`cache;dur=${this.milliseconds.cache.toFixed(1)};desc="${this.cacheOutcome ?? "bypass"}"`);
+    parts.push(metric("do"));
+    if (this.r2ClassA > 0) parts.push(`r2-class-a;desc="${this.r2ClassA}"`);
+    if (this.kvWrites > 0) parts.push(`kv-write;desc="${this.kvWrites}"`);
+    return parts.join(", ");
+  }
+}
+
+const current = new AsyncLocalStorage<Meter>();
+
+/** The meter of the request being served, if any (background work has none). */
+export function currentMeter(): Meter | undefined {
+  return current.getStore();
+}
+
+export function runMetered<T>(meter: Meter, run: () => T): T {
+  return current.run(meter, run);
+}
+
+/** Runs one storage call and records it into the current request's meter. */
+export async function metered<T>(store: Store, operation: string, call: () => Promise<T>): Promise<T> {
+  const meter = currentMeter();
+  if (!meter) return call();
+  const started = performance.now();
+  try {
+    return await call();
+  } finally {
+    meter.record(store, operation, performance.now() - started);
+  }
+}
