@@ -371,12 +371,17 @@ async function startServer({ name, command, args, env, cwd, dir, port, readyTime
   return server;
 }
 
-/** edge-registry as `npm start` runs it, with a fresh --persist-to dir, logging errors only. */
-export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
+/**
+ * edge-registry as `npm start` runs it, with a fresh --persist-to dir, logging errors only.
+ * `settings`: Worker settings passed through the environment (EDGE_CACHE=off, …);
+ * `root`: another checkout to run (a worktree of an older commit, for before/after
+ * figures), by default this one; `accessLog`: a file for the front's access log.
+ */
+export async function startEdgeRegistry({ readyTimeoutMs = 120_000, settings = {}, root = ROOT, accessLog } = {}) {
   try {
-    await stat(join(ROOT, "build", "sha256.wasm"));
+    await stat(join(root, "build", "sha256.wasm"));
   } catch {
-    throw new Error("build/sha256.wasm is missing: run `npm run build:wasm` first");
+    throw new Error(`${join(root, "build", "sha256.wasm")} is missing: run \`npm run build:wasm\` there first`);
   }
   const dir = await makeTempDir("edge");
   const port = await freePort();
@@ -384,12 +389,13 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
   // As `npm start` runs it: scripts/dev.mjs (the Worker bundled by `wrangler deploy
   // --dry-run`, served by Miniflare, behind a front that answers TLS handshakes at once).
   const args = [
-    join(ROOT, "scripts", "dev.mjs"),
+    join(root, "scripts", "dev.mjs"),
     "--port",
     String(port),
     "--persist-to",
     join(dir, "state"),
     "--quiet",
+    ...(accessLog ? ["--access-log", accessLog] : []),
   ];
   const env = {
     ...process.env,
@@ -401,13 +407,14 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000 } = {}) {
     XDG_CONFIG_HOME: join(dir, "config"),
     NO_COLOR: "1",
     FORCE_COLOR: "0",
+    ...settings,
   };
   return startServer({
     name: "edge-registry",
     command: process.execPath,
     args,
     env,
-    cwd: ROOT,
+    cwd: root,
     dir,
     port,
     readyTimeoutMs,

@@ -17,11 +17,17 @@
 // Why the front: see scripts/lib/front.mjs (HTTPS-first clients fall back at once, answers
 // given before a body was read reach the client, malformed requests get an OCI 400).
 //
-// Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet]
+// Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet] [--access-log FILE]
+//                             [--body-limit SIZE]
+//
+// --body-limit SIZE (100MB, 32MiB, or bytes) refuses any request whose body is larger with
+// an HTML 413 before the Worker sees it, as Cloudflare's edge does for the plan's limit:
+// how the limit, and the relay that gets layers past it, are shown and tested locally.
 import { resolve } from "node:path";
 import { freePort } from "./lib/free-port.mjs";
 import { startLocalWorker } from "./lib/local-worker.mjs";
 import { startFront } from "./lib/front.mjs";
+import { formatBytes, parseSize } from "./lib/sizes.mjs";
 
 const args = process.argv.slice(2);
 function option(name, fallback) {
@@ -31,15 +37,26 @@ function option(name, fallback) {
 const port = Number(option("--port", process.env.PORT ?? "5000"));
 const persistTo = resolve(option("--persist-to", ".wrangler/state"));
 const quiet = args.includes("--quiet");
+// --access-log FILE: a JSON line per request, with what it cost in storage calls (Server-Timing).
+const accessLog = option("--access-log", undefined);
+let bodyLimit;
+try {
+  const text = option("--body-limit", undefined);
+  bodyLimit = text === undefined ? undefined : parseSize(text);
+} catch (error) {
+  console.error(`--body-limit: ${error.message}`);
+  process.exit(2);
+}
 
 const innerPort = await freePort();
 const { authenticated, stop: stopWorker } = await startLocalWorker({ persistTo, port: innerPort, quiet });
 
-const front = await startFront({ port, targetPort: innerPort });
+const front = await startFront({ port, targetPort: innerPort, accessLog: accessLog && resolve(accessLog), bodyLimit });
 const auth = authenticated
   ? "authentication enforced (AUTH_USERS)"
   : "OPEN: no authentication, anyone on this machine may push (set AUTH_USERS to require logins)";
-console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; ${auth})`);
+const limit = bodyLimit === undefined ? "" : `; request bodies over ${formatBytes(bodyLimit)} refused with 413`;
+console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; ${auth}${limit})`);
 
 async function stop() {
   await front.close();

@@ -35,6 +35,11 @@ export interface RegistryConfig {
   edgeCacheMaxBytes: number;
   /** Whether the edge cache is used at all (it does nothing on workers.dev hosts either way). */
   edgeCacheEnabled: boolean;
+  /**
+   * The largest request body an upload may carry (MAX_CHUNK_LENGTH: the plan's limit when
+   * deployed); undefined: no limit of our own.
+   */
+  maxChunkLength: number | undefined;
 }
 
 const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
@@ -70,5 +75,6 @@ export function readConfig(env: Env): RegistryConfig {
     edgeTagTtlSeconds: nonNegativeInteger(env.EDGE_TAG_TTL_SECONDS, 0),
     edgeCacheMaxBytes: nonNegativeInteger(env.EDGE_CACHE_MAX_BYTES, DEFAULT_EDGE_CACHE_MAX_BYTES),
     edgeCacheEnabled: env.EDGE_CACHE !== "off",
+    maxChunkLength: positiveInteger(env.MAX_CHUNK_LENGTH, 0) || undefined,
   };
 }

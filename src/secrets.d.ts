@@ -16,5 +16,16 @@ declare namespace Cloudflare {
     AUTH_SERVICE?: string;
     /** The token endpoint's absolute URL in challenges; default: `<request origin>/token`. */
     AUTH_REALM?: string;
+    /** Blob redirects (src/registry/blob-redirect.ts): off unless set; the smallest blob redirected. */
+    BLOB_REDIRECT_MIN_BYTES?: string;
+    /** How long a presigned blob URL is valid (default 300 s). */
+    BLOB_REDIRECT_TTL_SECONDS?: string;
+    /** R2's S3 API endpoint, `https://<account id>.r2.cloudflarestorage.com`. */
+    R2_ENDPOINT?: string;
+    /** The bucket BLOBS is bound to, as the S3 API names it. */
+    R2_BUCKET_NAME?: string;
+    /** An R2 API token's access key (read access to the bucket is enough). */
+    R2_ACCESS_KEY_ID?: string;
+    R2_SECRET_ACCESS_KEY?: string;
   }
 }

@@ -24,6 +24,7 @@
 //   Content-Length, a broken chunked encoding), never a reset or a 500.
 // - **`bodyLimit`** makes it refuse request bodies over a size with an HTML 413 before
 //   the Worker sees them, as Cloudflare's edge does for the plan's limit.
+import { createWriteStream } from "node:fs";
 import http from "node:http";
 import net from "node:net";
 
@@ -131,12 +132,13 @@ function bodyTooLargePage(limit) {
 /**
  * Listens on 127.0.0.1:`port` (0: any free port) and proxies to 127.0.0.1:`targetPort`.
  * `bodyLimit` (bytes; default none) refuses larger request bodies with an HTML 413.
+ * `accessLog` (a file path) gets a JSON line per answered request: time, method, path,
+ * status, ms, the request body's bytes received, and the answer's Server-Timing (what it
+ * cost in storage calls).
  * Returns { port, connections(), rejected(), close() }.
  */
-export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = DEFAULT_LINGER_MS }) {
-  const sockets = new Set();
-  let connections = 0;
-  let rejected = 0;
+export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = DEFAULT_LINGER_MS, accessLog }) {
+  const log = accessLog ? createWriteStream(accessLog, { flags: "a" }) : null;
   // Requests without a body share kept-alive connections (and are retried once when a
   // kept-alive connection turns out closed: workerd closes idle ones after 5 s). A
   // request with a body gets a connection of its own: whether workerd read all of a body
@@ -152,6 +154,27 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
   });
   server.on("request", (request, response) => {
     response.sendDate = false;
+    let upstreamAnswer = null;
+    let refusedHere = false;
+    if (log) {
+      const started = performance.now();
+      let requestBytes = 0;
+      request.on("data", (chunk) => (requestBytes += chunk.length));
+      response.once("finish", () => {
+        const entry = {
+          time: new Date().toISOString(),
+          method: request.method,
+          path: request.url,
+          status: response.statusCode,
+          ms: Math.round(performance.now() - started),
+          requestBytes,
+          // Refused here (the body limit): its body never reached the Worker.
+          ...(refusedHere ? { refusedByFront: true } : {}),
+          serverTiming: upstreamAnswer?.headers["server-timing"] ?? null,
+        };
+        log.write(`${JSON.stringify(entry)}\n`);
+      });
+    }
     lingeringClose(request.socket, lingerMs);
     const hasBody =
       request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0;
@@ -166,7 +189,6 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
     if (request.headers["transfer-encoding"] !== undefined) headers.push("Transfer-Encoding", "chunked");
 
     let answered = false;
-    let upstreamAnswer = null;
     const send = (retried) => {
       const upstream = http.request({
         host: "127.0.0.1",
@@ -227,6 +249,7 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
     /** Over the body limit: refused here, as Cloudflare's edge refuses it, before or while the body arrives. */
     const refuseBody = () => {
       answered = true;
+      refusedHere = true;
       request.unpipe();
       request.resume();
       upstream.destroy();
@@ -281,6 +304,31 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
     );
   });
 
+  const listener = await listenRefusingTls(server, { port, host: "127.0.0.1" });
+  return {
+    port: listener.port,
+    connections: listener.connections,
+    rejected: listener.rejected,
+    close: async () => {
+      pooled.destroy();
+      single.destroy();
+      log?.end();
+      await listener.close();
+    },
+  };
+}
+
+/**
+ * Serves `server` (a Node http.Server) on host:port behind the TLS check: a connection
+ * whose first byte is a TLS handshake record gets a plain-HTTP 400 at once (see the
+ * header comment); every other is handed to the HTTP server. Also used by the relay
+ * (scripts/lib/relay.mjs), which docker reaches over HTTPS first too.
+ * Returns { port, connections(), rejected(), close() }.
+ */
+export async function listenRefusingTls(server, { port = 0, host = "127.0.0.1" } = {}) {
+  const sockets = new Set();
+  let connections = 0;
+  let rejected = 0;
   // TLS sniffing happens on the raw connection, before the HTTP parser sees it.
   const listener = net.createServer((client) => {
     sockets.add(client);
@@ -307,7 +355,7 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
   });
   await new Promise((resolveListen, rejectListen) => {
     listener.once("error", rejectListen);
-    listener.listen(port, "127.0.0.1", resolveListen);
+    listener.listen(port, host, resolveListen);
   });
   return {
     port: listener.address().port,
@@ -316,8 +364,6 @@ export async function startFront({ port = 0, targetPort, bodyLimit, lingerMs = D
     close: () =>
       new Promise((resolveClose) => {
         for (const socket of sockets) socket.destroy();
-        pooled.destroy();
-        single.destroy();
         listener.close(() => resolveClose());
       }),
   };

@@ -34,13 +34,30 @@ function localTokenSecret(persistTo) {
   return readFileSync(file, "utf8").trim();
 }
 
-/** Settings that may also come from the environment (handy for tests and one-off runs). */
-const FROM_ENVIRONMENT = ["AUTH_USERS", "AUTH_ACCESS", "TOKEN_SECRET", "ADMIN_TOKEN", "AUTH_SERVICE", "AUTH_REALM"];
+/**
+ * Secrets and optional settings that are not in wrangler.toml's [vars] (src/secrets.d.ts)
+ * but may come from the environment too. Every [vars] setting may as well: handy for
+ * tests and one-off runs (`EDGE_LINK_TTL_SECONDS=0 npm start`).
+ */
+const SECRETS = [
+  "AUTH_USERS",
+  "AUTH_ACCESS",
+  "TOKEN_SECRET",
+  "ADMIN_TOKEN",
+  "AUTH_SERVICE",
+  "AUTH_REALM",
+  "R2_ACCESS_KEY_ID",
+  "R2_SECRET_ACCESS_KEY",
+  "R2_ENDPOINT",
+  "R2_BUCKET_NAME",
+  "BLOB_REDIRECT_MIN_BYTES",
+  "BLOB_REDIRECT_TTL_SECONDS",
+];
 
 /**
  * Starts the Worker on 127.0.0.1:`port` (0: any free port). `bindings` adds or overrides
  * variables (the verify command passes a one-off ADMIN_TOKEN). Settings come from
- * wrangler.toml, then `.dev.vars`, then the environment (FROM_ENVIRONMENT), then
+ * wrangler.toml, then `.dev.vars`, then the environment (any of those names, and SECRETS), then
  * `bindings`. Without AUTH_USERS the local registry runs open (AUTH_MODE=open): a
  * deployed Worker without users is read-only instead. Returns the Miniflare instance,
  * whether authentication is enforced, and stop() (disposes it and removes its bundle).
@@ -55,8 +72,14 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   bundleWorker(bundleDir);
   const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
   const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
+  const settable = new Set([
+    ...SECRETS,
+    ...Object.entries(workerOptions.bindings ?? {})
+      .filter(([, value]) => typeof value === "string")
+      .map(([name]) => name),
+  ]);
   const fromEnvironment = Object.fromEntries(
-    FROM_ENVIRONMENT.filter((name) => process.env[name]).map((name) => [name, process.env[name]]),
+    [...settable].filter((name) => process.env[name] !== undefined).map((name) => [name, process.env[name]]),
   );
   const settings = { ...workerOptions.bindings, ...fromEnvironment, ...bindings };
   const authenticated = typeof settings.AUTH_USERS === "string" && settings.AUTH_USERS.trim() !== "";

@@ -3,6 +3,7 @@ import { readConfig } from "../config";
 import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
+import { presignedUrl, redirectSettings } from "../registry/blob-redirect";
 import { openRepository } from "../registry/registry";
 import { edgeCacheOf, notModified, repositoryName, type AppContext, type AppEnv } from "./http";
 
@@ -66,6 +67,14 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
   if (range) c.header("Content-Range", `bytes ${range.start}-${range.end}/${descriptor.size}`);
   c.header("Content-Length", String(range ? range.end - range.start + 1 : descriptor.size));
   if (c.req.method === "HEAD") return c.body(null, status);
+  // Large blobs may go straight from R2 to the client (off by default; blob-redirect.ts).
+  const redirect = redirectSettings(c.env);
+  if (redirect && descriptor.size >= redirect.minBytes) {
+    c.header("Content-Length", "0");
+    c.header("Content-Range", undefined);
+    c.header("Location", await presignedUrl(redirect, descriptor.key));
+    return c.body(null, 307);
+  }
   // The link was checked above: the bytes may come from this location's cache.
   const cache = edgeCacheOf(c);
   const cached = await cache.matchBlob(descriptor.digest, range);

@@ -8,6 +8,7 @@ import { metered } from "../registry/meter";
 import { openRepository } from "../registry/registry";
 import {
   BYTE_REQUEST_ARGS,
+  chunkTooLarge,
   rangeHeader,
   type ByteRequestArgs,
   type ChunkClaim,
@@ -64,6 +65,12 @@ function unwrap<T>(result: SessionResult<T>): T {
 function chunkClaim(c: AppContext): ChunkClaim {
   const range = contentRange(c);
   const length = contentLength(c);
+  const { maxChunkLength } = readConfig(c.env);
+  // Refused before anything is read when the declared length says so; a body of unknown
+  // length is counted by the session as it arrives.
+  if (maxChunkLength !== undefined && length !== undefined && length > maxChunkLength) {
+    throw chunkTooLarge(maxChunkLength);
+  }
   if (range && length !== undefined && length !== range.end - range.start + 1) {
     throw new RegistryError("RANGE_INVALID", "Content-Range and Content-Length disagree", { range, length });
   }
@@ -73,6 +80,7 @@ function chunkClaim(c: AppContext): ChunkClaim {
     claim.length = range.end - range.start + 1;
   }
   if (length !== undefined) claim.length = length;
+  if (maxChunkLength !== undefined) claim.limit = maxChunkLength;
   return claim;
 }
 
@@ -137,7 +145,11 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   }
   // Any chunk size works (the session re-cuts chunks into parts), but chunks of at
   // least one part size never need their tail staged and re-read between requests.
-  c.header("OCI-Chunk-Min-Length", String(readConfig(c.env).uploadPartSize));
+  const config = readConfig(c.env);
+  c.header("OCI-Chunk-Min-Length", String(config.uploadPartSize));
+  // The largest request body this deployment takes (the plan's limit), for clients and
+  // relays that cut uploads to fit.
+  if (config.maxChunkLength !== undefined) c.header("OCI-Chunk-Max-Length", String(config.maxChunkLength));
   return acceptedUpload(c, name, id, 0, 202);
 });
 

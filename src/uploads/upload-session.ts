@@ -63,6 +63,8 @@ export interface ChunkClaim {
   start?: number;
   /** Number of bytes the body carries, when the request declares it. */
   length?: number;
+  /** The most bytes one request body may carry (MAX_CHUNK_LENGTH), enforced while reading. */
+  limit?: number;
 }
 
 /** Header carrying a forwarded byte request's arguments (JSON of ByteRequestArgs). */
@@ -446,6 +448,7 @@ export class UploadSession extends DurableObject<Env> {
     /** Bytes of the buffer from here on arrived in this request: not hashed, not staged yet. */
     let freshFrom = filled;
     let received = 0;
+    let overLimit = false;
 
     // One part uploads while the next one fills: two part buffers at most.
     let inFlight: Promise<void> | null = null;
@@ -471,6 +474,11 @@ export class UploadSession extends DurableObject<Env> {
         filled += value.byteLength;
         received += value.byteLength;
         if (claim.length !== undefined && received > claim.length) {
+          await reader.cancel();
+          break;
+        }
+        if (claim.limit !== undefined && received > claim.limit) {
+          overLimit = true;
           await reader.cancel();
           break;
         }
@@ -514,6 +522,10 @@ export class UploadSession extends DurableObject<Env> {
       );
     }
 
+    if (overLimit) {
+      await this.restore(state, before);
+      throw chunkTooLarge(claim.limit ?? 0);
+    }
     if (claim.length !== undefined && received !== claim.length) {
       await this.restore(state, before);
       throw new RegistryError("SIZE_INVALID", "the body's length does not match Content-Length / Content-Range", {
@@ -627,6 +639,21 @@ export class UploadSession extends DurableObject<Env> {
 }
 
 /** The Range header value for an upload holding `offset` bytes (`0-0` when empty, as distribution does). */
+/**
+ * A request body over MAX_CHUNK_LENGTH: 413 with what to do about it (the same answer
+ * whether the Worker saw the declared length or the session counted the bytes).
+ */
+export function chunkTooLarge(limit: number): RegistryError {
+  return new RegistryError(
+    "SIZE_INVALID",
+    `request bodies over ${limit} bytes are refused (MAX_CHUNK_LENGTH, the plan's limit): upload in chunks ` +
+      `of at most that (OCI-Chunk-Max-Length), for example through the relay (npm run relay)`,
+    { limit },
+    {},
+    413,
+  );
+}
+
 export function rangeHeader(offset: number): string {
   return `0-${Math.max(0, offset - 1)}`;
 }

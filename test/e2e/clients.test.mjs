@@ -2,11 +2,12 @@
 // as `npm start` runs it (Miniflare/workerd, no authentication). Images are built offline with umoci/buildah, pushed, pulled back
 // and compared byte for byte. See harness.mjs for how the registry and clients are sandboxed.
 import assert from "node:assert/strict";
-import { readFile, rm, writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import {
   blobPath,
+  buildOciImage,
   createClients,
   descriptorFor,
   fetchHashed,
@@ -66,35 +67,9 @@ async function inspectRaw(reference) {
   return stdout;
 }
 
-/**
- * Builds a single-manifest OCI layout with umoci: one layer per entry of `layerSizes`,
- * each a file of random bytes (so every layer is distinct), then garbage-collects so the
- * layout holds exactly the image's blobs.
- */
-async function buildImage(name, layerSizes, { tag = "latest", arch, layout = join(work, name) } = {}) {
-  await clients.umoci("init", "--layout", layout).catch(async (error) => {
-    // A second image in an existing layout (multi-arch): init fails because it exists.
-    if (!/exist/i.test(error.result?.stderr ?? "")) throw error;
-  });
-  await clients.umoci("new", "--image", `${layout}:${tag}`);
-  if (arch) await clients.umoci("config", "--image", `${layout}:${tag}`, "--architecture", arch, "--os", "linux");
-  for (const [i, size] of layerSizes.entries()) {
-    const file = join(work, `${name}-${tag}-layer${i}.bin`);
-    await writeRandomFile(file, size);
-    await clients.umoci(
-      "insert",
-      "--image",
-      `${layout}:${tag}`,
-      "--history.created_by",
-      `e2e layer ${i}`,
-      file,
-      `/data/layer${i}.bin`,
-      { timeoutMs: 300_000 },
-    );
-    await rm(file);
-  }
-  await clients.umoci("gc", "--layout", layout);
-  return { layout, tag, descriptor: await descriptorFor(layout, tag) };
+/** Builds an OCI layout under this run's work dir (harness.mjs buildImage). */
+function buildImage(name, layerSizes, { tag = "latest", arch, layout = join(work, name) } = {}) {
+  return buildOciImage(clients, work, name, layerSizes, { tag, arch, layout });
 }
 
 /** The digests a manifest (image or index) references directly. */

@@ -22,7 +22,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readFileSync } from "node:fs";
-import { cp, mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
+import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -165,6 +165,25 @@ export function run(
   });
 }
 
+/**
+ * `r2;dur=1.5;desc="2", cache;dur=0;desc="hit"` → { r2: 2, cache: "hit", … } (desc as a
+ * number where it is one), with `<name>Ms` for each dur.
+ */
+export function parseServerTiming(header) {
+  const timing = {};
+  for (const metric of (header ?? "").split(",")) {
+    const [name, ...parameters] = metric.trim().split(";");
+    if (!name) continue;
+    for (const parameter of parameters) {
+      const [key, raw = ""] = parameter.split("=");
+      const value = raw.replace(/^"|"$/g, "");
+      if (key === "desc") timing[name] = /^\d+$/.test(value) ? Number(value) : value;
+      if (key === "dur") timing[`${name}Ms`] = Number(value);
+    }
+  }
+  return timing;
+}
+
 /** The summed resident memory (bytes) of every process in a process group (ps). */
 export function processGroupRss(pgid) {
   const listed = spawnSync("ps", ["-o", "rss=", "-g", String(pgid)], { encoding: "utf8", timeout: 10_000 });
@@ -251,7 +270,12 @@ async function snapshotCheckout(dir) {
  * environment by scripts/lib/local-worker.mjs, or written to .dev.vars for wrangler dev).
  * Returns { port, host, url, clientHost, stateDir, logFile, logTail(), stop() }.
  */
-export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {}, server = "npm-start" } = {}) {
+export async function startRegistry({
+  readyTimeoutMs = 90_000,
+  env: extraEnv = {},
+  server = "npm-start",
+  bodyLimit,
+} = {}) {
   const wasm = join(ROOT, "build", "sha256.wasm");
   try {
     await stat(wasm);
@@ -267,7 +291,17 @@ export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {
   const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
   // The registry as `npm start` runs it; or as `npm run dev` (plain `wrangler dev`) runs
   // it, with its settings in .dev.vars and the same TLS front (in this process) before it.
-  let args = [join(cwd, "scripts", "dev.mjs"), "--port", String(port), "--persist-to", stateDir];
+  const accessLogFile = join(dir, "access.log");
+  let args = [
+    join(cwd, "scripts", "dev.mjs"),
+    "--port",
+    String(port),
+    "--persist-to",
+    stateDir,
+    "--access-log",
+    accessLogFile,
+    ...(bodyLimit === undefined ? [] : ["--body-limit", String(bodyLimit)]),
+  ];
   let front = null;
   if (server === "wrangler-dev") {
     const innerPort = await freePort();
@@ -284,7 +318,7 @@ export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {
       stateDir,
       "--show-interactive-dev-session=false",
     ];
-    front = await startFront({ port, targetPort: innerPort });
+    front = await startFront({ port, targetPort: innerPort, accessLog: accessLogFile, bodyLimit });
   }
   const env = {
     ...process.env,
@@ -351,7 +385,84 @@ export async function startRegistry({ readyTimeoutMs = 90_000, env: extraEnv = {
   const clientHost = host;
   /** Resident memory of the registry's processes (the front's node and workerd), in bytes. */
   const rssBytes = () => processGroupRss(pgid);
-  return { port, host, url, clientHost, stateDir, logFile, logTail, rssBytes, stop };
+  /**
+   * The front's access log: one entry per answered request ({method, path, status, ms,
+   * serverTiming}, plus `timing`: Server-Timing parsed to {r2, kv, do, cache, ...}).
+   * Entries are written as answers finish; `accessLog.mark()` and `accessLog.since(mark)`
+   * take the ones of one phase of a test.
+   */
+  const accessLog = {
+    entries() {
+      let text;
+      try {
+        text = readFileSync(accessLogFile, "utf8");
+      } catch {
+        return [];
+      }
+      return text
+        .split("\n")
+        .filter((line) => line.trim() !== "")
+        .map((line) => {
+          const entry = JSON.parse(line);
+          return { ...entry, timing: parseServerTiming(entry.serverTiming) };
+        });
+    },
+    mark() {
+      return this.entries().length;
+    },
+    since(mark) {
+      return this.entries().slice(mark);
+    },
+  };
+  return { port, host, url, clientHost, stateDir, logFile, logTail, rssBytes, accessLog, stop };
+}
+
+// ---------------------------------------------------------------------------------------
+// The push relay (npm run relay), as its own process.
+
+/**
+ * Starts `node scripts/relay.mjs --to <to> --listen 127.0.0.1:<port> [--chunk <chunk>]`
+ * (port: a free one unless given, so a test can start it again on the same port) and waits
+ * for its ready line. Returns { port, host, url, output(), kill(), stop() }.
+ */
+export async function startRelayProcess({ to, port, chunk, readyTimeoutMs = 30_000 }) {
+  const listenPort = port ?? (await freePort());
+  const args = [join(ROOT, "scripts", "relay.mjs"), "--to", to, "--listen", `127.0.0.1:${listenPort}`];
+  if (chunk !== undefined) args.push("--chunk", String(chunk));
+  const child = spawn(process.execPath, args, { cwd: ROOT, detached: true, stdio: ["ignore", "ignore", "pipe"] });
+  if (child.pid === undefined) throw new Error("could not start the relay");
+  const pgid = child.pid;
+  keeper.track(pgid, `relay :${listenPort}`);
+  let output = "";
+  child.stderr.setEncoding("utf8");
+  child.stderr.on("data", (text) => {
+    if (output.length < 1_000_000) output += text;
+  });
+  let exited = null;
+  child.once("exit", (code, signal) => {
+    exited = { code, signal };
+  });
+  const deadline = Date.now() + readyTimeoutMs;
+  while (!/relay ready/.test(output)) {
+    if (exited || Date.now() > deadline) {
+      await stopGroup(pgid);
+      throw new Error(`the relay did not start (${JSON.stringify(exited)}):\n${output}`);
+    }
+    await delay(50);
+  }
+  const host = `127.0.0.1:${listenPort}`;
+  return {
+    port: listenPort,
+    host,
+    url: `http://${host}`,
+    output: () => output,
+    /** Kills it at once (SIGKILL: as a crash or a pulled plug would) and waits until it is gone. */
+    kill: async () => {
+      keeper.kill(pgid, "SIGKILL");
+      await stopGroup(pgid);
+    },
+    stop: () => stopGroup(pgid),
+  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -575,6 +686,43 @@ export async function startContainerd({ readyTimeoutMs = 30_000 } = {}) {
 // OCI image layouts.
 
 /** Parsed index.json of an OCI layout. */
+/**
+ * Builds a single-manifest OCI layout with umoci: one layer per entry of `layerSizes`,
+ * each a file of random bytes (so every layer is distinct), then garbage-collects so the
+ * layout holds exactly the image's blobs. Returns { layout, tag, descriptor }.
+ */
+export async function buildOciImage(
+  clients,
+  workDir,
+  name,
+  layerSizes,
+  { tag = "latest", arch, layout = join(workDir, name) } = {},
+) {
+  await clients.umoci("init", "--layout", layout).catch(async (error) => {
+    // A second image in an existing layout (multi-arch): init fails because it exists.
+    if (!/exist/i.test(error.result?.stderr ?? "")) throw error;
+  });
+  await clients.umoci("new", "--image", `${layout}:${tag}`);
+  if (arch) await clients.umoci("config", "--image", `${layout}:${tag}`, "--architecture", arch, "--os", "linux");
+  for (const [index, size] of layerSizes.entries()) {
+    const file = join(workDir, `${name}-${tag}-layer${index}.bin`);
+    await writeRandomFile(file, size);
+    await clients.umoci(
+      "insert",
+      "--image",
+      `${layout}:${tag}`,
+      "--history.created_by",
+      `e2e layer ${index}`,
+      file,
+      `/data/layer${index}.bin`,
+      { timeoutMs: 300_000 },
+    );
+    await rm(file);
+  }
+  await clients.umoci("gc", "--layout", layout);
+  return { layout, tag, descriptor: await descriptorFor(layout, tag) };
+}
+
 export async function readIndex(layout) {
   return JSON.parse(await readFile(join(layout, "index.json"), "utf8"));
 }

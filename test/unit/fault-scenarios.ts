@@ -17,7 +17,7 @@ import {
   utf8,
   withDigest,
 } from "./helpers";
-import { expectConsistent, faultAt, installStorage, restoreStorage, type Fault } from "./storage-faults";
+import { expectConsistent, faultAt, installStorage, restoreStorage, wipeStorage, type Fault } from "./storage-faults";
 
 /**
  * Every write a client can make, with a storage fault injected at each storage call it
@@ -52,6 +52,7 @@ export async function expectBlob(name: string, digest: string, bytes: Uint8Array
 export async function runWithFaults<Context>(scenario: Scenario<Context>, fault: Fault): Promise<number> {
   for (let step = 1; step <= 80; step++) {
     restoreStorage();
+    await wipeStorage();
     const context = await scenario.setup(`${fault}-${step}`);
     const faulty = installStorage(faultAt(step, fault));
     const response = await scenario.run(context);

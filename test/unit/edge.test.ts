@@ -1,0 +1,246 @@
+import { env } from "cloudflare:test";
+import { describe, expect, it } from "vitest";
+import { app } from "../../src/app";
+import {
+  BASE,
+  digestStream,
+  expectError,
+  imageManifest,
+  MediaTypes,
+  MiB,
+  pushBlob,
+  pushImage,
+  randomBytes,
+  registry,
+  startUpload,
+  utf8,
+  withDigest,
+} from "./helpers";
+import { installStorage } from "./storage-faults";
+
+/**
+ * Pulls at the edge: links read from KV, bytes by digest from the location's cache, and
+ * every answer's Server-Timing saying what it read.
+ */
+
+/** The size of one R2 read when a blob streams out (blob-store.ts READ_SLICE_BYTES). */
+const READ_SLICE = 16 * MiB;
+
+/** `r2;dur=1;desc="2", cache;desc="hit"` → { r2: 2, cache: "hit", … }. */
+function timing(response: Response): Record<string, number | string> {
+  const parsed: Record<string, number | string> = {};
+  for (const metric of (response.headers.get("Server-Timing") ?? "").split(",")) {
+    const [name, ...parameters] = metric.trim().split(";");
+    const desc = parameters.find((parameter) => parameter.startsWith("desc="))?.slice(6, -1);
+    if (name && desc !== undefined) parsed[name] = /^\d+$/.test(desc) ? Number(desc) : desc;
+  }
+  return parsed;
+}
+
+/** The registry with other settings (no ExecutionContext: background cache writes just run). */
+function withSettings(settings: Partial<Record<string, string>>) {
+  return (path: string, init?: RequestInit) =>
+    Promise.resolve(app.request(new URL(path, BASE).toString(), init, { ...env, ...settings } as Env));
+}
+
+/** Pushes `bytes` through a chunked upload, so a blob over one part is a multipart object. */
+async function pushChunked(name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = `sha256:${[...new Uint8Array(await crypto.subtle.digest("SHA-256", bytes))].map((byte) => byte.toString(16).padStart(2, "0")).join("")}`;
+  const { location } = await startUpload(name);
+  const patched = await registry(location, { method: "PATCH", body: bytes });
+  expect(patched.status).toBe(202);
+  const committed = await registry(withDigest(patched.headers.get("Location") ?? location, digest), { method: "PUT" });
+  expect(committed.status).toBe(201);
+  return digest;
+}
+
+describe("Server-Timing", () => {
+  it("every answer says what it read: r2, kv, cache and do, each with dur and desc", async () => {
+    const response = await registry("/v2/");
+    expect(response.headers.get("Server-Timing")).toMatch(
+      /^r2;dur=[\d.]+;desc="0", kv;dur=[\d.]+;desc="0", cache;dur=[\d.]+;desc="bypass", do;dur=[\d.]+;desc="0"$/,
+    );
+  });
+
+  it("an upload counts its Durable Object calls; a manifest push its R2 writes, as class A", async () => {
+    const { location } = await startUpload("edge/metered");
+    const patched = await registry(location, { method: "PATCH", body: utf8("metered upload") });
+    expect(timing(patched).do).toBe(1);
+    const image = await imageManifest("edge/metered");
+    const pushed = await registry("/v2/edge/metered/manifests/v1", {
+      method: "PUT",
+      headers: { "Content-Type": MediaTypes.ociManifest },
+      body: JSON.stringify(image),
+    });
+    expect(pushed.status).toBe(201);
+    expect(Number(timing(pushed)["r2-class-a"])).toBeGreaterThan(0);
+    expect(Number(timing(pushed)["kv-write"])).toBeGreaterThan(0);
+  });
+});
+
+describe("blobs by digest from the location's cache", () => {
+  it("the first GET reads R2 and fills the cache; the next reads nothing from R2, with Content-Length", async () => {
+    const name = "edge/cached";
+    const bytes = randomBytes(READ_SLICE + 5 * MiB);
+    const digest = await pushChunked(name, bytes);
+    const first = await registry(`/v2/${name}/blobs/${digest}`);
+    expect(first.headers.get("Content-Length")).toBe(String(bytes.byteLength));
+    expect(timing(first)).toMatchObject({ cache: "miss", r2: 2, kv: 2 });
+    expect(await digestStream(first.body ?? new ReadableStream())).toEqual({ digest, size: bytes.byteLength });
+    // The fill runs beside the answer; it is done once the answer was read whole.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const second = await registry(`/v2/${name}/blobs/${digest}`);
+    expect(second.headers.get("Content-Length")).toBe(String(bytes.byteLength));
+    expect(timing(second)).toMatchObject({ cache: "hit", r2: 0 });
+    expect(await digestStream(second.body ?? new ReadableStream())).toEqual({ digest, size: bytes.byteLength });
+  });
+
+  it("a range is answered from the cached copy (206), across R2's read slices", async () => {
+    const name = "edge/range";
+    const bytes = randomBytes(READ_SLICE + 3 * MiB);
+    const digest = await pushChunked(name, bytes);
+    await (await registry(`/v2/${name}/blobs/${digest}`)).arrayBuffer();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const start = READ_SLICE - 10;
+    const ranged = await registry(`/v2/${name}/blobs/${digest}`, {
+      headers: { Range: `bytes=${start}-${start + 99}` },
+    });
+    expect(ranged.status).toBe(206);
+    expect(ranged.headers.get("Content-Range")).toBe(`bytes ${start}-${start + 99}/${bytes.byteLength}`);
+    expect(timing(ranged)).toMatchObject({ cache: "hit", r2: 0 });
+    expect(new Uint8Array(await ranged.arrayBuffer())).toEqual(bytes.slice(start, start + 100));
+  });
+
+  it("every repository linking a blob shares one cached copy, after its own link check", async () => {
+    const bytes = utf8("shared by two repositories");
+    const digest = await pushBlob("edge/one", bytes);
+    await pushBlob("edge/two", bytes);
+    await (await registry(`/v2/edge/one/blobs/${digest}`)).arrayBuffer();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const other = await registry(`/v2/edge/two/blobs/${digest}`);
+    expect(timing(other)).toMatchObject({ cache: "hit", r2: 0 });
+    await other.arrayBuffer();
+    // A repository that does not link it never reaches the cache.
+    await expectError(await registry(`/v2/edge/three/blobs/${digest}`), 404, "BLOB_UNKNOWN");
+  });
+
+  it("the empty blob has Content-Length: 0", async () => {
+    const digest = await pushBlob("edge/empty", new Uint8Array(0));
+    const response = await registry(`/v2/edge/empty/blobs/${digest}`);
+    expect(response.status).toBe(200);
+    expect(response.headers.get("Content-Length")).toBe("0");
+    expect((await response.arrayBuffer()).byteLength).toBe(0);
+  });
+
+  it("a blob over EDGE_CACHE_MAX_BYTES streams from R2 every time; EDGE_CACHE=off and workers.dev bypass the cache", async () => {
+    const digest = await pushBlob("edge/big", randomBytes(64 * 1024));
+    const small = withSettings({ EDGE_CACHE_MAX_BYTES: "1024" });
+    for (let round = 0; round < 2; round++) {
+      const response = await small(`/v2/edge/big/blobs/${digest}`);
+      expect(timing(response)).toMatchObject({ cache: "miss", r2: 1 });
+      await response.arrayBuffer();
+    }
+    const off = await withSettings({ EDGE_CACHE: "off" })(`/v2/edge/big/blobs/${digest}`);
+    expect(timing(off)).toMatchObject({ cache: "bypass", r2: 1 });
+    await off.arrayBuffer();
+    const workersDev = await app.request(`https://registry.example.workers.dev/v2/edge/big/blobs/${digest}`, {}, env);
+    expect(timing(workersDev)).toMatchObject({ cache: "bypass" });
+    await workersDev.arrayBuffer();
+  });
+});
+
+describe("manifests at the edge", () => {
+  it("by digest: the link from KV and the bytes from the cache, no R2 read once warm", async () => {
+    const image = await pushImage("edge/manifest", "v1");
+    const get = () =>
+      registry(`/v2/edge/manifest/manifests/${image.digest}`, { headers: { Accept: MediaTypes.ociManifest } });
+    await (await get()).arrayBuffer();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const warm = await get();
+    expect(timing(warm)).toMatchObject({ r2: 0, cache: "hit" });
+    expect(new Uint8Array(await warm.arrayBuffer())).toEqual(image.bytes);
+    const head = await registry(`/v2/edge/manifest/manifests/${image.digest}`, { method: "HEAD" });
+    expect(head.headers.get("Content-Length")).toBe(String(image.size));
+    expect(timing(head)).toMatchObject({ r2: 0 });
+  });
+
+  it("by tag: one R2 read, the tag (strong by default)", async () => {
+    await pushImage("edge/by-tag", "v1");
+    const get = () => registry("/v2/edge/by-tag/manifests/v1", { headers: { Accept: MediaTypes.ociManifest } });
+    await (await get()).arrayBuffer();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const warm = await get();
+    expect(timing(warm)).toMatchObject({ r2: 1 });
+    await warm.arrayBuffer();
+  });
+
+  it("with EDGE_TAG_TTL_SECONDS a tag read elsewhere is kept here; moved here, it is seen moved at once", async () => {
+    const cached = withSettings({ EDGE_TAG_TTL_SECONDS: "60" });
+    const first = await pushImage("edge/tag-ttl", "latest");
+    const resolve = async () => {
+      const response = await cached("/v2/edge/tag-ttl/manifests/latest", { method: "HEAD" });
+      return { digest: response.headers.get("Docker-Content-Digest"), r2: timing(response).r2 };
+    };
+    expect((await resolve()).digest).toBe(first.digest);
+    await new Promise((wait) => setTimeout(wait, 50));
+    expect(await resolve()).toEqual({ digest: first.digest, r2: 0 });
+    // Moved at another location: this one may answer the old digest until the TTL ends.
+    const second = await pushImage("edge/tag-ttl", undefined, "second");
+    await env.BLOBS.put("repositories/edge/tag-ttl/_manifests/tags/latest", second.digest);
+    expect((await resolve()).digest).toBe(first.digest);
+    // Moved here: seen at once.
+    const moved = await cached("/v2/edge/tag-ttl/manifests/latest", {
+      method: "PUT",
+      headers: { "Content-Type": MediaTypes.ociManifest },
+      body: second.bytes,
+    });
+    expect(moved.status).toBe(201);
+    expect((await resolve()).digest).toBe(second.digest);
+  });
+});
+
+describe("links at the edge", () => {
+  it("a link pushed at another location (not yet in KV here) is never a false 404: R2 answers", async () => {
+    installStorage(undefined, { misses: true });
+    const bytes = utf8("pushed elsewhere a moment ago");
+    const digest = await pushBlob("edge/fresh", bytes);
+    const response = await registry(`/v2/edge/fresh/blobs/${digest}`);
+    expect(response.status).toBe(200);
+    await response.arrayBuffer();
+  });
+
+  it("a link deleted at another location stays visible here only through KV's copy (≤ the TTL); with TTL 0, never", async () => {
+    const bytes = utf8("deleted elsewhere");
+    const digest = await pushBlob("edge/deleted-elsewhere", bytes);
+    const copy = await env.META.get(`link:edge/deleted-elsewhere/_layers/${digest}`);
+    expect(copy).not.toBeNull();
+    // Deleted at another location: R2 has no link; this location's KV still serves the copy.
+    await registry(`/v2/edge/deleted-elsewhere/blobs/${digest}`, { method: "DELETE" });
+    installStorage(undefined, {
+      oldValues: new Map([[`link:edge/deleted-elsewhere/_layers/${digest}`, copy ?? "{}"]]),
+    });
+    const stale = await registry(`/v2/edge/deleted-elsewhere/blobs/${digest}`, { method: "HEAD" });
+    expect(stale.status).toBe(200);
+    const strong = await withSettings({ EDGE_LINK_TTL_SECONDS: "0" })(`/v2/edge/deleted-elsewhere/blobs/${digest}`, {
+      method: "HEAD",
+    });
+    expect(strong.status).toBe(404);
+  });
+
+  it("a link deleted here is gone here at once (its KV copy is deleted first)", async () => {
+    const digest = await pushBlob("edge/deleted-here", utf8("deleted here"));
+    expect((await registry(`/v2/edge/deleted-here/blobs/${digest}`, { method: "DELETE" })).status).toBe(202);
+    expect(await env.META.get(`link:edge/deleted-here/_layers/${digest}`)).toBeNull();
+    await expectError(await registry(`/v2/edge/deleted-here/blobs/${digest}`), 404, "BLOB_UNKNOWN");
+  });
+
+  it("a pull that finds no KV copy writes one, so the next pull reads no R2", async () => {
+    const digest = await pushBlob("edge/repaired", utf8("copy lost"));
+    await env.META.delete(`link:edge/repaired/_layers/${digest}`);
+    const first = await registry(`/v2/edge/repaired/blobs/${digest}`, { method: "HEAD" });
+    expect(timing(first).r2).toBeGreaterThan(0);
+    expect(await env.META.get(`link:edge/repaired/_layers/${digest}`)).not.toBeNull();
+    const second = await registry(`/v2/edge/repaired/blobs/${digest}`, { method: "HEAD" });
+    expect(timing(second)).toMatchObject({ r2: 0, kv: 2 });
+  });
+});
