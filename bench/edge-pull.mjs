@@ -32,6 +32,7 @@
 // --before DIR runs the edge-registry parts once more from another checkout (a worktree of
 // an older commit, with `npm run build:wasm` done there); it has no Server-Timing, so its
 // rows have times but no storage counts. Talks only to 127.0.0.1; every loop is bounded.
+import { spawnSync } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -211,9 +212,32 @@ async function pulls(server, registry, metered) {
   return rows;
 }
 
-/** The small requests a pull starts with, at --clients at once for --seconds each. */
+/** The TCP ports a process listens on (ss), to reach workerd behind the local front. */
+function listeningPorts(pid) {
+  const listed = spawnSync("ss", ["-ltnpH"], { encoding: "utf8", timeout: 10_000 }).stdout ?? "";
+  return listed
+    .split("\n")
+    .filter((line) => line.includes(`pid=${pid},`))
+    .map((line) => Number(/:(\d+)\s/.exec(line)?.[1]))
+    .filter((port) => Number.isInteger(port));
+}
+
+/**
+ * The small requests a pull starts with, at --clients at once for --seconds each, through
+ * the local front (as clients reach `npm start`) and, for edge-registry, at workerd's own
+ * port too: the front is a local stand-in for Cloudflare's edge that costs each request a
+ * proxy hop on this 2-core machine, and the Worker's own rate is what the figure is about.
+ */
 async function smallRequests(server, registry, metered) {
-  const base = server.url;
+  const rows = await smallRequestsAt(server.url, registry, metered);
+  const workerd = workerdChildOf(server.pid);
+  const port = workerd ? listeningPorts(workerd)[0] : undefined;
+  if (port)
+    rows.push(...(await smallRequestsAt(`http://127.0.0.1:${port}`, `${registry} (Worker's own port)`, metered)));
+  return rows;
+}
+
+async function smallRequestsAt(base, registry, metered) {
   const manifest = await request(`${base}/v2/pull/app/manifests/v1`, { headers: { Accept: OCI_MANIFEST } });
   const digest = manifest.headers["docker-content-digest"];
   const config = JSON.parse(manifest.body.toString("utf8")).config.digest;

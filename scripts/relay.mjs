@@ -3,7 +3,8 @@
 // plan's request-body limit (scripts/lib/relay.mjs; README, "Pushing large images to a
 // deployed registry").
 //
-//   npm run relay -- --to https://registry.example.com [--listen 127.0.0.1:5001] [--chunk 95MB] [--quiet]
+//   npm run relay -- --to https://registry.example.com [--listen 127.0.0.1:5001] [--chunk 95MB]
+//                    [--spool-dir DIR] [--quiet]
 //   npx edge-registry-relay --to https://registry.example.com
 //
 // Then push to 127.0.0.1:5001/<name>:<tag> with any client (docker treats 127.0.0.0/8 as
@@ -17,6 +18,8 @@ const usage = `usage: npm run relay -- --to URL [--listen HOST:PORT] [--chunk SI
   --listen HOST:PORT  where clients reach the relay (default 127.0.0.1:5001)
   --chunk SIZE        the largest request body sent on (default 95MB; the plan's limit is
                       100 MB on Free and Pro, 200 MB on Business, 500 MB on Enterprise)
+  --spool-dir DIR     where chunks are spooled on their way (default: the system's
+                      temporary directory; two chunks per layer being pushed)
   --quiet             no progress lines`;
 
 let options;
@@ -26,6 +29,7 @@ try {
       to: { type: "string" },
       listen: { type: "string", default: "127.0.0.1:5001" },
       chunk: { type: "string" },
+      "spool-dir": { type: "string" },
       quiet: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },

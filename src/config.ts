@@ -46,8 +46,8 @@ const DEFAULT_TTL_SECONDS = 7 * 24 * 60 * 60;
 const DEFAULT_MANIFEST_MAX_REFERENCES = 1000;
 const DEFAULT_MANIFEST_MAX_TAGS = 20;
 const DEFAULT_EDGE_LINK_TTL_SECONDS = 60;
-/** The Cache API's per-object limit on the Free, Pro and Business plans. */
-const DEFAULT_EDGE_CACHE_MAX_BYTES = 512 * 1024 * 1024;
+/** Under the Cache API's per-object limit on the Free, Pro and Business plans (512 MB). */
+const DEFAULT_EDGE_CACHE_MAX_BYTES = 500_000_000;
 const DEFAULT_PART_BYTES = 16 * 1024 * 1024;
 /** Part buffers beyond this would not fit a 128 MB isolate next to the request. */
 const MAX_PART_BYTES = 64 * 1024 * 1024;

@@ -1,6 +1,6 @@
 // The push relay: a local HTTP proxy in front of a deployed registry that re-cuts upload
 // bodies into chunks under the plan's request-body limit (README, "Pushing large images
-// to a deployed registry").
+// to a deployed registry"; docs/architecture.md, "The push relay").
 //
 // Cloudflare refuses request bodies over the plan's limit (100 MB on Free and Pro) before
 // the Worker runs, and docker, podman, buildah, skopeo and containerd send each layer as
@@ -13,14 +13,18 @@
 // - Streamed: each chunk is spooled to a temporary file (at most two chunks per upload
 //   exist at once: one being sent, the next being read from the client), never a whole
 //   layer in memory or on disk. The spool is what makes a chunk retryable: a chunk that
-//   fails transiently (a network error, 5xx, 429) is retried after asking the registry
-//   for the upload's offset (GET of the upload), from there.
+//   fails (a network error, 5xx, 429, a busy or moved session) is retried from the
+//   upload's offset as the registry reports it (GET of the upload).
 // - The chunk size is the smaller of --chunk and the registry's advertised
 //   `OCI-Chunk-Max-Length`, rounded down to a multiple of its `OCI-Chunk-Min-Length` (the
 //   registry's part size: chunks of whole parts never leave a tail to stage).
-// - Authentication passes through: the 401 challenge with its absolute token realm (the
-//   client fetches tokens from the registry itself), Bearer and Basic headers. `Location`
-//   headers naming the registry are rewritten to name the relay.
+// - Authentication passes through: Bearer and Basic headers as the client sends them,
+//   and the 401 challenge, whose realm is rewritten to the relay when it is the
+//   registry's own token endpoint: token requests then pass through the relay (to the
+//   registry, unchanged), and the relay keeps in memory what the client logged in with,
+//   so that when the client's short-lived token expires in the middle of a long upload
+//   the relay gets a fresh one for the rest of it, as the client itself would.
+// - `Location` headers naming the registry are rewritten to name the relay.
 // - Pulls and everything else pass through, streamed.
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdtemp, rm, stat } from "node:fs/promises";
@@ -47,10 +51,16 @@ const HOP_BY_HOP = new Set([
 ]);
 /** Headers the relay sets itself on the chunk requests it makes. */
 const BODY_HEADERS = new Set(["content-length", "content-range", "content-type"]);
-const CHUNK_ATTEMPTS = 6;
+/** Attempts per step of an upload (a chunk, the offset, the commit) before the push fails. */
+const ATTEMPTS = 8;
 /** A registry that has not answered a request in this long is given up on (and retried, for chunks). */
 const UPSTREAM_TIMEOUT_MS = 300_000;
+/** How long a client that was answered mid-body is read from (and its bytes dropped) before it is cut off. */
+const LINGER_MS = 30_000;
 const UPLOAD_PATH = /^\/v2\/(.+)\/blobs\/uploads\/?([^/?]*)(\?.*)?$/;
+/** Logins remembered for refreshing tokens (see the header comment), and for how long. */
+const LOGINS_MAX = 10_000;
+const LOGIN_TTL_MS = 24 * 60 * 60 * 1000;
 
 class RelayError extends Error {
   constructor(status, code, message, answer) {
@@ -66,10 +76,16 @@ function ociError(code, message) {
   return JSON.stringify({ errors: [{ code, message }] });
 }
 
+/** Whether an answer to a step of an upload is worth retrying (from the registry's offset). */
+function transient(status) {
+  return status >= 500 || status === 429 || status === 409 || status === 416 || status === 408;
+}
+
 /**
  * Starts a relay to the registry at `to` (an http(s) URL), listening on `listen`
  * (host:port). `chunk`: the largest body sent upstream, in bytes. `log`: where progress
- * and errors go (stderr by default); `quiet` keeps progress out of it.
+ * and errors go (stderr by default); `quiet` keeps progress out of it. `spoolDir`: where
+ * chunks are spooled (the system's temporary directory by default).
  * Returns { url, port, close() }.
  */
 export async function startRelay({
@@ -77,6 +93,7 @@ export async function startRelay({
   listen = "127.0.0.1:5001",
   chunk = DEFAULT_CHUNK_BYTES,
   quiet = false,
+  spoolDir = tmpdir(),
   log = (line) => process.stderr.write(`${line}\n`),
 }) {
   const target = new URL(to);
@@ -86,6 +103,12 @@ export async function startRelay({
   const [host, portText] = listen.includes(":") ? listen.split(/:(?=[^:]*$)/) : ["127.0.0.1", listen];
   /** What the registry told us about chunks (POST answers). */
   const advertised = { min: 0, max: Infinity };
+  /** The registry's token endpoint path when the relay passes it through (realm rewritten), else null. */
+  let tokenPath = null;
+  /** access token → { authorization (Basic), refreshToken, service, until } */
+  const logins = new Map();
+  /** Spool directories of uploads in flight, removed on close. */
+  const spools = new Set();
   let relayOrigin = "";
 
   const chunkBytes = () => {
@@ -113,13 +136,30 @@ export async function startRelay({
     return headers;
   }
 
-  /** The registry's answer headers as the client should see them: Location names the relay. */
+  /** A challenge whose realm is the registry's own token endpoint points at the relay's instead. */
+  function rewriteChallenge(value) {
+    return value.replace(/realm="([^"]*)"/, (whole, realm) => {
+      let url;
+      try {
+        url = new URL(realm);
+      } catch {
+        return whole;
+      }
+      if (url.origin !== target.origin) return whole;
+      tokenPath = url.pathname;
+      return `realm="${relayOrigin}${url.pathname}${url.search}"`;
+    });
+  }
+
+  /** The registry's answer headers as the client should see them: Location and realm name the relay. */
   function answerHeaders(headers) {
     const result = {};
     for (const [name, value] of Object.entries(headers)) {
       if (HOP_BY_HOP.has(name)) continue;
       if (name === "location" && typeof value === "string" && value.startsWith(target.origin)) {
         result[name] = relayOrigin + value.slice(target.origin.length);
+      } else if (name === "www-authenticate") {
+        result[name] = Array.isArray(value) ? value.map(rewriteChallenge) : rewriteChallenge(value);
       } else {
         result[name] = value;
       }
@@ -127,7 +167,11 @@ export async function startRelay({
     return result;
   }
 
-  /** One request to the registry; resolves its answer ({ status, headers, body: Buffer }) or the streaming answer. */
+  /**
+   * One request to the registry; resolves its answer ({ status, headers, body: Buffer }) or,
+   * with `stream`, the streaming answer. `body`: a Buffer, a string, or a function making
+   * a fresh stream (so the request can be sent again).
+   */
   function upstream(method, path, headers, body, { stream = false } = {}) {
     return new Promise((resolveAnswer, rejectAnswer) => {
       const outgoing = transport.request({
@@ -145,7 +189,7 @@ export async function startRelay({
       outgoing.on("error", rejectAnswer);
       outgoing.on("response", (answer) => {
         if (stream) {
-          resolveAnswer(answer);
+          resolveAnswer({ answer, outgoing });
           return;
         }
         const chunks = [];
@@ -158,8 +202,9 @@ export async function startRelay({
       if (body === undefined || body === null) outgoing.end();
       else if (Buffer.isBuffer(body) || typeof body === "string") outgoing.end(body);
       else {
-        body.on("error", (error) => outgoing.destroy(error));
-        body.pipe(outgoing);
+        const source = typeof body === "function" ? body() : body;
+        source.on("error", (error) => outgoing.destroy(error));
+        source.pipe(outgoing);
       }
     });
   }
@@ -179,29 +224,134 @@ export async function startRelay({
     response.end(body);
   }
 
-  function replyError(response, error) {
+  function replyError(response, error, extraHeaders = {}) {
     if (error instanceof RelayError && error.answer) {
-      reply(response, error.answer.status, answerHeaders(error.answer.headers), error.answer.body);
+      reply(
+        response,
+        error.answer.status,
+        { ...answerHeaders(error.answer.headers), ...extraHeaders },
+        error.answer.body,
+      );
       return;
     }
     const status = error instanceof RelayError ? error.status : 502;
     const code = error instanceof RelayError ? error.code : "UNAVAILABLE";
     const body = ociError(code, error.message);
-    reply(response, status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body) }, body);
+    reply(
+      response,
+      status,
+      { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(body), ...extraHeaders },
+      body,
+    );
   }
 
-  /** Everything but large upload bodies: forwarded as it is, both ways, streamed. */
+  // ---- logins, for tokens that expire in the middle of a long upload ----
+
+  function remember(token, login) {
+    if (typeof token !== "string" || token === "") return;
+    if (logins.size >= LOGINS_MAX) logins.clear();
+    logins.set(token, { ...login, until: Date.now() + LOGIN_TTL_MS });
+  }
+
+  /** A token request passed through: forwarded unchanged, what it logged in with remembered under the token it got. */
+  async function passToken(request, response) {
+    const chunks = [];
+    for await (const piece of request) {
+      chunks.push(piece);
+      if (chunks.reduce((sum, part) => sum + part.length, 0) > 64 * 1024) throw new Error("token request too large");
+    }
+    const body = Buffer.concat(chunks);
+    const headers = forwardedHeaders(request);
+    const answer = await upstream(request.method, request.url, headers, body.length > 0 ? body : undefined).catch(
+      (error) => {
+        throw unreachable(error);
+      },
+    );
+    if (answer.status === 200) {
+      const url = new URL(request.url, "http://relay");
+      const login = { service: url.searchParams.get("service") ?? "" };
+      if (request.method === "GET" && /^basic /i.test(request.headers.authorization ?? "")) {
+        login.authorization = request.headers.authorization;
+      } else if (request.method === "POST") {
+        const form = new URLSearchParams(body.toString("utf8"));
+        login.service = form.get("service") ?? login.service;
+        if (form.get("grant_type") === "password") {
+          const basic = Buffer.from(`${form.get("username") ?? ""}:${form.get("password") ?? ""}`).toString("base64");
+          login.authorization = `Basic ${basic}`;
+        }
+        if (form.get("grant_type") === "refresh_token") login.refreshToken = form.get("refresh_token");
+      }
+      try {
+        const issued = JSON.parse(answer.body.toString("utf8"));
+        if (issued.refresh_token) login.refreshToken = issued.refresh_token;
+        if (login.authorization || login.refreshToken) {
+          remember(issued.token, login);
+          remember(issued.access_token, login);
+        }
+      } catch {
+        // Not JSON: nothing to remember.
+      }
+    }
+    reply(response, answer.status, answerHeaders(answer.headers), answer.body);
+  }
+
+  /**
+   * A fresh Authorization for an upload whose token was refused (401), from what its client
+   * logged in with through the relay; null when the relay cannot (no remembered login, or
+   * the login is refused now).
+   */
+  async function refreshed(authorization, name, challenge) {
+    const token = /^bearer (\S+)/i.exec(authorization ?? "")?.[1];
+    const login = token ? logins.get(token) : undefined;
+    if (!login || login.until < Date.now() || !tokenPath) return null;
+    const service = /service="([^"]*)"/.exec(challenge ?? "")?.[1] ?? login.service;
+    const scope = `repository:${name}:pull,push`;
+    let answer;
+    if (login.authorization) {
+      const query = new URLSearchParams({ service, scope });
+      answer = await upstream("GET", `${tokenPath}?${query}`, { Authorization: login.authorization });
+    } else {
+      const form = new URLSearchParams({
+        grant_type: "refresh_token",
+        refresh_token: login.refreshToken,
+        service,
+        scope,
+        client_id: "edge-registry-relay",
+      });
+      answer = await upstream(
+        "POST",
+        tokenPath,
+        { "Content-Type": "application/x-www-form-urlencoded" },
+        form.toString(),
+      );
+    }
+    if (answer.status !== 200) return null;
+    const issued = JSON.parse(answer.body.toString("utf8"));
+    const fresh = issued.token ?? issued.access_token;
+    if (!fresh) return null;
+    remember(fresh, login);
+    log(`relay: ${name}: the client's token expired during the upload; continuing with a fresh one`);
+    return `Bearer ${fresh}`;
+  }
+
+  // ---- pass-through ----
+
+  /** Everything but large upload bodies and token requests: forwarded as it is, both ways, streamed. */
   function passThrough(request, response) {
     const headers = forwardedHeaders(request);
     if (request.headers["transfer-encoding"] !== undefined) headers["Transfer-Encoding"] = "chunked";
     const hasBody =
       request.headers["transfer-encoding"] !== undefined || Number(request.headers["content-length"] ?? 0) > 0;
     upstream(request.method, request.url, headers, hasBody ? request : undefined, { stream: true }).then(
-      (answer) => {
+      ({ answer, outgoing }) => {
         if (request.method === "POST") learn(answer.headers);
         response.writeHead(answer.statusCode ?? 502, answerHeaders(answer.headers));
         answer.pipe(response);
         answer.on("aborted", () => response.destroy());
+        // The client went away: so does the request to the registry.
+        response.on("close", () => {
+          if (!response.writableFinished) outgoing.destroy();
+        });
       },
       (error) => {
         request.resume();
@@ -210,11 +360,52 @@ export async function startRelay({
     );
   }
 
+  // ---- uploads re-cut into chunks ----
+
+  /**
+   * A step of an upload, sent until it gets an answer that is not worth retrying: a 401
+   * is retried once with a fresh token (refreshed), a network error or a transient status
+   * after a growing wait; `retryable(status)` narrows what is retried (a chunk decides
+   * for itself: it resumes from the offset).
+   */
+  async function step(upload, what, send, { retryable = transient } = {}) {
+    for (let attempt = 1; ; attempt++) {
+      let answer;
+      try {
+        answer = await send(upload.headers);
+      } catch (error) {
+        if (attempt >= ATTEMPTS) throw unreachable(error);
+        log(`relay: ${upload.name}: ${what} failed (${error.code ?? error.message}); retrying`);
+        await delay(Math.min(8000, 250 * 2 ** attempt));
+        continue;
+      }
+      if (answer.status === 401 && !upload.refreshedAt401) {
+        const fresh = await refreshed(
+          upload.headers.Authorization ?? upload.headers.authorization,
+          upload.name,
+          answer.headers["www-authenticate"],
+        ).catch(() => null);
+        if (fresh) {
+          upload.headers = Object.fromEntries(
+            Object.entries(upload.headers).filter(([name]) => name.toLowerCase() !== "authorization"),
+          );
+          upload.headers.Authorization = fresh;
+          upload.refreshedAt401 = true;
+          continue;
+        }
+      }
+      if (answer.status !== 401) upload.refreshedAt401 = false;
+      if (!retryable(answer.status) || attempt >= ATTEMPTS) return answer;
+      log(`relay: ${upload.name}: ${what} got ${answer.status}; retrying`);
+      await delay(Math.min(8000, 250 * 2 ** attempt));
+    }
+  }
+
   /** The upload's offset as the registry has it (GET of the upload: `Range: 0-<last>`). */
-  async function offsetOf(location, headers) {
-    const answer = await upstream("GET", location, headers).catch((error) => {
-      throw unreachable(error);
-    });
+  async function offsetOf(upload, location) {
+    const answer = await step(upload, "asking for the upload's offset", (headers) =>
+      upstream("GET", location, headers),
+    );
     if (answer.status !== 204 && answer.status !== 202 && answer.status !== 200) {
       throw new RelayError(answer.status, "BLOB_UPLOAD_UNKNOWN", "the registry does not know the upload", answer);
     }
@@ -233,88 +424,83 @@ export async function startRelay({
 
   /**
    * Sends the client's body on in chunks from `offset` on: each chunk spooled, then
-   * PATCHed with Content-Range, retried from the registry's offset when it fails
-   * transiently. Returns the last answer's Location and the registry's offset at the end.
+   * PATCHed with Content-Range, resumed from the registry's offset when it fails. Returns
+   * the last answer's Location and the registry's last answer. The spool directory is
+   * removed however it ends, once the read of the next chunk has settled.
    */
-  async function sendInChunks(request, location, offset, headers, progress) {
+  async function sendInChunks(upload, source, location, offset, progress) {
     const size = chunkBytes();
-    const spoolDir = await mkdtemp(join(tmpdir(), "edge-registry-relay-"));
-    const source = new ByteSource(request);
+    const dir = await mkdtemp(join(spoolDir, "edge-registry-relay-"));
+    spools.add(dir);
+    let pending = Promise.resolve({ length: 0 });
     try {
       let nextFile = 0;
-      const fill = async () => {
-        const file = join(spoolDir, `chunk-${nextFile++ % 2}`);
-        const length = await source.take(size, file);
-        return { file, length };
-      };
-      let pending = fill();
+      const fill = () => source.take(size, join(dir, `chunk-${nextFile++ % 2}`));
+      pending = fill();
       let last = null;
       for (;;) {
         const current = await pending;
         if (current.length === 0) break;
         pending = current.length < size ? Promise.resolve({ length: 0 }) : fill();
-        // Keep the next read going while this chunk is sent; surface its failure later.
+        // Keep the next read going while this chunk is sent; its failure surfaces when awaited.
         pending.catch(() => undefined);
-        last = await sendChunk(current, location, offset, headers);
+        last = await sendChunk(upload, current, location, offset);
         location = last.location;
         offset += current.length;
         progress.sent(current.length);
       }
-      return { location, offset, answer: last?.answer ?? null };
+      return { location, answer: last?.answer ?? null };
     } finally {
-      await rm(spoolDir, { recursive: true, force: true });
+      await pending.catch(() => undefined);
+      await rm(dir, { recursive: true, force: true });
+      spools.delete(dir);
     }
   }
 
-  async function sendChunk({ file, length }, location, start, headers) {
+  async function sendChunk(upload, { file, length }, location, start) {
     let skip = 0;
     for (let attempt = 1; ; attempt++) {
-      let failure;
-      try {
-        const answer = await upstream(
-          "PATCH",
-          location,
-          {
-            ...headers,
-            "Content-Type": "application/octet-stream",
-            "Content-Length": String(length - skip),
-            "Content-Range": `${start + skip}-${start + length - 1}`,
-          },
-          createReadStream(file, { start: skip, highWaterMark: 1024 * 1024 }),
+      const answer = await step(
+        upload,
+        `a chunk (${start + skip}-${start + length - 1})`,
+        (headers) =>
+          upstream(
+            "PATCH",
+            location,
+            {
+              ...headers,
+              "Content-Type": "application/octet-stream",
+              "Content-Length": String(length - skip),
+              "Content-Range": `${start + skip}-${start + length - 1}`,
+            },
+            () => createReadStream(file, { start: skip, highWaterMark: 1024 * 1024 }),
+          ),
+        // Anything transient is resumed from the registry's offset below, not resent blindly.
+        { retryable: () => false },
+      );
+      if (answer.status === 202 || answer.status === 204) {
+        return { location: pathOf(answer.headers.location ?? location), answer };
+      }
+      if (answer.status === 413) {
+        const message =
+          `the registry refused a ${formatBytes(length - skip)} chunk as too large (413): ` +
+          "lower --chunk (the plan's request-body limit, or the registry's MAX_CHUNK_LENGTH)";
+        log(`relay: ${message}`);
+        throw new RelayError(413, "SIZE_INVALID", message);
+      }
+      if (!transient(answer.status) || attempt >= ATTEMPTS) {
+        throw new RelayError(
+          answer.status,
+          "BLOB_UPLOAD_INVALID",
+          `the registry refused a chunk (${answer.status})`,
+          answer,
         );
-        if (answer.status === 202 || answer.status === 204) {
-          return { location: pathOf(answer.headers.location ?? location), answer };
-        }
-        if (answer.status === 413) {
-          const message =
-            `the registry refused a ${formatBytes(length - skip)} chunk as too large (413): ` +
-            "lower --chunk (the plan's request-body limit, or the registry's MAX_CHUNK_LENGTH)";
-          log(`relay: ${message}`);
-          throw new RelayError(413, "SIZE_INVALID", message);
-        }
-        if (answer.status < 500 && answer.status !== 429) {
-          throw new RelayError(
-            answer.status,
-            "BLOB_UPLOAD_INVALID",
-            `the registry refused a chunk (${answer.status})`,
-            answer,
-          );
-        }
-        failure = new Error(`HTTP ${answer.status}`);
-      } catch (error) {
-        if (error instanceof RelayError) throw error;
-        failure = error;
       }
-      if (attempt >= CHUNK_ATTEMPTS) throw unreachable(failure);
-      log(`relay: a chunk failed (${failure.message}); asking the registry where to resume (attempt ${attempt + 1})`);
-      await delay(Math.min(8000, 250 * 2 ** attempt));
-      let registryOffset;
-      try {
-        registryOffset = await offsetOf(location, headers);
-      } catch (error) {
-        if (error instanceof RelayError && error.status !== 502) throw error;
-        continue;
-      }
+      // A busy session (another request of ours still holds it), an offset that moved, or
+      // a failure: wait, ask where the upload stands, and go on from there.
+      log(`relay: ${upload.name}: a chunk got ${answer.status}; asking the registry where to resume`);
+      await delay(Math.min(8000, 500 * 2 ** attempt));
+      const registryOffset = await offsetOf(upload, location);
       if (registryOffset === start + length) return { location, answer: null };
       if (registryOffset < start || registryOffset > start + length) {
         throw new RelayError(
@@ -328,22 +514,19 @@ export async function startRelay({
   }
 
   /** An upload body over the chunk size (or of unknown length): re-cut, then committed as the client asked. */
-  async function recut(request, response, match) {
+  async function recut(request, response, match, source) {
     const name = match[1];
     const url = new URL(request.url, "http://relay");
-    const headers = forwardedHeaders(request, { dropBody: true });
+    const upload = { name, headers: forwardedHeaders(request, { dropBody: true }), refreshedAt401: false };
     const digest = url.searchParams.get("digest");
-    let location;
+    url.searchParams.delete("digest");
+    let location = `${url.pathname}${url.search}`;
     let offset;
     if (request.method === "POST") {
       // A monolithic upload: start a session, send the chunks, commit.
-      url.searchParams.delete("digest");
-      const started = await upstream("POST", `${url.pathname}${url.search}`, {
-        ...headers,
-        "Content-Length": "0",
-      }).catch((error) => {
-        throw unreachable(error);
-      });
+      const started = await step(upload, "starting the upload", (headers) =>
+        upstream("POST", location, { ...headers, "Content-Length": "0" }, ""),
+      );
       if (started.status !== 202) {
         throw new RelayError(started.status, "BLOB_UPLOAD_INVALID", "the registry did not start an upload", started);
       }
@@ -351,33 +534,55 @@ export async function startRelay({
       location = pathOf(started.headers.location);
       offset = 0;
     } else {
-      url.searchParams.delete("digest");
-      location = `${url.pathname}${url.search}`;
       const range = /^(?:bytes[ =])?(\d+)-\d+/.exec(request.headers["content-range"] ?? "");
-      offset = range ? Number(range[1]) : await offsetOf(location, headers);
+      offset = range ? Number(range[1]) : await offsetOf(upload, location);
     }
     const progress = new Progress(name, digest ?? match[2], quiet, log);
-    const sent = await sendInChunks(request, location, offset, headers, progress);
+    const sent = await sendInChunks(upload, source, location, offset, progress);
     progress.done();
     if (request.method === "PATCH") {
-      const answered = sent.answer ?? (await upstream("GET", sent.location, headers));
+      const answered =
+        sent.answer ??
+        (await step(upload, "asking for the upload's state", (headers) => upstream("GET", sent.location, headers)));
       const answerStatus = answered.status === 204 ? 202 : answered.status;
       reply(response, answerStatus, { ...answerHeaders(answered.headers), "content-length": "0" });
       return;
     }
     const commit = new URL(sent.location, target.origin);
     commit.searchParams.set("digest", digest ?? "");
-    const committed = await upstream("PUT", `${commit.pathname}${commit.search}`, {
-      ...headers,
-      "Content-Length": "0",
-    }).catch((error) => {
-      throw unreachable(error);
-    });
+    // Commits are safe to retry on this registry (and on distribution): a lost answer is
+    // answered again, not committed twice.
+    const committed = await step(upload, "committing", (headers) =>
+      upstream("PUT", `${commit.pathname}${commit.search}`, { ...headers, "Content-Length": "0" }, ""),
+    );
     reply(response, committed.status, answerHeaders(committed.headers), committed.body);
+  }
+
+  /**
+   * After an upload failed while its client may still be sending: answer with
+   * `Connection: close`, read and drop what the client still sends, and close once it has
+   * stopped or after LINGER_MS (a close while its bytes arrive would reset the connection
+   * and could destroy the answer).
+   */
+  function failUpload(request, response, source, error) {
+    if (!(error instanceof RelayError)) log(`relay: ${error.message}`);
+    replyError(response, error, { Connection: "close" });
+    const socket = request.socket;
+    const timer = setTimeout(() => socket.destroy(), LINGER_MS);
+    timer.unref();
+    source.discard().finally(() => {
+      clearTimeout(timer);
+      socket.end();
+    });
   }
 
   const server = http.createServer({ requestTimeout: 0, headersTimeout: 60_000, maxHeaderSize: 64 * 1024 });
   server.on("request", (request, response) => {
+    const path = new URL(request.url ?? "/", "http://relay").pathname;
+    if (tokenPath !== null && path === tokenPath) {
+      passToken(request, response).catch((error) => replyError(response, error));
+      return;
+    }
     const match = UPLOAD_PATH.exec(request.url ?? "");
     const length = request.headers["content-length"];
     const unknownLength = request.headers["transfer-encoding"] !== undefined;
@@ -385,11 +590,8 @@ export async function startRelay({
     const carriesLayer = ["PATCH", "PUT", "POST"].includes(request.method) && large;
     const committing = request.method !== "PATCH" && new URL(request.url, "http://relay").searchParams.has("digest");
     if (match && carriesLayer && (request.method === "PATCH" || committing)) {
-      recut(request, response, match).catch((error) => {
-        request.resume();
-        if (!(error instanceof RelayError)) log(`relay: ${error.stack ?? error.message}`);
-        replyError(response, error);
-      });
+      const source = new ByteSource(request);
+      recut(request, response, match, source).catch((error) => failUpload(request, response, source, error));
       return;
     }
     passThrough(request, response);
@@ -403,6 +605,7 @@ export async function startRelay({
     close: async () => {
       agent.destroy();
       await listener.close();
+      await Promise.all([...spools].map((dir) => rm(dir, { recursive: true, force: true })));
     },
   };
 }
@@ -415,13 +618,18 @@ class ByteSource {
     this.ended = false;
   }
 
-  /** Writes up to `max` bytes into `file`; resolves how many (0: the stream had ended). */
+  /** Writes up to `max` bytes into `file`; resolves { file, length } (length 0: the stream had ended). */
   async take(max, file) {
     const out = createWriteStream(file, { highWaterMark: 1024 * 1024 });
+    let failed = null;
     const finished = new Promise((resolveFinish, rejectFinish) => {
       out.once("finish", resolveFinish);
-      out.once("error", rejectFinish);
+      out.once("error", (error) => {
+        failed = error;
+        rejectFinish(error);
+      });
     });
+    finished.catch(() => undefined);
     let taken = 0;
     try {
       while (taken < max) {
@@ -441,14 +649,34 @@ class ByteSource {
           piece = piece.subarray(0, max - taken);
         }
         taken += piece.length;
-        if (!out.write(piece)) await new Promise((resolveDrain) => out.once("drain", resolveDrain));
+        if (!out.write(piece)) {
+          // A spool that cannot be written (a full disk) fails the upload, never hangs it.
+          await new Promise((resolveDrain, rejectDrain) => {
+            out.once("drain", resolveDrain);
+            out.once("error", rejectDrain);
+          });
+        }
+        if (failed) throw failed;
       }
     } finally {
       out.end();
     }
     await finished;
     if ((await stat(file)).size !== taken) throw new Error("the spool file is not what was read");
-    return taken;
+    return { file, length: taken };
+  }
+
+  /** Reads what is left of the stream and drops it. */
+  async discard() {
+    this.leftover = null;
+    try {
+      while (!this.ended) {
+        const next = await this.iterator.next();
+        if (next.done) this.ended = true;
+      }
+    } catch {
+      this.ended = true;
+    }
   }
 }
 

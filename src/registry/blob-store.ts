@@ -1,4 +1,4 @@
-import { parseDigest, type Digest } from "../oci/digest";
+import { parseDigest, toHex, webCryptoName, type Digest } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
 import { currentMeter } from "./meter";
 import { Paths } from "./paths";
@@ -28,7 +28,7 @@ const READ_SLICE_BYTES = 16 * 1024 * 1024;
 /** Smallest chunk a blob read passes on (see BlobStore.open). */
 const READ_CHUNK_BYTES = 256 * 1024;
 
-function isBlobDescriptor(value: unknown): value is BlobDescriptor {
+export function isBlobDescriptor(value: unknown): value is BlobDescriptor {
   if (typeof value !== "object" || value === null) return false;
   const record = value as Record<string, unknown>;
   return typeof record.digest === "string" && typeof record.size === "number" && typeof record.key === "string";
@@ -145,8 +145,24 @@ export class BlobStore {
    * (the cached descriptor was stale), else null.
    */
   private async current(descriptor: BlobDescriptor): Promise<BlobDescriptor | null> {
-    const fresh = await this.stat(parseDigest(descriptor.digest), { strong: true });
-    return fresh && fresh.key !== descriptor.key ? fresh : null;
+    const digest = parseDigest(descriptor.digest);
+    const fresh = await this.stat(digest, { strong: true });
+    if (!fresh || fresh.key === descriptor.key) return null;
+    // The KV copy named an object that is gone: correct it while here.
+    await this.cache(digest, fresh);
+    return fresh;
+  }
+
+  /**
+   * The descriptor whose object is there now, for a caller that hands the object's key
+   * out (a presigned redirect): `descriptor` when its object exists, the current one from
+   * R2 when a stale copy named a gone object, else BLOB_UNKNOWN. One R2 head.
+   */
+  async withObject(descriptor: BlobDescriptor): Promise<BlobDescriptor> {
+    if (await this.hasBytes(descriptor)) return descriptor;
+    const current = await this.current(descriptor);
+    if (current && (await this.hasBytes(current))) return current;
+    throw new RegistryError("BLOB_UNKNOWN", "blob content missing from storage", { digest: descriptor.digest });
   }
 
   /**
@@ -173,18 +189,28 @@ export class BlobStore {
 
   /**
    * The whole blob as two streams of known length, for the client and for the edge cache,
-   * read from R2 once. They advance together (each chunk is written to both before the
-   * next is read), so memory stays at a chunk or two however far apart the two readers'
-   * speeds are; the client's stream fails both when it fails, the cache's only itself.
-   * A single slice is teed natively: its lag is bounded by the slice.
+   * read from R2 once, and `verified`: whether the cache's copy got every byte and the
+   * bytes hash to the blob's digest (the caller drops the cache entry otherwise: a copy
+   * cut short by a client that went away, or bytes that do not match, must never be
+   * served from the cache under that digest). The two streams advance together (each
+   * chunk is written to both before the next is read), so memory stays at a chunk or two
+   * however far apart the two readers' speeds are; the client's stream failing fails
+   * both, the cache's only itself. A single slice is teed natively (its lag is bounded
+   * by the slice) and hashed from a third native branch.
    */
-  async openTwice(descriptor: BlobDescriptor): Promise<[ReadableStream<Uint8Array>, ReadableStream<Uint8Array>]> {
+  async openTwice(descriptor: BlobDescriptor): Promise<CachedCopy> {
     const slices = await this.slices(descriptor);
-    if (slices.only) return slices.only.tee();
+    const digest = parseDigest(descriptor.digest);
+    if (slices.only) {
+      const [body, rest] = slices.only.tee();
+      const [copy, hashed] = rest.tee();
+      const verified = hashOfStream(hashed, digest).then((computed) => computed === descriptor.digest);
+      return { body, copy, verified };
+    }
     const client = new FixedLengthStream(slices.length);
     const copy = new FixedLengthStream(slices.length);
-    void pump(slices, [client.writable.getWriter(), copy.writable.getWriter()]);
-    return [client.readable, copy.readable];
+    const verified = pump(slices, [client.writable.getWriter(), copy.writable.getWriter()], digest);
+    return { body: client.readable, copy: copy.readable, verified };
   }
 
   /** Opens the slices of a range, the first one fetched (see open). */
@@ -258,37 +284,103 @@ async function* emptyChunks(): AsyncGenerator<Uint8Array<ArrayBuffer>> {
   return;
 }
 
+/** Two streams of one blob for the client and the edge cache (BlobStore.openTwice). */
+export interface CachedCopy {
+  body: ReadableStream<Uint8Array>;
+  copy: ReadableStream<Uint8Array>;
+  /** Resolves true once the copy has every byte and they hash to the digest; false otherwise. */
+  verified: Promise<boolean>;
+}
+
+/** How long the cache's copy may hold a chunk up before it is dropped (the client never waits longer on it). */
+const COPY_WRITE_TIMEOUT_MS = 10_000;
+
+/** `algorithm:hex` of a whole stream, natively hashed; null for algorithms the runtime cannot stream. */
+async function hashOfStream(stream: ReadableStream<Uint8Array>, digest: Digest): Promise<string | null> {
+  const name = webCryptoName(digest.algorithm);
+  const hasher = name === "SHA-256" || name === "SHA-512" ? new crypto.DigestStream(name) : null;
+  if (!hasher) {
+    await stream.cancel();
+    return null;
+  }
+  await stream.pipeTo(hasher);
+  return `${digest.algorithm}:${toHex(await hasher.digest)}`;
+}
+
 /**
  * Writes the slices' chunks into `writers` (the client's first), each chunk to all of
  * them before the next is read. A failing client ends everything (its reader is gone);
- * a failing other writer (the cache's) is dropped and the rest go on. A failing read
- * aborts every writer, so no reader takes a short body for a whole one.
+ * a failing other writer (the cache's), or one that holds a chunk up for longer than
+ * COPY_WRITE_TIMEOUT_MS, is dropped and the rest go on. A failing read aborts every
+ * writer, so no reader takes a short body for a whole one. With `digest`, the bytes are
+ * hashed on the way: the other writers are closed only when they match (else aborted),
+ * and the result says whether every other writer got them all, matching.
  */
-async function pump(slices: Slices, writers: WritableStreamDefaultWriter<Uint8Array>[]): Promise<void> {
+async function pump(
+  slices: Slices,
+  writers: WritableStreamDefaultWriter<Uint8Array>[],
+  digest?: Digest,
+): Promise<boolean> {
   const [client, ...others] = writers;
-  if (!client) return;
+  if (!client) return false;
+  const hashName = digest ? webCryptoName(digest.algorithm) : null;
+  const hasher = hashName === "SHA-256" || hashName === "SHA-512" ? new crypto.DigestStream(hashName) : null;
+  const hashing = hasher?.getWriter();
+  // An abort below rejects these; they are settled here, not left unhandled.
+  void hasher?.digest.catch(() => undefined);
+  for (const writer of [...writers, ...(hashing ? [hashing] : [])]) void writer.closed.catch(() => undefined);
   let live = others;
   let sinceYield = 0;
   try {
     for await (const chunk of slices.chunks()) {
       const copies = live.map(() => chunk.slice());
+      if (hashing) await hashing.write(chunk.slice());
       const results = await Promise.allSettled([
         client.write(chunk),
-        ...live.map((writer, index) => writer.write(copies[index] ?? chunk)),
+        ...live.map((writer, index) => writeWithin(writer, copies[index] ?? chunk, COPY_WRITE_TIMEOUT_MS)),
       ]);
       if (results[0]?.status === "rejected") throw new Error("the client went away");
-      live = live.filter((_, index) => results[index + 1]?.status === "fulfilled");
+      const dropped = live.filter((_, index) => results[index + 1]?.status !== "fulfilled");
+      for (const writer of dropped)
+        await writer.abort(new Error("the copy fell behind or failed")).catch(() => undefined);
+      live = live.filter((writer) => !dropped.includes(writer));
       sinceYield += chunk.byteLength;
       if (sinceYield >= YIELD_EVERY_BYTES) {
         sinceYield = 0;
         await yieldToOtherRequests();
       }
     }
+    let matches = true;
+    if (hashing && hasher && digest) {
+      await hashing.close();
+      matches = `${digest.algorithm}:${toHex(await hasher.digest)}` === digest.value;
+    }
+    if (!matches) {
+      // The stored bytes are not what their digest says: fail the client's answer rather
+      // than end it as if whole, and keep the copy out of the cache.
+      const mismatch = new Error(`the bytes of ${digest?.value ?? "the blob"} do not match its digest`);
+      await Promise.all(writers.map((writer) => writer.abort(mismatch).catch(() => undefined)));
+      return false;
+    }
     await Promise.all([client, ...live].map((writer) => writer.close().catch(() => undefined)));
+    return live.length === others.length;
   } catch (error) {
     await slices.cancel(error).catch(() => undefined);
+    await hashing?.abort(error).catch(() => undefined);
     await Promise.all(writers.map((writer) => writer.abort(error).catch(() => undefined)));
+    return false;
   }
+}
+
+/** A write that fails after `ms` if its reader has not taken the chunk. */
+function writeWithin(writer: WritableStreamDefaultWriter<Uint8Array>, chunk: Uint8Array, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`the copy took no chunk in ${ms} ms`)), ms);
+  });
+  return Promise.race([writer.write(chunk), late]).finally(() => {
+    if (timer !== null) clearTimeout(timer);
+  });
 }
 
 /** How much a body passes on between two yields (yieldToOtherRequests): ~40 ms of a local pull. */

@@ -26,6 +26,10 @@ export interface EdgeCacheOptions {
 }
 
 const IMMUTABLE = "public, max-age=31536000, immutable";
+
+function blobHeaders(size: number): HeadersInit {
+  return { "Content-Length": String(size), "Content-Type": "application/octet-stream", "Cache-Control": IMMUTABLE };
+}
 const CACHE_NAME = "edge-registry";
 
 async function timed<T>(operation: string, call: () => Promise<T>): Promise<T> {
@@ -60,10 +64,11 @@ export class EdgeCache {
 
   /**
    * The cached bytes of `digest` (or the `range` of them: the cache answers ranges itself,
-   * 206), or null on a miss. A cached answer that does not fit the request (a 200 for a
-   * range) is treated as a miss.
+   * 206), or null on a miss. An entry that is not the whole blob (`size` bytes, by its
+   * Content-Length, or the total of its Content-Range) is deleted and counts as a miss,
+   * and so does a cached answer that does not fit the request (a 200 for a range).
    */
-  async matchBlob(digest: string, range?: ByteRange): Promise<Response | null> {
+  async matchBlob(digest: string, size: number, range?: ByteRange): Promise<Response | null> {
     const meter = currentMeter();
     if (!this.options.origin) {
       meter?.cache("bypass");
@@ -74,9 +79,15 @@ export class EdgeCache {
     const found = await timed("match", async () => (await this.open()).match(new Request(key, { headers }))).catch(
       () => undefined,
     );
-    const fits = found && (range ? found.status === 206 : found.status === 200);
-    if (!found || !fits) {
+    const whole = range
+      ? found?.status === 206 && found.headers.get("Content-Range")?.endsWith(`/${size}`) === true
+      : found?.status === 200 && found.headers.get("Content-Length") === String(size);
+    if (!found || !whole) {
       await found?.body?.cancel();
+      if (found && (found.status === 200 || found.status === 206)) {
+        // Not this blob's bytes whole: never serve it again.
+        await timed("delete", async () => (await this.open()).delete(key)).catch(() => undefined);
+      }
       meter?.cache("miss");
       return null;
     }
@@ -84,25 +95,56 @@ export class EdgeCache {
     return found;
   }
 
-  /** Keeps `body` (exactly `size` bytes of `digest`) here; in the background, never failing the caller. */
-  putBlob(digest: string, size: number, body: ReadableStream<Uint8Array> | Uint8Array<ArrayBuffer>): Promise<void> {
+  /**
+   * Keeps `body` (exactly `size` bytes of `digest`) here; in the background, never failing
+   * the caller. The body goes to a key of its own first, and only once `verified`
+   * (BlobStore.openTwice: every byte arrived and they hash to the digest) is that entry
+   * copied to the digest's key and dropped. A fill cut short (the client went away, the
+   * bytes did not match) so never lands where pulls look, even when the cache keeps what
+   * it got of a failed put (Miniflare's does), nor does it overwrite a whole entry written
+   * meanwhile by another fill. A cache that refuses the body gets it cancelled, so whoever
+   * writes it is not held up.
+   */
+  putBlob(
+    digest: string,
+    size: number,
+    body: ReadableStream<Uint8Array> | Uint8Array<ArrayBuffer>,
+    verified: Promise<boolean> = Promise.resolve(true),
+  ): Promise<void> {
     const origin = this.options.origin;
-    if (!origin) return Promise.resolve();
-    const response = new Response(body, {
-      headers: {
-        "Content-Length": String(size),
-        "Content-Type": "application/octet-stream",
-        "Cache-Control": IMMUTABLE,
-      },
-    });
-    const work = timed("put", async () => (await this.open()).put(Paths.cacheBlob(origin, digest), response)).catch(
-      () => undefined,
-    );
+    if (!origin) {
+      if (body instanceof ReadableStream) void body.cancel();
+      return Promise.resolve();
+    }
+    const key = Paths.cacheBlob(origin, digest);
+    const staging = Paths.cacheFill(origin, digest, crypto.randomUUID());
+    const response = new Response(body, { headers: blobHeaders(size) });
+    const work = (async () => {
+      const cache = await this.open();
+      const staged = await timed("put", () => cache.put(staging, response)).then(
+        () => true,
+        async () => {
+          await response.body?.cancel().catch(() => undefined);
+          return false;
+        },
+      );
+      try {
+        if (!staged || !(await verified.catch(() => false))) return;
+        const whole = await timed("match", () => cache.match(staging));
+        if (whole?.headers.get("Content-Length") !== String(size) || !whole.body) {
+          await whole?.body?.cancel();
+          return;
+        }
+        await timed("put", () => cache.put(key, new Response(whole.body, { headers: blobHeaders(size) })));
+      } finally {
+        await timed("delete", () => cache.delete(staging)).catch(() => undefined);
+      }
+    })().catch(() => undefined);
     this.options.waitUntil(work);
     return work;
   }
 
-  /** The digest `name:tag` pointed at when this location last read it, within the tag TTL; else null. */
+  /** The record of `name:tag` (tags.ts) when this location last read it, within the tag TTL; else null. */
   async matchTag(name: string, tag: string): Promise<string | null> {
     if (!this.options.origin || this.options.tagTtlSeconds === 0) return null;
     const key = Paths.cacheTag(this.options.origin, name, tag);
@@ -111,11 +153,11 @@ export class EdgeCache {
     return found ? (await found.text()).trim() : null;
   }
 
-  putTag(name: string, tag: string, digest: string): Promise<void> {
+  putTag(name: string, tag: string, record: string): Promise<void> {
     const origin = this.options.origin;
     if (!origin || this.options.tagTtlSeconds === 0) return Promise.resolve();
-    const response = new Response(digest, {
-      headers: { "Cache-Control": `public, max-age=${this.options.tagTtlSeconds}`, "Content-Type": "text/plain" },
+    const response = new Response(record, {
+      headers: { "Cache-Control": `public, max-age=${this.options.tagTtlSeconds}`, "Content-Type": "application/json" },
     });
     const work = timed("put", async () => (await this.open()).put(Paths.cacheTag(origin, name, tag), response)).catch(
       () => undefined,

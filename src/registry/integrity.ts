@@ -2,7 +2,9 @@ import { parseDigest, toHex, webCryptoName, type Digest } from "../oci/digest";
 import { parseManifest } from "../oci/manifest";
 import { BlobStore, type BlobDescriptor } from "./blob-store";
 import { Catalog } from "./catalog";
+import { linkCopyOf } from "./linked-blob-store";
 import { Paths } from "./paths";
+import { parseTagRecord } from "./tags";
 import type { Storage } from "./storage";
 
 /**
@@ -245,7 +247,7 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
 
   await inBatches(tags, async (tag) => {
     const record = await bucket.get(tag.key);
-    const digest = record ? digestOrNull((await record.text()).trim()) : null;
+    const digest = record ? (parseTagRecord(await record.text())?.digest ?? null) : null;
     if (!digest) {
       report({ severity: "error", kind: "tag-invalid", key: tag.key, detail: "the tag does not hold a digest" });
       return;
@@ -258,7 +260,8 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
       detail: `the tag points at ${digest.value}, which is not a manifest of ${tag.name}`,
     };
     if (repair && settled(tag.object)) {
-      const moved = (await (await bucket.get(tag.key))?.text())?.trim() !== digest.value;
+      const now = await bucket.get(tag.key);
+      const moved = !now || parseTagRecord(await now.text())?.digest.value !== digest.value;
       if (!moved && !(await revisionNow(tag.name, digest))) {
         finding.repaired = await repairTag(bucket, blobs, tag.name, tag.key, digest, stored);
       }
@@ -385,12 +388,17 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
     for (const entry of page.keys) {
       counts.kvEntries++;
       const r2Key = linkKeyOfKvCopy(entry.name);
-      if (r2Key && (await bucket.head(r2Key))) continue;
+      const copy = r2Key ? linkCopyOf(await kv.get(entry.name, "json"), r2Key.digest) : null;
+      const truth = r2Key ? stored.get(r2Key.digest.value) : undefined;
+      const linked = r2Key ? (await bucket.head(r2Key.key)) !== null : false;
+      if (copy && truth && linked && copy.descriptor.key === truth.key && copy.descriptor.size === truth.size) continue;
       const finding: Finding = {
         severity: "warning",
         kind: "kv-link-stale",
         key: `kv:${entry.name}`,
-        detail: "a KV copy of a link R2 does not hold: pulls at the edge would still see the link",
+        detail: linked
+          ? "a KV copy of a link whose blob descriptor differs from R2's (or is not one)"
+          : "a KV copy of a link R2 does not hold: pulls at the edge would still see the link",
       };
       if (repair) {
         await kv.delete(entry.name);
@@ -406,13 +414,14 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
   return { ok, counts, findings };
 }
 
-/** The R2 key of the link a KV `link:` copy stands for, or null when the key is not one. */
-function linkKeyOfKvCopy(kvKey: string): string | null {
+/** The R2 key (and digest) of the link a KV `link:` copy stands for, or null when the key is not one. */
+function linkKeyOfKvCopy(kvKey: string): { key: string; digest: Digest } | null {
   const match = /^link:(.+)\/_(layers|manifests)\/([^/]+)$/.exec(kvKey);
   if (!match?.[1] || !match[3]) return null;
   try {
     const digest = parseDigest(match[3]);
-    return match[2] === "layers" ? Paths.layerLink(match[1], digest) : Paths.manifestRevision(match[1], digest);
+    const key = match[2] === "layers" ? Paths.layerLink(match[1], digest) : Paths.manifestRevision(match[1], digest);
+    return { key, digest };
   } catch {
     return null;
   }

@@ -1,6 +1,6 @@
 import type { Digest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
-import type { BlobDescriptor, BlobStore } from "./blob-store";
+import { isBlobDescriptor, type BlobDescriptor, type BlobStore } from "./blob-store";
 import { Catalog } from "./catalog";
 import { Paths } from "./paths";
 import type { Storage } from "./storage";
@@ -11,6 +11,24 @@ export type LinkKind = "layer" | "revision";
 /** What a link records. Revisions carry the media type the manifest was pushed with. */
 export interface LinkRecord {
   mediaType?: string;
+}
+
+/**
+ * A link's KV copy: the link record and the blob's descriptor (immutable while the blob
+ * exists, and its object is checked when read: BlobStore), so a pull needs one KV read.
+ */
+export interface LinkCopy {
+  link: LinkRecord;
+  descriptor: BlobDescriptor;
+}
+
+/** A KV value as a link copy of `digest`, or null when it is not one. */
+export function linkCopyOf(value: unknown, digest: Digest): LinkCopy | null {
+  if (typeof value !== "object" || value === null) return null;
+  const { link, descriptor } = value as Partial<LinkCopy>;
+  if (typeof link !== "object" || link === null || !isBlobDescriptor(descriptor)) return null;
+  if (descriptor.digest !== digest.value) return null;
+  return { link, descriptor };
 }
 
 /**
@@ -27,8 +45,8 @@ const KV_MIN_CACHE_TTL_SECONDS = 60;
  * through its own link. Linking never copies bytes, and unlinking never touches
  * the blob or another repository's link to it.
  *
- * Links live in R2 (the truth) and in KV (the edge index). Which one is read depends on
- * who asks:
+ * Links live in R2 (the truth) and in KV (the edge index; each copy also carries the
+ * blob's descriptor). Which one is read depends on who asks:
  * - **pull paths** (`stat`: GET/HEAD of a blob, of a manifest by digest) read KV first,
  *   with `cacheTtl` = the edge link TTL, and fall back to R2 on a miss, so a link pushed
  *   at another location a moment ago is never a false 404 (a KV miss may be cached, or
@@ -76,61 +94,90 @@ export class LinkedBlobStore {
     return text ? (JSON.parse(text) as LinkRecord) : {};
   }
 
-  /** The link as a pull sees it: the KV copy, else R2 (see the class comment). */
-  async readLinkAtEdge(digest: Digest): Promise<LinkRecord | null> {
-    if (this.edgeTtlSeconds === 0) return this.readLink(digest);
-    const cacheTtl = Math.max(KV_MIN_CACHE_TTL_SECONDS, this.edgeTtlSeconds);
-    const cached: unknown = await this.kv.get(this.kvKey(digest), { type: "json", cacheTtl }).catch(() => null);
-    if (typeof cached === "object" && cached !== null) return cached as LinkRecord;
-    const link = await this.readLink(digest);
-    if (link) await this.repairCopy(digest, link);
-    return link;
+  /**
+   * The descriptor of a blob this repository links, as a pull sees it: from the link's KV
+   * copy, which carries the blob's descriptor (one KV read), else from R2 (the link) and
+   * the descriptor store, after which the copy is written again (see the class comment).
+   * Throws `unknownCode` when the repository does not link the blob.
+   */
+  async stat(
+    digest: Digest,
+    options: { unknownCode?: "BLOB_UNKNOWN" | "MANIFEST_UNKNOWN" } = {},
+  ): Promise<{ descriptor: BlobDescriptor; link: LinkRecord }> {
+    const unknown = () => new RegistryError(options.unknownCode ?? "BLOB_UNKNOWN", undefined, { digest: digest.value });
+    if (this.edgeTtlSeconds > 0) {
+      const cacheTtl = Math.max(KV_MIN_CACHE_TTL_SECONDS, this.edgeTtlSeconds);
+      const cached: unknown = await this.kv.get(this.kvKey(digest), { type: "json", cacheTtl }).catch(() => null);
+      const copy = linkCopyOf(cached, digest);
+      if (copy) return copy;
+    }
+    const [link, descriptor] = await Promise.all([this.readLink(digest), this.blobs.stat(digest)]);
+    if (!link || !descriptor) throw unknown();
+    if (this.edgeTtlSeconds > 0) await this.repairCopy(digest, { link, descriptor });
+    return { descriptor, link };
   }
 
-  /** Writes the KV copy a pull missed, then makes sure the link did not go meanwhile. */
-  private async repairCopy(digest: Digest, link: LinkRecord): Promise<void> {
-    const written = await this.writeCopy(digest, link);
-    if (!written) return;
-    const still = await this.bucket.head(this.key(digest)).catch(() => undefined);
-    if (still === null) await this.kv.delete(this.kvKey(digest)).catch(() => undefined);
+  /**
+   * Writes the KV copy a pull missed, then makes sure the link did not go meanwhile
+   * (checkCopy). KV caches a miss at a location for `cacheTtl`, so without care every
+   * pull there in that window would write the copy again: a key is repaired at most once
+   * per isolate per TTL.
+   */
+  private async repairCopy(digest: Digest, copy: LinkCopy): Promise<void> {
+    const key = this.kvKey(digest);
+    const now = Date.now();
+    if ((recentRepairs.get(key) ?? 0) > now) return;
+    if (recentRepairs.size >= RECENT_REPAIRS_MAX) recentRepairs.clear();
+    recentRepairs.set(key, now + Math.max(KV_MIN_CACHE_TTL_SECONDS, this.edgeTtlSeconds) * 1000);
+    if (await this.writeCopy(digest, copy)) await this.checkCopy(digest);
   }
 
-  private async writeCopy(digest: Digest, link: LinkRecord): Promise<boolean> {
-    return this.kv.put(this.kvKey(digest), JSON.stringify(link), { expirationTtl: KV_LINK_EXPIRATION_SECONDS }).then(
+  /**
+   * After writing a KV copy: if the link is gone from R2 (a delete ran meanwhile), or
+   * whether it is cannot be told, the copy goes too. Whichever of the two writes KV last,
+   * no copy outlives its link.
+   */
+  private async checkCopy(digest: Digest): Promise<void> {
+    const still = await this.bucket.head(this.key(digest)).catch(() => "unknown" as const);
+    if (still === null || still === "unknown") await this.kv.delete(this.kvKey(digest)).catch(() => undefined);
+  }
+
+  private async writeCopy(digest: Digest, copy: LinkCopy): Promise<boolean> {
+    return this.kv.put(this.kvKey(digest), JSON.stringify(copy), { expirationTtl: KV_LINK_EXPIRATION_SECONDS }).then(
       () => true,
       () => false,
     );
   }
 
-  /** The descriptor of a blob this repository links, for a pull; throws `unknownCode` otherwise. */
-  async stat(
-    digest: Digest,
-    options: { unknownCode?: "BLOB_UNKNOWN" | "MANIFEST_UNKNOWN" } = {},
-  ): Promise<{ descriptor: BlobDescriptor; link: LinkRecord }> {
-    const unknownCode = options.unknownCode ?? "BLOB_UNKNOWN";
-    const [link, descriptor] = await Promise.all([this.readLinkAtEdge(digest), this.blobs.stat(digest)]);
-    if (!link || !descriptor) throw new RegistryError(unknownCode, undefined, { digest: digest.value });
-    return { descriptor, link };
+  /**
+   * Links a stored blob (its `descriptor`) into this repository. The catalog entry
+   * first, so a linked repository is always listed (a listed one with nothing linked is
+   * harmless, and is what `npm run verify` reports and repairs); the KV copy last, checked
+   * against a delete that may have run meanwhile.
+   */
+  async link(digest: Digest, descriptor: BlobDescriptor, record: LinkRecord = {}): Promise<void> {
+    await new Catalog(this.bucket).add(this.name);
+    await this.bucket.put(this.key(digest), JSON.stringify(record));
+    if (await this.writeCopy(digest, { link: record, descriptor })) await this.checkCopy(digest);
   }
 
   /**
-   * Links a stored blob into this repository. The catalog entry first, so a linked
-   * repository is always listed (a listed one with nothing linked is harmless, and is
-   * what `npm run verify` reports and repairs); the KV copy last.
+   * Removes this repository's link; the blob and other repositories' links stay. True when
+   * there was one to remove, in R2 or (left behind by a race or a failure) only at the
+   * edge: a KV copy alone is still a link as pulls see it, and deleting it is what the
+   * client asked for.
    */
-  async link(digest: Digest, record: LinkRecord = {}): Promise<void> {
-    await new Catalog(this.bucket).add(this.name);
-    await this.bucket.put(this.key(digest), JSON.stringify(record));
-    await this.writeCopy(digest, record);
-  }
-
-  /** Removes this repository's link; the blob and other repositories' links stay. */
   async unlink(digest: Digest): Promise<boolean> {
     const exists = await this.bucket.head(this.key(digest));
-    if (!exists) return false;
+    const copy = exists ? null : await this.kv.get(this.kvKey(digest));
+    if (!exists && copy === null) return false;
     await this.kv.delete(this.kvKey(digest));
-    await this.bucket.delete(this.key(digest));
-    await this.kv.delete(this.kvKey(digest)).catch(() => undefined);
+    if (exists) await this.bucket.delete(this.key(digest));
+    await this.kv.delete(this.kvKey(digest));
     return true;
   }
 }
+
+/** KV keys of link copies this isolate repaired lately, until when (see repairCopy). */
+const recentRepairs = new Map<string, number>();
+const RECENT_REPAIRS_MAX = 10_000;

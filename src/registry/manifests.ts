@@ -2,13 +2,16 @@ import { digestOf, looksLikeDigest, parseDigest, type Digest, type DigestAlgorit
 import { RegistryError } from "../oci/errors";
 import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import { validateTag } from "../oci/names";
-import type { BlobStore } from "./blob-store";
+import type { BlobDescriptor, BlobStore } from "./blob-store";
 import { EdgeCache } from "./edge-cache";
 import { forEachBounded } from "./bounded";
 import type { LinkedBlobStore } from "./linked-blob-store";
 import { Paths } from "./paths";
 import { Referrers } from "./referrers";
-import type { Tags } from "./tags";
+import type { TagRecord, Tags } from "./tags";
+
+/** What a manifest whose link records no media type (none written so) is served as. */
+const DEFAULT_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json";
 
 /** A manifest as served: its exact bytes and the media type it was pushed with. */
 export interface StoredManifest {
@@ -63,40 +66,65 @@ export class Manifests {
     private readonly edge: EdgeCache = EdgeCache.bypass(),
   ) {}
 
-  /** The digest a reference names for a pull (a tag as this location sees it), or MANIFEST_UNKNOWN. */
-  async resolve(reference: Reference): Promise<Digest> {
-    if ("digest" in reference) return reference.digest;
-    const digest = await this.tags.resolveAtEdge(reference.tag);
-    if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
-    return digest;
-  }
-
-  /** Size and media type without the bytes (HEAD): the link and descriptor, from KV at the edge. */
-  async stat(reference: Reference): Promise<{ digest: Digest; mediaType: string; size: number }> {
-    const digest = await this.resolve(reference);
-    const { descriptor, link } = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
-    return { digest, mediaType: link.mediaType ?? "application/vnd.oci.image.manifest.v1+json", size: descriptor.size };
+  /**
+   * What a reference names for a pull: a digest, or a tag's record as this location sees
+   * it (with the manifest's media type and size, when the tag was written with them);
+   * MANIFEST_UNKNOWN for a tag that does not exist.
+   */
+  async resolve(reference: Reference): Promise<TagRecord> {
+    if ("digest" in reference) return { digest: reference.digest };
+    const record = await this.tags.resolveAtEdge(reference.tag);
+    if (!record) throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
+    return record;
   }
 
   /**
-   * The manifest's bytes: after the link check, from this location's cache by digest,
-   * else from R2 (and then kept here).
+   * Size and media type without the bytes (HEAD). By tag, the tag record holds them (a
+   * tag names a manifest its repository holds: tags.ts); by digest, the revision link and
+   * the blob's descriptor, from KV at the edge.
+   */
+  async stat(reference: Reference): Promise<{ digest: Digest; mediaType: string; size: number }> {
+    const record = await this.resolve(reference);
+    if (record.mediaType !== undefined && record.size !== undefined) {
+      return { digest: record.digest, mediaType: record.mediaType, size: record.size };
+    }
+    const { descriptor, link } = await this.revisions.stat(record.digest, { unknownCode: "MANIFEST_UNKNOWN" });
+    return { digest: record.digest, mediaType: link.mediaType ?? DEFAULT_MEDIA_TYPE, size: descriptor.size };
+  }
+
+  /**
+   * The manifest's bytes: from this location's cache by digest (after the link check, or
+   * by a tag that names it), else from R2 (and then kept here).
    */
   async get(reference: Reference): Promise<StoredManifest> {
-    const digest = await this.resolve(reference);
-    const { descriptor, link } = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
-    const mediaType = link.mediaType ?? "application/vnd.oci.image.manifest.v1+json";
-    const cached = await this.edge.matchBlob(digest.value);
+    const record = await this.resolve(reference);
+    const digest = record.digest;
+    let known: { mediaType: string; size: number } | null =
+      record.mediaType !== undefined && record.size !== undefined
+        ? { mediaType: record.mediaType, size: record.size }
+        : null;
+    let descriptor: BlobDescriptor | null = null;
+    if (!known) {
+      const stat = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
+      descriptor = stat.descriptor;
+      known = { mediaType: stat.link.mediaType ?? DEFAULT_MEDIA_TYPE, size: stat.descriptor.size };
+    }
+    const cached = await this.edge.matchBlob(digest.value, known.size);
     if (cached) {
       const bytes = new Uint8Array(await cached.arrayBuffer());
-      // Bytes whose size is wrong are not the manifest: read R2 instead.
-      if (bytes.byteLength === descriptor.size) return { digest, mediaType, bytes };
+      // A manifest is small: its digest is checked on every hit, whatever the cache says.
+      if ((await digestOf(bytes, digest.algorithm)).value === digest.value) {
+        return { digest, mediaType: known.mediaType, bytes };
+      }
     }
+    descriptor ??= (await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" })).descriptor;
     const bytes = await this.blobs.readBytes(descriptor);
     if (!bytes)
       throw new RegistryError("MANIFEST_UNKNOWN", "manifest content missing from storage", { digest: digest.value });
-    if (this.edge.holds(bytes.byteLength)) void this.edge.putBlob(digest.value, bytes.byteLength, bytes.slice());
-    return { digest, mediaType, bytes };
+    const verified = digestOf(bytes, digest.algorithm).then((computed) => computed.value === digest.value);
+    if (this.edge.holds(bytes.byteLength))
+      void this.edge.putBlob(digest.value, bytes.byteLength, bytes.slice(), verified);
+    return { digest, mediaType: known.mediaType, bytes };
   }
 
   /**
@@ -128,15 +156,16 @@ export class Manifests {
       });
     }
     await this.checkReferences(manifest);
-    await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
-    await this.revisions.link(digest, { mediaType: manifest.mediaType });
+    const descriptor = await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
+    await this.revisions.link(digest, descriptor, { mediaType: manifest.mediaType });
     if (manifest.subject) {
       // The subject need not exist (yet): referrers may be pushed before what they refer to.
       await this.referrers.add(manifest.subject.digest, digest, Referrers.describe(manifest, digest, bytes.byteLength));
     }
     // Tags last: a tag never points at a manifest that is not fully stored.
     const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
-    for (const tag of tags) await this.tags.set(tag, digest);
+    const record = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
+    for (const tag of tags) await this.tags.set(tag, record);
     return { digest, manifest, tags };
   }
 
@@ -152,6 +181,8 @@ export class Manifests {
       return;
     }
     if (!(await this.revisions.readLink(reference.digest))) {
+      // Gone from R2; a KV copy left behind at the edge (a race, a failure) still goes.
+      if (await this.revisions.unlink(reference.digest)) return;
       throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
     }
     const subject = await this.subjectOf(reference.digest);

@@ -66,6 +66,8 @@ export const Paths = {
 
   /** Bytes of a blob or manifest, by digest alone: every repository linking it shares one copy. */
   cacheBlob: (origin: string, digest: string): string => `${origin}/_edge-cache/blobs/${digest}`,
-  /** The digest a tag pointed at, kept EDGE_TAG_TTL_SECONDS at a location. */
+  /** Where one fill of a blob's bytes lands until they are verified (EdgeCache.putBlob). */
+  cacheFill: (origin: string, digest: string, fill: string): string => `${origin}/_edge-cache/fills/${digest}/${fill}`,
+  /** The record a tag had, kept EDGE_TAG_TTL_SECONDS at a location. */
   cacheTag: (origin: string, name: string, tag: string): string => `${origin}/_edge-cache/tags/${name}/${tag}`,
 } as const;

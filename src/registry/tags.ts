@@ -6,12 +6,47 @@ import { Paths } from "./paths";
 const R2_LIST_MAX = 1000;
 
 /**
+ * What a tag record holds: the digest it points at and, since tags are written with
+ * them, the manifest's media type and size, so a HEAD by tag is answered from the tag
+ * alone. (Records written before hold the digest only.)
+ */
+export interface TagRecord {
+  digest: Digest;
+  mediaType?: string;
+  size?: number;
+}
+
+/** A tag record's text: `{"digest","mediaType","size"}`, or (older records) the digest alone. Null if neither. */
+export function parseTagRecord(text: string): TagRecord | null {
+  const trimmed = text.trim();
+  try {
+    if (!trimmed.startsWith("{")) return { digest: parseDigest(trimmed) };
+    const value = JSON.parse(trimmed) as { digest?: unknown; mediaType?: unknown; size?: unknown };
+    if (typeof value.digest !== "string") return null;
+    const record: TagRecord = { digest: parseDigest(value.digest) };
+    if (typeof value.mediaType === "string") record.mediaType = value.mediaType;
+    if (typeof value.size === "number" && Number.isSafeInteger(value.size) && value.size >= 0) record.size = value.size;
+    return record;
+  } catch {
+    return null;
+  }
+}
+
+function tagRecordText(record: TagRecord): string {
+  return JSON.stringify({ digest: record.digest.value, mediaType: record.mediaType, size: record.size });
+}
+
+/**
  * A repository's tags. Tags are mutable, so they are read from R2 (strongly
  * consistent everywhere): a client that moved a tag sees the move on its next pull from
  * any location. With EDGE_TAG_TTL_SECONDS set, pulls (`resolveAtEdge`) may instead use
- * the digest this location's cache kept for that long (EdgeCache), and a tag moved or
+ * the record this location's cache kept for that long (EdgeCache), and a tag moved or
  * deleted elsewhere may resolve to its old digest here until then; never KV, whose
  * copies of a value that changes could lag without bound when a write is dropped.
+ *
+ * A tag names a manifest its repository holds: a manifest PUT writes its tags last and
+ * a DELETE by digest removes them first (docs/architecture.md, "Storage faults"), so a
+ * pull by tag needs no separate check of the revision link.
  */
 export class Tags {
   constructor(
@@ -20,29 +55,24 @@ export class Tags {
     private readonly edge: EdgeCache = EdgeCache.bypass(),
   ) {}
 
-  async resolve(tag: string): Promise<Digest | null> {
+  async resolve(tag: string): Promise<TagRecord | null> {
     const object = await this.bucket.get(Paths.tag(this.name, tag));
     if (!object) return null;
-    return parseDigest((await object.text()).trim());
+    return parseTagRecord(await object.text());
   }
 
-  /** The tag as a pull sees it: this location's cached digest within the tag TTL, else R2. */
-  async resolveAtEdge(tag: string): Promise<Digest | null> {
+  /** The tag as a pull sees it: this location's cached record within the tag TTL, else R2. */
+  async resolveAtEdge(tag: string): Promise<TagRecord | null> {
     const cached = await this.edge.matchTag(this.name, tag);
-    if (cached !== null) {
-      try {
-        return parseDigest(cached);
-      } catch {
-        // Not a digest: whatever it is, R2 decides.
-      }
-    }
-    const digest = await this.resolve(tag);
-    if (digest) void this.edge.putTag(this.name, tag, digest.value);
-    return digest;
+    const parsed = cached === null ? null : parseTagRecord(cached);
+    if (parsed) return parsed;
+    const record = await this.resolve(tag);
+    if (record) void this.edge.putTag(this.name, tag, tagRecordText(record));
+    return record;
   }
 
-  async set(tag: string, digest: Digest): Promise<void> {
-    await this.bucket.put(Paths.tag(this.name, tag), digest.value);
+  async set(tag: string, record: TagRecord): Promise<void> {
+    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record));
     await this.edge.forgetTag(this.name, tag);
   }
 
@@ -62,7 +92,7 @@ export class Tags {
       const page = await this.list(R2_LIST_MAX, last);
       const targets = await Promise.all(page.map((tag) => this.resolve(tag)));
       page.forEach((tag, index) => {
-        if (targets[index]?.value === digest.value) matches.push(tag);
+        if (targets[index]?.digest.value === digest.value) matches.push(tag);
       });
       if (page.length < R2_LIST_MAX) return matches;
       last = page[page.length - 1];

@@ -70,18 +70,23 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
   // Large blobs may go straight from R2 to the client (off by default; blob-redirect.ts).
   const redirect = redirectSettings(c.env);
   if (redirect && descriptor.size >= redirect.minBytes) {
+    // The object must be there (a stale descriptor copy can name one that is gone), and
+    // the answer must not be kept by any cache: the URL expires, the digest does not.
+    const current = await repository.blobs.withObject(descriptor);
     c.header("Content-Length", "0");
     c.header("Content-Range", undefined);
-    c.header("Location", await presignedUrl(redirect, descriptor.key));
+    c.header("ETag", undefined);
+    c.header("Cache-Control", "no-store");
+    c.header("Location", await presignedUrl(redirect, current.key));
     return c.body(null, 307);
   }
   // The link was checked above: the bytes may come from this location's cache.
   const cache = edgeCacheOf(c);
-  const cached = await cache.matchBlob(descriptor.digest, range);
+  const cached = await cache.matchBlob(descriptor.digest, descriptor.size, range);
   if (cached?.body) return c.body(cached.body, status);
   if (!range && cache.holds(descriptor.size)) {
-    const [body, copy] = await repository.blobs.openTwice(descriptor);
-    void cache.putBlob(descriptor.digest, descriptor.size, copy);
+    const { body, copy, verified } = await repository.blobs.openTwice(descriptor);
+    void cache.putBlob(descriptor.digest, descriptor.size, copy, verified);
     return c.body(body, status);
   }
   return c.body(await repository.blobs.open(descriptor, range), status);

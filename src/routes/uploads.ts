@@ -116,20 +116,21 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
     // enabled. Otherwise fall through to a normal upload session, as the spec says.
     // The client must be allowed to pull from the source, or it could copy any blob
     // of a repository it cannot read into one it can.
-    const mountable =
+    const sourceLinks =
       from !== undefined
         ? c.var.can({ type: "repository", name: validateName(from) }, "pull") &&
-          (await openRepository(c.env, from).layers.readLink(digest)) !== null &&
-          (await target.blobs.stat(digest, { strong: true })) !== null
-        : readConfig(c.env).mountWithoutFrom && (await target.blobs.stat(digest, { strong: true })) !== null;
-    if (mountable) {
-      await target.layers.link(digest);
+          (await openRepository(c.env, from).layers.readLink(digest)) !== null
+        : readConfig(c.env).mountWithoutFrom;
+    const stored = sourceLinks ? await target.blobs.stat(digest, { strong: true }) : null;
+    if (stored) {
+      await target.layers.link(digest, stored);
       return createdBlob(c, name, digest.value);
     }
   }
-  // Refuse a malformed digest before a session exists for it.
+  // Refuse a malformed digest, or a body over MAX_CHUNK_LENGTH, before a session exists for it.
   const digestParam = c.req.query("digest");
   const digest = digestParam === undefined ? undefined : parseDigest(digestParam);
+  const claim = digest === undefined ? undefined : chunkClaim(c);
   const id = crypto.randomUUID();
   const stub = session(c, id);
   await reach(stub.start(id, name));
@@ -138,7 +139,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
       operation: "commit",
       name,
       digest: digest.value,
-      claim: chunkClaim(c),
+      claim: claim ?? {},
       once: true,
     });
     return createdBlob(c, name, digest.value);

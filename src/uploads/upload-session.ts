@@ -354,7 +354,7 @@ export class UploadSession extends DurableObject<Env> {
       }
     }
     const descriptor = await this.blobs.publish(digest, completed.size, completed.key);
-    await new LinkedBlobStore(this.storage, this.blobs, state.name, "layer").link(digest);
+    await new LinkedBlobStore(this.storage, this.blobs, state.name, "layer").link(digest, descriptor);
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();
     return descriptor;
@@ -638,7 +638,6 @@ export class UploadSession extends DurableObject<Env> {
   }
 }
 
-/** The Range header value for an upload holding `offset` bytes (`0-0` when empty, as distribution does). */
 /**
  * A request body over MAX_CHUNK_LENGTH: 413 with what to do about it (the same answer
  * whether the Worker saw the declared length or the session counted the bytes).
@@ -654,6 +653,7 @@ export function chunkTooLarge(limit: number): RegistryError {
   );
 }
 
+/** The Range header value for an upload holding `offset` bytes (`0-0` when empty, as distribution does). */
 export function rangeHeader(offset: number): string {
   return `0-${Math.max(0, offset - 1)}`;
 }

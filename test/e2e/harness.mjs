@@ -425,10 +425,11 @@ export async function startRegistry({
  * (port: a free one unless given, so a test can start it again on the same port) and waits
  * for its ready line. Returns { port, host, url, output(), kill(), stop() }.
  */
-export async function startRelayProcess({ to, port, chunk, readyTimeoutMs = 30_000 }) {
+export async function startRelayProcess({ to, port, chunk, spoolDir, readyTimeoutMs = 30_000 }) {
   const listenPort = port ?? (await freePort());
   const args = [join(ROOT, "scripts", "relay.mjs"), "--to", to, "--listen", `127.0.0.1:${listenPort}`];
   if (chunk !== undefined) args.push("--chunk", String(chunk));
+  if (spoolDir !== undefined) args.push("--spool-dir", spoolDir);
   const child = spawn(process.execPath, args, { cwd: ROOT, detached: true, stdio: ["ignore", "ignore", "pipe"] });
   if (child.pid === undefined) throw new Error("could not start the relay");
   const pgid = child.pid;

@@ -7,7 +7,10 @@
 // access log). Authentication passes through the relay; a relay killed mid-push and
 // started again lets the client's retry finish.
 import assert from "node:assert/strict";
-import { readFile, rm } from "node:fs/promises";
+import { createHash } from "node:crypto";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
+import http from "node:http";
+import { Readable } from "node:stream";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
@@ -301,3 +304,115 @@ describe("pushing layers over the body limit through the relay", { timeout: 900_
     expectNoBodyOverLimit();
   });
 });
+
+describe(
+  "the relay on its own: tokens that expire mid-push, refused uploads, spool files",
+  { timeout: 300_000 },
+  () => {
+    let shortLived;
+    let spool;
+    let ownRelay;
+    let spoolDir;
+
+    before(async () => {
+      // Tokens that live 2 s: a push through the relay outlives its client's token.
+      shortLived = await startRegistry({
+        env: {
+          TOKEN_TTL_SECONDS: "2",
+          AUTH_USERS: `pusher:${bcrypt.hashSync(users.pusher, 5)}`,
+          TOKEN_SECRET: "e2e token key, long and random in production",
+        },
+      });
+      spool = await makeTempDir("relay-spool");
+      spoolDir = join(spool, "spools");
+      await mkdir(spoolDir);
+      ownRelay = await startRelayProcess({ to: shortLived.url, chunk: String(LIMIT), spoolDir });
+    });
+    after(async () => {
+      await ownRelay?.stop();
+      await shortLived?.stop();
+      if (spool) await removeTempDir(spool);
+    });
+
+    /** A body of `size` bytes sent in 1 MiB pieces, `pause` ms apart (a slow uplink). */
+    function slowBody(size, pause) {
+      return Readable.from(
+        (async function* () {
+          for (let sent = 0; sent < size; sent += MiB) {
+            yield Buffer.alloc(Math.min(MiB, size - sent), sent % 251);
+            await delay(pause);
+          }
+        })(),
+      );
+    }
+
+    /** One request through the relay with node's client; resolves { status, headers, body }. */
+    function send(method, path, headers, body) {
+      return new Promise((resolveRequest, rejectRequest) => {
+        const outgoing = http.request(
+          { host: "127.0.0.1", port: ownRelay.port, method, path, headers, agent: false },
+          (answer) => {
+            const chunks = [];
+            answer.on("data", (chunk) => chunks.push(chunk));
+            answer.on("end", () =>
+              resolveRequest({ status: answer.statusCode, headers: answer.headers, body: Buffer.concat(chunks) }),
+            );
+          },
+        );
+        outgoing.on("error", rejectRequest);
+        if (body) body.pipe(outgoing);
+        else outgoing.end();
+      });
+    }
+
+    it("a token that expires in the middle of a long push is renewed by the relay from the client's login", async () => {
+      // Log in as docker does: /v2/ challenges, its realm names the relay, the token comes through it.
+      const challenge = await send("GET", "/v2/", {});
+      assert.equal(challenge.status, 401);
+      const realm = /realm="([^"]*)"/.exec(challenge.headers["www-authenticate"])[1];
+      assert.equal(new URL(realm).origin, ownRelay.url, "the realm names the relay");
+      const service = /service="([^"]*)"/.exec(challenge.headers["www-authenticate"])[1];
+      const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
+      const query = new URLSearchParams({ service, scope: "repository:relay/slow:pull,push" });
+      const issued = await send("GET", `${new URL(realm).pathname}?${query}`, { Authorization: basic });
+      assert.equal(issued.status, 200);
+      const bearer = { Authorization: `Bearer ${JSON.parse(issued.body).token}` };
+      const started = await send("POST", "/v2/relay/slow/blobs/uploads/", bearer);
+      assert.equal(started.status, 202);
+      // 40 MiB at ~8 MiB/s: three chunks over ~5 s, with a token that lives 2 s.
+      const size = 40 * MiB;
+      const patched = await send("PATCH", started.headers.location, bearer, slowBody(size, 120));
+      assert.equal(patched.status, 202, patched.body.toString());
+      assert.equal(patched.headers.range, `0-${size - 1}`);
+      assert.match(ownRelay.output(), /token expired during the upload; continuing with a fresh one/);
+      const expected = createHash("sha256");
+      for (let sent = 0; sent < size; sent += MiB)
+        expected.update(Buffer.alloc(Math.min(MiB, size - sent), sent % 251));
+      const digest = `sha256:${expected.digest("hex")}`;
+      // The client's own token has expired too: it gets a new one, as clients do, and commits.
+      const again = await send("GET", `${new URL(realm).pathname}?${query}`, { Authorization: basic });
+      const committed = await send("PUT", `${patched.headers.location}?digest=${digest}`, {
+        Authorization: `Bearer ${JSON.parse(again.body).token}`,
+        "Content-Length": "0",
+      });
+      assert.equal(committed.status, 201, committed.body.toString());
+    });
+
+    it("an upload the registry refuses is answered at once, the rest of the body dropped, and the spool removed", async () => {
+      const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
+      const started = Date.now();
+      const refused = await send(
+        "PATCH",
+        "/v2/relay/gone/blobs/uploads/00000000-0000-4000-8000-000000000000",
+        { Authorization: basic },
+        slowBody(48 * MiB, 0),
+      );
+      assert.equal(refused.status, 404);
+      assert.equal(JSON.parse(refused.body).errors[0].code, "BLOB_UPLOAD_UNKNOWN");
+      assert.ok(Date.now() - started < 20_000, "answered without waiting for the client");
+      const next = await send("GET", "/v2/", {});
+      assert.equal(next.status, 401);
+      assert.deepEqual(await readdir(spoolDir), []);
+    });
+  },
+);

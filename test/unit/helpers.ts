@@ -45,6 +45,8 @@ export async function sha512(bytes: Uint8Array<ArrayBuffer>): Promise<string> {
 /** `sha256:<hex>` and length of a stream (a response body), without holding it in memory. */
 export async function digestStream(stream: ReadableStream<Uint8Array>): Promise<{ digest: string; size: number }> {
   const digester = new crypto.DigestStream("SHA-256");
+  // A body that fails rejects this too; the pipe's own rejection is what callers see.
+  void digester.digest.catch(() => undefined);
   let size = 0;
   const counter = new TransformStream<Uint8Array, Uint8Array>({
     transform(chunk, controller) {
