@@ -394,14 +394,18 @@ console.log(`\n### Small requests (${CLIENTS} clients, ${SECONDS} s each)\n`);
 console.log("| registry | request | per second | R2 calls / request | KV calls / request |");
 console.log("|---|---|---|---|---|");
 for (const row of rateRows) console.log(`| ${row.registry} | ${row.kind} | ${row.rate.toFixed(0)} | ${row.line} |`);
+console.log("");
 for (const kind of new Set(rateRows.map((row) => row.kind))) {
-  const edge = rateRows.find((row) => row.kind === kind && row.registry === "edge-registry");
-  const others = rateRows.filter((row) => row.kind === kind && row.registry !== "edge-registry");
-  if (edge && others.length > 0) {
-    console.log(
-      `\n- ${kind}: ${others.map((row) => `edge / ${row.registry} = ${(edge.rate / row.rate).toFixed(2)}`).join(", ")}`,
-    );
-  }
+  const rate = (registry) => rateRows.find((row) => row.kind === kind && row.registry === registry)?.rate;
+  const pairs = [
+    ["edge-registry", "edge-registry (before)"],
+    ["edge-registry (Worker's own port)", "edge-registry (before) (Worker's own port)"],
+    ["edge-registry", "distribution"],
+    ["edge-registry (Worker's own port)", "distribution"],
+  ]
+    .filter(([ours, theirs]) => rate(ours) && rate(theirs))
+    .map(([ours, theirs]) => `${ours} / ${theirs} = ${(rate(ours) / rate(theirs)).toFixed(2)}`);
+  if (pairs.length > 0) console.log(`- ${kind}: ${pairs.join("; ")}`);
 }
 if (cpuRows.length > 0) {
   console.log("\n### workerd CPU seconds per GET of a 33.5 MB blob (three 16 MiB R2 read slices)\n");

@@ -20,15 +20,36 @@ export interface LinkRecord {
 export interface LinkCopy {
   link: LinkRecord;
   descriptor: BlobDescriptor;
+  /** The blob's bytes (base64), for small ones whose bytes were at hand when linked (manifests). */
+  content?: string;
+}
+
+/** Largest blob whose bytes ride along in its link's KV copy (and in a tag record). */
+export const EMBEDDED_CONTENT_MAX_BYTES = 64 * 1024;
+
+export function encodeContent(bytes: Uint8Array): string {
+  let binary = "";
+  for (let index = 0; index < bytes.byteLength; index += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(index, index + 0x8000));
+  }
+  return btoa(binary);
+}
+
+export function decodeContent(text: string): Uint8Array<ArrayBuffer> | null {
+  try {
+    return Uint8Array.from(atob(text), (char) => char.charCodeAt(0));
+  } catch {
+    return null;
+  }
 }
 
 /** A KV value as a link copy of `digest`, or null when it is not one. */
 export function linkCopyOf(value: unknown, digest: Digest): LinkCopy | null {
   if (typeof value !== "object" || value === null) return null;
-  const { link, descriptor } = value as Partial<LinkCopy>;
+  const { link, descriptor, content } = value as Partial<LinkCopy>;
   if (typeof link !== "object" || link === null || !isBlobDescriptor(descriptor)) return null;
   if (descriptor.digest !== digest.value) return null;
-  return { link, descriptor };
+  return typeof content === "string" ? { link, descriptor, content } : { link, descriptor };
 }
 
 /**
@@ -100,10 +121,7 @@ export class LinkedBlobStore {
    * the descriptor store, after which the copy is written again (see the class comment).
    * Throws `unknownCode` when the repository does not link the blob.
    */
-  async stat(
-    digest: Digest,
-    options: { unknownCode?: "BLOB_UNKNOWN" | "MANIFEST_UNKNOWN" } = {},
-  ): Promise<{ descriptor: BlobDescriptor; link: LinkRecord }> {
+  async stat(digest: Digest, options: { unknownCode?: "BLOB_UNKNOWN" | "MANIFEST_UNKNOWN" } = {}): Promise<LinkCopy> {
     const unknown = () => new RegistryError(options.unknownCode ?? "BLOB_UNKNOWN", undefined, { digest: digest.value });
     if (this.edgeTtlSeconds > 0) {
       const cacheTtl = Math.max(KV_MIN_CACHE_TTL_SECONDS, this.edgeTtlSeconds);
@@ -155,10 +173,12 @@ export class LinkedBlobStore {
    * harmless, and is what `npm run verify` reports and repairs); the KV copy last, checked
    * against a delete that may have run meanwhile.
    */
-  async link(digest: Digest, descriptor: BlobDescriptor, record: LinkRecord = {}): Promise<void> {
+  async link(digest: Digest, descriptor: BlobDescriptor, record: LinkRecord = {}, content?: Uint8Array): Promise<void> {
     await new Catalog(this.bucket).add(this.name);
     await this.bucket.put(this.key(digest), JSON.stringify(record));
-    if (await this.writeCopy(digest, { link: record, descriptor })) await this.checkCopy(digest);
+    const copy: LinkCopy = { link: record, descriptor };
+    if (content && content.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) copy.content = encodeContent(content);
+    if (await this.writeCopy(digest, copy)) await this.checkCopy(digest);
   }
 
   /**

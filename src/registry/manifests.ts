@@ -5,10 +5,17 @@ import { validateTag } from "../oci/names";
 import type { BlobDescriptor, BlobStore } from "./blob-store";
 import { EdgeCache } from "./edge-cache";
 import { forEachBounded } from "./bounded";
-import type { LinkedBlobStore } from "./linked-blob-store";
+import { decodeContent, EMBEDDED_CONTENT_MAX_BYTES, encodeContent, type LinkedBlobStore } from "./linked-blob-store";
 import { Paths } from "./paths";
 import { Referrers } from "./referrers";
 import type { TagRecord, Tags } from "./tags";
+
+/** Bytes carried in a tag record or a link copy, when they decode and hash to `digest`; else null. */
+async function verifiedContent(content: string, digest: Digest): Promise<Uint8Array<ArrayBuffer> | null> {
+  const bytes = decodeContent(content);
+  if (!bytes || (await digestOf(bytes, digest.algorithm)).value !== digest.value) return null;
+  return bytes;
+}
 
 /** What a manifest whose link records no media type (none written so) is served as. */
 const DEFAULT_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json";
@@ -103,11 +110,16 @@ export class Manifests {
       record.mediaType !== undefined && record.size !== undefined
         ? { mediaType: record.mediaType, size: record.size }
         : null;
+    // A small manifest rides in its tag record, or in its link's KV copy: one read in all.
+    const inRecord = known && record.content ? await verifiedContent(record.content, digest) : null;
+    if (known && inRecord) return { digest, mediaType: known.mediaType, bytes: inRecord };
     let descriptor: BlobDescriptor | null = null;
     if (!known) {
       const stat = await this.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
       descriptor = stat.descriptor;
       known = { mediaType: stat.link.mediaType ?? DEFAULT_MEDIA_TYPE, size: stat.descriptor.size };
+      const inCopy = stat.content ? await verifiedContent(stat.content, digest) : null;
+      if (inCopy) return { digest, mediaType: known.mediaType, bytes: inCopy };
     }
     const cached = await this.edge.matchBlob(digest.value, known.size);
     if (cached) {
@@ -157,14 +169,15 @@ export class Manifests {
     }
     await this.checkReferences(manifest);
     const descriptor = await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
-    await this.revisions.link(digest, descriptor, { mediaType: manifest.mediaType });
+    await this.revisions.link(digest, descriptor, { mediaType: manifest.mediaType }, bytes);
     if (manifest.subject) {
       // The subject need not exist (yet): referrers may be pushed before what they refer to.
       await this.referrers.add(manifest.subject.digest, digest, Referrers.describe(manifest, digest, bytes.byteLength));
     }
     // Tags last: a tag never points at a manifest that is not fully stored.
     const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
-    const record = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
+    const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
+    if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     for (const tag of tags) await this.tags.set(tag, record);
     return { digest, manifest, tags };
   }

@@ -14,6 +14,8 @@ export interface TagRecord {
   digest: Digest;
   mediaType?: string;
   size?: number;
+  /** The manifest's bytes (base64), when small (EMBEDDED_CONTENT_MAX_BYTES): a GET by tag is then one read. */
+  content?: string;
 }
 
 /** A tag record's text: `{"digest","mediaType","size"}`, or (older records) the digest alone. Null if neither. */
@@ -21,11 +23,12 @@ export function parseTagRecord(text: string): TagRecord | null {
   const trimmed = text.trim();
   try {
     if (!trimmed.startsWith("{")) return { digest: parseDigest(trimmed) };
-    const value = JSON.parse(trimmed) as { digest?: unknown; mediaType?: unknown; size?: unknown };
+    const value = JSON.parse(trimmed) as { digest?: unknown; mediaType?: unknown; size?: unknown; content?: unknown };
     if (typeof value.digest !== "string") return null;
     const record: TagRecord = { digest: parseDigest(value.digest) };
     if (typeof value.mediaType === "string") record.mediaType = value.mediaType;
     if (typeof value.size === "number" && Number.isSafeInteger(value.size) && value.size >= 0) record.size = value.size;
+    if (typeof value.content === "string") record.content = value.content;
     return record;
   } catch {
     return null;
@@ -33,7 +36,12 @@ export function parseTagRecord(text: string): TagRecord | null {
 }
 
 function tagRecordText(record: TagRecord): string {
-  return JSON.stringify({ digest: record.digest.value, mediaType: record.mediaType, size: record.size });
+  return JSON.stringify({
+    digest: record.digest.value,
+    mediaType: record.mediaType,
+    size: record.size,
+    content: record.content,
+  });
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   imageManifest,
   MediaTypes,
   MiB,
+  pushManifest,
   pushBlob,
   pushImage,
   randomBytes,
@@ -164,28 +165,50 @@ describe("blobs by digest from the location's cache", () => {
 });
 
 describe("manifests at the edge", () => {
-  it("by digest: the link from KV and the bytes from the cache, no R2 read once warm", async () => {
+  it("by digest: a small manifest rides in its link's KV copy: one KV read, nothing else", async () => {
     const image = await pushImage("edge/manifest", "v1");
-    const get = () =>
-      registry(`/v2/edge/manifest/manifests/${image.digest}`, { headers: { Accept: MediaTypes.ociManifest } });
-    await (await get()).arrayBuffer();
-    await cached(image.digest);
-    const warm = await get();
-    expect(timing(warm)).toMatchObject({ r2: 0, cache: "hit" });
+    const warm = await registry(`/v2/edge/manifest/manifests/${image.digest}`, {
+      headers: { Accept: MediaTypes.ociManifest },
+    });
+    expect(timing(warm)).toMatchObject({ r2: 0, kv: 1, cache: "bypass" });
     expect(new Uint8Array(await warm.arrayBuffer())).toEqual(image.bytes);
     const head = await registry(`/v2/edge/manifest/manifests/${image.digest}`, { method: "HEAD" });
     expect(head.headers.get("Content-Length")).toBe(String(image.size));
-    expect(timing(head)).toMatchObject({ r2: 0 });
+    expect(timing(head)).toMatchObject({ r2: 0, kv: 1 });
   });
 
-  it("by tag: one R2 read, the tag (strong by default)", async () => {
+  it("by tag: one R2 read, the tag record, which carries a small manifest (strong by default)", async () => {
     const image = await pushImage("edge/by-tag", "v1");
-    const get = () => registry("/v2/edge/by-tag/manifests/v1", { headers: { Accept: MediaTypes.ociManifest } });
+    const warm = await registry("/v2/edge/by-tag/manifests/v1", { headers: { Accept: MediaTypes.ociManifest } });
+    expect(timing(warm)).toMatchObject({ r2: 1, kv: 0 });
+    expect(new Uint8Array(await warm.arrayBuffer())).toEqual(image.bytes);
+  });
+
+  it("a manifest too large to ride along (over 64 KiB) is served from the cache once warm", async () => {
+    const name = "edge/large-manifest";
+    const manifest = { ...(await imageManifest(name)), annotations: { padding: "x".repeat(70_000) } };
+    const pushed = await pushManifest(name, "v1", manifest);
+    const get = () =>
+      registry(`/v2/${name}/manifests/${pushed.digest}`, { headers: { Accept: MediaTypes.ociManifest } });
     await (await get()).arrayBuffer();
-    await cached(image.digest);
+    await cached(pushed.digest);
     const warm = await get();
-    expect(timing(warm)).toMatchObject({ r2: 1 });
-    await warm.arrayBuffer();
+    expect(timing(warm)).toMatchObject({ r2: 0, cache: "hit" });
+    expect(new Uint8Array(await warm.arrayBuffer())).toEqual(pushed.bytes);
+    const byTag = await registry(`/v2/${name}/manifests/v1`, { headers: { Accept: MediaTypes.ociManifest } });
+    expect(timing(byTag)).toMatchObject({ r2: 1, cache: "hit" });
+    expect(new Uint8Array(await byTag.arrayBuffer())).toEqual(pushed.bytes);
+  });
+
+  it("bytes riding along that do not hash to the digest are not served: R2 answers", async () => {
+    const image = await pushImage("edge/bad-copy", "v1");
+    const key = `link:edge/bad-copy/_manifests/${image.digest}`;
+    const copy = (await env.META.get(key, "json")) as Record<string, unknown>;
+    await env.META.put(key, JSON.stringify({ ...copy, content: btoa("{}") }));
+    const answer = await registry(`/v2/edge/bad-copy/manifests/${image.digest}`, {
+      headers: { Accept: MediaTypes.ociManifest },
+    });
+    expect(new Uint8Array(await answer.arrayBuffer())).toEqual(image.bytes);
   });
 
   it("with EDGE_TAG_TTL_SECONDS a tag read elsewhere is kept here; moved here, it is seen moved at once", async () => {
