@@ -33,22 +33,13 @@ import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
-import { listenRefusingTls } from "./front.mjs";
+import { HOP_BY_HOP as FRONT_HOP_BY_HOP, listenRefusingTls } from "./front.mjs";
 import { formatBytes } from "./sizes.mjs";
 
 /** 95 MB: under the 100 MB request-body limit of the Free and Pro plans, with room for headers. */
 export const DEFAULT_CHUNK_BYTES = 95_000_000;
-const HOP_BY_HOP = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-connection",
-  "transfer-encoding",
-  "te",
-  "trailer",
-  "upgrade",
-  "expect",
-  "host",
-]);
+/** What is never forwarded: the front's hop-by-hop headers, and Host (the registry's own is sent). */
+const HOP_BY_HOP = new Set([...FRONT_HOP_BY_HOP, "host"]);
 /** Headers the relay sets itself on the chunk requests it makes. */
 const BODY_HEADERS = new Set(["content-length", "content-range", "content-type"]);
 /** Attempts per step of an upload (a chunk, the offset, the commit) before the push fails. */

@@ -353,62 +353,46 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
     report(finding);
   }
 
-  // ---- KV copies ----
-  let cursor: string | undefined;
-  for (;;) {
-    const page = await kv.list({ prefix: "blob:", ...(cursor ? { cursor } : {}) });
-    for (const entry of page.keys) {
-      counts.kvEntries++;
-      const digestText = entry.name.slice("blob:".length);
-      const cached = await kv.get<BlobDescriptor>(entry.name, "json");
-      const truth = stored.get(digestText);
-      if (cached && truth && cached.key === truth.key && cached.size === truth.size) continue;
-      const finding: Finding = {
-        severity: "warning",
-        kind: "kv-descriptor-stale",
-        key: `kv:${entry.name}`,
-        detail: truth
-          ? "the KV copy disagrees with the R2 descriptor"
-          : "a KV copy of a descriptor R2 does not hold (or that failed its check)",
-      };
-      if (repair) {
-        await kv.delete(entry.name);
-        finding.repaired = "KV copy removed";
+  // ---- KV copies: each must say what R2 says ----
+  const sweep = async (prefix: string, kind: FindingKind, judge: (name: string) => Promise<string | null>) => {
+    let cursor: string | undefined;
+    for (;;) {
+      const page: KVNamespaceListResult<unknown> = await kv.list({ prefix, ...(cursor ? { cursor } : {}) });
+      for (const entry of page.keys) {
+        counts.kvEntries++;
+        const detail = await judge(entry.name);
+        if (detail === null) continue;
+        const finding: Finding = { severity: "warning", kind, key: `kv:${entry.name}`, detail };
+        if (repair) {
+          await kv.delete(entry.name);
+          finding.repaired = "KV copy removed";
+        }
+        report(finding);
       }
-      report(finding);
+      if (page.list_complete) break;
+      cursor = page.cursor;
     }
-    if (page.list_complete) break;
-    cursor = page.cursor;
-  }
-
-  // KV copies of links (the edge index): each must have its link in R2.
-  cursor = undefined;
-  for (;;) {
-    const page: KVNamespaceListResult<unknown> = await kv.list({ prefix: "link:", ...(cursor ? { cursor } : {}) });
-    for (const entry of page.keys) {
-      counts.kvEntries++;
-      const r2Key = linkKeyOfKvCopy(entry.name);
-      const copy = r2Key ? linkCopyOf(await kv.get(entry.name, "json"), r2Key.digest) : null;
-      const truth = r2Key ? stored.get(r2Key.digest.value) : undefined;
-      const linked = r2Key ? (await bucket.head(r2Key.key)) !== null : false;
-      if (copy && truth && linked && copy.descriptor.key === truth.key && copy.descriptor.size === truth.size) continue;
-      const finding: Finding = {
-        severity: "warning",
-        kind: "kv-link-stale",
-        key: `kv:${entry.name}`,
-        detail: linked
-          ? "a KV copy of a link whose blob descriptor differs from R2's (or is not one)"
-          : "a KV copy of a link R2 does not hold: pulls at the edge would still see the link",
-      };
-      if (repair) {
-        await kv.delete(entry.name);
-        finding.repaired = "KV copy removed";
-      }
-      report(finding);
-    }
-    if (page.list_complete) break;
-    cursor = page.cursor;
-  }
+  };
+  await sweep("blob:", "kv-descriptor-stale", async (name) => {
+    const cached = await kv.get<BlobDescriptor>(name, "json");
+    const truth = stored.get(name.slice("blob:".length));
+    if (cached && truth && cached.key === truth.key && cached.size === truth.size) return null;
+    return truth
+      ? "the KV copy disagrees with the R2 descriptor"
+      : "a KV copy of a descriptor R2 does not hold (or that failed its check)";
+  });
+  // Copies of links (the edge index): the link in R2, and the blob's descriptor as R2 has it.
+  await sweep("link:", "kv-link-stale", async (name) => {
+    const r2Key = linkKeyOfKvCopy(name);
+    const copy = r2Key ? linkCopyOf(await kv.get(name, "json"), r2Key.digest) : null;
+    const truth = r2Key ? stored.get(r2Key.digest.value) : undefined;
+    const linked = r2Key ? (await bucket.head(r2Key.key)) !== null : false;
+    if (copy && truth && linked && copy.descriptor.key === truth.key && copy.descriptor.size === truth.size)
+      return null;
+    return linked
+      ? "a KV copy of a link whose blob descriptor differs from R2's (or is not one)"
+      : "a KV copy of a link R2 does not hold: pulls at the edge would still see the link";
+  });
 
   const ok = findings.every((finding) => finding.severity !== "error" || finding.repaired !== undefined);
   return { ok, counts, findings };
