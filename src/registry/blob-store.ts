@@ -28,6 +28,25 @@ const READ_SLICE_BYTES = 16 * 1024 * 1024;
 /** Smallest chunk a blob read passes on (see BlobStore.open). */
 const READ_CHUNK_BYTES = 256 * 1024;
 
+/**
+ * What a descriptor record carries in R2 custom metadata: the object it names (so the
+ * garbage collector learns it from a listing, without reading every record), and the
+ * collector's mark (docs/architecture.md, "Garbage collection"): `condemned` (no link
+ * was found; any writer that links the blob revives it) or `tombstone` (being deleted:
+ * absent to everyone; a publish replaces it).
+ */
+export interface DescriptorMetadata {
+  key?: string;
+  size?: string;
+  gc?: "condemned" | "tombstone";
+  /** When it was condemned (ms since the epoch). */
+  since?: string;
+}
+
+export function descriptorMetadata(descriptor: BlobDescriptor): Record<string, string> {
+  return { key: descriptor.key, size: String(descriptor.size) };
+}
+
 export function isBlobDescriptor(value: unknown): value is BlobDescriptor {
   if (typeof value !== "object" || value === null) return false;
   const record = value as Record<string, unknown>;
@@ -94,7 +113,10 @@ export class BlobStore {
   async publish(digest: Digest, size: number, key: string): Promise<BlobDescriptor> {
     const descriptor: BlobDescriptor = { digest: digest.value, size, key };
     const body = JSON.stringify(descriptor);
-    const options = { httpMetadata: { contentType: "application/json" } };
+    const options = {
+      httpMetadata: { contentType: "application/json" },
+      customMetadata: descriptorMetadata(descriptor),
+    };
     const recordKey = Paths.blobDescriptor(digest);
     for (let attempt = 0; attempt < 3; attempt++) {
       const created = await this.bucket.put(recordKey, body, {
@@ -122,6 +144,41 @@ export class BlobStore {
       }
     }
     throw unavailable("the blob's descriptor kept changing while publishing; retry");
+  }
+
+  /**
+   * The check every writer makes after linking a blob (LinkedBlobStore.link), its half
+   * of the garbage collector's protocol (docs/architecture.md, "Garbage collection"): a
+   * descriptor the collector condemned is revived (rewritten without the mark,
+   * conditionally, so exactly one of this and the collector's tombstone wins); one that is
+   * gone or tombstoned fails the request with a retryable error, whose retry uploads the
+   * blob again. One R2 head, and a get and a put only for a condemned blob.
+   */
+  async ensureLive(digest: Digest): Promise<void> {
+    const recordKey = Paths.blobDescriptor(digest);
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const head = await this.bucket.head(recordKey);
+      const mark = head?.customMetadata?.gc;
+      if (head && mark === undefined) return;
+      if (!head || mark === "tombstone") break;
+      const record = await this.bucket.get(recordKey, { onlyIf: { etagMatches: head.etag } });
+      if (!record || !("body" in record)) continue;
+      const text = await record.text();
+      const existing: unknown = JSON.parse(text);
+      if (!isBlobDescriptor(existing)) break;
+      const revived = await this.bucket.put(recordKey, text, {
+        httpMetadata: { contentType: "application/json" },
+        customMetadata: descriptorMetadata(existing),
+        onlyIf: { etagMatches: head.etag },
+      });
+      if (revived !== null) return;
+    }
+    throw unavailable("the blob was being garbage-collected; upload it again", { digest: digest.value });
+  }
+
+  /** Whether a garbage collection run is active (its marker, Paths.gcActive, exists). One R2 head. */
+  async collectorActive(): Promise<boolean> {
+    return (await this.bucket.head(Paths.gcActive)) !== null;
   }
 
   /** Stores small bytes already in memory (manifests) as a blob. */

@@ -170,12 +170,16 @@ export class LinkedBlobStore {
   /**
    * Links a stored blob (its `descriptor`) into this repository. The catalog entry
    * first, so a linked repository is always listed (a listed one with nothing linked is
-   * harmless, and is what `npm run verify` reports and repairs); the KV copy last, checked
-   * against a delete that may have run meanwhile.
+   * harmless, and is what `npm run verify` reports and repairs); then the blob is checked
+   * live (BlobStore.ensureLive: revived if the collector condemned it); the KV copy last,
+   * checked against a delete that may have run meanwhile.
    */
   async link(digest: Digest, descriptor: BlobDescriptor, record: LinkRecord = {}, content?: Uint8Array): Promise<void> {
     await new Catalog(this.bucket).add(this.name);
     await this.bucket.put(this.key(digest), JSON.stringify(record));
+    // After the link is written: a collector that condemned the blob before it could see
+    // the link must not delete it (docs/architecture.md, "Garbage collection").
+    await this.blobs.ensureLive(digest);
     const copy: LinkCopy = { link: record, descriptor };
     if (content && content.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) copy.content = encodeContent(content);
     if (await this.writeCopy(digest, copy)) await this.checkCopy(digest);

@@ -1,5 +1,5 @@
 import { digestOf, looksLikeDigest, parseDigest, type Digest, type DigestAlgorithm } from "../oci/digest";
-import { RegistryError } from "../oci/errors";
+import { RegistryError, unavailable } from "../oci/errors";
 import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import type { BlobDescriptor, BlobStore } from "./blob-store";
@@ -179,7 +179,39 @@ export class Manifests {
     const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     for (const tag of tags) await this.tags.set(tag, record);
+    // The manifest's half of the collector's protocol (docs/architecture.md, "Garbage
+    // collection"): while a run is active, links it may have removed between the checks
+    // above and these writes are written again. One R2 head when no run is active.
+    if (await this.blobs.collectorActive()) await this.relink(manifest, digest, bytes);
     return { digest, manifest, tags };
+  }
+
+  /** Links again whatever a stored manifest needs that a collection run removed meanwhile. */
+  private async relink(manifest: ParsedManifest, digest: Digest, bytes: Uint8Array): Promise<void> {
+    const needed = new Map<
+      string,
+      { store: LinkedBlobStore; digest: Digest; mediaType?: string; bytes?: Uint8Array }
+    >();
+    for (const blob of manifest.blobs) {
+      if (!blob.urls || blob.urls.length === 0)
+        needed.set(`blob ${blob.digest.value}`, { store: this.layers, digest: blob.digest });
+    }
+    for (const child of manifest.manifests) {
+      needed.set(`manifest ${child.digest.value}`, {
+        store: this.revisions,
+        digest: child.digest,
+        mediaType: child.mediaType,
+      });
+    }
+    needed.set(`manifest ${digest.value}`, { store: this.revisions, digest, mediaType: manifest.mediaType, bytes });
+    await forEachBounded([...needed.values()], REFERENCE_CHECKS_IN_FLIGHT, async (entry) => {
+      if (await entry.store.readLink(entry.digest)) return;
+      const descriptor = await this.blobs.stat(entry.digest, { strong: true });
+      if (!descriptor)
+        throw unavailable("a blob this manifest references was garbage-collected meanwhile; push it again");
+      const record = entry.mediaType === undefined ? {} : { mediaType: entry.mediaType };
+      await entry.store.link(entry.digest, descriptor, record, entry.bytes);
+    });
   }
 
   /**

@@ -45,6 +45,12 @@ export class Meter {
     this.cacheOutcome = outcome;
   }
 
+  /** The counts so far (the collector's report: src/gc). */
+  totals(): { r2: number; r2ClassA: number; kv: number; kvWrites: number; storageMs: number } {
+    const storageMs = this.milliseconds.r2 + this.milliseconds.kv + this.milliseconds.cache + this.milliseconds.do;
+    return { r2: this.calls.r2, r2ClassA: this.r2ClassA, kv: this.calls.kv, kvWrites: this.kvWrites, storageMs };
+  }
+
   header(): string {
     const metric = (store: Store) => `${store};dur=${this.milliseconds[store].toFixed(1)};desc="${this.calls[store]}"`;
     const parts = [metric("r2"), metric("kv")];

@@ -46,6 +46,12 @@ export const Paths = {
    */
   quarantine: (objectKey: string): string => `quarantine/${objectKey}`,
 
+  /**
+   * Present while a garbage collection run may remove links (src/gc): a manifest PUT that
+   * sees it checks its references again after writing (docs/architecture.md).
+   */
+  gcActive: "gc/active",
+
   /** One empty marker per repository, so the catalog is a sorted listing of one prefix. */
   catalogPrefix: "catalog/",
   catalogEntry: (name: string): string => `catalog/${name}`,

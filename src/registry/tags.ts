@@ -80,7 +80,11 @@ export class Tags {
   }
 
   async set(tag: string, record: TagRecord): Promise<void> {
-    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record));
+    // The digest rides in custom metadata too, so the garbage collector learns every
+    // tag's target from a listing (no read per tag).
+    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), {
+      customMetadata: { digest: record.digest.value },
+    });
     await this.edge.forgetTag(this.name, tag);
   }
 

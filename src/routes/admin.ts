@@ -1,6 +1,8 @@
 import { Hono } from "hono";
 import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
+import { collectorOf } from "../gc/collector";
+import { parseRetention } from "../gc/retention";
 import { verifyStorage } from "../registry/integrity";
 import { storageOf } from "../registry/storage";
 import type { AppContext, AppEnv } from "./http";
@@ -38,4 +40,44 @@ adminRoutes.post("/verify", async (c) => {
     orphanAgeMs: readConfig(c.env).uploadTtlSeconds * 1000,
   });
   return c.json(report);
+});
+
+/**
+ * POST /_admin/gc[?dry-run=1][&grace=SECONDS]: starts a garbage collection run (202 with
+ * the run), or answers 409 with the run in progress. GET /_admin/gc[?items=1]: the
+ * current or last run (404 before the first), with what it removed when `items=1`.
+ */
+adminRoutes.post("/gc", async (c) => {
+  requireAdmin(c);
+  const grace = c.req.query("grace");
+  let graceSeconds: number | undefined;
+  if (grace !== undefined) {
+    graceSeconds = Number(grace);
+    if (!Number.isSafeInteger(graceSeconds) || graceSeconds < 0)
+      throw new RegistryError("UNSUPPORTED", "grace must be a whole number of seconds", { grace });
+  }
+  const dryRun = ["1", "true"].includes(c.req.query("dry-run") ?? "");
+  try {
+    parseRetention(c.env.RETENTION);
+  } catch (error) {
+    throw new RegistryError("UNSUPPORTED", error instanceof Error ? error.message : String(error), undefined, {}, 400);
+  }
+  const result = await collectorOf(c.env).start({
+    dryRun,
+    ...(graceSeconds === undefined ? {} : { graceSeconds }),
+  });
+  if (!result.started) {
+    return c.json(
+      { errors: [{ code: "DENIED", message: "a garbage collection run is in progress", detail: result.run }] },
+      409,
+    );
+  }
+  return c.json(result.run, 202);
+});
+
+adminRoutes.get("/gc", async (c) => {
+  requireAdmin(c);
+  const run = await collectorOf(c.env).status({ items: c.req.query("items") === "1" });
+  if (!run) return c.json({ errors: [{ code: "UNSUPPORTED", message: "no garbage collection run yet" }] }, 404);
+  return c.json(run);
 });

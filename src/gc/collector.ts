@@ -1,0 +1,996 @@
+import { DurableObject } from "cloudflare:workers";
+import { readConfig } from "../config";
+import { digestOf, parseDigest, type Digest } from "../oci/digest";
+import { parseManifest } from "../oci/manifest";
+import { descriptorMetadata, isBlobDescriptor, type BlobDescriptor } from "../registry/blob-store";
+import { splitRepositoryKey } from "../registry/integrity";
+import { decodeContent } from "../registry/linked-blob-store";
+import { Meter, runMetered } from "../registry/meter";
+import { Paths } from "../registry/paths";
+import { openRepository } from "../registry/registry";
+import { Referrers } from "../registry/referrers";
+import { storageOf, type Storage } from "../registry/storage";
+import { parseTagRecord } from "../registry/tags";
+import { parseRetention, ruleFor, tagsToRemove } from "./retention";
+
+/**
+ * Online garbage collection (docs/architecture.md, "Garbage collection"): one Durable
+ * Object (a single instance, so one run at a time) drives a run through its phases in
+ * bounded steps, one per alarm, keeping its cursor and its marks in its SQLite storage.
+ * A step makes at most a few hundred storage calls (STEP budgets below), far under the
+ * per-invocation subrequest limit (1 000 on Free, 10 000 on Paid), and a restart or a
+ * failed step resumes from the last saved cursor.
+ *
+ * Phases, in order:
+ * - scan: list every key under `repositories/` (tags, revisions, layer links);
+ * - tags, manifests: read what a listing does not say (the target of tags written before
+ *   tags carried it in metadata; each manifest's references, read once per digest ever);
+ * - decide: per repository, apply retention and compute what is kept (tagged manifests,
+ *   what kept indexes list, referrers of kept subjects, untagged ones no rule removes)
+ *   and which layer links no kept manifest uses;
+ * - prune: remove those tags, revisions and links, each re-checked just before;
+ * - check: per pruned repository, put back what a manifest pushed meanwhile needs;
+ * - condemn: every blob descriptor no kept link names, older than the grace period, is
+ *   condemned (a conditional rewrite: any writer linking it afterwards revives it);
+ * - confirm: list every link again (after all condemnations): a linked blob is spared;
+ * - reclaim: tombstone each still-condemned descriptor (conditionally on it being
+ *   unchanged), delete its KV copy, its bytes, then the tombstone;
+ * - orphans: delete `data/` objects nothing names, older than the upload TTL.
+ */
+
+export type Phase =
+  "scan" | "tags" | "manifests" | "decide" | "prune" | "check" | "condemn" | "confirm" | "reclaim" | "orphans" | "done";
+
+export const PHASES: Phase[] = [
+  "scan",
+  "tags",
+  "manifests",
+  "decide",
+  "prune",
+  "check",
+  "condemn",
+  "confirm",
+  "reclaim",
+  "orphans",
+  "done",
+];
+
+export interface GcOptions {
+  dryRun?: boolean;
+  /** Blobs and links younger than this are never removed (GC_GRACE_SECONDS by default). */
+  graceSeconds?: number;
+  trigger?: "admin" | "cron" | "test";
+  /** Tests: the size of every step's batch (small, to get many steps). */
+  batch?: number;
+  /** Tests: false leaves stepping to the caller (no alarms). */
+  drive?: boolean;
+}
+
+export interface GcCounts {
+  repositories: number;
+  tags: number;
+  manifests: number;
+  links: number;
+  blobs: number;
+  dataObjects: number;
+}
+
+export interface GcRemoved {
+  tags: number;
+  manifests: number;
+  links: number;
+  blobs: number;
+  orphans: number;
+}
+
+export interface GcRun {
+  id: string;
+  status: "running" | "done" | "failed";
+  dryRun: boolean;
+  graceSeconds: number;
+  trigger: string;
+  startedAt: string;
+  finishedAt?: string;
+  phase: Phase;
+  /** Items done in the current phase (for progress). */
+  phaseDone: number;
+  steps: number;
+  failures: number;
+  lastError?: string;
+  scanned: GcCounts;
+  removed: GcRemoved;
+  blobsRemoved: number;
+  bytesReclaimed: number;
+  /** Storage calls of the whole run, and the most any one step made. */
+  operations: { r2: number; r2ClassA: number; kv: number; kvWrites: number };
+  maxStepOperations: number;
+  /** Longest step (wall time, storage included: an upper bound of its CPU time). */
+  maxStepMs: number;
+  /** Longest step's time outside storage calls: closer to its CPU time. */
+  maxStepComputeMs: number;
+  /** What was (or, in a dry run, would be) removed, when asked for (capped at ITEMS_MAX). */
+  items?: GcItem[];
+  itemsTruncated?: boolean;
+}
+
+export interface GcItem {
+  kind: "tag" | "manifest" | "link" | "blob" | "orphan";
+  name: string;
+  size?: number;
+}
+
+/** Internal run state: the report plus cursors. */
+interface RunState extends GcRun {
+  startedMs: number;
+  cursor?: string;
+  batch?: number;
+  drive: boolean;
+}
+
+/** Per-step budgets (storage calls are at most a small multiple of these). */
+const STEP = {
+  listPages: 3,
+  tagReads: 100,
+  manifestReads: 50,
+  repositories: 200,
+  prune: 40,
+  checkRepositories: 10,
+  blobPage: 150,
+  reclaim: 40,
+  orphanPage: 1000,
+};
+/** Storage calls in flight at once within a step. */
+const IN_FLIGHT = 16;
+/** Items kept for the report. */
+const ITEMS_MAX = 10_000;
+/** Clock slack between the Worker and R2's `uploaded` times. */
+const CLOCK_MARGIN_MS = 60_000;
+/** Consecutive failed steps after which a run gives up (it can be started again). */
+const MAX_FAILURES = 20;
+const RETRY_DELAY_MS = 5_000;
+
+const LINK_FAMILIES = new Set(["_layers", "_manifests"]);
+
+function emptyCounts(): GcCounts {
+  return { repositories: 0, tags: 0, manifests: 0, links: 0, blobs: 0, dataObjects: 0 };
+}
+
+export class GarbageCollector extends DurableObject<Env> {
+  private stepping = false;
+
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    const sql = ctx.storage.sql;
+    sql.exec(`CREATE TABLE IF NOT EXISTS run (id INTEGER PRIMARY KEY CHECK (id = 1), state TEXT NOT NULL)`);
+    // What each manifest references, by digest: immutable, so kept across runs.
+    sql.exec(`CREATE TABLE IF NOT EXISTS manifest (digest TEXT PRIMARY KEY, media_type TEXT, subject TEXT,
+      children TEXT NOT NULL, blobs TEXT NOT NULL)`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS tag (repo TEXT, tag TEXT, digest TEXT, uploaded INTEGER, etag TEXT,
+      PRIMARY KEY (repo, tag))`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS rev (repo TEXT, digest TEXT, uploaded INTEGER, PRIMARY KEY (repo, digest))`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS link (repo TEXT, digest TEXT, uploaded INTEGER, PRIMARY KEY (repo, digest))`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS unreadable (repo TEXT, digest TEXT, PRIMARY KEY (repo, digest))`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, repo TEXT,
+      name TEXT, digest TEXT, uploaded INTEGER, etag TEXT, subject TEXT, done INTEGER DEFAULT 0)`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS marked (digest TEXT PRIMARY KEY)`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS condemned (digest TEXT PRIMARY KEY, etag TEXT, key TEXT, size INTEGER,
+      tombstone INTEGER)`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS named (key TEXT PRIMARY KEY)`);
+    sql.exec(
+      `CREATE TABLE IF NOT EXISTS item (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, name TEXT, size INTEGER)`,
+    );
+  }
+
+  // ---- the API (RPC from the Worker: routes/admin.ts, the cron trigger, tests) ----
+
+  /** Starts a run, or returns the one running (`started: false`). */
+  async start(options: GcOptions = {}): Promise<{ started: boolean; run: GcRun }> {
+    const current = this.load();
+    if (current?.status === "running") return { started: false, run: this.report(current) };
+    const grace = options.graceSeconds ?? gcGraceSeconds(this.env);
+    parseRetention(this.env.RETENTION); // a broken RETENTION fails here, before anything runs
+    const now = Date.now();
+    const state: RunState = {
+      id: crypto.randomUUID(),
+      status: "running",
+      dryRun: options.dryRun ?? false,
+      graceSeconds: grace,
+      trigger: options.trigger ?? "admin",
+      startedAt: new Date(now).toISOString(),
+      startedMs: now,
+      phase: "scan",
+      phaseDone: 0,
+      steps: 0,
+      failures: 0,
+      scanned: emptyCounts(),
+      removed: { tags: 0, manifests: 0, links: 0, blobs: 0, orphans: 0 },
+      blobsRemoved: 0,
+      bytesReclaimed: 0,
+      operations: { r2: 0, r2ClassA: 0, kv: 0, kvWrites: 0 },
+      maxStepOperations: 0,
+      maxStepMs: 0,
+      maxStepComputeMs: 0,
+      drive: options.drive ?? true,
+      ...(options.batch ? { batch: options.batch } : {}),
+    };
+    const sql = this.ctx.storage.sql;
+    for (const table of ["tag", "rev", "link", "unreadable", "doomed", "marked", "condemned", "named", "item"]) {
+      sql.exec(`DELETE FROM ${table}`);
+    }
+    if (!state.dryRun) {
+      // Before the first listing: a manifest PUT that does not see this marker wrote its
+      // revision before the scan lists it (docs/architecture.md, "Garbage collection").
+      await storageOf(this.env).bucket.put(Paths.gcActive, state.id);
+    }
+    this.save(state);
+    if (state.drive) await this.ctx.storage.setAlarm(Date.now());
+    return { started: true, run: this.report(state) };
+  }
+
+  /** The current or last run (null: none ever). */
+  async status(options: { items?: boolean } = {}): Promise<GcRun | null> {
+    const state = this.load();
+    return state ? this.report(state, options.items) : null;
+  }
+
+  /** One bounded step of the running run (the alarm's work; tests call it directly). */
+  async step(): Promise<GcRun | null> {
+    const state = this.load();
+    if (!state || state.status !== "running" || this.stepping) return state ? this.report(state) : null;
+    this.stepping = true;
+    const meter = new Meter();
+    const started = performance.now();
+    try {
+      await runMetered(meter, () => this.advance(state));
+      state.failures = 0;
+      delete state.lastError;
+    } catch (error) {
+      state.failures++;
+      state.lastError = error instanceof Error ? error.message : String(error);
+      if (state.failures >= MAX_FAILURES) {
+        state.status = "failed";
+        state.finishedAt = new Date().toISOString();
+        await this.unlock(state).catch(() => undefined);
+      }
+    } finally {
+      this.stepping = false;
+    }
+    const elapsed = performance.now() - started;
+    const totals = meter.totals();
+    state.steps++;
+    state.operations.r2 += totals.r2;
+    state.operations.r2ClassA += totals.r2ClassA;
+    state.operations.kv += totals.kv;
+    state.operations.kvWrites += totals.kvWrites;
+    state.maxStepOperations = Math.max(state.maxStepOperations, totals.r2 + totals.kv);
+    state.maxStepMs = Math.max(state.maxStepMs, elapsed);
+    state.maxStepComputeMs = Math.max(state.maxStepComputeMs, Math.max(0, elapsed - totals.storageMs));
+    this.save(state);
+    if (state.status === "running" && state.drive) {
+      await this.ctx.storage.setAlarm(Date.now() + (state.failures > 0 ? RETRY_DELAY_MS : 0));
+    }
+    return this.report(state);
+  }
+
+  override async alarm(): Promise<void> {
+    await this.step();
+  }
+
+  // ---- state ----
+
+  private load(): RunState | null {
+    const row = this.ctx.storage.sql.exec<{ state: string }>(`SELECT state FROM run WHERE id = 1`).toArray()[0];
+    return row ? (JSON.parse(row.state) as RunState) : null;
+  }
+
+  private save(state: RunState): void {
+    this.ctx.storage.sql.exec(`INSERT OR REPLACE INTO run (id, state) VALUES (1, ?)`, JSON.stringify(state));
+  }
+
+  private report(state: RunState, items = false): GcRun {
+    const { startedMs, cursor, batch, drive, ...run } = state;
+    void startedMs;
+    void cursor;
+    void batch;
+    void drive;
+    if (!items) return run;
+    const rows = this.ctx.storage.sql
+      .exec<{ kind: string; name: string; size: number | null }>(
+        `SELECT kind, name, size FROM item ORDER BY seq LIMIT ?`,
+        ITEMS_MAX,
+      )
+      .toArray();
+    return {
+      ...run,
+      items: rows.map((row) => ({
+        kind: row.kind as GcItem["kind"],
+        name: row.name,
+        ...(row.size === null ? {} : { size: row.size }),
+      })),
+      itemsTruncated: rows.length >= ITEMS_MAX,
+    };
+  }
+
+  private record(kind: GcItem["kind"], name: string, size?: number): void {
+    this.ctx.storage.sql.exec(`INSERT INTO item (kind, name, size) VALUES (?, ?, ?)`, kind, name, size ?? null);
+  }
+
+  private next(state: RunState): void {
+    const index = PHASES.indexOf(state.phase);
+    state.phase = PHASES[index + 1] ?? "done";
+    state.phaseDone = 0;
+    delete state.cursor;
+  }
+
+  private async unlock(state: RunState): Promise<void> {
+    if (state.dryRun) return;
+    const bucket = storageOf(this.env).bucket;
+    const marker = await bucket.get(Paths.gcActive);
+    if (marker && (await marker.text()) === state.id) await bucket.delete(Paths.gcActive);
+  }
+
+  private batch(state: RunState, size: number): number {
+    return state.batch ?? size;
+  }
+
+  /** Where the run's cutoff lies: blobs and links written after it are never removed. */
+  private cutoff(state: RunState): number {
+    return state.startedMs - state.graceSeconds * 1000;
+  }
+
+  // ---- the phases ----
+
+  private async advance(state: RunState): Promise<void> {
+    const storage = storageOf(this.env);
+    switch (state.phase) {
+      case "scan":
+        return this.scan(state, storage);
+      case "tags":
+        return this.readTags(state, storage);
+      case "manifests":
+        return this.readManifests(state);
+      case "decide":
+        return this.decide(state);
+      case "prune":
+        return state.dryRun ? this.next(state) : this.prune(state, storage);
+      case "check":
+        return state.dryRun ? this.next(state) : this.check(state);
+      case "condemn":
+        return this.condemn(state, storage);
+      case "confirm":
+        return state.dryRun ? this.next(state) : this.confirm(state, storage);
+      case "reclaim":
+        return state.dryRun ? this.next(state) : this.reclaim(state, storage);
+      case "orphans":
+        return this.orphans(state, storage);
+      case "done":
+        return this.finish(state);
+    }
+  }
+
+  private async finish(state: RunState): Promise<void> {
+    await this.unlock(state);
+    state.status = "done";
+    state.finishedAt = new Date().toISOString();
+    state.scanned.repositories = this.count(
+      `SELECT COUNT(*) AS n FROM (SELECT repo FROM tag UNION SELECT repo FROM rev UNION SELECT repo FROM link)`,
+    );
+  }
+
+  private count(query: string, ...bindings: (string | number)[]): number {
+    return this.ctx.storage.sql.exec<{ n: number }>(query, ...bindings).one().n;
+  }
+
+  /** Lists `repositories/` (a few pages per step) into the tag, rev and link tables. */
+  private async scan(state: RunState, storage: Storage): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    for (let page = 0; page < STEP.listPages; page++) {
+      const listing = await storage.bucket.list({
+        prefix: "repositories/",
+        include: ["customMetadata"],
+        limit: state.batch ?? 1000,
+        ...(state.cursor ? { cursor: state.cursor } : {}),
+      });
+      for (const object of listing.objects) {
+        const parts = splitRepositoryKey(object.key);
+        if (!parts || !LINK_FAMILIES.has(parts.family)) continue;
+        const uploaded = object.uploaded.getTime();
+        const [first = "", second = "", third = ""] = parts.rest;
+        if (parts.family === "_layers") {
+          const digest = digestText(first, second);
+          if (!digest) continue;
+          sql.exec(`INSERT OR REPLACE INTO link VALUES (?, ?, ?)`, parts.name, digest, uploaded);
+          state.scanned.links++;
+        } else if (first === "revisions") {
+          const digest = digestText(second, third);
+          if (!digest) continue;
+          sql.exec(`INSERT OR REPLACE INTO rev VALUES (?, ?, ?)`, parts.name, digest, uploaded);
+          state.scanned.manifests++;
+        } else if (first === "tags" && parts.rest.length === 2) {
+          const target = object.customMetadata?.digest ?? null;
+          sql.exec(
+            `INSERT OR REPLACE INTO tag VALUES (?, ?, ?, ?, ?)`,
+            parts.name,
+            second,
+            target,
+            uploaded,
+            object.etag,
+          );
+          state.scanned.tags++;
+        }
+      }
+      state.phaseDone += listing.objects.length;
+      if (!listing.truncated) return this.next(state);
+      state.cursor = listing.cursor;
+    }
+  }
+
+  /** Reads the target of tags whose listing did not carry it (written before tags carried it). */
+  private async readTags(state: RunState, storage: Storage): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const rows = sql
+      .exec<{ repo: string; tag: string }>(
+        `SELECT repo, tag FROM tag WHERE digest IS NULL LIMIT ?`,
+        this.batch(state, STEP.tagReads),
+      )
+      .toArray();
+    if (rows.length === 0) return this.next(state);
+    await inParallel(rows, async ({ repo, tag }) => {
+      const object = await storage.bucket.get(Paths.tag(repo, tag));
+      const record = object ? parseTagRecord(await object.text()) : null;
+      // A tag gone or unreadable names nothing; '' keeps it from being read again.
+      sql.exec(`UPDATE tag SET digest = ? WHERE repo = ? AND tag = ?`, record?.digest.value ?? "", repo, tag);
+    });
+    state.phaseDone += rows.length;
+  }
+
+  /** Reads the references of every manifest not read by an earlier run (digests are immutable). */
+  private async readManifests(state: RunState): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const after = state.cursor ?? "";
+    const rows = sql
+      .exec<{ repo: string; digest: string }>(
+        `SELECT repo, digest FROM rev WHERE repo || ' ' || digest > ? AND digest NOT IN (SELECT digest FROM manifest)
+         ORDER BY repo || ' ' || digest LIMIT ?`,
+        after,
+        this.batch(state, STEP.manifestReads),
+      )
+      .toArray();
+    if (rows.length === 0) return this.next(state);
+    await inParallel(rows, async ({ repo, digest }) => {
+      const refs = await readReferences(this.env, repo, parseDigest(digest));
+      if (!refs) {
+        // Unreadable (its bytes are gone): kept, and its repository loses no links this run.
+        sql.exec(`INSERT OR IGNORE INTO unreadable VALUES (?, ?)`, repo, digest);
+        return;
+      }
+      sql.exec(
+        `INSERT OR REPLACE INTO manifest VALUES (?, ?, ?, ?, ?)`,
+        digest,
+        refs.mediaType,
+        refs.subject,
+        JSON.stringify(refs.children),
+        JSON.stringify(refs.blobs),
+      );
+    });
+    const last = rows[rows.length - 1];
+    state.cursor = last ? `${last.repo} ${last.digest}` : after;
+    state.phaseDone += rows.length;
+  }
+
+  /** Per repository: retention, what is kept, what goes (no storage calls). */
+  private async decide(state: RunState): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const rules = parseRetention(this.env.RETENTION);
+    const after = state.cursor ?? "";
+    const repos = sql
+      .exec<{ repo: string }>(
+        `SELECT repo FROM (SELECT repo FROM tag UNION SELECT repo FROM rev UNION SELECT repo FROM link)
+         WHERE repo > ? ORDER BY repo LIMIT ?`,
+        after,
+        this.batch(state, STEP.repositories),
+      )
+      .toArray()
+      .map((row) => row.repo);
+    if (repos.length === 0) return this.next(state);
+    const cutoff = this.cutoff(state);
+    for (const repo of repos) {
+      const tags = sql
+        .exec<{ tag: string; digest: string; uploaded: number; etag: string }>(
+          `SELECT tag, digest, uploaded, etag FROM tag WHERE repo = ?`,
+          repo,
+        )
+        .toArray();
+      const revs = sql
+        .exec<{
+          digest: string;
+          uploaded: number;
+          media_type: string | null;
+          subject: string | null;
+          children: string | null;
+          blobs: string | null;
+        }>(
+          `SELECT rev.digest, rev.uploaded, m.media_type, m.subject, m.children, m.blobs FROM rev
+           LEFT JOIN manifest m ON m.digest = rev.digest WHERE rev.repo = ?`,
+          repo,
+        )
+        .toArray();
+      const links = sql
+        .exec<{ digest: string; uploaded: number }>(`SELECT digest, uploaded FROM link WHERE repo = ?`, repo)
+        .toArray();
+      const unsure = this.count(`SELECT COUNT(*) AS n FROM unreadable WHERE repo = ?`, repo) > 0;
+      const rule = ruleFor(rules, repo);
+      const removedTags = tagsToRemove(
+        rule,
+        tags.map((t) => ({ tag: t.tag, pushedAt: t.uploaded })),
+        state.startedMs,
+      );
+      const tagged = new Set(tags.filter((t) => !removedTags.has(t.tag)).map((t) => t.digest));
+      const untaggedByRule = new Set(tags.filter((t) => removedTags.has(t.tag)).map((t) => t.digest));
+      const byDigest = new Map(revs.map((rev) => [rev.digest, rev]));
+      const kept = new Set<string>();
+      const queue: string[] = [];
+      const keep = (digest: string) => {
+        if (kept.has(digest) || !byDigest.has(digest)) return;
+        kept.add(digest);
+        queue.push(digest);
+      };
+      for (const rev of revs) {
+        const removable =
+          rev.children !== null &&
+          !tagged.has(rev.digest) &&
+          (untaggedByRule.has(rev.digest) ||
+            (rule?.removeUntaggedOlderThan !== undefined &&
+              state.startedMs - rev.uploaded > rule.removeUntaggedOlderThan * 1000 &&
+              rev.uploaded < state.startedMs - CLOCK_MARGIN_MS));
+        if (!removable) keep(rev.digest);
+      }
+      // Children of kept indexes, and referrers of kept subjects, to a fixed point.
+      for (;;) {
+        while (queue.length > 0) {
+          const digest = queue.pop() ?? "";
+          for (const child of JSON.parse(byDigest.get(digest)?.children ?? "[]") as string[]) keep(child);
+        }
+        const before = kept.size;
+        for (const rev of revs) if (rev.subject && kept.has(rev.subject)) keep(rev.digest);
+        if (kept.size === before && queue.length === 0) break;
+      }
+      const used = new Set<string>();
+      for (const digest of kept) {
+        for (const blob of JSON.parse(byDigest.get(digest)?.blobs ?? "[]") as string[]) used.add(blob);
+        sql.exec(`INSERT OR IGNORE INTO marked VALUES (?)`, digest);
+      }
+      for (const tag of tags) {
+        if (!removedTags.has(tag.tag)) continue;
+        sql.exec(
+          `INSERT INTO doomed (kind, repo, name, digest, uploaded, etag) VALUES ('tag', ?, ?, ?, ?, ?)`,
+          repo,
+          tag.tag,
+          tag.digest,
+          tag.uploaded,
+          tag.etag,
+        );
+        this.record("tag", `${repo}:${tag.tag}`);
+      }
+      for (const rev of revs) {
+        if (kept.has(rev.digest)) continue;
+        sql.exec(
+          `INSERT INTO doomed (kind, repo, name, digest, uploaded, subject) VALUES ('manifest', ?, ?, ?, ?, ?)`,
+          repo,
+          rev.media_type,
+          rev.digest,
+          rev.uploaded,
+          rev.subject,
+        );
+        this.record("manifest", `${repo}@${rev.digest}`);
+      }
+      for (const link of links) {
+        if (used.has(link.digest) || unsure || link.uploaded >= cutoff) {
+          sql.exec(`INSERT OR IGNORE INTO marked VALUES (?)`, link.digest);
+          continue;
+        }
+        sql.exec(
+          `INSERT INTO doomed (kind, repo, digest, uploaded) VALUES ('link', ?, ?, ?)`,
+          repo,
+          link.digest,
+          link.uploaded,
+        );
+        this.record("link", `${repo}@${link.digest}`);
+      }
+    }
+    state.cursor = repos[repos.length - 1];
+    state.phaseDone += repos.length;
+  }
+
+  /** Removes what decide doomed, each re-checked just before (a push may have written it again). */
+  private async prune(state: RunState, storage: Storage): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const rows = sql
+      .exec<{
+        seq: number;
+        kind: string;
+        repo: string;
+        name: string | null;
+        digest: string;
+        uploaded: number;
+        etag: string | null;
+        subject: string | null;
+      }>(
+        `SELECT seq, kind, repo, name, digest, uploaded, etag, subject FROM doomed WHERE done = 0 ORDER BY seq LIMIT ?`,
+        this.batch(state, STEP.prune),
+      )
+      .toArray();
+    if (rows.length === 0) return this.next(state);
+    const { bucket, kv } = storage;
+    // In order: a repository's tags before its revisions before its links (decide's order).
+    for (const row of rows) {
+      let removed = false;
+      if (row.kind === "tag" && row.name !== null) {
+        const key = Paths.tag(row.repo, row.name);
+        const head = await bucket.head(key);
+        if (head && head.etag === row.etag) {
+          await bucket.delete(key);
+          removed = true;
+          state.removed.tags++;
+        }
+      } else {
+        const digest = parseDigest(row.digest);
+        const manifest = row.kind === "manifest";
+        const key = manifest ? Paths.manifestRevision(row.repo, digest) : Paths.layerLink(row.repo, digest);
+        const kvKey = manifest ? Paths.kvManifestRevision(row.repo, digest) : Paths.kvLayerLink(row.repo, digest);
+        const head = await bucket.head(key);
+        // Written again since the scan (a push, a mount): in use, left alone.
+        if (head && head.uploaded.getTime() === row.uploaded) {
+          if (manifest && row.subject) await bucket.delete(Paths.referrer(row.repo, parseDigest(row.subject), digest));
+          // The delete order of LinkedBlobStore.unlink: no KV copy outlives its link.
+          await kv.delete(kvKey);
+          await bucket.delete(key);
+          await kv.delete(kvKey);
+          removed = true;
+          if (manifest) state.removed.manifests++;
+          else state.removed.links++;
+        }
+      }
+      sql.exec(`UPDATE doomed SET done = ? WHERE seq = ?`, removed ? 1 : 2, row.seq);
+    }
+    state.phaseDone += rows.length;
+  }
+
+  /**
+   * Per pruned repository: a manifest written (or a tag set) since the scan may need what
+   * was just removed; it is linked again. The other half of this is the manifest PUT's own
+   * check while the run's marker exists (Manifests.put); between them, every interleaving
+   * is covered (docs/architecture.md).
+   */
+  private async check(state: RunState): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const repos = sql
+      .exec<{ repo: string }>(
+        `SELECT DISTINCT repo FROM doomed WHERE done = 1 AND repo > ? ORDER BY repo LIMIT ?`,
+        state.cursor ?? "",
+        this.batch(state, STEP.checkRepositories),
+      )
+      .toArray()
+      .map((row) => row.repo);
+    if (repos.length === 0) return this.next(state);
+    const since = state.startedMs - CLOCK_MARGIN_MS;
+    for (const repo of repos) {
+      const removed = sql
+        .exec<{ kind: string; digest: string }>(
+          `SELECT kind, digest FROM doomed WHERE repo = ? AND done = 1 AND kind != 'tag'`,
+          repo,
+        )
+        .toArray();
+      const removedLinks = new Set(removed.filter((r) => r.kind === "link").map((r) => r.digest));
+      const removedRevs = new Set(removed.filter((r) => r.kind === "manifest").map((r) => r.digest));
+      if (removedLinks.size === 0 && removedRevs.size === 0) continue;
+      const repository = openRepository(this.env, repo);
+      const storage = storageOf(this.env);
+      const restoreRevision = async (digest: string) => {
+        if (!removedRevs.delete(digest)) return;
+        const mediaType = sql
+          .exec<{ media_type: string | null }>(`SELECT media_type FROM manifest WHERE digest = ?`, digest)
+          .toArray()[0]?.media_type;
+        await restoreManifest(this.env, repo, parseDigest(digest), mediaType ?? "");
+      };
+      // Tags written since the scan that name a removed revision.
+      for await (const object of listAll(storage.bucket, Paths.tagPrefix(repo))) {
+        if (object.uploaded.getTime() < since) continue;
+        let target = object.customMetadata?.digest;
+        if (!target) {
+          const record = await storage.bucket.get(object.key);
+          target = record ? parseTagRecord(await record.text())?.digest.value : undefined;
+        }
+        if (target) await restoreRevision(target);
+      }
+      // Revisions written since the scan: what they need is linked again.
+      const revisionsPrefix = `repositories/${repo}/_manifests/revisions/`;
+      for await (const object of listAll(storage.bucket, revisionsPrefix)) {
+        if (object.uploaded.getTime() < since) continue;
+        const [algorithm = "", hex = ""] = object.key.slice(revisionsPrefix.length).split("/");
+        const digest = digestText(algorithm, hex);
+        if (!digest) continue;
+        const refs = await readReferences(this.env, repo, parseDigest(digest));
+        if (!refs) continue;
+        for (const child of refs.children) await restoreRevision(child);
+        for (const blob of refs.blobs) {
+          if (!removedLinks.delete(blob)) continue;
+          const descriptor = await repository.blobs.stat(parseDigest(blob), { strong: true });
+          if (descriptor) await repository.layers.link(parseDigest(blob), descriptor);
+        }
+      }
+    }
+    state.cursor = repos[repos.length - 1];
+    state.phaseDone += repos.length;
+  }
+
+  /**
+   * Lists blob descriptors: an unmarked one older than the cutoff is condemned (a
+   * conditional rewrite with the mark), a marked one that an earlier run condemned is
+   * revived, and every object a descriptor names is remembered for the orphan sweep.
+   */
+  private async condemn(state: RunState, storage: Storage): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const { bucket } = storage;
+    const listing = await bucket.list({
+      prefix: "blobs/",
+      include: ["customMetadata"],
+      limit: this.batch(state, STEP.blobPage),
+      ...(state.cursor ? { cursor: state.cursor } : {}),
+    });
+    const cutoff = this.cutoff(state);
+    await inParallel(listing.objects, async (object) => {
+      const [algorithm = "", hex = ""] = object.key.slice("blobs/".length).split("/");
+      const digest = digestText(algorithm, hex);
+      if (!digest) return;
+      state.scanned.blobs++;
+      const meta = object.customMetadata ?? {};
+      let descriptor: BlobDescriptor | null = null;
+      if (meta.key !== undefined && meta.size !== undefined && Number.isSafeInteger(Number(meta.size))) {
+        descriptor = { digest, size: Number(meta.size), key: meta.key };
+      } else if (meta.gc !== "tombstone") {
+        const record = await bucket.get(object.key);
+        const body: unknown = record ? await record.json().catch(() => null) : null;
+        descriptor = isBlobDescriptor(body) ? body : null;
+      }
+      if (descriptor) sql.exec(`INSERT OR IGNORE INTO named VALUES (?)`, descriptor.key);
+      const isMarked = this.count(`SELECT COUNT(*) AS n FROM marked WHERE digest = ?`, digest) > 0;
+      if (meta.gc === "tombstone") {
+        // A run stopped part-way through reclaiming it: finish (a tombstone is absent to all).
+        if (!state.dryRun)
+          sql.exec(`INSERT OR REPLACE INTO condemned VALUES (?, ?, ?, ?, 1)`, digest, object.etag, meta.key ?? null, 0);
+        return;
+      }
+      if (!descriptor) return; // not a descriptor: npm run verify reports it; never touched here
+      if (isMarked) {
+        if (meta.gc === "condemned" && !state.dryRun) await this.revive(bucket, object, descriptor);
+        return;
+      }
+      if (object.uploaded.getTime() >= cutoff) return;
+      if (state.dryRun) {
+        this.record("blob", digest, descriptor.size);
+        state.blobsRemoved++;
+        state.bytesReclaimed += descriptor.size;
+        return;
+      }
+      let etag = object.etag;
+      if (meta.gc !== "condemned") {
+        const written = await bucket.put(object.key, JSON.stringify(descriptor), {
+          httpMetadata: { contentType: "application/json" },
+          customMetadata: { ...descriptorMetadata(descriptor), gc: "condemned", since: String(Date.now()) },
+          onlyIf: { etagMatches: object.etag },
+        });
+        if (!written) return; // changed meanwhile: not this run's to condemn
+        etag = written.etag;
+      }
+      sql.exec(
+        `INSERT OR REPLACE INTO condemned VALUES (?, ?, ?, ?, 0)`,
+        digest,
+        etag,
+        descriptor.key,
+        descriptor.size,
+      );
+    });
+    state.phaseDone += listing.objects.length;
+    if (!listing.truncated) return this.next(state);
+    state.cursor = listing.cursor;
+  }
+
+  private async revive(bucket: R2Bucket, object: R2Object, descriptor: BlobDescriptor): Promise<void> {
+    await bucket.put(object.key, JSON.stringify(descriptor), {
+      httpMetadata: { contentType: "application/json" },
+      customMetadata: descriptorMetadata(descriptor),
+      onlyIf: { etagMatches: object.etag },
+    });
+  }
+
+  /** Lists every link again, after the last condemnation: a blob linked now is spared. */
+  private async confirm(state: RunState, storage: Storage): Promise<void> {
+    if (!state.cursor && this.count(`SELECT COUNT(*) AS n FROM condemned WHERE tombstone = 0`) === 0) {
+      return this.next(state);
+    }
+    const sql = this.ctx.storage.sql;
+    for (let page = 0; page < STEP.listPages; page++) {
+      const listing = await storage.bucket.list({
+        prefix: "repositories/",
+        limit: state.batch ?? 1000,
+        ...(state.cursor ? { cursor: state.cursor } : {}),
+      });
+      for (const object of listing.objects) {
+        const parts = splitRepositoryKey(object.key);
+        if (!parts) continue;
+        const [first = "", second = "", third = ""] = parts.rest;
+        const digest =
+          parts.family === "_layers"
+            ? digestText(first, second)
+            : parts.family === "_manifests" && first === "revisions"
+              ? digestText(second, third)
+              : null;
+        if (digest) sql.exec(`DELETE FROM condemned WHERE digest = ? AND tombstone = 0`, digest);
+      }
+      state.phaseDone += listing.objects.length;
+      if (!listing.truncated) return this.next(state);
+      state.cursor = listing.cursor;
+    }
+  }
+
+  /** Tombstones each still-condemned descriptor (if unchanged), then deletes its KV copy, bytes and record. */
+  private async reclaim(state: RunState, storage: Storage): Promise<void> {
+    const sql = this.ctx.storage.sql;
+    const rows = sql
+      .exec<{ digest: string; etag: string; key: string | null; size: number; tombstone: number }>(
+        `SELECT digest, etag, key, size, tombstone FROM condemned ORDER BY digest LIMIT ?`,
+        this.batch(state, STEP.reclaim),
+      )
+      .toArray();
+    if (rows.length === 0) return this.next(state);
+    const { bucket, kv } = storage;
+    await inParallel(rows, async (row) => {
+      const digest = parseDigest(row.digest);
+      const recordKey = Paths.blobDescriptor(digest);
+      let counted = false;
+      if (!row.tombstone) {
+        // Exactly one of this and a writer's revival (BlobStore.ensureLive) wins.
+        const tombstone = await bucket.put(recordKey, JSON.stringify({ digest: row.digest, tombstone: true }), {
+          httpMetadata: { contentType: "application/json" },
+          customMetadata: { key: row.key ?? "", size: String(row.size), gc: "tombstone" },
+          onlyIf: { etagMatches: row.etag },
+        });
+        if (tombstone) counted = true;
+        else {
+          sql.exec(`DELETE FROM condemned WHERE digest = ?`, row.digest);
+          return;
+        }
+      }
+      await kv.delete(Paths.kvBlob(digest));
+      if (row.key) await bucket.delete(row.key);
+      const head = await bucket.head(recordKey);
+      if (head?.customMetadata?.gc === "tombstone") await bucket.delete(recordKey);
+      if (counted) {
+        state.removed.blobs++;
+        state.blobsRemoved++;
+        state.bytesReclaimed += row.size;
+        this.record("blob", row.digest, row.size);
+      }
+      sql.exec(`DELETE FROM condemned WHERE digest = ?`, row.digest);
+    });
+    state.phaseDone += rows.length;
+  }
+
+  /** Deletes `data/` objects no descriptor names, older than the upload TTL (an upload's, never published). */
+  private async orphans(state: RunState, storage: Storage): Promise<void> {
+    const listing = await storage.bucket.list({
+      prefix: "data/",
+      limit: this.batch(state, STEP.orphanPage),
+      ...(state.cursor ? { cursor: state.cursor } : {}),
+    });
+    const oldest = Date.now() - readConfig(this.env).uploadTtlSeconds * 1000;
+    const orphans: string[] = [];
+    for (const object of listing.objects) {
+      state.scanned.dataObjects++;
+      if (object.uploaded.getTime() >= oldest) continue;
+      if (this.count(`SELECT COUNT(*) AS n FROM named WHERE key = ?`, object.key) > 0) continue;
+      orphans.push(object.key);
+      this.record("orphan", object.key, object.size);
+      state.removed.orphans++;
+      state.bytesReclaimed += object.size;
+    }
+    if (!state.dryRun && orphans.length > 0) await storage.bucket.delete(orphans);
+    state.phaseDone += listing.objects.length;
+    if (!listing.truncated) return this.next(state);
+    state.cursor = listing.cursor;
+  }
+}
+
+/** The GC_GRACE_SECONDS setting (default one day). */
+export function gcGraceSeconds(env: Env): number {
+  const value = Number(env.GC_GRACE_SECONDS);
+  return env.GC_GRACE_SECONDS !== undefined &&
+    env.GC_GRACE_SECONDS.trim() !== "" &&
+    Number.isSafeInteger(value) &&
+    value >= 0
+    ? value
+    : 86_400;
+}
+
+/** The one collector of this registry. */
+export function collectorOf(env: Env): DurableObjectStub<GarbageCollector> {
+  return env.GC.get(env.GC.idFromName("registry"));
+}
+
+interface References {
+  mediaType: string;
+  subject: string | null;
+  children: string[];
+  blobs: string[];
+}
+
+/** What a stored manifest references, read through its repository; null when its bytes are gone or unreadable. */
+async function readReferences(env: Env, repo: string, digest: Digest): Promise<References | null> {
+  const repository = openRepository(env, repo);
+  const stat = await repository.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" }).catch((error: unknown) => {
+    if (error instanceof Error && "code" in error && error.code === "MANIFEST_UNKNOWN") return null;
+    throw error;
+  });
+  if (!stat) return null;
+  let bytes: Uint8Array | null = stat.content ? decodeContent(stat.content) : null;
+  if (bytes && (await digestOf(bytes, digest.algorithm)).value !== digest.value) bytes = null;
+  bytes ??= await repository.blobs.readBytes(stat.descriptor);
+  if (!bytes || (await digestOf(bytes, digest.algorithm)).value !== digest.value) return null;
+  try {
+    const manifest = parseManifest(bytes, stat.link.mediaType ?? "");
+    return {
+      mediaType: manifest.mediaType,
+      subject: manifest.subject?.digest.value ?? null,
+      children: manifest.manifests.map((child) => child.digest.value),
+      blobs: manifest.blobs.filter((blob) => !blob.urls || blob.urls.length === 0).map((blob) => blob.digest.value),
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** Writes back a revision link (and its referrer record) the prune removed. */
+async function restoreManifest(env: Env, repo: string, digest: Digest, mediaType: string): Promise<void> {
+  const repository = openRepository(env, repo);
+  const descriptor = await repository.blobs.stat(digest, { strong: true });
+  const bytes = descriptor ? await repository.blobs.readBytes(descriptor) : null;
+  if (!descriptor || !bytes) return;
+  try {
+    const manifest = parseManifest(bytes, mediaType);
+    if (manifest.subject) {
+      await repository.referrers.add(
+        manifest.subject.digest,
+        digest,
+        Referrers.describe(manifest, digest, bytes.byteLength),
+      );
+    }
+  } catch {
+    // Stored manifests parsed when pushed; one that no longer does is linked as it was.
+  }
+  await repository.revisions.link(digest, descriptor, mediaType ? { mediaType } : {}, bytes);
+}
+
+function digestText(algorithm: string, hex: string): string | null {
+  try {
+    return parseDigest(`${algorithm}:${hex}`).value;
+  } catch {
+    return null;
+  }
+}
+
+async function* listAll(bucket: R2Bucket, prefix: string): AsyncGenerator<R2Object> {
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await bucket.list({ prefix, include: ["customMetadata"], ...(cursor ? { cursor } : {}) });
+    yield* page.objects;
+    if (!page.truncated) return;
+    cursor = page.cursor;
+  }
+}
+
+async function inParallel<T>(items: T[], work: (item: T) => Promise<void>): Promise<void> {
+  for (let index = 0; index < items.length; index += IN_FLIGHT) {
+    await Promise.all(items.slice(index, index + IN_FLIGHT).map(work));
+  }
+}
