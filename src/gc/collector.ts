@@ -148,6 +148,8 @@ const CLOCK_MARGIN_MS = 60_000;
 /** Consecutive failed steps after which a run gives up (it can be started again). */
 const MAX_FAILURES = 20;
 const RETRY_DELAY_MS = 5_000;
+/** Between two steps. */
+const STEP_GAP_MS = 5;
 
 const LINK_FAMILIES = new Set(["_layers", "_manifests"]);
 
@@ -186,7 +188,11 @@ export class GarbageCollector extends DurableObject<Env> {
   /** Starts a run, or returns the one running (`started: false`). */
   async start(options: GcOptions = {}): Promise<{ started: boolean; run: GcRun }> {
     const current = this.load();
-    if (current?.status === "running") return { started: false, run: this.report(current) };
+    if (current?.status === "running") {
+      // A run whose alarm was lost (it should not be) is set going again.
+      if (current.drive && (await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now());
+      return { started: false, run: this.report(current) };
+    }
     const grace = options.graceSeconds ?? gcGraceSeconds(this.env);
     parseRetention(this.env.RETENTION); // a broken RETENTION fails here, before anything runs
     const now = Date.now();
@@ -267,7 +273,9 @@ export class GarbageCollector extends DurableObject<Env> {
     state.maxStepComputeMs = Math.max(state.maxStepComputeMs, Math.max(0, elapsed - totals.storageMs));
     this.save(state);
     if (state.status === "running" && state.drive) {
-      await this.ctx.storage.setAlarm(Date.now() + (state.failures > 0 ? RETRY_DELAY_MS : 0));
+      // Never at the running alarm's own time (the clock stands still in a step without
+      // I/O): an alarm set for that instant is dropped when the handler returns.
+      await this.ctx.storage.setAlarm(Date.now() + (state.failures > 0 ? RETRY_DELAY_MS : STEP_GAP_MS));
     }
     return this.report(state);
   }
