@@ -636,7 +636,8 @@ export class GarbageCollector extends DurableObject<Env> {
       if (row.kind === "tag" && row.name !== null) {
         const key = Paths.tag(row.repo, row.name);
         const head = await bucket.head(key);
-        if (head && head.etag === row.etag) {
+        // Compared by write time: an etag is the body's MD5, the same for a tag pushed again.
+        if (head && head.uploaded.getTime() === row.uploaded) {
           await bucket.delete(key);
           removed = true;
           state.removed.tags++;
@@ -759,7 +760,7 @@ export class GarbageCollector extends DurableObject<Env> {
       } else if (meta.gc !== "tombstone") {
         const record = await bucket.get(object.key);
         const body: unknown = record ? await record.json().catch(() => null) : null;
-        descriptor = isBlobDescriptor(body) ? body : null;
+        descriptor = isBlobDescriptor(body) ? plain(body) : null;
       }
       if (descriptor) sql.exec(`INSERT OR IGNORE INTO named VALUES (?)`, descriptor.key);
       const isMarked = this.count(`SELECT COUNT(*) AS n FROM marked WHERE digest = ?`, digest) > 0;
@@ -783,9 +784,13 @@ export class GarbageCollector extends DurableObject<Env> {
       }
       let etag = object.etag;
       if (meta.gc !== "condemned") {
-        const written = await bucket.put(object.key, JSON.stringify(descriptor), {
+        // R2's etag is the MD5 of the body: the mark goes into the body too (with its time,
+        // so no two condemnations share an etag), or a revival, which writes the plain
+        // descriptor back, could not be told from it by the tombstone's condition.
+        const since = String(Date.now());
+        const written = await bucket.put(object.key, JSON.stringify({ ...plain(descriptor), condemned: since }), {
           httpMetadata: { contentType: "application/json" },
-          customMetadata: { ...descriptorMetadata(descriptor), gc: "condemned", since: String(Date.now()) },
+          customMetadata: { ...descriptorMetadata(descriptor), gc: "condemned", since },
           onlyIf: { etagMatches: object.etag },
         });
         if (!written) return; // changed meanwhile: not this run's to condemn
@@ -805,7 +810,7 @@ export class GarbageCollector extends DurableObject<Env> {
   }
 
   private async revive(bucket: R2Bucket, object: R2Object, descriptor: BlobDescriptor): Promise<void> {
-    await bucket.put(object.key, JSON.stringify(descriptor), {
+    await bucket.put(object.key, JSON.stringify(plain(descriptor)), {
       httpMetadata: { contentType: "application/json" },
       customMetadata: descriptorMetadata(descriptor),
       onlyIf: { etagMatches: object.etag },
@@ -977,6 +982,11 @@ async function restoreManifest(env: Env, repo: string, digest: Digest, mediaType
     // Stored manifests parsed when pushed; one that no longer does is linked as it was.
   }
   await repository.revisions.link(digest, descriptor, mediaType ? { mediaType } : {}, bytes);
+}
+
+/** Just the descriptor's fields (a condemned record's body has its mark too). */
+function plain(descriptor: BlobDescriptor): BlobDescriptor {
+  return { digest: descriptor.digest, size: descriptor.size, key: descriptor.key };
 }
 
 function digestText(algorithm: string, hex: string): string | null {

@@ -84,8 +84,10 @@ export class BlobStore {
     }
     const record = await this.bucket.get(Paths.blobDescriptor(digest));
     if (!record) return null;
-    const descriptor: unknown = await record.json();
-    if (!isBlobDescriptor(descriptor)) return null;
+    const parsed: unknown = await record.json();
+    if (!isBlobDescriptor(parsed)) return null;
+    // Only the fields: a record the collector condemned carries its mark in the body too.
+    const descriptor: BlobDescriptor = { digest: parsed.digest, size: parsed.size, key: parsed.key };
     if (!options.strong) await this.cache(digest, descriptor);
     return descriptor;
   }
@@ -129,9 +131,10 @@ export class BlobStore {
       }
       const record = await this.bucket.get(recordKey);
       if (!record) continue; // deleted meanwhile: try creating again
-      const existing: unknown = await record.json();
-      if (isBlobDescriptor(existing) && existing.key === key) return existing;
-      if (isBlobDescriptor(existing) && (await this.hasBytes(existing))) {
+      const parsed: unknown = await record.json();
+      const existing = isBlobDescriptor(parsed) ? { digest: parsed.digest, size: parsed.size, key: parsed.key } : null;
+      if (existing && existing.key === key) return existing;
+      if (existing && (await this.hasBytes(existing))) {
         // Another upload of the same bytes got there first: keep its object, drop ours.
         await this.bucket.delete(key);
         await this.cache(digest, existing);
@@ -163,12 +166,13 @@ export class BlobStore {
       if (!head || mark === "tombstone") break;
       const record = await this.bucket.get(recordKey, { onlyIf: { etagMatches: head.etag } });
       if (!record || !("body" in record)) continue;
-      const text = await record.text();
-      const existing: unknown = JSON.parse(text);
+      const existing: unknown = await record.json();
       if (!isBlobDescriptor(existing)) break;
-      const revived = await this.bucket.put(recordKey, text, {
+      // The plain descriptor, without the mark (whose body differs, so its etag does).
+      const plain: BlobDescriptor = { digest: existing.digest, size: existing.size, key: existing.key };
+      const revived = await this.bucket.put(recordKey, JSON.stringify(plain), {
         httpMetadata: { contentType: "application/json" },
-        customMetadata: descriptorMetadata(existing),
+        customMetadata: descriptorMetadata(plain),
         onlyIf: { etagMatches: head.etag },
       });
       if (revived !== null) return;

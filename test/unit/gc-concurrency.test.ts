@@ -1,0 +1,108 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MediaTypes, pushBlob, putManifest, registry, transport } from "./helpers";
+import { collect, deleteManifest, expectPulls, expectVerifyClean, pushImageOf, type Image } from "./gc-helpers";
+
+/**
+ * The collector's protocol against concurrent writers (docs/architecture.md, "Garbage
+ * collection"): before each step of a run in turn, a client pushes, mounts or PUTs a
+ * manifest whose blobs the run is collecting (an image deleted just before the run).
+ * After the run the image pulls byte-identical and the integrity check is clean.
+ */
+
+type Writer = (garbage: Image, target: string) => Promise<Image>;
+
+/** Pushes the image's blobs (by their bytes) into `name`, then its manifest under `tag`. */
+async function pushAgain(image: Image, name: string, tag: string): Promise<Image> {
+  const { config, layers } = image.manifest as { config: { digest: string }; layers: { digest: string }[] };
+  for (const digest of [config.digest, ...layers.map((layer) => layer.digest)]) {
+    await pushBlob(name, bytesOf(image, digest));
+  }
+  const response = await putManifest(name, tag, image.pushed.bytes, MediaTypes.ociManifest);
+  expect(response.status).toBe(201);
+  return { ...image, name };
+}
+
+/** The bytes imageManifest pushed for a digest (helpers.imageManifest: config and one layer from the seed). */
+function bytesOf(image: Image, digest: string): Uint8Array<ArrayBuffer> {
+  const known = image.blobs.get(digest);
+  if (!known) throw new Error(`no bytes for ${digest}`);
+  return known;
+}
+
+const tags: Record<string, string> = { push: "pushed", mount: "mounted", "manifest PUT": "again" };
+
+const writers: Record<string, Writer> = {
+  // A full push of the same image into another repository.
+  push: (garbage, target) => pushAgain(garbage, target, "pushed"),
+  // Cross-repository mounts from the repository that held it (201 while its links last,
+  // else 202 and an upload), then the manifest.
+  mount: async (garbage, target) => {
+    const { config, layers } = garbage.manifest as { config: { digest: string }; layers: { digest: string }[] };
+    for (const digest of [config.digest, ...layers.map((layer) => layer.digest)]) {
+      const mounted = await registry(`/v2/${target}/blobs/uploads/?mount=${digest}&from=${garbage.name}`, {
+        method: "POST",
+      });
+      if (mounted.status === 201) continue;
+      expect(mounted.status).toBe(202);
+      await pushBlob(target, bytesOf(garbage, digest));
+    }
+    const response = await putManifest(target, "mounted", garbage.pushed.bytes, MediaTypes.ociManifest);
+    expect(response.status).toBe(201);
+    return { ...garbage, name: target };
+  },
+  // The manifest PUT again into its own repository: accepted while the links last, else
+  // refused (MANIFEST_BLOB_UNKNOWN) and pushed again after its blobs.
+  "manifest PUT": async (garbage) => {
+    const response = await putManifest(garbage.name, "again", garbage.pushed.bytes, MediaTypes.ociManifest);
+    if (response.status === 201) return garbage;
+    expect(response.status).toBe(400);
+    return pushAgain(garbage, garbage.name, "again");
+  },
+};
+
+describe("garbage collection against concurrent writers", () => {
+  // Thousands of requests: see helpers.transport.
+  beforeAll(() => {
+    transport.direct = true;
+  });
+  afterAll(() => {
+    transport.direct = false;
+  });
+
+  it(
+    "a push, a mount and a manifest PUT before any step of a run keep their images whole",
+    { timeout: 120_000 },
+    async () => {
+      let steps = Infinity;
+      // Each iteration injects the three writers (each with an image of its own) before
+      // step `at`, until `at` passes the run's last step.
+      for (let at = 0; at < steps && at < 100; at++) {
+        const garbage = new Map<string, Image>();
+        for (const kind of Object.keys(writers)) {
+          const name = `gc-race/${at}/${kind.replace(" ", "-").toLowerCase()}`;
+          const image = await pushImageOf(`${name}/src`, `${kind} ${at}`, "old");
+          await deleteManifest(image.name, image.pushed.digest);
+          garbage.set(kind, image);
+        }
+        const written: { image: Image; tag: string }[] = [];
+        const run = await collect({ batch: 3 }, async (step) => {
+          if (step !== at) return;
+          for (const [kind, write] of Object.entries(writers)) {
+            const image = garbage.get(kind) as Image;
+            written.push({ image: await write(image, image.name.replace(/src$/, "dst")), tag: tags[kind] ?? "" });
+          }
+        });
+        steps = run.steps;
+        expect(written.length, `step ${at} of ${run.steps}`).toBe(3);
+        for (const { image, tag } of written) {
+          await expectPulls(image, tag);
+          await expectPulls(image);
+        }
+        await expectVerifyClean({ rehash: false });
+        // Left for the next run to collect: each run starts with garbage of its own.
+        for (const { image } of written) await deleteManifest(image.name, image.pushed.digest);
+      }
+      expect(steps).toBeGreaterThan(15);
+    },
+  );
+});
