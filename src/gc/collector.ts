@@ -134,7 +134,7 @@ const STEP = {
   manifestReads: 50,
   repositories: 200,
   prune: 40,
-  checkRepositories: 10,
+  checkRepositories: 5,
   blobPage: 150,
   reclaim: 40,
   orphanPage: 1000,
