@@ -10,12 +10,15 @@ export default defineConfig({
       // Parts of R2's minimum size (5 MiB, not the deployed 16 MiB): every multipart test
       // moves a third of the bytes, and the fault loops, which push a multipart blob at
       // every step, finish in a fraction of the time.
-      // Retention applies to gc-retention/** only (test/unit/gc.test.ts).
+      // Retention applies to gc-retention/** and gc-race/index/** only (test/unit/gc*.test.ts).
       miniflare: {
         bindings: {
           AUTH_MODE: "open",
           UPLOAD_PART_SIZE: String(5 * 1024 * 1024),
-          RETENTION: JSON.stringify([{ repositories: "gc-retention/**", keepTags: 3 }]),
+          RETENTION: JSON.stringify([
+            { repositories: "gc-retention/**", keepTags: 3 },
+            { repositories: "gc-race/index/**", removeUntaggedOlderThan: "0s" },
+          ]),
         },
       },
     }),

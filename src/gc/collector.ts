@@ -4,7 +4,7 @@ import { digestOf, parseDigest, type Digest } from "../oci/digest";
 import { parseManifest } from "../oci/manifest";
 import { descriptorMetadata, isBlobDescriptor, type BlobDescriptor } from "../registry/blob-store";
 import { splitRepositoryKey } from "../registry/integrity";
-import { decodeContent } from "../registry/linked-blob-store";
+import { decodeContent, linkCopyOf } from "../registry/linked-blob-store";
 import { Meter, runMetered } from "../registry/meter";
 import { Paths } from "../registry/paths";
 import { openRepository } from "../registry/registry";
@@ -145,9 +145,12 @@ const IN_FLIGHT = 16;
 const ITEMS_MAX = 10_000;
 /** Clock slack between the Worker and R2's `uploaded` times. */
 const CLOCK_MARGIN_MS = 60_000;
+/** Beyond the upload TTL before an unnamed `data/` object is deleted. */
+const ORPHAN_MARGIN_MS = 60 * 60_000;
 /** Consecutive failed steps after which a run gives up (it can be started again). */
 const MAX_FAILURES = 20;
 const RETRY_DELAY_MS = 5_000;
+const MAX_RETRY_DELAY_MS = 5 * 60_000;
 /** Between two steps. */
 const STEP_GAP_MS = 5;
 
@@ -178,6 +181,10 @@ export class GarbageCollector extends DurableObject<Env> {
     sql.exec(`CREATE TABLE IF NOT EXISTS condemned (digest TEXT PRIMARY KEY, etag TEXT, key TEXT, size INTEGER,
       tombstone INTEGER)`);
     sql.exec(`CREATE TABLE IF NOT EXISTS named (key TEXT PRIMARY KEY)`);
+    sql.exec(`CREATE TABLE IF NOT EXISTS repo (name TEXT PRIMARY KEY)`);
+    sql.exec(`CREATE INDEX IF NOT EXISTS doomed_pending ON doomed (done, seq)`);
+    sql.exec(`CREATE INDEX IF NOT EXISTS tag_digest ON tag (digest)`);
+    sql.exec(`CREATE INDEX IF NOT EXISTS doomed_repo ON doomed (repo, done)`);
     sql.exec(
       `CREATE TABLE IF NOT EXISTS item (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, name TEXT, size INTEGER)`,
     );
@@ -220,14 +227,21 @@ export class GarbageCollector extends DurableObject<Env> {
       ...(options.batch ? { batch: options.batch } : {}),
     };
     const sql = this.ctx.storage.sql;
-    for (const table of ["tag", "rev", "link", "unreadable", "doomed", "marked", "condemned", "named", "item"]) {
+    for (const table of [
+      "tag",
+      "rev",
+      "link",
+      "unreadable",
+      "doomed",
+      "marked",
+      "condemned",
+      "named",
+      "item",
+      "repo",
+    ]) {
       sql.exec(`DELETE FROM ${table}`);
     }
-    if (!state.dryRun) {
-      // Before the first listing: a manifest PUT that does not see this marker wrote its
-      // revision before the scan lists it (docs/architecture.md, "Garbage collection").
-      await storageOf(this.env).bucket.put(Paths.gcActive, state.id);
-    }
+    // Saved before anything is awaited: a second start finds this run (one at a time).
     this.save(state);
     if (state.drive) await this.ctx.storage.setAlarm(Date.now());
     return { started: true, run: this.report(state) };
@@ -253,10 +267,13 @@ export class GarbageCollector extends DurableObject<Env> {
     } catch (error) {
       state.failures++;
       state.lastError = error instanceof Error ? error.message : String(error);
-      if (state.failures >= MAX_FAILURES) {
+      // Once anything may have been removed (prune on), a run never gives up: check must
+      // still put back what a concurrent push needs. Before that, a failed run changed nothing.
+      const removing = PHASES.indexOf(state.phase) >= PHASES.indexOf("prune");
+      if (state.failures >= MAX_FAILURES && !removing) {
         state.status = "failed";
         state.finishedAt = new Date().toISOString();
-        await this.unlock(state).catch(() => undefined);
+        await this.mark(state, "idle").catch(() => undefined);
       }
     } finally {
       this.stepping = false;
@@ -275,7 +292,11 @@ export class GarbageCollector extends DurableObject<Env> {
     if (state.status === "running" && state.drive) {
       // Never at the running alarm's own time (the clock stands still in a step without
       // I/O): an alarm set for that instant is dropped when the handler returns.
-      await this.ctx.storage.setAlarm(Date.now() + (state.failures > 0 ? RETRY_DELAY_MS : STEP_GAP_MS));
+      const delay =
+        state.failures > 0
+          ? Math.min(MAX_RETRY_DELAY_MS, RETRY_DELAY_MS * 2 ** Math.min(6, state.failures - 1))
+          : STEP_GAP_MS;
+      await this.ctx.storage.setAlarm(Date.now() + delay);
     }
     return this.report(state);
   }
@@ -330,11 +351,16 @@ export class GarbageCollector extends DurableObject<Env> {
     delete state.cursor;
   }
 
-  private async unlock(state: RunState): Promise<void> {
+  /**
+   * The run marker (Paths.gcActive) says whether a run may be removing links: written
+   * `active` before the scan and `idle` at the end, never deleted, so a manifest PUT that
+   * straddles a run's start or end sees it change (Manifests.put). Not in a dry run.
+   */
+  private async mark(state: RunState, phase: "active" | "idle"): Promise<void> {
     if (state.dryRun) return;
-    const bucket = storageOf(this.env).bucket;
-    const marker = await bucket.get(Paths.gcActive);
-    if (marker && (await marker.text()) === state.id) await bucket.delete(Paths.gcActive);
+    await storageOf(this.env).bucket.put(Paths.gcActive, JSON.stringify({ run: state.id, state: phase }), {
+      customMetadata: { state: phase },
+    });
   }
 
   private batch(state: RunState, size: number): number {
@@ -377,12 +403,10 @@ export class GarbageCollector extends DurableObject<Env> {
   }
 
   private async finish(state: RunState): Promise<void> {
-    await this.unlock(state);
+    await this.mark(state, "idle");
     state.status = "done";
     state.finishedAt = new Date().toISOString();
-    state.scanned.repositories = this.count(
-      `SELECT COUNT(*) AS n FROM (SELECT repo FROM tag UNION SELECT repo FROM rev UNION SELECT repo FROM link)`,
-    );
+    state.scanned.repositories = this.count(`SELECT COUNT(*) AS n FROM repo`);
   }
 
   private count(query: string, ...bindings: (string | number)[]): number {
@@ -392,6 +416,9 @@ export class GarbageCollector extends DurableObject<Env> {
   /** Lists `repositories/` (a few pages per step) into the tag, rev and link tables. */
   private async scan(state: RunState, storage: Storage): Promise<void> {
     const sql = this.ctx.storage.sql;
+    // Before the first listing: a manifest PUT that does not see the run active wrote its
+    // revision before the scan lists it (docs/architecture.md, "Garbage collection").
+    if (!state.cursor) await this.mark(state, "active");
     for (let page = 0; page < STEP.listPages; page++) {
       const listing = await storage.bucket.list({
         prefix: "repositories/",
@@ -403,6 +430,7 @@ export class GarbageCollector extends DurableObject<Env> {
         const parts = splitRepositoryKey(object.key);
         if (!parts || !LINK_FAMILIES.has(parts.family)) continue;
         const uploaded = object.uploaded.getTime();
+        sql.exec(`INSERT OR IGNORE INTO repo VALUES (?)`, parts.name);
         const [first = "", second = "", third = ""] = parts.rest;
         if (parts.family === "_layers") {
           const digest = digestText(first, second);
@@ -455,12 +483,14 @@ export class GarbageCollector extends DurableObject<Env> {
   /** Reads the references of every manifest not read by an earlier run (digests are immutable). */
   private async readManifests(state: RunState): Promise<void> {
     const sql = this.ctx.storage.sql;
-    const after = state.cursor ?? "";
+    const [afterRepo = "", afterDigest = ""] = state.cursor ? (JSON.parse(state.cursor) as string[]) : [];
+    // Row values walk the primary key's index: each step reads only its own batch.
     const rows = sql
       .exec<{ repo: string; digest: string }>(
-        `SELECT repo, digest FROM rev WHERE repo || ' ' || digest > ? AND digest NOT IN (SELECT digest FROM manifest)
-         ORDER BY repo || ' ' || digest LIMIT ?`,
-        after,
+        `SELECT repo, digest FROM rev WHERE (repo, digest) > (?, ?) AND digest NOT IN (SELECT digest FROM manifest)
+         ORDER BY repo, digest LIMIT ?`,
+        afterRepo,
+        afterDigest,
         this.batch(state, STEP.manifestReads),
       )
       .toArray();
@@ -472,17 +502,10 @@ export class GarbageCollector extends DurableObject<Env> {
         sql.exec(`INSERT OR IGNORE INTO unreadable VALUES (?, ?)`, repo, digest);
         return;
       }
-      sql.exec(
-        `INSERT OR REPLACE INTO manifest VALUES (?, ?, ?, ?, ?)`,
-        digest,
-        refs.mediaType,
-        refs.subject,
-        JSON.stringify(refs.children),
-        JSON.stringify(refs.blobs),
-      );
+      this.remember(digest, refs);
     });
     const last = rows[rows.length - 1];
-    state.cursor = last ? `${last.repo} ${last.digest}` : after;
+    if (last) state.cursor = JSON.stringify([last.repo, last.digest]);
     state.phaseDone += rows.length;
   }
 
@@ -493,8 +516,7 @@ export class GarbageCollector extends DurableObject<Env> {
     const after = state.cursor ?? "";
     const repos = sql
       .exec<{ repo: string }>(
-        `SELECT repo FROM (SELECT repo FROM tag UNION SELECT repo FROM rev UNION SELECT repo FROM link)
-         WHERE repo > ? ORDER BY repo LIMIT ?`,
+        `SELECT name AS repo FROM repo WHERE name > ? ORDER BY name LIMIT ?`,
         after,
         this.batch(state, STEP.repositories),
       )
@@ -528,9 +550,10 @@ export class GarbageCollector extends DurableObject<Env> {
         .toArray();
       const unsure = this.count(`SELECT COUNT(*) AS n FROM unreadable WHERE repo = ?`, repo) > 0;
       const rule = ruleFor(rules, repo);
+      // A tag whose record was gone or unreadable ('' digest) names nothing: not ranked.
       const removedTags = tagsToRemove(
         rule,
-        tags.map((t) => ({ tag: t.tag, pushedAt: t.uploaded })),
+        tags.filter((t) => t.digest !== "").map((t) => ({ tag: t.tag, pushedAt: t.uploaded })),
         state.startedMs,
       );
       const tagged = new Set(tags.filter((t) => !removedTags.has(t.tag)).map((t) => t.digest));
@@ -550,7 +573,8 @@ export class GarbageCollector extends DurableObject<Env> {
           (untaggedByRule.has(rev.digest) ||
             (rule?.removeUntaggedOlderThan !== undefined &&
               state.startedMs - rev.uploaded > rule.removeUntaggedOlderThan * 1000 &&
-              rev.uploaded < state.startedMs - CLOCK_MARGIN_MS));
+              // Untagged and young: maybe a child pushed before its index (grace, as for links).
+              rev.uploaded < cutoff));
         if (!removable) keep(rev.digest);
       }
       // Children of kept indexes, and referrers of kept subjects, to a fixed point.
@@ -565,7 +589,11 @@ export class GarbageCollector extends DurableObject<Env> {
       }
       const used = new Set<string>();
       for (const digest of kept) {
-        for (const blob of JSON.parse(byDigest.get(digest)?.blobs ?? "[]") as string[]) used.add(blob);
+        for (const blob of JSON.parse(byDigest.get(digest)?.blobs ?? "[]") as string[]) {
+          used.add(blob);
+          // Even without a link here (lost to a failure): a kept manifest's blob stays.
+          sql.exec(`INSERT OR IGNORE INTO marked VALUES (?)`, blob);
+        }
         sql.exec(`INSERT OR IGNORE INTO marked VALUES (?)`, digest);
       }
       for (const tag of tags) {
@@ -578,7 +606,10 @@ export class GarbageCollector extends DurableObject<Env> {
           tag.uploaded,
           tag.etag,
         );
-        this.record("tag", `${repo}:${tag.tag}`);
+        if (state.dryRun) {
+          this.record("tag", `${repo}:${tag.tag}`);
+          state.removed.tags++;
+        }
       }
       for (const rev of revs) {
         if (kept.has(rev.digest)) continue;
@@ -590,7 +621,10 @@ export class GarbageCollector extends DurableObject<Env> {
           rev.uploaded,
           rev.subject,
         );
-        this.record("manifest", `${repo}@${rev.digest}`);
+        if (state.dryRun) {
+          this.record("manifest", `${repo}@${rev.digest}`);
+          state.removed.manifests++;
+        }
       }
       for (const link of links) {
         if (used.has(link.digest) || unsure || link.uploaded >= cutoff) {
@@ -603,7 +637,10 @@ export class GarbageCollector extends DurableObject<Env> {
           link.digest,
           link.uploaded,
         );
-        this.record("link", `${repo}@${link.digest}`);
+        if (state.dryRun) {
+          this.record("link", `${repo}@${link.digest}`);
+          state.removed.links++;
+        }
       }
     }
     state.cursor = repos[repos.length - 1];
@@ -637,10 +674,12 @@ export class GarbageCollector extends DurableObject<Env> {
         const key = Paths.tag(row.repo, row.name);
         const head = await bucket.head(key);
         // Compared by write time: an etag is the body's MD5, the same for a tag pushed again.
-        if (head && head.uploaded.getTime() === row.uploaded) {
-          await bucket.delete(key);
+        // Gone: removed by a client, or by this step's earlier attempt.
+        if (!head || head.uploaded.getTime() === row.uploaded) {
+          if (head) await bucket.delete(key);
           removed = true;
           state.removed.tags++;
+          this.record("tag", `${row.repo}:${row.name}`);
         }
       } else {
         const digest = parseDigest(row.digest);
@@ -648,8 +687,10 @@ export class GarbageCollector extends DurableObject<Env> {
         const key = manifest ? Paths.manifestRevision(row.repo, digest) : Paths.layerLink(row.repo, digest);
         const kvKey = manifest ? Paths.kvManifestRevision(row.repo, digest) : Paths.kvLayerLink(row.repo, digest);
         const head = await bucket.head(key);
-        // Written again since the scan (a push, a mount): in use, left alone.
-        if (head && head.uploaded.getTime() === row.uploaded) {
+        // Written again since the scan (a push, a mount): in use, left alone. Gone: removed
+        // by a client or by this step's earlier attempt, and counted as removed so that
+        // check looks at it (a retried step must not hide a removal from check).
+        if (!head || head.uploaded.getTime() === row.uploaded) {
           if (manifest && row.subject) await bucket.delete(Paths.referrer(row.repo, parseDigest(row.subject), digest));
           // The delete order of LinkedBlobStore.unlink: no KV copy outlives its link.
           await kv.delete(kvKey);
@@ -658,6 +699,7 @@ export class GarbageCollector extends DurableObject<Env> {
           removed = true;
           if (manifest) state.removed.manifests++;
           else state.removed.links++;
+          this.record(manifest ? "manifest" : "link", `${row.repo}@${row.digest}`);
         }
       }
       sql.exec(`UPDATE doomed SET done = ? WHERE seq = ?`, removed ? 1 : 2, row.seq);
@@ -683,10 +725,11 @@ export class GarbageCollector extends DurableObject<Env> {
       .map((row) => row.repo);
     if (repos.length === 0) return this.next(state);
     const since = state.startedMs - CLOCK_MARGIN_MS;
+    const storage = storageOf(this.env);
     for (const repo of repos) {
       const removed = sql
-        .exec<{ kind: string; digest: string }>(
-          `SELECT kind, digest FROM doomed WHERE repo = ? AND done = 1 AND kind != 'tag'`,
+        .exec<{ kind: string; digest: string; subject: string | null }>(
+          `SELECT kind, digest, subject FROM doomed WHERE repo = ? AND done = 1 AND kind != 'tag'`,
           repo,
         )
         .toArray();
@@ -694,15 +737,15 @@ export class GarbageCollector extends DurableObject<Env> {
       const removedRevs = new Set(removed.filter((r) => r.kind === "manifest").map((r) => r.digest));
       if (removedLinks.size === 0 && removedRevs.size === 0) continue;
       const repository = openRepository(this.env, repo);
-      const storage = storageOf(this.env);
-      const restoreRevision = async (digest: string) => {
-        if (!removedRevs.delete(digest)) return;
-        const mediaType = sql
-          .exec<{ media_type: string | null }>(`SELECT media_type FROM manifest WHERE digest = ?`, digest)
-          .toArray()[0]?.media_type;
-        await restoreManifest(this.env, repo, parseDigest(digest), mediaType ?? "");
+      // Every manifest a new write needs, transitively: what a restored index lists, what a
+      // restored manifest references, and the referrers of a restored subject.
+      const queue: string[] = [];
+      const seen = new Set<string>();
+      const need = (digest: string) => {
+        if (seen.has(digest)) return;
+        seen.add(digest);
+        queue.push(digest);
       };
-      // Tags written since the scan that name a removed revision.
       for await (const object of listAll(storage.bucket, Paths.tagPrefix(repo))) {
         if (object.uploaded.getTime() < since) continue;
         let target = object.customMetadata?.digest;
@@ -710,18 +753,24 @@ export class GarbageCollector extends DurableObject<Env> {
           const record = await storage.bucket.get(object.key);
           target = record ? parseTagRecord(await record.text())?.digest.value : undefined;
         }
-        if (target) await restoreRevision(target);
+        if (target) need(target);
       }
-      // Revisions written since the scan: what they need is linked again.
       const revisionsPrefix = `repositories/${repo}/_manifests/revisions/`;
       for await (const object of listAll(storage.bucket, revisionsPrefix)) {
         if (object.uploaded.getTime() < since) continue;
         const [algorithm = "", hex = ""] = object.key.slice(revisionsPrefix.length).split("/");
         const digest = digestText(algorithm, hex);
-        if (!digest) continue;
-        const refs = await readReferences(this.env, repo, parseDigest(digest));
+        if (digest) need(digest);
+      }
+      while (queue.length > 0) {
+        const digest = queue.shift() ?? "";
+        const refs = await this.referencesOf(repo, digest);
+        if (removedRevs.delete(digest)) {
+          await restoreManifest(this.env, repo, parseDigest(digest), refs?.mediaType ?? "");
+          for (const row of removed) if (row.kind === "manifest" && row.subject === digest) need(row.digest);
+        }
         if (!refs) continue;
-        for (const child of refs.children) await restoreRevision(child);
+        for (const child of refs.children) need(child);
         for (const blob of refs.blobs) {
           if (!removedLinks.delete(blob)) continue;
           const descriptor = await repository.blobs.stat(parseDigest(blob), { strong: true });
@@ -731,6 +780,39 @@ export class GarbageCollector extends DurableObject<Env> {
     }
     state.cursor = repos[repos.length - 1];
     state.phaseDone += repos.length;
+  }
+
+  /** A manifest's references: from the table when read before, else read now (and kept). */
+  private async referencesOf(repo: string, digest: string): Promise<References | null> {
+    const sql = this.ctx.storage.sql;
+    const row = sql
+      .exec<{ media_type: string | null; subject: string | null; children: string; blobs: string }>(
+        `SELECT media_type, subject, children, blobs FROM manifest WHERE digest = ?`,
+        digest,
+      )
+      .toArray()[0];
+    if (row) {
+      return {
+        mediaType: row.media_type ?? "",
+        subject: row.subject,
+        children: JSON.parse(row.children) as string[],
+        blobs: JSON.parse(row.blobs) as string[],
+      };
+    }
+    const refs = await readReferences(this.env, repo, parseDigest(digest));
+    if (refs) this.remember(digest, refs);
+    return refs;
+  }
+
+  private remember(digest: string, refs: References): void {
+    this.ctx.storage.sql.exec(
+      `INSERT OR REPLACE INTO manifest VALUES (?, ?, ?, ?, ?)`,
+      digest,
+      refs.mediaType,
+      refs.subject,
+      JSON.stringify(refs.children),
+      JSON.stringify(refs.blobs),
+    );
   }
 
   /**
@@ -765,9 +847,16 @@ export class GarbageCollector extends DurableObject<Env> {
       if (descriptor) sql.exec(`INSERT OR IGNORE INTO named VALUES (?)`, descriptor.key);
       const isMarked = this.count(`SELECT COUNT(*) AS n FROM marked WHERE digest = ?`, digest) > 0;
       if (meta.gc === "tombstone") {
-        // A run stopped part-way through reclaiming it: finish (a tombstone is absent to all).
-        if (!state.dryRun)
-          sql.exec(`INSERT OR REPLACE INTO condemned VALUES (?, ?, ?, ?, 1)`, digest, object.etag, meta.key ?? null, 0);
+        // Tombstones stay (see reclaim). One whose bytes may remain (a run stopped part-way
+        // through it) is finished: a tombstone is absent to every reader.
+        if (!state.dryRun && meta.reclaimed === undefined)
+          sql.exec(
+            `INSERT OR REPLACE INTO condemned VALUES (?, ?, ?, ?, 1)`,
+            digest,
+            object.etag,
+            meta.key ?? null,
+            Number(meta.size ?? 0),
+          );
         return;
       }
       if (!descriptor) return; // not a descriptor: npm run verify reports it; never touched here
@@ -861,25 +950,45 @@ export class GarbageCollector extends DurableObject<Env> {
     await inParallel(rows, async (row) => {
       const digest = parseDigest(row.digest);
       const recordKey = Paths.blobDescriptor(digest);
-      let counted = false;
+      const meta = { key: row.key ?? "", size: String(row.size), gc: "tombstone" };
+      let etag = row.etag;
       if (!row.tombstone) {
         // Exactly one of this and a writer's revival (BlobStore.ensureLive) wins.
         const tombstone = await bucket.put(recordKey, JSON.stringify({ digest: row.digest, tombstone: true }), {
           httpMetadata: { contentType: "application/json" },
-          customMetadata: { key: row.key ?? "", size: String(row.size), gc: "tombstone" },
+          customMetadata: meta,
           onlyIf: { etagMatches: row.etag },
         });
-        if (tombstone) counted = true;
+        if (tombstone) etag = tombstone.etag;
         else {
-          sql.exec(`DELETE FROM condemned WHERE digest = ?`, row.digest);
-          return;
+          // Revived or replaced; or this step's earlier attempt wrote the tombstone.
+          const head = await bucket.head(recordKey);
+          const ours =
+            head?.customMetadata?.gc === "tombstone" &&
+            head.customMetadata.reclaimed === undefined &&
+            head.customMetadata.key === meta.key;
+          if (!head || !ours) {
+            sql.exec(`DELETE FROM condemned WHERE digest = ?`, row.digest);
+            return;
+          }
+          etag = head.etag;
         }
       }
       await kv.delete(Paths.kvBlob(digest));
       if (row.key) await bucket.delete(row.key);
-      const head = await bucket.head(recordKey);
-      if (head?.customMetadata?.gc === "tombstone") await bucket.delete(recordKey);
-      if (counted) {
+      // The tombstone stays, marked reclaimed (R2 has no conditional delete: deleting it
+      // could delete a descriptor a writer published over it meanwhile). A publish of the
+      // digest replaces it; later runs skip it.
+      const reclaimed = await bucket.put(
+        recordKey,
+        JSON.stringify({ digest: row.digest, tombstone: true, reclaimed: true }),
+        {
+          httpMetadata: { contentType: "application/json" },
+          customMetadata: { ...meta, reclaimed: "1" },
+          onlyIf: { etagMatches: etag },
+        },
+      );
+      if (reclaimed) {
         state.removed.blobs++;
         state.blobsRemoved++;
         state.bytesReclaimed += row.size;
@@ -897,12 +1006,15 @@ export class GarbageCollector extends DurableObject<Env> {
       limit: this.batch(state, STEP.orphanPage),
       ...(state.cursor ? { cursor: state.cursor } : {}),
     });
-    const oldest = Date.now() - readConfig(this.env).uploadTtlSeconds * 1000;
+    // The upload TTL and an hour: a session's retried commit may publish its object until then.
+    const oldest = Date.now() - readConfig(this.env).uploadTtlSeconds * 1000 - ORPHAN_MARGIN_MS;
     const orphans: string[] = [];
     for (const object of listing.objects) {
       state.scanned.dataObjects++;
       if (object.uploaded.getTime() >= oldest) continue;
       if (this.count(`SELECT COUNT(*) AS n FROM named WHERE key = ?`, object.key) > 0) continue;
+      // Withdrawn by the integrity check's repair and kept for inspection: never swept.
+      if (await storage.bucket.head(Paths.quarantine(object.key))) continue;
       orphans.push(object.key);
       this.record("orphan", object.key, object.size);
       state.removed.orphans++;
@@ -938,20 +1050,30 @@ interface References {
   blobs: string[];
 }
 
-/** What a stored manifest references, read through its repository; null when its bytes are gone or unreadable. */
+/**
+ * What a stored manifest references; null when its bytes are gone or unreadable. Reads
+ * only (a dry run writes nothing): the link's KV copy when it carries the bytes, else R2.
+ */
 async function readReferences(env: Env, repo: string, digest: Digest): Promise<References | null> {
+  const storage = storageOf(env);
   const repository = openRepository(env, repo);
-  const stat = await repository.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" }).catch((error: unknown) => {
-    if (error instanceof Error && "code" in error && error.code === "MANIFEST_UNKNOWN") return null;
-    throw error;
-  });
-  if (!stat) return null;
-  let bytes: Uint8Array | null = stat.content ? decodeContent(stat.content) : null;
+  const copy = linkCopyOf(
+    await storage.kv.get(Paths.kvManifestRevision(repo, digest), "json").catch(() => null),
+    digest,
+  );
+  let mediaType = copy?.link.mediaType;
+  let bytes: Uint8Array | null = copy?.content ? decodeContent(copy.content) : null;
   if (bytes && (await digestOf(bytes, digest.algorithm)).value !== digest.value) bytes = null;
-  bytes ??= await repository.blobs.readBytes(stat.descriptor);
+  if (!bytes) {
+    const link = await repository.revisions.readLink(digest);
+    const descriptor = link ? await repository.blobs.stat(digest, { strong: true }) : null;
+    if (!link || !descriptor) return null;
+    mediaType = link.mediaType;
+    bytes = await repository.blobs.readBytes(descriptor);
+  }
   if (!bytes || (await digestOf(bytes, digest.algorithm)).value !== digest.value) return null;
   try {
-    const manifest = parseManifest(bytes, stat.link.mediaType ?? "");
+    const manifest = parseManifest(bytes, mediaType ?? "");
     return {
       mediaType: manifest.mediaType,
       subject: manifest.subject?.digest.value ?? null,

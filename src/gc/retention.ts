@@ -10,7 +10,7 @@ import { namePattern } from "../auth/policy";
  *      "removeTagsOlderThan": "30d", "removeUntaggedOlderThan": "7d" }]
  *
  * A tag survives when it matches a keep pattern, or is among the `keepTags` most
- * recently pushed, or was pushed within `removeTagsOlderThan`; with neither of the two
+ * recently pushed of the others, or was pushed within `removeTagsOlderThan`; with neither of the two
  * last set, every tag survives. Manifests whose every tag a rule removed go with them
  * (unless something kept still needs them); other untagged manifests go only under
  * `removeUntaggedOlderThan`. Durations: a number of seconds, or `<n>s|m|h|d|w`.
@@ -102,9 +102,10 @@ export interface TagEntry {
 export function tagsToRemove(rule: CompiledRule | null, tags: TagEntry[], now: number): Set<string> {
   const removed = new Set<string>();
   if (!rule || (rule.keepTags === undefined && rule.removeTagsOlderThan === undefined)) return removed;
-  const newestFirst = [...tags].sort((a, b) => b.pushedAt - a.pushedAt || a.tag.localeCompare(b.tag));
+  // Tags a pattern keeps do not take places among the N newest.
+  const ranked = tags.filter((entry) => !rule.keepPatterns.some((pattern) => pattern.test(entry.tag)));
+  const newestFirst = ranked.sort((a, b) => b.pushedAt - a.pushedAt || a.tag.localeCompare(b.tag));
   newestFirst.forEach((entry, rank) => {
-    if (rule.keepPatterns.some((pattern) => pattern.test(entry.tag))) return;
     if (rule.keepTags !== undefined && rank < rule.keepTags) return;
     if (rule.removeTagsOlderThan !== undefined && now - entry.pushedAt < rule.removeTagsOlderThan * 1000) return;
     removed.add(entry.tag);

@@ -131,6 +131,16 @@ export class BlobStore {
       }
       const record = await this.bucket.get(recordKey);
       if (!record) continue; // deleted meanwhile: try creating again
+      if (record.customMetadata?.gc === "tombstone" && record.customMetadata.key === key) {
+        // The collector is deleting (or deleted) these very bytes: they cannot be published.
+        throw new RegistryError(
+          "BLOB_UPLOAD_INVALID",
+          "the stored copy of this blob was garbage-collected; upload again",
+          {
+            digest: digest.value,
+          },
+        );
+      }
       const parsed: unknown = await record.json();
       const existing = isBlobDescriptor(parsed) ? { digest: parsed.digest, size: parsed.size, key: parsed.key } : null;
       if (existing && existing.key === key) return existing;
@@ -180,9 +190,13 @@ export class BlobStore {
     throw unavailable("the blob was being garbage-collected; upload it again", { digest: digest.value });
   }
 
-  /** Whether a garbage collection run is active (its marker, Paths.gcActive, exists). One R2 head. */
-  async collectorActive(): Promise<boolean> {
-    return (await this.bucket.head(Paths.gcActive)) !== null;
+  /**
+   * The garbage collector's run marker (Paths.gcActive): whether a run may be removing
+   * links, and the marker's etag (it changes with every run's start and end). One R2 head.
+   */
+  async collectorMarker(): Promise<{ active: boolean; etag: string | null }> {
+    const head = await this.bucket.head(Paths.gcActive);
+    return { active: head?.customMetadata?.state === "active", etag: head?.etag ?? null };
   }
 
   /** Stores small bytes already in memory (manifests) as a blob. */

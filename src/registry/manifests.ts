@@ -34,6 +34,9 @@ export interface PutManifestOptions {
   maxReferences?: number;
 }
 
+/** How deep relink follows children linked again (an index of indexes of manifests is 2). */
+const MAX_RELINK_DEPTH = 3;
+
 /** Reference checks in flight at once for one manifest PUT (see forEachBounded). */
 const REFERENCE_CHECKS_IN_FLIGHT = 6;
 
@@ -167,6 +170,9 @@ export class Manifests {
         computed: digest.value,
       });
     }
+    // Read before the checks and again after the writes (see below); settled either way.
+    const markerBefore = this.blobs.collectorMarker();
+    markerBefore.catch(() => undefined);
     await this.checkReferences(manifest);
     const descriptor = await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
     await this.revisions.link(digest, descriptor, { mediaType: manifest.mediaType }, bytes);
@@ -180,14 +186,21 @@ export class Manifests {
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     for (const tag of tags) await this.tags.set(tag, record);
     // The manifest's half of the collector's protocol (docs/architecture.md, "Garbage
-    // collection"): while a run is active, links it may have removed between the checks
-    // above and these writes are written again. One R2 head when no run is active.
-    if (await this.blobs.collectorActive()) await this.relink(manifest, digest, bytes);
+    // collection"): if a run was active when the checks above began, or when the writes
+    // ended, or one started or ended in between (the marker changed), links it may have
+    // removed meanwhile are written again. Two R2 heads when no run is active.
+    const before = await markerBefore;
+    const after = await this.blobs.collectorMarker();
+    if (before.active || after.active || before.etag !== after.etag) await this.relink(manifest, digest, bytes);
     return { digest, manifest, tags };
   }
 
-  /** Links again whatever a stored manifest needs that a collection run removed meanwhile. */
-  private async relink(manifest: ParsedManifest, digest: Digest, bytes: Uint8Array): Promise<void> {
+  /**
+   * Links again whatever a stored manifest needs that a collection run removed meanwhile:
+   * its blobs, its children (and, for a child that had to be linked again, what it needs
+   * in turn), and its own revision.
+   */
+  private async relink(manifest: ParsedManifest, digest: Digest, bytes: Uint8Array, depth = 0): Promise<void> {
     const needed = new Map<
       string,
       { store: LinkedBlobStore; digest: Digest; mediaType?: string; bytes?: Uint8Array }
@@ -207,10 +220,16 @@ export class Manifests {
     await forEachBounded([...needed.values()], REFERENCE_CHECKS_IN_FLIGHT, async (entry) => {
       if (await entry.store.readLink(entry.digest)) return;
       const descriptor = await this.blobs.stat(entry.digest, { strong: true });
+      const content =
+        entry.store === this.revisions && !entry.bytes && descriptor ? await this.blobs.readBytes(descriptor) : null;
       if (!descriptor)
         throw unavailable("a blob this manifest references was garbage-collected meanwhile; push it again");
       const record = entry.mediaType === undefined ? {} : { mediaType: entry.mediaType };
-      await entry.store.link(entry.digest, descriptor, record, entry.bytes);
+      await entry.store.link(entry.digest, descriptor, record, entry.bytes ?? content ?? undefined);
+      // A child linked again may have lost its own links too (indexes nest at most a few deep).
+      if (content && entry.digest.value !== digest.value && depth < MAX_RELINK_DEPTH) {
+        await this.relink(parseManifest(content, entry.mediaType ?? ""), entry.digest, content, depth + 1);
+      }
     });
   }
 

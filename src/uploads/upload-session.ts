@@ -344,16 +344,22 @@ export class UploadSession extends DurableObject<Env> {
   private async publish(state: SessionState, digest: Digest): Promise<BlobDescriptor> {
     const completed = state.completed;
     if (!completed) throw new Error("publish before the upload completed");
+    let descriptor: BlobDescriptor;
     if (completed.key !== Paths.uploadData(state.uploadId)) {
       // Completed as a duplicate of a stored blob: only while that blob is still stored
-      // under that object (a retry must not re-publish a descriptor since withdrawn).
+      // under that object (a retry must not re-publish a descriptor since withdrawn). It is
+      // linked as it is, never published again: if the collector tombstoned it meanwhile,
+      // publishing would bring back a descriptor of bytes being deleted; the link's own
+      // check (ensureLive) fails the request instead, and the retry uploads again.
       const current = await this.blobs.stat(digest, { strong: true });
       if (current?.key !== completed.key) {
         await this.purge(state);
         throw new RegistryError("BLOB_UPLOAD_INVALID", "the stored copy of this blob changed meanwhile; upload again");
       }
+      descriptor = current;
+    } else {
+      descriptor = await this.blobs.publish(digest, completed.size, completed.key);
     }
-    const descriptor = await this.blobs.publish(digest, completed.size, completed.key);
     await new LinkedBlobStore(this.storage, this.blobs, state.name, "layer").link(digest, descriptor);
     await this.ctx.storage.deleteAll();
     await this.ctx.storage.deleteAlarm();

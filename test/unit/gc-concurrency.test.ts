@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { MediaTypes, pushBlob, putManifest, registry, transport } from "./helpers";
+import { MediaTypes, pushBlob, putManifest, registry, sha256, transport, utf8 } from "./helpers";
 import { collect, deleteManifest, expectPulls, expectVerifyClean, pushImageOf, type Image } from "./gc-helpers";
 
 /**
@@ -29,7 +29,25 @@ function bytesOf(image: Image, digest: string): Uint8Array<ArrayBuffer> {
   return known;
 }
 
-const tags: Record<string, string> = { push: "pushed", mount: "mounted", "manifest PUT": "again" };
+const tags: Record<string, string> = { push: "pushed", mount: "mounted", "manifest PUT": "again", index: "index" };
+
+/** An index listing one manifest. */
+function indexOf(child: Image): Uint8Array<ArrayBuffer> {
+  return utf8(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociIndex,
+      manifests: [
+        {
+          mediaType: MediaTypes.ociManifest,
+          digest: child.pushed.digest,
+          size: child.pushed.size,
+          platform: { architecture: "amd64", os: "linux" },
+        },
+      ],
+    }),
+  );
+}
 
 const writers: Record<string, Writer> = {
   // A full push of the same image into another repository.
@@ -49,6 +67,19 @@ const writers: Record<string, Writer> = {
     const response = await putManifest(target, "mounted", garbage.pushed.bytes, MediaTypes.ociManifest);
     expect(response.status).toBe(201);
     return { ...garbage, name: target };
+  },
+  // An index over an untagged manifest that retention removes (RETENTION in
+  // vitest.config.ts): the index is accepted while the child lasts, else the child is
+  // pushed again first. The child and its blobs must survive with the index.
+  index: async (garbage) => {
+    let response = await putManifest(garbage.name, "index", indexOf(garbage), MediaTypes.ociIndex);
+    if (response.status !== 201) {
+      expect(response.status).toBe(400);
+      await pushAgain(garbage, garbage.name, garbage.pushed.digest);
+      response = await putManifest(garbage.name, "index", indexOf(garbage), MediaTypes.ociIndex);
+    }
+    expect(response.status).toBe(201);
+    return garbage;
   },
   // The manifest PUT again into its own repository: accepted while the links last, else
   // refused (MANIFEST_BLOB_UNKNOWN) and pushed again after its blobs.
@@ -70,7 +101,7 @@ describe("garbage collection against concurrent writers", () => {
   });
 
   it(
-    "a push, a mount and a manifest PUT before any step of a run keep their images whole",
+    "a push, a mount, a manifest PUT and an index PUT before any step of a run keep their images whole",
     { timeout: 120_000 },
     async () => {
       let steps = Infinity;
@@ -79,13 +110,20 @@ describe("garbage collection against concurrent writers", () => {
       for (let at = 0; at < steps && at < 100; at++) {
         const garbage = new Map<string, Image>();
         for (const kind of Object.keys(writers)) {
-          const name = `gc-race/${at}/${kind.replace(" ", "-").toLowerCase()}`;
-          const image = await pushImageOf(`${name}/src`, `${kind} ${at}`, "old");
+          // The same names and bytes every iteration: each run meets the state the last one
+          // left (the tombstones of the last run's blobs are replaced, not piled up).
+          const name = `gc-race/${kind.replace(" ", "-").toLowerCase()}`;
+          if (kind === "index") {
+            // Untagged, so retention removes it (and then its blobs) unless the index keeps it.
+            garbage.set(kind, await pushImageOf(`${name}/src`, kind));
+            continue;
+          }
+          const image = await pushImageOf(`${name}/src`, kind, "old");
           await deleteManifest(image.name, image.pushed.digest);
           garbage.set(kind, image);
         }
         const written: { image: Image; tag: string }[] = [];
-        const run = await collect({ batch: 3 }, async (step) => {
+        const run = await collect({ batch: 5 }, async (step) => {
           if (step !== at) return;
           for (const [kind, write] of Object.entries(writers)) {
             const image = garbage.get(kind) as Image;
@@ -93,14 +131,26 @@ describe("garbage collection against concurrent writers", () => {
           }
         });
         steps = run.steps;
-        expect(written.length, `step ${at} of ${run.steps}`).toBe(3);
+        expect(written.length, `step ${at} of ${run.steps}`).toBe(4);
         for (const { image, tag } of written) {
+          if (tag === "index") {
+            const index = await registry(`/v2/${image.name}/manifests/index`, {
+              headers: { Accept: MediaTypes.ociIndex },
+            });
+            expect(index.status).toBe(200);
+            expect(new Uint8Array(await index.arrayBuffer())).toEqual(indexOf(image));
+            await expectPulls(image);
+            continue;
+          }
           await expectPulls(image, tag);
           await expectPulls(image);
         }
         await expectVerifyClean({ rehash: false });
         // Left for the next run to collect: each run starts with garbage of its own.
-        for (const { image } of written) await deleteManifest(image.name, image.pushed.digest);
+        for (const { image, tag } of written) {
+          if (tag === "index") await deleteManifest(image.name, await sha256(indexOf(image)));
+          await deleteManifest(image.name, image.pushed.digest);
+        }
       }
       expect(steps).toBeGreaterThan(15);
     },

@@ -95,7 +95,9 @@ export async function deleteManifest(name: string, digest: string): Promise<void
   expect((await registry(`/v2/${name}/manifests/${digest}`, { method: "DELETE" })).status).toBe(202);
 }
 
+/** Whether a blob is stored: a descriptor that is not the collector's tombstone. */
 export async function descriptorExists(digest: string): Promise<boolean> {
   const [algorithm, hex] = digest.split(":");
-  return (await env.BLOBS.head(`blobs/${algorithm}/${hex}`)) !== null;
+  const head = await env.BLOBS.head(`blobs/${algorithm}/${hex}`);
+  return head !== null && head.customMetadata?.gc !== "tombstone";
 }
