@@ -1,8 +1,10 @@
-import { env } from "cloudflare:test";
+import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
+import worker from "../../src/index";
 import { describe, expect, it } from "vitest";
 import { imageManifest, MediaTypes, pushBlob, pushManifest, registry, utf8 } from "./helpers";
 import {
   collect,
+  collector,
   deleteManifest,
   descriptorExists,
   digestsOf,
@@ -11,6 +13,20 @@ import {
   pushImageOf,
   type Image,
 } from "./gc-helpers";
+
+/** Every R2 key with its etag and write time, and every KV key. */
+async function snapshot(): Promise<string[]> {
+  const entries: string[] = [];
+  let cursor: string | undefined;
+  for (let page = 0; page < 100; page++) {
+    const listing = await env.BLOBS.list({ ...(cursor ? { cursor } : {}) });
+    for (const object of listing.objects) entries.push(`${object.key} ${object.etag} ${object.uploaded.getTime()}`);
+    if (!listing.truncated) break;
+    cursor = listing.cursor;
+  }
+  const kv = await env.META.list();
+  return [...entries, ...kv.keys.map((key) => `kv ${key.name}`)];
+}
 
 describe("garbage collection", () => {
   it("reclaims exactly the blobs nothing links, reports them, and a dry run names the same set", async () => {
@@ -31,7 +47,10 @@ describe("garbage collection", () => {
     await deleteManifest("gc/one", one.pushed.digest);
     const gone = [...digestsOf(one.manifest).filter((digest) => digest !== sharedDigest), one.pushed.digest].sort();
 
+    const before = await snapshot();
     const dry = await collect({ dryRun: true });
+    // A dry run changes nothing in R2 or KV.
+    expect(await snapshot()).toEqual(before);
     const dryBlobs = (dry.items ?? []).filter((item) => item.kind === "blob").map((item) => item.name);
     expect(dryBlobs.sort()).toEqual(gone);
     for (const digest of gone) expect(await descriptorExists(digest)).toBe(true);
@@ -77,5 +96,22 @@ describe("garbage collection", () => {
       }
     }
     await expectVerifyClean();
+  });
+});
+
+describe("the cron trigger", () => {
+  it("starts a run that drives itself with alarms to the end", async () => {
+    const ctx = createExecutionContext();
+    await worker.scheduled({ cron: "17 3 * * *", scheduledTime: Date.now(), noRetry: () => undefined }, env, ctx);
+    await waitOnExecutionContext(ctx);
+    let run = await collector().status();
+    expect(run?.trigger).toBe("cron");
+    for (let poll = 0; poll < 200 && run?.status === "running"; poll++) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      run = await collector().status();
+    }
+    expect(run?.status).toBe("done");
+    expect(run?.steps).toBeGreaterThanOrEqual(11);
+    expect((await env.BLOBS.head("gc/active"))?.customMetadata?.state).toBe("idle");
   });
 });
