@@ -298,7 +298,15 @@ describe("pushing layers over the body limit through the relay", { timeout: 900_
     await relay.kill();
     await delay(500);
     relay = await startRelayProcess({ to: registry.url, port });
-    const result = await push;
+    let result = await push;
+    if (result.code !== 0 && /use of closed network connection/.test(result.stderr)) {
+      // Killed while skopeo was writing the body: Go's transport may close the connection
+      // on the peer's reset before the write sees it, and the write then fails with
+      // net.ErrClosed, which containers/common's retry does not count as retryable (an
+      // ECONNRESET or EPIPE it does). Which one happens is a race inside the client (about
+      // 1 run in 4 here). The relay's part, a push after its restart finishing, is the same.
+      result = await skopeoPush(relay.host, name, { extra: ["--retry-times", "5"] });
+    }
     assert.equal(result.code, 0, result.stderr.slice(-2000));
     await expectPulledBack(name);
     expectNoBodyOverLimit();
