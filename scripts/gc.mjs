@@ -68,26 +68,12 @@ async function connect() {
   return { call, stop };
 }
 
-const PHASES = [
-  "scan",
-  "tags",
-  "manifests",
-  "decide",
-  "prune",
-  "check",
-  "condemn",
-  "confirm",
-  "reclaim",
-  "orphans",
-  "done",
-];
 const tty = process.stderr.isTTY && !json;
 
 function progress(run) {
   if (!tty) return;
-  const index = Math.max(0, PHASES.indexOf(run.phase));
   const width = 30;
-  const filled = Math.round((index / (PHASES.length - 1)) * width);
+  const filled = Math.round(((run.phaseNumber - 1) / Math.max(1, run.phaseCount - 1)) * width);
   const bar = "#".repeat(filled) + "-".repeat(width - filled);
   const line =
     `[${bar}] ${run.phase} (${run.phaseDone} done) · step ${run.steps}` +

@@ -94,6 +94,9 @@ export interface GcRun {
   phase: Phase;
   /** Items done in the current phase (for progress). */
   phaseDone: number;
+  /** The phase's place among all (1-based), and how many there are: a progress bar's figures. */
+  phaseNumber: number;
+  phaseCount: number;
   steps: number;
   failures: number;
   lastError?: string;
@@ -120,7 +123,7 @@ export interface GcItem {
 }
 
 /** Internal run state: the report plus cursors. */
-interface RunState extends GcRun {
+interface RunState extends Omit<GcRun, "phaseNumber" | "phaseCount"> {
   startedMs: number;
   cursor?: string;
   batch?: number;
@@ -317,7 +320,8 @@ export class GarbageCollector extends DurableObject<Env> {
   }
 
   private report(state: RunState, items = false): GcRun {
-    const { startedMs, cursor, batch, drive, ...run } = state;
+    const { startedMs, cursor, batch, drive, ...rest } = state;
+    const run: GcRun = { ...rest, phaseNumber: PHASES.indexOf(state.phase) + 1, phaseCount: PHASES.length };
     void startedMs;
     void cursor;
     void batch;

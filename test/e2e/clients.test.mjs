@@ -22,6 +22,7 @@ import {
   startRegistry,
   writeBlob,
   writeRandomFile,
+  skopeoCopy as copyWithSkopeo,
 } from "./harness.mjs";
 
 const MiB = 1 << 20;
@@ -48,18 +49,9 @@ async function single() {
   return singleImage;
 }
 
-/** Runs skopeo copy with plain HTTP on both sides (only 127.0.0.1 is ever a registry). */
-function skopeoCopy(source, destination, { all = false, timeoutMs = 180_000 } = {}) {
-  const args = [
-    "copy",
-    "--src-tls-verify=false",
-    "--dest-tls-verify=false",
-    "--preserve-digests",
-    "--retry-times",
-    "0",
-  ];
-  if (all) args.push("--all");
-  return clients.skopeo(...args, source, destination, { timeoutMs });
+/** Runs skopeo copy with plain HTTP on both sides (harness.mjs skopeoCopy). */
+function skopeoCopy(source, destination, options) {
+  return copyWithSkopeo(clients, source, destination, options);
 }
 
 async function inspectRaw(reference) {

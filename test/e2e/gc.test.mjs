@@ -16,6 +16,7 @@ import {
   fetchHashed,
   fetchWithTimeout,
   haveCommand,
+  insertRandomLayer,
   layoutBlobs,
   makeTempDir,
   readBlob,
@@ -23,7 +24,7 @@ import {
   ROOT,
   run,
   startRegistry,
-  writeRandomFile,
+  skopeoCopy as copyWithSkopeo,
 } from "./harness.mjs";
 
 const KiB = 1024;
@@ -98,16 +99,10 @@ async function buildSharedLayout() {
   const layout = join(work, "layout");
   const insert = async (tag, index, size) => {
     const file = join(work, `${tag}-layer${index}.bin`);
-    await writeRandomFile(file, size);
-    await clients.umoci(
-      "insert",
-      "--image",
-      `${layout}:${tag}`,
-      "--history.created_by",
-      `gc e2e ${tag} ${index}`,
-      file,
-      `/data/${tag}-${index}.bin`,
-    );
+    await insertRandomLayer(clients, `${layout}:${tag}`, file, size, {
+      createdBy: `gc e2e ${tag} ${index}`,
+      path: `/data/${tag}-${index}.bin`,
+    });
     await rm(file);
   };
   await clients.umoci("init", "--layout", layout);
@@ -124,17 +119,7 @@ async function buildSharedLayout() {
 }
 
 function skopeoCopy(source, destination) {
-  return clients.skopeo(
-    "copy",
-    "--src-tls-verify=false",
-    "--dest-tls-verify=false",
-    "--preserve-digests",
-    "--retry-times",
-    "0",
-    source,
-    destination,
-    { timeoutMs: 120_000 },
-  );
+  return copyWithSkopeo(clients, source, destination, { timeoutMs: 120_000 });
 }
 
 describe("garbage collection (npm run gc -- --url)", { timeout: 600_000 }, () => {

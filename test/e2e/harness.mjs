@@ -687,6 +687,28 @@ export async function startContainerd({ readyTimeoutMs = 30_000 } = {}) {
 // OCI image layouts.
 
 /** Parsed index.json of an OCI layout. */
+/** Adds a layer of `size` random bytes (written to `file`) to an image of a layout with umoci. */
+export async function insertRandomLayer(clients, image, file, size, { createdBy, path }) {
+  await writeRandomFile(file, size);
+  await clients.umoci("insert", "--image", image, "--history.created_by", createdBy, file, path, {
+    timeoutMs: 300_000,
+  });
+}
+
+/** Runs skopeo copy with plain HTTP on both sides (only 127.0.0.1 is ever a registry), no retries. */
+export function skopeoCopy(clients, source, destination, { all = false, timeoutMs = 180_000 } = {}) {
+  const args = [
+    "copy",
+    "--src-tls-verify=false",
+    "--dest-tls-verify=false",
+    "--preserve-digests",
+    "--retry-times",
+    "0",
+  ];
+  if (all) args.push("--all");
+  return clients.skopeo(...args, source, destination, { timeoutMs });
+}
+
 /**
  * Builds a single-manifest OCI layout with umoci: one layer per entry of `layerSizes`,
  * each a file of random bytes (so every layer is distinct), then garbage-collects so the
@@ -707,17 +729,10 @@ export async function buildOciImage(
   if (arch) await clients.umoci("config", "--image", `${layout}:${tag}`, "--architecture", arch, "--os", "linux");
   for (const [index, size] of layerSizes.entries()) {
     const file = join(workDir, `${name}-${tag}-layer${index}.bin`);
-    await writeRandomFile(file, size);
-    await clients.umoci(
-      "insert",
-      "--image",
-      `${layout}:${tag}`,
-      "--history.created_by",
-      `e2e layer ${index}`,
-      file,
-      `/data/layer${index}.bin`,
-      { timeoutMs: 300_000 },
-    );
+    await insertRandomLayer(clients, `${layout}:${tag}`, file, size, {
+      createdBy: `e2e layer ${index}`,
+      path: `/data/layer${index}.bin`,
+    });
     await rm(file);
   }
   await clients.umoci("gc", "--layout", layout);
