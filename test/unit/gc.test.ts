@@ -1,7 +1,9 @@
 import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import worker from "../../src/index";
+import { parseDigest } from "../../src/oci/digest";
+import { BlobStore } from "../../src/registry/blob-store";
 import { describe, expect, it } from "vitest";
-import { imageManifest, MediaTypes, pushBlob, pushManifest, registry, utf8 } from "./helpers";
+import { expectBlobReads, imageManifest, MediaTypes, pushBlob, pushManifest, registry, utf8 } from "./helpers";
 import {
   collect,
   collector,
@@ -113,5 +115,52 @@ describe("the cron trigger", () => {
     expect(run?.status).toBe("done");
     expect(run?.steps).toBeGreaterThanOrEqual(11);
     expect((await env.BLOBS.head("gc/active"))?.customMetadata?.state).toBe("idle");
+  });
+});
+
+describe("the writers' half of the protocol", () => {
+  const storage = () => ({ bucket: env.BLOBS, kv: env.META });
+  const recordKey = (digest: string) => `blobs/${digest.replace(":", "/")}`;
+
+  it("linking a condemned blob revives it, so the collector's tombstone (conditional) fails", async () => {
+    const digest = await pushBlob("gc-writers/a", utf8("condemned then linked"));
+    const record = await env.BLOBS.get(recordKey(digest));
+    const plain = (await record?.json()) as { digest: string; size: number; key: string };
+    const condemned = await env.BLOBS.put(recordKey(digest), JSON.stringify({ ...plain, condemned: "1" }), {
+      customMetadata: { key: plain.key, size: String(plain.size), gc: "condemned" },
+    });
+    // A mount links it into another repository: the link's check revives it.
+    const mounted = await registry(`/v2/gc-writers/b/blobs/uploads/?mount=${digest}&from=gc-writers/a`, {
+      method: "POST",
+    });
+    expect(mounted.status).toBe(201);
+    const after = await env.BLOBS.head(recordKey(digest));
+    expect(after?.customMetadata?.gc).toBeUndefined();
+    expect(after?.etag).not.toBe(condemned?.etag);
+    const tombstone = await env.BLOBS.put(recordKey(digest), "{}", { onlyIf: { etagMatches: condemned?.etag ?? "" } });
+    expect(tombstone).toBeNull();
+    await expectVerifyClean();
+  });
+
+  it("a tombstoned blob is absent: a link to it fails retryably, and a push stores it again", async () => {
+    const bytes = utf8("tombstoned, then pushed again");
+    const digest = await pushBlob("gc-writers/c", bytes);
+    const record = await env.BLOBS.get(recordKey(digest));
+    const plain = (await record?.json()) as { digest: string; size: number; key: string };
+    await env.BLOBS.put(recordKey(digest), JSON.stringify({ digest, tombstone: true }), {
+      customMetadata: { key: plain.key, size: String(plain.size), gc: "tombstone" },
+    });
+    // Publishing the very object the tombstone names is refused (its bytes are being deleted).
+    await expect(new BlobStore(storage()).publish(parseDigest(digest), plain.size, plain.key)).rejects.toMatchObject({
+      code: "BLOB_UPLOAD_INVALID",
+    });
+    // Mounting it finds no blob (202: upload it), and a push stores new bytes under the digest.
+    const mounted = await registry(`/v2/gc-writers/d/blobs/uploads/?mount=${digest}&from=gc-writers/c`, {
+      method: "POST",
+    });
+    expect(mounted.status).toBe(202);
+    await pushBlob("gc-writers/d", bytes);
+    expect(await descriptorExists(digest)).toBe(true);
+    await expectBlobReads("gc-writers/d", digest, bytes.byteLength);
   });
 });
