@@ -1,7 +1,15 @@
-import { describe, expect, it } from "vitest";
-import { MediaTypes, pushBlob, pushImage, randomBytes, registry, expectError } from "./helpers";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { MediaTypes, pushBlob, pushImage, randomBytes, registry, expectError, transport } from "./helpers";
 import { expectBlob, multipartCommit, runWithFaults, scenarios } from "./fault-scenarios";
 import { faultWhere, installStorage, restoreStorage } from "./storage-faults";
+
+// Hundreds of requests in one file: see helpers.transport.
+beforeAll(() => {
+  transport.direct = true;
+});
+afterAll(() => {
+  transport.direct = false;
+});
 
 describe("a storage call that fails part-way through a write", () => {
   for (const scenario of scenarios) {

@@ -1,4 +1,5 @@
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { transport } from "./helpers";
 import { storageHooks } from "../../src/registry/storage";
 import {
   lastChunkCommit,
@@ -9,6 +10,14 @@ import {
   smallChunkedCommit,
   type Scenario,
 } from "./fault-scenarios";
+
+// Hundreds of requests in one file: see helpers.transport.
+beforeAll(() => {
+  transport.direct = true;
+});
+afterAll(() => {
+  transport.direct = false;
+});
 
 describe("a storage call that never answers", () => {
   for (const scenario of [
