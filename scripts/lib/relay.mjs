@@ -557,8 +557,13 @@ export async function startRelay({
    */
   function failUpload(request, response, source, error) {
     if (!(error instanceof RelayError)) log(`relay: ${error.message}`);
-    replyError(response, error, { Connection: "close" });
     const socket = request.socket;
+    // Node's server destroys a `Connection: close` socket as soon as the answer is written
+    // (socket.destroySoon): a client still sending then gets a reset, its write fails with
+    // EPIPE, and the answer can be lost with the reset (seen in test/e2e/relay.test.mjs).
+    // This socket is closed below instead, once the client stopped sending.
+    socket.destroySoon = () => undefined;
+    replyError(response, error, { Connection: "close" });
     const timer = setTimeout(() => socket.destroy(), LINGER_MS);
     timer.unref();
     source.discard().finally(() => {
