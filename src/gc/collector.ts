@@ -140,7 +140,8 @@ const STEP = {
   checkRepositories: 5,
   blobPage: 150,
   reclaim: 40,
-  orphanPage: 1000,
+  // Each unnamed old object costs a head (its quarantine marker): at most this many.
+  orphanPage: 200,
 };
 /** Storage calls in flight at once within a step. */
 const IN_FLIGHT = 16;
@@ -270,9 +271,11 @@ export class GarbageCollector extends DurableObject<Env> {
     } catch (error) {
       state.failures++;
       state.lastError = error instanceof Error ? error.message : String(error);
-      // Once anything may have been removed (prune on), a run never gives up: check must
+      // While links are being removed (prune, check), a run never gives up: check must
       // still put back what a concurrent push needs. Before that, a failed run changed nothing.
-      const removing = PHASES.indexOf(state.phase) >= PHASES.indexOf("prune");
+      // (After check, giving up loses nothing: writers revive what is condemned, and the
+      // next run finishes tombstones left part-way.)
+      const removing = state.phase === "prune" || state.phase === "check";
       if (state.failures >= MAX_FAILURES && !removing) {
         state.status = "failed";
         state.finishedAt = new Date().toISOString();
@@ -487,7 +490,7 @@ export class GarbageCollector extends DurableObject<Env> {
   /** Reads the references of every manifest not read by an earlier run (digests are immutable). */
   private async readManifests(state: RunState): Promise<void> {
     const sql = this.ctx.storage.sql;
-    const [afterRepo = "", afterDigest = ""] = state.cursor ? (JSON.parse(state.cursor) as string[]) : [];
+    const [afterRepo = "", afterDigest = ""] = parseCursor(state.cursor);
     // Row values walk the primary key's index: each step reads only its own batch.
     const rows = sql
       .exec<{ repo: string; digest: string }>(
@@ -591,6 +594,10 @@ export class GarbageCollector extends DurableObject<Env> {
         for (const rev of revs) if (rev.subject && kept.has(rev.subject)) keep(rev.digest);
         if (kept.size === before && queue.length === 0) break;
       }
+      // A referrer whose subject goes in this run goes in the next: if a push brings the
+      // subject back meanwhile, a PUT's relink (which restores the subject only) keeps it.
+      for (const rev of revs)
+        if (!kept.has(rev.digest) && rev.subject && byDigest.has(rev.subject)) kept.add(rev.digest);
       const used = new Set<string>();
       for (const digest of kept) {
         for (const blob of JSON.parse(byDigest.get(digest)?.blobs ?? "[]") as string[]) {
@@ -664,8 +671,10 @@ export class GarbageCollector extends DurableObject<Env> {
         uploaded: number;
         etag: string | null;
         subject: string | null;
+        done: number;
       }>(
-        `SELECT seq, kind, repo, name, digest, uploaded, etag, subject FROM doomed WHERE done = 0 ORDER BY seq LIMIT ?`,
+        `SELECT seq, kind, repo, name, digest, uploaded, etag, subject, done FROM doomed WHERE done IN (0, 3)
+         ORDER BY done, seq LIMIT ?`,
         this.batch(state, STEP.prune),
       )
       .toArray();
@@ -674,12 +683,15 @@ export class GarbageCollector extends DurableObject<Env> {
     // In order: a repository's tags before its revisions before its links (decide's order).
     for (const row of rows) {
       let removed = false;
+      // 3: this row's deletes began. Gone on a retry then means removed by the earlier
+      // attempt (check must still look at it); gone before they began, by a client.
+      const resumed = row.done === 3;
+      if (!resumed) sql.exec(`UPDATE doomed SET done = 3 WHERE seq = ?`, row.seq);
       if (row.kind === "tag" && row.name !== null) {
         const key = Paths.tag(row.repo, row.name);
         const head = await bucket.head(key);
         // Compared by write time: an etag is the body's MD5, the same for a tag pushed again.
-        // Gone: removed by a client, or by this step's earlier attempt.
-        if (!head || head.uploaded.getTime() === row.uploaded) {
+        if (head ? head.uploaded.getTime() === row.uploaded : resumed) {
           if (head) await bucket.delete(key);
           removed = true;
           state.removed.tags++;
@@ -691,10 +703,8 @@ export class GarbageCollector extends DurableObject<Env> {
         const key = manifest ? Paths.manifestRevision(row.repo, digest) : Paths.layerLink(row.repo, digest);
         const kvKey = manifest ? Paths.kvManifestRevision(row.repo, digest) : Paths.kvLayerLink(row.repo, digest);
         const head = await bucket.head(key);
-        // Written again since the scan (a push, a mount): in use, left alone. Gone: removed
-        // by a client or by this step's earlier attempt, and counted as removed so that
-        // check looks at it (a retried step must not hide a removal from check).
-        if (!head || head.uploaded.getTime() === row.uploaded) {
+        // Written again since the scan (a push, a mount): in use, left alone.
+        if (head ? head.uploaded.getTime() === row.uploaded : resumed) {
           if (manifest && row.subject) await bucket.delete(Paths.referrer(row.repo, parseDigest(row.subject), digest));
           // R2 first, then the KV copy: one KV write, not unlink's two (KV writes are the
           // scarce quota: 1 000 a day on Free). A pull that writes the copy again after this
@@ -1110,6 +1120,16 @@ async function restoreManifest(env: Env, repo: string, digest: Digest, mediaType
     // Stored manifests parsed when pushed; one that no longer does is linked as it was.
   }
   await repository.revisions.link(digest, descriptor, mediaType ? { mediaType } : {}, bytes);
+}
+
+/** A `[repo, digest]` cursor; anything else (a cursor of an earlier version) starts over. */
+function parseCursor(cursor: string | undefined): string[] {
+  try {
+    const value: unknown = cursor ? JSON.parse(cursor) : [];
+    return Array.isArray(value) && value.every((part) => typeof part === "string") ? value : [];
+  } catch {
+    return [];
+  }
 }
 
 /** Just the descriptor's fields (a condemned record's body has its mark too). */

@@ -150,6 +150,13 @@ export class BlobStore {
         await this.cache(digest, existing);
         return existing;
       }
+      // Replacing (a tombstone, or a descriptor naming nothing) only with bytes that are there:
+      // a retried commit whose own object was dropped as a duplicate must not publish it.
+      if (!(await this.hasBytes(descriptor))) {
+        throw new RegistryError("BLOB_UPLOAD_INVALID", "this upload's bytes are gone; upload again", {
+          digest: digest.value,
+        });
+      }
       const replaced = await this.bucket.put(recordKey, body, { ...options, onlyIf: { etagMatches: record.etag } });
       if (replaced !== null) {
         await this.cache(digest, descriptor);
@@ -196,7 +203,9 @@ export class BlobStore {
    */
   async collectorMarker(): Promise<{ active: boolean; etag: string | null }> {
     const head = await this.bucket.head(Paths.gcActive);
-    return { active: head?.customMetadata?.state === "active", etag: head?.etag ?? null };
+    // Anything but an explicit idle counts as active (a marker written without a state, by
+    // an earlier version, meant a run in progress).
+    return { active: head !== null && head.customMetadata?.state !== "idle", etag: head?.etag ?? null };
   }
 
   /** Stores small bytes already in memory (manifests) as a blob. */

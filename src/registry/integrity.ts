@@ -167,9 +167,11 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
     const digest = digestOrNull(`${algorithm}:${hex}`);
     const record = await bucket.get(object.key);
     if (record?.customMetadata?.gc === "tombstone") {
-      // A blob the garbage collector is deleting (absent to every reader): its run, or the
-      // next one, finishes it.
-      report({ severity: "info", kind: "descriptor-collected", key: object.key, detail: "being garbage-collected" });
+      // A blob the garbage collector deleted (absent to every reader; the tombstone stays,
+      // see docs/architecture.md), or is deleting: reported only while its bytes may remain.
+      if (record.customMetadata.reclaimed === undefined) {
+        report({ severity: "info", kind: "descriptor-collected", key: object.key, detail: "being garbage-collected" });
+      }
       return;
     }
     const descriptor = record ? await record.json<BlobDescriptor>().catch(() => null) : null;

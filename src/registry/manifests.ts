@@ -34,6 +34,15 @@ export interface PutManifestOptions {
   maxReferences?: number;
 }
 
+/** A stored manifest parsed by its own media type, or null when it does not parse. */
+function parsedOrNull(bytes: Uint8Array): ParsedManifest | null {
+  try {
+    return parseManifest(bytes, "");
+  } catch {
+    return null;
+  }
+}
+
 /** How deep relink follows children linked again (an index of indexes of manifests is 2). */
 const MAX_RELINK_DEPTH = 3;
 
@@ -180,18 +189,19 @@ export class Manifests {
       // The subject need not exist (yet): referrers may be pushed before what they refer to.
       await this.referrers.add(manifest.subject.digest, digest, Referrers.describe(manifest, digest, bytes.byteLength));
     }
+    // The manifest's half of the collector's protocol (docs/architecture.md, "Garbage
+    // collection"): if a run was active when the checks above began, or when the writes
+    // ended, or one started or ended in between (the marker changed), links it may have
+    // removed meanwhile are written again. Two R2 heads when no run is active. Before the
+    // tags, so that a tag never names a manifest whose references could not be restored.
+    const before = await markerBefore;
+    const after = await this.blobs.collectorMarker();
+    if (before.active || after.active || before.etag !== after.etag) await this.relink(manifest, digest, bytes);
     // Tags last: a tag never points at a manifest that is not fully stored.
     const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
     const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     for (const tag of tags) await this.tags.set(tag, record);
-    // The manifest's half of the collector's protocol (docs/architecture.md, "Garbage
-    // collection"): if a run was active when the checks above began, or when the writes
-    // ended, or one started or ended in between (the marker changed), links it may have
-    // removed meanwhile are written again. Two R2 heads when no run is active.
-    const before = await markerBefore;
-    const after = await this.blobs.collectorMarker();
-    if (before.active || after.active || before.etag !== after.etag) await this.relink(manifest, digest, bytes);
     return { digest, manifest, tags };
   }
 
@@ -228,7 +238,9 @@ export class Manifests {
       await entry.store.link(entry.digest, descriptor, record, entry.bytes ?? content ?? undefined);
       // A child linked again may have lost its own links too (indexes nest at most a few deep).
       if (content && entry.digest.value !== digest.value && depth < MAX_RELINK_DEPTH) {
-        await this.relink(parseManifest(content, entry.mediaType ?? ""), entry.digest, content, depth + 1);
+        // Parsed by its own media type (the index's descriptor may name another one).
+        const child = parsedOrNull(content);
+        if (child) await this.relink(child, entry.digest, content, depth + 1);
       }
     });
   }

@@ -47,8 +47,10 @@ export const Paths = {
   quarantine: (objectKey: string): string => `quarantine/${objectKey}`,
 
   /**
-   * Present while a garbage collection run may remove links (src/gc): a manifest PUT that
-   * sees it checks its references again after writing (docs/architecture.md).
+   * The garbage collector's run marker (src/gc): custom metadata `state` is `active` while
+   * a run may remove links, `idle` after; never deleted. A manifest PUT reads it before and
+   * after its writes and checks its references again if a run was or became active
+   * (docs/architecture.md, "Garbage collection").
    */
   gcActive: "gc/active",
 

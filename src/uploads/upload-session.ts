@@ -358,7 +358,13 @@ export class UploadSession extends DurableObject<Env> {
       }
       descriptor = current;
     } else {
-      descriptor = await this.blobs.publish(digest, completed.size, completed.key);
+      try {
+        descriptor = await this.blobs.publish(digest, completed.size, completed.key);
+      } catch (error) {
+        // Refused for good (its bytes are gone or being collected): the session ends.
+        if (error instanceof RegistryError && error.code === "BLOB_UPLOAD_INVALID") await this.purge(state);
+        throw error;
+      }
     }
     await new LinkedBlobStore(this.storage, this.blobs, state.name, "layer").link(digest, descriptor);
     await this.ctx.storage.deleteAll();
