@@ -39,11 +39,11 @@
 // Both runs are checked: the blobs each removed must be exactly the generated garbage.
 // Exit status 1 if a check failed or a run did not finish.
 import { createHash, randomUUID } from "node:crypto";
-import { mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, writeFileSync } from "node:fs";
-import { basename, join } from "node:path";
+import { mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { startLocalWorker } from "../scripts/lib/local-worker.mjs";
-import { commandLine, makeTempDir, removeTempDir, run } from "./lib.mjs";
+import { commandLine, makeTempDir, removeTempDir, run, treeCpuSeconds } from "./lib.mjs";
 
 const args = process.argv.slice(2);
 function option(name, fallback) {
@@ -308,51 +308,9 @@ async function countKeys(bucket, prefix, { metadata = false } = {}) {
   throw new Error(`listing ${prefix} did not end`);
 }
 
-/** The pids of this process's descendants whose executable is `name`. */
-function descendants(name) {
-  const parents = new Map();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const text = readFileSync(`/proc/${entry}/stat`, "latin1");
-      parents.set(Number(entry), Number(text.slice(text.lastIndexOf(")") + 2).split(" ")[1]));
-    } catch {
-      // gone
-    }
-  }
-  const mine = new Set([process.pid]);
-  for (let changed = true, round = 0; changed && round < 100; round++) {
-    changed = false;
-    for (const [pid, ppid] of parents) {
-      if (!mine.has(pid) && mine.has(ppid)) {
-        mine.add(pid);
-        changed = true;
-      }
-    }
-  }
-  return [...mine].filter((pid) => {
-    try {
-      return basename(readlinkSync(`/proc/${pid}/exe`)) === name;
-    } catch {
-      return false;
-    }
-  });
-}
-
-const CLOCK_TICKS = Number(commandLine("getconf", ["CLK_TCK"])) || 100;
-/** User + system CPU milliseconds of these processes. */
-function cpuMs(pids) {
-  let total = 0;
-  for (const pid of pids) {
-    try {
-      const text = readFileSync(`/proc/${pid}/stat`, "latin1");
-      const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-      total += ((Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS) * 1000;
-    } catch {
-      // gone
-    }
-  }
-  return total;
+/** User + system CPU milliseconds of this process's workerd descendants. */
+function workerdCpuMs() {
+  return treeCpuSeconds(process.pid, "workerd") * 1000;
 }
 
 async function runEdge(model) {
@@ -386,9 +344,8 @@ async function runEdge(model) {
       });
       return { status: response.status, body: await response.text() };
     };
-    const workerd = descendants("workerd");
-    if (workerd.length === 0) log("edge: workerd not found under this process: no CPU figures");
-    const cpuAtStart = cpuMs(workerd);
+    const cpuAtStart = workerdCpuMs();
+    if (cpuAtStart === 0) log("edge: workerd not found under this process: no CPU figures");
     log("edge: collecting (POST /_admin/gc?grace=0)");
     const started = performance.now();
     const answer = await call("POST", "/_admin/gc?grace=0");
@@ -408,7 +365,7 @@ async function runEdge(model) {
       if (got.status !== 200) throw new Error(`GET /_admin/gc answered ${got.status}: ${got.body}`);
       report = JSON.parse(got.body);
       const now = performance.now();
-      const cpu = cpuMs(workerd);
+      const cpu = workerdCpuMs();
       const stepsDone = report.steps - previous.steps;
       if (stepsDone > 0) {
         const perStep = (cpu - previous.cpu) / stepsDone;
@@ -424,7 +381,7 @@ async function runEdge(model) {
       }
     }
     const ms = performance.now() - started;
-    const cpuTotal = cpuMs(workerd) - cpuAtStart;
+    const cpuTotal = workerdCpuMs() - cpuAtStart;
     const phases = seen.map((entry, index) => {
       const next = seen[index + 1] ?? { at: ms, steps: report.steps, cpu: cpuTotal };
       return {

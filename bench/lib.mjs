@@ -533,6 +533,13 @@ function rssOf(pid) {
   }
 }
 
+/** User + system CPU seconds the processes of a tree whose executable is `kind` have used so far. */
+export function treeCpuSeconds(rootPid, kind) {
+  let total = 0;
+  for (const entry of processTree(rootPid)) if (entry.kind === kind) total += cpuSecondsOf(entry.pid) ?? 0;
+  return total;
+}
+
 /** User + system CPU seconds a process has used so far (undefined if it is gone). */
 function cpuSecondsOf(pid) {
   try {

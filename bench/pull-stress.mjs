@@ -47,10 +47,10 @@
 // timeout, request timeouts, an operation cap on the load loops, and --deadline-min for
 // the whole run.
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync, readdirSync, readlinkSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import http from "node:http";
 import { cpus, loadavg, release, totalmem } from "node:os";
-import { basename, join } from "node:path";
+import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import { parseArgs } from "node:util";
 import {
@@ -65,6 +65,7 @@ import {
   request,
   startEdgeRegistry,
   writeRandomFile,
+  treeCpuSeconds,
 } from "./lib.mjs";
 
 const SCENARIOS = ["r2", "fill"];
@@ -168,38 +169,9 @@ const sha256 = (bytes) => `sha256:${createHash("sha256").update(bytes).digest("h
 // workerd's CPU time, sampled every tick, to tell a stall with workerd spinning from one
 // with workerd idle.
 
-const CLOCK_TICKS = Number(commandLine("getconf", ["CLK_TCK"])) || 100;
-
 /** User + system CPU seconds of the workerd processes under `rootPid`. */
 function workerdCpuSeconds(rootPid) {
-  const children = new Map();
-  const cpu = new Map();
-  for (const name of readdirSync("/proc")) {
-    if (!/^\d+$/.test(name)) continue;
-    let text;
-    try {
-      text = readFileSync(`/proc/${name}/stat`, "latin1");
-    } catch {
-      continue; // gone
-    }
-    const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    const ppid = Number(fields[1]);
-    if (!children.has(ppid)) children.set(ppid, []);
-    children.get(ppid).push(Number(name));
-    cpu.set(Number(name), (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS);
-  }
-  let total = 0;
-  const queue = [rootPid];
-  for (let index = 0; index < queue.length && index < 10_000; index++) {
-    const pid = queue[index];
-    try {
-      if (basename(readlinkSync(`/proc/${pid}/exe`)) === "workerd") total += cpu.get(pid) ?? 0;
-    } catch {
-      // gone or not readable
-    }
-    queue.push(...(children.get(pid) ?? []));
-  }
-  return total;
+  return treeCpuSeconds(rootPid, "workerd");
 }
 
 /** The last two minutes of workerd CPU samples: { at (performance.now()), cpu }. */
