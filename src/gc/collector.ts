@@ -102,6 +102,7 @@ export interface GcRun {
   lastError?: string;
   scanned: GcCounts;
   removed: GcRemoved;
+  /** removed.blobs, at the top level (the field scripts read). */
   blobsRemoved: number;
   bytesReclaimed: number;
   /** Storage calls of the whole run, and the most any one step made. */
@@ -123,7 +124,7 @@ export interface GcItem {
 }
 
 /** Internal run state: the report plus cursors. */
-interface RunState extends Omit<GcRun, "phaseNumber" | "phaseCount"> {
+interface RunState extends Omit<GcRun, "phaseNumber" | "phaseCount" | "blobsRemoved"> {
   startedMs: number;
   cursor?: string;
   batch?: number;
@@ -221,7 +222,6 @@ export class GarbageCollector extends DurableObject<Env> {
       failures: 0,
       scanned: emptyCounts(),
       removed: { tags: 0, manifests: 0, links: 0, blobs: 0, orphans: 0 },
-      blobsRemoved: 0,
       bytesReclaimed: 0,
       operations: { r2: 0, r2ClassA: 0, kv: 0, kvWrites: 0 },
       maxStepOperations: 0,
@@ -324,7 +324,12 @@ export class GarbageCollector extends DurableObject<Env> {
 
   private report(state: RunState, items = false): GcRun {
     const { startedMs, cursor, batch, drive, ...rest } = state;
-    const run: GcRun = { ...rest, phaseNumber: PHASES.indexOf(state.phase) + 1, phaseCount: PHASES.length };
+    const run: GcRun = {
+      ...rest,
+      blobsRemoved: state.removed.blobs,
+      phaseNumber: PHASES.indexOf(state.phase) + 1,
+      phaseCount: PHASES.length,
+    };
     void startedMs;
     void cursor;
     void batch;
@@ -883,7 +888,7 @@ export class GarbageCollector extends DurableObject<Env> {
       if (object.uploaded.getTime() >= cutoff) return;
       if (state.dryRun) {
         this.record("blob", digest, descriptor.size);
-        state.blobsRemoved++;
+        state.removed.blobs++;
         state.bytesReclaimed += descriptor.size;
         return;
       }
@@ -1006,7 +1011,6 @@ export class GarbageCollector extends DurableObject<Env> {
       );
       if (reclaimed) {
         state.removed.blobs++;
-        state.blobsRemoved++;
         state.bytesReclaimed += row.size;
         this.record("blob", row.digest, row.size);
       }
