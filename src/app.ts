@@ -7,6 +7,7 @@ import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
 import { manifestRoutes } from "./routes/manifests";
+import { mirrorMiddleware } from "./routes/mirror";
 import { referrerRoutes } from "./routes/referrers";
 import { tokenRoutes } from "./routes/token";
 import { uploadRoutes } from "./routes/uploads";
@@ -36,7 +37,7 @@ const apiHeaders: MiddlewareHandler<AppEnv> = async (c, next) => {
   await next();
 };
 app.use("/v2", apiHeaders, authorize);
-app.use("/v2/*", apiHeaders, authorize);
+app.use("/v2/*", apiHeaders, authorize, mirrorMiddleware);
 
 // API version check: 200 tells clients this is a v2 registry.
 app.get("/v2/", (c) => c.json({}));

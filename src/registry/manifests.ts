@@ -32,6 +32,12 @@ export interface PutManifestOptions {
   extraTags?: string[];
   /** Most descriptors the manifest may list (see RegistryConfig.manifestMaxReferences). */
   maxReferences?: number;
+  /**
+   * A manifest fetched from an upstream (src/mirror), confirmed by it at this time: what it
+   * references is fetched when pulled, so nothing is checked here, and its tags record when
+   * the upstream confirmed them.
+   */
+  mirroredAt?: number;
 }
 
 /** A stored manifest parsed by its own media type, or null when it does not parse. */
@@ -102,8 +108,8 @@ export class Manifests {
    * tag names a manifest its repository holds: tags.ts); by digest, the revision link and
    * the blob's descriptor, from KV at the edge.
    */
-  async stat(reference: Reference): Promise<{ digest: Digest; mediaType: string; size: number }> {
-    const record = await this.resolve(reference);
+  async stat(reference: Reference, resolved?: TagRecord): Promise<{ digest: Digest; mediaType: string; size: number }> {
+    const record = resolved ?? (await this.resolve(reference));
     if (record.mediaType !== undefined && record.size !== undefined) {
       return { digest: record.digest, mediaType: record.mediaType, size: record.size };
     }
@@ -113,10 +119,11 @@ export class Manifests {
 
   /**
    * The manifest's bytes: from this location's cache by digest (after the link check, or
-   * by a tag that names it), else from R2 (and then kept here).
+   * by a tag that names it), else from R2 (and then kept here). `resolved`: the reference's
+   * record, when the caller resolved it already.
    */
-  async get(reference: Reference): Promise<StoredManifest> {
-    const record = await this.resolve(reference);
+  async get(reference: Reference, resolved?: TagRecord): Promise<StoredManifest> {
+    const record = resolved ?? (await this.resolve(reference));
     const digest = record.digest;
     let known: { mediaType: string; size: number } | null =
       record.mediaType !== undefined && record.size !== undefined
@@ -182,7 +189,8 @@ export class Manifests {
     // Read before the checks and again after the writes (see below); settled either way.
     const markerBefore = this.blobs.collectorMarker();
     markerBefore.catch(() => undefined);
-    await this.checkReferences(manifest);
+    const mirrored = options.mirroredAt !== undefined;
+    if (!mirrored) await this.checkReferences(manifest);
     const descriptor = await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
     await this.revisions.link(digest, descriptor, { mediaType: manifest.mediaType }, bytes);
     if (manifest.subject) {
@@ -196,11 +204,13 @@ export class Manifests {
     // tags, so that a tag never names a manifest whose references could not be restored.
     const before = await markerBefore;
     const after = await this.blobs.collectorMarker();
-    if (before.active || after.active || before.etag !== after.etag) await this.relink(manifest, digest, bytes);
+    if (before.active || after.active || before.etag !== after.etag)
+      await this.relink(manifest, digest, bytes, mirrored);
     // Tags last: a tag never points at a manifest that is not fully stored.
     const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
     const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
+    if (mirrored) record.checkedAt = options.mirroredAt;
     for (const tag of tags) await this.tags.set(tag, record);
     return { digest, manifest, tags };
   }
@@ -208,9 +218,16 @@ export class Manifests {
   /**
    * Links again whatever a stored manifest needs that a collection run removed meanwhile:
    * its blobs, its children (and, for a child that had to be linked again, what it needs
-   * in turn), and its own revision.
+   * in turn), and its own revision. `partial`: a mirrored manifest, whose references need
+   * not be stored yet (they are fetched when pulled); what is not stored is skipped.
    */
-  private async relink(manifest: ParsedManifest, digest: Digest, bytes: Uint8Array, depth = 0): Promise<void> {
+  private async relink(
+    manifest: ParsedManifest,
+    digest: Digest,
+    bytes: Uint8Array,
+    partial: boolean,
+    depth = 0,
+  ): Promise<void> {
     const needed = new Map<
       string,
       { store: LinkedBlobStore; digest: Digest; mediaType?: string; bytes?: Uint8Array }
@@ -232,6 +249,7 @@ export class Manifests {
       const descriptor = await this.blobs.stat(entry.digest, { strong: true });
       const content =
         entry.store === this.revisions && !entry.bytes && descriptor ? await this.blobs.readBytes(descriptor) : null;
+      if (!descriptor && partial) return;
       if (!descriptor)
         throw unavailable("a blob this manifest references was garbage-collected meanwhile; push it again");
       const record = entry.mediaType === undefined ? {} : { mediaType: entry.mediaType };
@@ -240,7 +258,7 @@ export class Manifests {
       if (content && entry.digest.value !== digest.value && depth < MAX_RELINK_DEPTH) {
         // Parsed by its own media type (the index's descriptor may name another one).
         const child = parsedOrNull(content);
-        if (child) await this.relink(child, entry.digest, content, depth + 1);
+        if (child) await this.relink(child, entry.digest, content, partial, depth + 1);
       }
     });
   }

@@ -16,6 +16,8 @@ export interface TagRecord {
   size?: number;
   /** The manifest's bytes (base64), when small (EMBEDDED_CONTENT_MAX_BYTES): a GET by tag is then one read. */
   content?: string;
+  /** Mirrored names (src/mirror): when the upstream last confirmed the tag (ms since the epoch). */
+  checkedAt?: number;
 }
 
 /** A tag record's text: `{"digest","mediaType","size"}`, or (older records) the digest alone. Null if neither. */
@@ -23,12 +25,19 @@ export function parseTagRecord(text: string): TagRecord | null {
   const trimmed = text.trim();
   try {
     if (!trimmed.startsWith("{")) return { digest: parseDigest(trimmed) };
-    const value = JSON.parse(trimmed) as { digest?: unknown; mediaType?: unknown; size?: unknown; content?: unknown };
+    const value = JSON.parse(trimmed) as {
+      digest?: unknown;
+      mediaType?: unknown;
+      size?: unknown;
+      content?: unknown;
+      checkedAt?: unknown;
+    };
     if (typeof value.digest !== "string") return null;
     const record: TagRecord = { digest: parseDigest(value.digest) };
     if (typeof value.mediaType === "string") record.mediaType = value.mediaType;
     if (typeof value.size === "number" && Number.isSafeInteger(value.size) && value.size >= 0) record.size = value.size;
     if (typeof value.content === "string") record.content = value.content;
+    if (typeof value.checkedAt === "number" && Number.isFinite(value.checkedAt)) record.checkedAt = value.checkedAt;
     return record;
   } catch {
     return null;
@@ -41,6 +50,7 @@ function tagRecordText(record: TagRecord): string {
     mediaType: record.mediaType,
     size: record.size,
     content: record.content,
+    checkedAt: record.checkedAt,
   });
 }
 

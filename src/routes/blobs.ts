@@ -51,15 +51,20 @@ function blobHeaders(c: AppContext, descriptor: BlobDescriptor): void {
 
 async function statBlob(
   c: AppContext,
+  digestText: string,
 ): Promise<{ descriptor: BlobDescriptor; repository: ReturnType<typeof openRepository> }> {
   const repository = openRepository(c.env, repositoryName(c));
-  const digest = parseDigest(c.req.param("digest") ?? "");
+  const digest = parseDigest(digestText);
+  // A mirrored blob: the mirror (routes/mirror.ts) read its link already.
+  const known = c.get("mirrorBlob");
+  if (known?.digest === digest.value) return { descriptor: known, repository };
   const { descriptor } = await repository.layers.stat(digest);
   return { descriptor, repository };
 }
 
+// A mirrored name's blob is read from the repository it is stored as (repositoryName).
 blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
-  const { descriptor, repository } = await statBlob(c);
+  const { descriptor, repository } = await statBlob(c, c.req.param("digest"));
   blobHeaders(c, descriptor);
   if (notModified(c, descriptor.digest)) return c.body(null, 304);
   const range = byteRange(c.req.header("Range"), descriptor.size);

@@ -4,12 +4,30 @@ import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
 import { EdgeCache } from "../registry/edge-cache";
+import type { MirroredName } from "../mirror/upstreams";
+import type { TagRecord } from "../registry/tags";
+import type { BlobDescriptor } from "../registry/blob-store";
 
-export type AppEnv = AuthEnv;
+export type AppEnv = {
+  Bindings: AuthEnv["Bindings"];
+  Variables: AuthEnv["Variables"] & {
+    /** Set for a mirrored name (src/mirror): its upstream, and the repository it is stored as. */
+    mirror?: MirroredName;
+    /** For a mirrored manifest: the record to serve, once the mirror made sure it is stored and fresh. */
+    mirrorTag?: TagRecord;
+    /** For a mirrored blob: its descriptor, once the mirror found it linked (or linked it). */
+    mirrorBlob?: BlobDescriptor;
+  };
+};
 export type AppContext = Context<AppEnv>;
 
-/** The repository name from the route, validated against the spec's grammar. */
+/**
+ * The repository name from the route, validated against the spec's grammar; for a
+ * mirrored name, the repository it is stored as (`library/alpine` → `docker.io/library/alpine`).
+ */
 export function repositoryName(c: AppContext): string {
+  const mirror = c.get("mirror");
+  if (mirror) return mirror.local;
   return validateName(c.req.param("name") ?? "");
 }
 

@@ -5,6 +5,7 @@ import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import { looksLikeDigest } from "../oci/digest";
 import { parseReference, type Reference } from "../registry/manifests";
+import type { TagRecord } from "../registry/tags";
 import { openRepository } from "../registry/registry";
 import { edgeCacheOf, notModified, readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
 
@@ -34,11 +35,16 @@ function referenceToRead(text: string): Reference {
   }
 }
 
-manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", async (c) => {
+/**
+ * GET or HEAD of a manifest, of the repository the request names (or, for a mirrored
+ * name, the one it is stored as). `resolved`: the reference's record, when the mirror
+ * read it already (routes/mirror.ts).
+ */
+async function serveManifest(c: AppContext, resolved?: TagRecord): Promise<Response> {
   const repository = openRepository(c.env, repositoryName(c), edgeCacheOf(c));
-  const reference = referenceToRead(c.req.param("reference"));
+  const reference = referenceToRead(c.req.param("reference") ?? "");
   if (c.req.method === "HEAD" || c.req.header("If-None-Match")) {
-    const { digest, mediaType, size } = await repository.manifests.stat(reference);
+    const { digest, mediaType, size } = await repository.manifests.stat(reference, resolved);
     manifestHeaders(c, digest.value, mediaType, size);
     if (notModified(c, digest.value)) {
       c.header("Content-Length", undefined);
@@ -46,10 +52,12 @@ manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", async (c) 
     }
     if (c.req.method === "HEAD") return c.body(null, 200);
   }
-  const manifest = await repository.manifests.get(reference);
+  const manifest = await repository.manifests.get(reference, resolved);
   manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
   return c.body(manifest.bytes, 200);
-});
+}
+
+manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) => serveManifest(c, c.get("mirrorTag")));
 
 manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const name = repositoryName(c);

@@ -71,7 +71,8 @@ export interface ChunkClaim {
 export const BYTE_REQUEST_ARGS = "X-Upload-Session-Args";
 
 export interface ByteRequestArgs {
-  operation: "append" | "commit";
+  /** `fill`: a mirrored blob streaming in from its upstream (UploadSession.fill). */
+  operation: "append" | "commit" | "fill";
   name: string;
   claim: ChunkClaim;
   hasBody: boolean;
@@ -182,7 +183,9 @@ export class UploadSession extends DurableObject<Env> {
     const result =
       args.operation === "commit"
         ? await this.commit(args.name, args.digest ?? "", body, args.claim, args.once === true)
-        : await this.append(args.name, body, args.claim);
+        : args.operation === "fill"
+          ? await this.fill(args.name, args.digest ?? "", body, args.claim)
+          : await this.append(args.name, body, args.claim);
     return Response.json(result);
   }
 
@@ -236,6 +239,44 @@ export class UploadSession extends DurableObject<Env> {
       } catch (error) {
         // If the purge fails too, the session's alarm purges it later.
         if (once) await this.purge(state).catch(() => undefined);
+        throw error;
+      }
+    }, true);
+  }
+
+  /**
+   * A mirrored blob arriving from its upstream (src/mirror): the object named for its
+   * digest (`fillSessionName`) is the single flight of that digest. While it is filling, a
+   * second fill is refused at once (409; that puller streams from the upstream without
+   * storing); a fill of a digest stored meanwhile links the stored blob and reads nothing.
+   * Otherwise the bytes go through the upload engine as a monolithic upload does (parts,
+   * native hash, verified before anything is published), and any failure leaves nothing.
+   */
+  private async fill(
+    name: string,
+    digestText: string,
+    body: ReadableStream<Uint8Array> | null,
+    claim: ChunkClaim,
+  ): Promise<SessionResult<BlobDescriptor>> {
+    return this.run(async () => {
+      const digest = parseDigest(digestText);
+      // A fill that died part-way (the object was reset): its multipart upload goes.
+      const stale = this.ctx.storage.kv.get<SessionState>("session");
+      if (stale) await this.purge(stale).catch(() => undefined);
+      const existing = await this.blobs.stat(digest, { strong: true });
+      if (existing && (await this.blobs.hasBytes(existing))) {
+        await body?.cancel();
+        await new LinkedBlobStore(this.storage, this.blobs, name, "layer").link(digest, existing);
+        return existing;
+      }
+      if (body === null) throw new RegistryError("SIZE_INVALID", "a fill needs the blob's bytes");
+      await this.start(crypto.randomUUID(), name);
+      const state = this.load(name);
+      try {
+        await this.receiveWhole(state, digest, body, claim);
+        return await this.publish(state, digest);
+      } catch (error) {
+        await this.purge(state).catch(() => undefined);
         throw error;
       }
     }, true);
@@ -663,6 +704,11 @@ export function chunkTooLarge(limit: number): RegistryError {
     {},
     413,
   );
+}
+
+/** The Durable Object name of a digest's mirror fill (UploadSession.fill): one per digest. */
+export function fillSessionName(digest: string): string {
+  return `mirror-fill:${digest}`;
 }
 
 /** The Range header value for an upload holding `offset` bytes (`0-0` when empty, as distribution does). */

@@ -1,0 +1,347 @@
+import { readConfig } from "../config";
+import { digestOf, parseDigest, type Digest } from "../oci/digest";
+import { RegistryError, unavailable } from "../oci/errors";
+import { MAX_MANIFEST_BYTES } from "../oci/manifest";
+import { essence, MediaTypes } from "../oci/media-types";
+import { chunksOf, pump, type BlobDescriptor } from "../registry/blob-store";
+import type { EdgeCache } from "../registry/edge-cache";
+import { EMBEDDED_CONTENT_MAX_BYTES, encodeContent } from "../registry/linked-blob-store";
+import type { Reference } from "../registry/manifests";
+import { openRepository, type Repository } from "../registry/registry";
+import type { TagRecord } from "../registry/tags";
+import {
+  BYTE_REQUEST_ARGS,
+  fillSessionName,
+  type ByteRequestArgs,
+  type SessionResult,
+} from "../uploads/upload-session";
+import { UpstreamClient, upstreamError, UpstreamUnreachable } from "./upstream-client";
+import type { MirroredName } from "./upstreams";
+
+/** What a manifest request asks the upstream to send: every manifest type this registry serves. */
+const MANIFEST_ACCEPT = [
+  MediaTypes.ociIndex,
+  MediaTypes.ociManifest,
+  MediaTypes.dockerManifestList,
+  MediaTypes.dockerManifest,
+].join(", ");
+
+/** An upstream blob answer passed on to the client. */
+export interface UpstreamBlob {
+  status: 200 | 206;
+  headers: Record<string, string>;
+  body: ReadableStream<Uint8Array> | null;
+}
+
+/**
+ * A pull-through mirror of one upstream repository (docs/architecture.md, "Mirroring"):
+ * what is stored under the local name is served as any repository's content is, and
+ * what is missing is fetched from the upstream, verified, stored through the same paths
+ * a push takes (so garbage collection, the edge caches and the integrity check treat it
+ * like anything else), and served.
+ */
+export class Mirror {
+  readonly repository: Repository;
+  private readonly client: UpstreamClient;
+  private readonly scope: string;
+
+  constructor(
+    private readonly env: Env,
+    readonly name: MirroredName,
+    edge: EdgeCache,
+  ) {
+    this.repository = openRepository(env, name.local, edge);
+    this.client = new UpstreamClient(env, name.upstream);
+    this.scope = `repository:${name.remote}:pull`;
+  }
+
+  private path(kind: "manifests" | "blobs" | "tags/list", reference = ""): string {
+    return `${this.name.remote}/${kind}${reference ? `/${reference}` : ""}`;
+  }
+
+  /**
+   * Makes sure the manifest a reference names is stored, and a tag fresh, before it is
+   * served; returns the tag's record to serve from (undefined: serve as usual).
+   * - By digest: stored once, fetched only when missing (immutable).
+   * - By tag: served as stored while the upstream confirmed it within the upstream's
+   *   `tagTtlSeconds`; after that, a HEAD asks the upstream for the tag's digest, and the
+   *   manifest is fetched only when it changed. If the upstream cannot answer (down, slow,
+   *   failing, rate-limiting), the stored tag is served and the event logged; a 404 from
+   *   the upstream is the tag's absence there, and is passed on.
+   */
+  async manifest(reference: Reference): Promise<TagRecord | undefined> {
+    if ("digest" in reference) {
+      try {
+        await this.repository.revisions.stat(reference.digest, { unknownCode: "MANIFEST_UNKNOWN" });
+        return undefined;
+      } catch (error) {
+        if (!(error instanceof RegistryError && error.code === "MANIFEST_UNKNOWN")) throw error;
+      }
+      return this.fetchManifest(reference.digest.value, reference.digest);
+    }
+    const tag = reference.tag;
+    const stored = await this.repository.tags.resolveAtEdge(tag);
+    const now = Date.now();
+    if (stored?.checkedAt !== undefined && now - stored.checkedAt < this.name.upstream.tagTtlSeconds * 1000) {
+      return stored;
+    }
+    try {
+      const head = await this.client.fetch({
+        method: "HEAD",
+        path: this.path("manifests", tag),
+        headers: { Accept: MANIFEST_ACCEPT },
+        scope: this.scope,
+      });
+      if (!head.ok) {
+        const error = upstreamError(head, "MANIFEST_UNKNOWN", { tag, upstream: this.name.upstream.prefix });
+        if (head.status === 404 || !stored) throw error;
+        this.log("serving the stored tag: the upstream failed", { tag, status: head.status });
+        return stored;
+      }
+      const upstreamDigest = head.headers.get("Docker-Content-Digest");
+      if (stored && upstreamDigest === stored.digest.value) {
+        const record: TagRecord = { ...stored, checkedAt: now };
+        await this.repository.tags.set(tag, record);
+        return record;
+      }
+      // Fetched by the digest the HEAD named (so a tag moving meanwhile cannot mix two
+      // manifests), or by tag when the upstream did not say.
+      const named = upstreamDigest ? parseDigestOrNull(upstreamDigest) : null;
+      return await this.fetchManifest(named ? named.value : tag, named ?? undefined, tag);
+    } catch (error) {
+      if (stored && error instanceof UpstreamUnreachable) {
+        this.log("serving the stored tag: the upstream is unreachable", { tag, error: error.message });
+        return stored;
+      }
+      if (error instanceof UpstreamUnreachable)
+        throw unavailable(error.message, { upstream: this.name.upstream.prefix });
+      throw error;
+    }
+  }
+
+  /**
+   * GETs a manifest from the upstream, checks it (its digest, when one was asked for or
+   * announced; that it parses), stores it (and tags it, for a tag), and returns its record.
+   */
+  private async fetchManifest(reference: string, expected?: Digest, tag?: string): Promise<TagRecord> {
+    let response: Response;
+    try {
+      response = await this.client.fetch({
+        method: "GET",
+        path: this.path("manifests", reference),
+        headers: { Accept: MANIFEST_ACCEPT },
+        scope: this.scope,
+      });
+    } catch (error) {
+      if (error instanceof UpstreamUnreachable)
+        throw unavailable(error.message, { upstream: this.name.upstream.prefix });
+      throw error;
+    }
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw upstreamError(response, "MANIFEST_UNKNOWN", { reference, upstream: this.name.upstream.prefix });
+    }
+    const bytes = await readUpTo(response, MAX_MANIFEST_BYTES);
+    const digest = await digestOf(bytes, expected?.algorithm ?? "sha256");
+    if (expected && digest.value !== expected.value) {
+      throw unavailable("the upstream sent a manifest that does not match its digest", {
+        expected: expected.value,
+        computed: digest.value,
+      });
+    }
+    const contentType = essence(response.headers.get("Content-Type"));
+    const { manifest } = await this.repository.manifests.put(tag ? { tag } : { digest }, bytes, contentType, {
+      mirroredAt: Date.now(),
+      maxReferences: readConfig(this.env).manifestMaxReferences,
+    });
+    const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength, checkedAt: Date.now() };
+    if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
+    return record;
+  }
+
+  /**
+   * A blob the local repository does not link yet.
+   * - Stored already (pulled through another name, or pushed): linked here once the
+   *   upstream confirms this repository has it (a HEAD), so a mirrored name never reveals
+   *   a blob of another repository; then served as usual (returns its descriptor).
+   * - Otherwise fetched: a HEAD, or a range, is answered from the upstream without
+   *   storing; a whole GET streams to the client while the same bytes go into R2 through
+   *   the digest's fill (`fill`), verified before anything is published.
+   */
+  async blob(
+    digest: Digest,
+    method: string,
+    range: string | undefined,
+    waitUntil: (work: Promise<unknown>) => void,
+  ): Promise<UpstreamBlob | { descriptor: BlobDescriptor }> {
+    const stored = await this.repository.blobs.stat(digest, { strong: true });
+    const detail = { digest: digest.value, upstream: this.name.upstream.prefix };
+    const ask = async (askMethod: "GET" | "HEAD", headers: Record<string, string> = {}) => {
+      try {
+        return await this.client.fetch({
+          method: askMethod,
+          path: this.path("blobs", digest.value),
+          headers,
+          scope: this.scope,
+        });
+      } catch (error) {
+        if (error instanceof UpstreamUnreachable) throw unavailable(error.message, detail);
+        throw error;
+      }
+    };
+    if (stored) {
+      const head = await ask("HEAD");
+      await head.body?.cancel();
+      if (!head.ok) throw upstreamError(head, "BLOB_UNKNOWN", detail);
+      await this.repository.layers.link(digest, stored);
+      return { descriptor: stored };
+    }
+    const response = await ask(method === "HEAD" ? "HEAD" : "GET", range ? { Range: range } : {});
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw upstreamError(response, "BLOB_UNKNOWN", detail);
+    }
+    const headers: Record<string, string> = {
+      "Docker-Content-Digest": digest.value,
+      "Content-Type": "application/octet-stream",
+    };
+    const length = response.headers.get("Content-Length");
+    const size = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
+    if (size !== undefined) headers["Content-Length"] = String(size);
+    if (method === "HEAD") {
+      return { status: 200, headers, body: null };
+    }
+    if (response.status === 206 || size === undefined || !response.body) {
+      // A part of the blob, or one of unknown length: passed on, not stored.
+      const contentRange = response.headers.get("Content-Range");
+      if (contentRange) headers["Content-Range"] = contentRange;
+      return { status: response.status === 206 ? 206 : 200, headers, body: response.body };
+    }
+    headers.ETag = `"${digest.value}"`;
+    headers["Cache-Control"] = "max-age=31536000, immutable";
+    return { status: 200, headers, body: this.fill(digest, size, response.body, waitUntil) };
+  }
+
+  /**
+   * Streams an upstream body to the client and, in step, to the digest's fill object
+   * (UploadSession.fill), which stores it through the upload engine. The two advance
+   * together (pump), so memory stays at a chunk or two whatever the speeds; the fill
+   * falling behind or being refused (another pull is filling this digest) drops it and
+   * the client's stream goes on. Bytes that do not match the digest fail the client's
+   * answer and are never published.
+   */
+  private fill(
+    digest: Digest,
+    size: number,
+    body: ReadableStream<Uint8Array>,
+    waitUntil: (work: Promise<unknown>) => void,
+  ): ReadableStream<Uint8Array> {
+    const client = new FixedLengthStream(size);
+    const store = new FixedLengthStream(size);
+    const storeWriter = store.writable.getWriter();
+    const args: ByteRequestArgs = {
+      operation: "fill",
+      name: this.name.local,
+      digest: digest.value,
+      claim: { length: size },
+      hasBody: true,
+    };
+    const stub = this.env.UPLOADS.get(this.env.UPLOADS.idFromName(fillSessionName(digest.value)));
+    const request = new Request("https://upload-session/", {
+      method: "POST",
+      headers: { [BYTE_REQUEST_ARGS]: JSON.stringify(args) },
+      body: store.readable,
+    });
+    const filled = stub
+      .fetch(request)
+      .then(async (answer) => (await answer.json()) as SessionResult<BlobDescriptor>)
+      .catch((error: unknown) => ({ ok: false, error: { message: String(error) } }) as const);
+    // An answer before the last byte means the fill took no more (refused, or failed):
+    // stop writing to it, so the client's stream does not wait on it.
+    void filled.then(() => storeWriter.abort(new Error("the fill ended")).catch(() => undefined));
+    const pumped = pump(chunksOf(body), [client.writable.getWriter(), storeWriter], digest);
+    waitUntil(
+      Promise.all([pumped, filled]).then(([verified, result]) => {
+        if (!result.ok) {
+          this.log("a blob was served from the upstream without being stored", {
+            digest: digest.value,
+            verified,
+            reason: result.error.message,
+          });
+        }
+      }),
+    );
+    return client.readable;
+  }
+
+  /**
+   * The upstream's tag list (paginated as the client asked, the next page's link
+   * pointing here), or null when the upstream cannot answer: the stored tags are served.
+   */
+  async tags(query: string, requestedName: string): Promise<{ tags: string[]; link?: string } | null> {
+    let response: Response;
+    try {
+      response = await this.client.fetch({
+        method: "GET",
+        path: `${this.path("tags/list")}${query}`,
+        headers: { Accept: "application/json" },
+        scope: this.scope,
+      });
+    } catch (error) {
+      if (error instanceof UpstreamUnreachable) return null;
+      throw error;
+    }
+    if (response.status === 404) {
+      await response.body?.cancel();
+      throw new RegistryError("NAME_UNKNOWN", undefined, { name: requestedName });
+    }
+    if (!response.ok) {
+      await response.body?.cancel();
+      return null;
+    }
+    const body: unknown = JSON.parse(new TextDecoder().decode(await readUpTo(response, MAX_MANIFEST_BYTES)));
+    const tags = (typeof body === "object" && body !== null ? (body as { tags?: unknown }).tags : null) ?? [];
+    if (!Array.isArray(tags)) return null;
+    const names = tags.filter((tag): tag is string => typeof tag === "string");
+    const link = response.headers.get("Link");
+    const next = link ? /<[^>?]*(\?[^>]*)>;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    return next ? { tags: names, link: `</v2/${requestedName}/tags/list${next}>; rel="next"` } : { tags: names };
+  }
+
+  private log(message: string, detail: Record<string, unknown>): void {
+    console.warn(`mirror ${this.name.local}: ${message}`, JSON.stringify(detail));
+  }
+}
+
+function parseDigestOrNull(text: string): Digest | null {
+  try {
+    return parseDigest(text);
+  } catch {
+    return null;
+  }
+}
+
+/** An upstream body of at most `limit` bytes (a manifest, a tag list); anything longer is a failure. */
+async function readUpTo(response: Response, limit: number): Promise<Uint8Array<ArrayBuffer>> {
+  const declared = Number(response.headers.get("Content-Length") ?? "NaN");
+  if (declared > limit) {
+    await response.body?.cancel();
+    throw unavailable(`the upstream's answer exceeds ${limit} bytes`);
+  }
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  if (response.body) {
+    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+      total += chunk.byteLength;
+      if (total > limit) throw unavailable(`the upstream's answer exceeds ${limit} bytes`);
+      chunks.push(chunk);
+    }
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}

@@ -1,0 +1,194 @@
+import { RegistryError } from "../oci/errors";
+import { metered } from "../registry/meter";
+import type { Upstream } from "./upstreams";
+
+/**
+ * Requests to an upstream registry, with its authentication (docs/configuration.md,
+ * "Mirroring"):
+ * - a 401 with a `Bearer realm=…,service=…,scope=…` challenge gets a token from the
+ *   realm (anonymously, or with the configured `username:password`), kept in this
+ *   isolate until shortly before it expires, and the request is sent again with it;
+ * - a 401 with a `Basic` challenge is answered with the configured `username:password`;
+ * - a configured bare token is sent as a Bearer token on every request.
+ * Redirects (Docker Hub sends blobs to a CDN) are followed by hand, without the
+ * credentials once they leave the upstream's origin. Only the wait for the answer's
+ * headers is bounded by the upstream's timeout: a body may take as long as it streams.
+ */
+
+/** An upstream that could not be asked (network, timeout): the mirror then serves what it has. */
+export class UpstreamUnreachable extends Error {}
+
+interface CachedToken {
+  value: string;
+  expires: number;
+}
+
+/** Tokens by upstream and scope, in this isolate. */
+const tokens = new Map<string, CachedToken>();
+const TOKENS_MAX = 1000;
+/** Used before this much of a token's life is left. */
+const TOKEN_MARGIN_MS = 10_000;
+const DEFAULT_TOKEN_SECONDS = 60;
+const MAX_REDIRECTS = 5;
+
+/** A challenge's scheme and parameters (`Bearer realm="…",service="…"`). */
+export function parseChallenge(header: string | null): { scheme: string; params: Record<string, string> } | null {
+  if (!header) return null;
+  const match = /^\s*(\w+)\s*(.*)$/.exec(header);
+  if (!match) return null;
+  const params: Record<string, string> = {};
+  const pattern = /([a-zA-Z_]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g;
+  for (const param of (match[2] ?? "").matchAll(pattern)) {
+    params[(param[1] ?? "").toLowerCase()] = (param[2] ?? param[3] ?? "").replace(/\\(.)/g, "$1");
+  }
+  return { scheme: (match[1] ?? "").toLowerCase(), params };
+}
+
+function credentialsOf(env: Env, upstream: Upstream): { basic?: string; token?: string } {
+  if (!upstream.credentials) return {};
+  const value = (env as unknown as Record<string, unknown>)[upstream.credentials];
+  if (typeof value !== "string" || value.trim() === "") return {};
+  const text = value.trim();
+  return text.includes(":") ? { basic: `Basic ${btoa(text)}` } : { token: `Bearer ${text}` };
+}
+
+export interface UpstreamRequest {
+  method: "GET" | "HEAD";
+  /** Path under `/v2/` (`library/alpine/manifests/latest`), with any query. */
+  path: string;
+  headers?: Record<string, string>;
+  /** The scope a token must grant (`repository:library/alpine:pull`). */
+  scope: string;
+}
+
+export class UpstreamClient {
+  constructor(
+    private readonly env: Env,
+    readonly upstream: Upstream,
+  ) {}
+
+  private tokenKey(scope: string): string {
+    return `${this.upstream.prefix} ${this.upstream.url} ${scope}`;
+  }
+
+  /**
+   * The upstream's answer (any status: the caller maps it), after at most one round of
+   * authentication. Throws UpstreamUnreachable when there is no answer in time.
+   */
+  async fetch(request: UpstreamRequest): Promise<Response> {
+    return metered("upstream", request.method, async () => {
+      const credentials = credentialsOf(this.env, this.upstream);
+      const cached = tokens.get(this.tokenKey(request.scope));
+      let authorization =
+        credentials.token ?? (cached && cached.expires > Date.now() ? `Bearer ${cached.value}` : undefined);
+      let response = await this.send(request, authorization);
+      if (response.status !== 401 || credentials.token) return response;
+      const challenge = parseChallenge(response.headers.get("WWW-Authenticate"));
+      if (challenge?.scheme === "bearer" && challenge.params.realm) {
+        authorization = await this.bearer(challenge.params, request.scope, credentials.basic);
+      } else if (challenge?.scheme === "basic" && credentials.basic) {
+        authorization = credentials.basic;
+      } else {
+        return response;
+      }
+      await response.body?.cancel();
+      response = await this.send(request, authorization);
+      return response;
+    });
+  }
+
+  /** Gets a token from the challenge's realm; the anonymous flow when no credentials are configured. */
+  private async bearer(params: Record<string, string>, scope: string, basic?: string): Promise<string> {
+    const realm = new URL(params.realm ?? "");
+    if (params.service) realm.searchParams.set("service", params.service);
+    realm.searchParams.append("scope", params.scope ?? scope);
+    const response = await this.timed(realm.toString(), {
+      method: "GET",
+      headers: basic ? { Authorization: basic } : {},
+      redirect: "follow",
+    });
+    if (!response.ok) {
+      await response.body?.cancel();
+      if (response.status === 401 || response.status === 403) {
+        throw new RegistryError("DENIED", "the upstream's token service refused the mirror's credentials", {
+          upstream: this.upstream.prefix,
+          status: response.status,
+        });
+      }
+      throw new UpstreamUnreachable(`the upstream's token service answered ${response.status}`);
+    }
+    const body: unknown = await response.json().catch(() => null);
+    const record = (typeof body === "object" && body !== null ? body : {}) as Record<string, unknown>;
+    const token = typeof record.token === "string" ? record.token : record.access_token;
+    if (typeof token !== "string" || token === "") {
+      throw new UpstreamUnreachable("the upstream's token service answered without a token");
+    }
+    const seconds =
+      typeof record.expires_in === "number" && record.expires_in > 0 ? record.expires_in : DEFAULT_TOKEN_SECONDS;
+    if (tokens.size >= TOKENS_MAX) tokens.clear();
+    tokens.set(this.tokenKey(scope), { value: token, expires: Date.now() + seconds * 1000 - TOKEN_MARGIN_MS });
+    return `Bearer ${token}`;
+  }
+
+  /** One request, following redirects by hand (credentials only to the upstream's own origin). */
+  private async send(request: UpstreamRequest, authorization: string | undefined): Promise<Response> {
+    let url = new URL(`${this.upstream.url}/v2/${request.path}`);
+    const origin = url.origin;
+    for (let hop = 0; ; hop++) {
+      const headers: Record<string, string> = { ...request.headers };
+      if (authorization && url.origin === origin) headers.Authorization = authorization;
+      const response = await this.timed(url.toString(), { method: request.method, headers, redirect: "manual" });
+      const location = response.headers.get("Location");
+      if (response.status < 300 || response.status >= 400 || !location || hop >= MAX_REDIRECTS) return response;
+      await response.body?.cancel();
+      url = new URL(location, url);
+    }
+  }
+
+  /** fetch, with the upstream's timeout on the wait for headers only. */
+  private async timed(url: string, init: RequestInit): Promise<Response> {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.upstream.timeoutMs);
+    try {
+      return await fetch(url, { ...init, signal: controller.signal });
+    } catch (error) {
+      throw new UpstreamUnreachable(
+        controller.signal.aborted
+          ? `no answer from ${this.upstream.url} within ${this.upstream.timeoutMs} ms`
+          : `${this.upstream.url} could not be reached: ${String(error)}`,
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+/**
+ * The OCI error for an upstream's failing answer: 404 is the thing's absence, 429 passes
+ * its Retry-After on, a refusal of access is DENIED (never a 401, which would send the
+ * client to log in here for nothing), anything else is UNAVAILABLE. Never a 500.
+ */
+export function upstreamError(
+  response: Response,
+  unknown: "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN" | "NAME_UNKNOWN",
+  detail: Record<string, unknown>,
+): RegistryError {
+  const withStatus = { ...detail, upstreamStatus: response.status };
+  if (response.status === 404) return new RegistryError(unknown, undefined, withStatus);
+  if (response.status === 429) {
+    const retryAfter = response.headers.get("Retry-After") ?? "60";
+    return new RegistryError("TOOMANYREQUESTS", "the upstream registry is rate-limiting this mirror", withStatus, {
+      "Retry-After": retryAfter,
+    });
+  }
+  if (response.status === 401 || response.status === 403) {
+    return new RegistryError(
+      "DENIED",
+      "the upstream registry refused access: the repository does not exist there, or needs credentials",
+      withStatus,
+    );
+  }
+  return new RegistryError("UNAVAILABLE", `the upstream registry answered ${response.status}; retry`, withStatus, {
+    "Retry-After": "5",
+  });
+}

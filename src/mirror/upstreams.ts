@@ -1,0 +1,183 @@
+import { RegistryError } from "../oci/errors";
+import { MAX_NAME_LENGTH, validateName } from "../oci/names";
+
+/**
+ * Upstream registries this one mirrors (setting UPSTREAMS, JSON; docs/configuration.md):
+ *
+ *   [{ "prefix": "docker.io", "url": "https://registry-1.docker.io", "tagTtlSeconds": 300,
+ *      "credentials": "UPSTREAM_DOCKER_IO" }]
+ *
+ * A pull of `<prefix>/<repository>` is answered from what is stored under that name, and
+ * otherwise fetched from `<url>/v2/<repository>/…`, stored, and served. `credentials` names
+ * a secret holding `username:password` (Basic, or the token endpoint's login) or a bare
+ * token (sent as a Bearer token). `library` (default: on for Docker Hub) puts
+ * one-component names under `library/`, as Docker Hub names its official images.
+ * UPSTREAM_DEFAULT names the upstream (by its prefix) that serves names with no prefix:
+ * the registry then works as a docker daemon's `registry-mirrors` entry.
+ */
+export interface Upstream {
+  prefix: string;
+  /** Origin and optional path, no trailing slash: requests go to `${url}/v2/...`. */
+  url: string;
+  tagTtlSeconds: number;
+  /** Name of the secret holding the credentials, if any. */
+  credentials?: string;
+  library: boolean;
+  /** How long to wait for an upstream's answer (its headers) before serving what is stored. */
+  timeoutMs: number;
+}
+
+/** What a requested name is, for the mirror: the upstream, its name there, and the name it is stored under. */
+export interface MirroredName {
+  upstream: Upstream;
+  /** The repository's name at the upstream (`library/alpine`). */
+  remote: string;
+  /** The repository it is stored as here (`docker.io/library/alpine`). */
+  local: string;
+}
+
+export class UpstreamsError extends Error {}
+
+const DEFAULT_TAG_TTL_SECONDS = 300;
+const DEFAULT_TIMEOUT_SECONDS = 20;
+const DOCKER_HUB_HOSTS = new Set(["registry-1.docker.io", "index.docker.io", "docker.io"]);
+
+function isDockerHub(prefix: string, url: URL): boolean {
+  return prefix === "docker.io" || DOCKER_HUB_HOSTS.has(url.hostname);
+}
+
+function parseOne(entry: unknown, index: number): Upstream {
+  const where = `UPSTREAMS[${index}]`;
+  if (typeof entry !== "object" || entry === null) throw new UpstreamsError(`${where} must be an object`);
+  const raw = entry as Record<string, unknown>;
+  const prefix = raw.prefix;
+  if (typeof prefix !== "string") throw new UpstreamsError(`${where}.prefix must be a string`);
+  try {
+    validateName(prefix);
+  } catch {
+    throw new UpstreamsError(`${where}.prefix "${prefix}" is not a repository name path (e.g. docker.io, ghcr.io)`);
+  }
+  if (typeof raw.url !== "string") throw new UpstreamsError(`${where}.url must be a string`);
+  let url: URL;
+  try {
+    url = new URL(raw.url);
+  } catch {
+    throw new UpstreamsError(`${where}.url "${raw.url}" is not a URL`);
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    throw new UpstreamsError(`${where}.url must be http(s)`);
+  }
+  const seconds = (field: string, fallback: number): number => {
+    const value = raw[field];
+    if (value === undefined) return fallback;
+    if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
+      throw new UpstreamsError(`${where}.${field} must be a number of seconds`);
+    }
+    return value;
+  };
+  if (raw.credentials !== undefined && (typeof raw.credentials !== "string" || raw.credentials === "")) {
+    throw new UpstreamsError(`${where}.credentials must name a secret`);
+  }
+  if (raw.library !== undefined && typeof raw.library !== "boolean") {
+    throw new UpstreamsError(`${where}.library must be true or false`);
+  }
+  const upstream: Upstream = {
+    prefix,
+    url: `${url.origin}${url.pathname.replace(/\/+$/, "")}`,
+    tagTtlSeconds: seconds("tagTtlSeconds", DEFAULT_TAG_TTL_SECONDS),
+    library: raw.library ?? isDockerHub(prefix, url),
+    timeoutMs: seconds("timeoutSeconds", DEFAULT_TIMEOUT_SECONDS) * 1000,
+  };
+  if (typeof raw.credentials === "string") upstream.credentials = raw.credentials;
+  return upstream;
+}
+
+export interface Mirrors {
+  upstreams: Upstream[];
+  fallback?: Upstream;
+}
+
+/** Parses UPSTREAMS and UPSTREAM_DEFAULT; throws UpstreamsError naming what is wrong. */
+export function parseUpstreams(text: string | undefined, defaultPrefix: string | undefined): Mirrors {
+  if (text === undefined || text.trim() === "") {
+    if (defaultPrefix?.trim()) throw new UpstreamsError("UPSTREAM_DEFAULT is set but UPSTREAMS is empty");
+    return { upstreams: [] };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new UpstreamsError("UPSTREAMS is not valid JSON");
+  }
+  if (!Array.isArray(value)) throw new UpstreamsError("UPSTREAMS must be a JSON list");
+  const upstreams = value.map(parseOne);
+  const prefixes = new Set<string>();
+  for (const upstream of upstreams) {
+    if (prefixes.has(upstream.prefix)) throw new UpstreamsError(`UPSTREAMS: prefix "${upstream.prefix}" appears twice`);
+    prefixes.add(upstream.prefix);
+  }
+  // Longest prefix first, so `ghcr.io/team` wins over `ghcr.io`.
+  upstreams.sort((a, b) => b.prefix.length - a.prefix.length);
+  const mirrors: Mirrors = { upstreams };
+  const wanted = defaultPrefix?.trim();
+  if (wanted) {
+    const fallback = upstreams.find((upstream) => upstream.prefix === wanted);
+    if (!fallback) throw new UpstreamsError(`UPSTREAM_DEFAULT "${wanted}" is not the prefix of an upstream`);
+    mirrors.fallback = fallback;
+  }
+  return mirrors;
+}
+
+let cached: { key: string; mirrors: Mirrors } | null = null;
+
+/** The mirrors configured for `env` (parsed once per isolate); a broken setting is a clear 500, never open. */
+export function mirrorsOf(env: Env): Mirrors {
+  const text = env.UPSTREAMS;
+  const fallback = env.UPSTREAM_DEFAULT;
+  const key = `${text ?? ""}\u0000${fallback ?? ""}`;
+  if (cached?.key === key) return cached.mirrors;
+  try {
+    const mirrors = parseUpstreams(text, fallback);
+    cached = { key, mirrors };
+    return mirrors;
+  } catch (error) {
+    if (error instanceof UpstreamsError) throw new RegistryError("UNKNOWN", `mirror settings: ${error.message}`);
+    throw error;
+  }
+}
+
+/** The name at an upstream: Docker Hub keeps one-component names under `library/`. */
+function remoteName(upstream: Upstream, name: string): string {
+  return upstream.library && !name.includes("/") ? `library/${name}` : name;
+}
+
+function mirrored(upstream: Upstream, name: string): MirroredName | null {
+  if (name === "") return null;
+  const remote = remoteName(upstream, name);
+  const local = `${upstream.prefix}/${remote}`;
+  // A name too long to store is no name here (the grammar's limit applies to what is stored).
+  if (local.length > MAX_NAME_LENGTH) {
+    throw new RegistryError("NAME_INVALID", "the mirrored name is too long", { name: local });
+  }
+  return { upstream, remote, local };
+}
+
+/**
+ * Which upstream, if any, a requested repository name belongs to:
+ * - `ns` (containerd's `?ns=<registry host>` on requests to a mirror) naming an upstream's
+ *   prefix or host: the name as it is, at that upstream;
+ * - a name under an upstream's prefix (`docker.io/library/alpine`);
+ * - with a default upstream, any other name (`library/alpine`, `alpine`).
+ * Null: a repository of this registry's own.
+ */
+export function mirroredName(mirrors: Mirrors, name: string, ns?: string): MirroredName | null {
+  if (mirrors.upstreams.length === 0) return null;
+  if (ns) {
+    const byNs = mirrors.upstreams.find((upstream) => upstream.prefix === ns || new URL(upstream.url).host === ns);
+    if (byNs && !name.startsWith(`${byNs.prefix}/`)) return mirrored(byNs, name);
+  }
+  for (const upstream of mirrors.upstreams) {
+    if (name.startsWith(`${upstream.prefix}/`)) return mirrored(upstream, name.slice(upstream.prefix.length + 1));
+  }
+  return mirrors.fallback ? mirrored(mirrors.fallback, name) : null;
+}
