@@ -1,4 +1,5 @@
 import type { Context, MiddlewareHandler } from "hono";
+import { mirroredName, mirrorsOf } from "../mirror/upstreams";
 import { RegistryError } from "../oci/errors";
 import { formatScope, needOf, resourceKey, type Action, type Resource } from "./access";
 import { verifyLogin } from "./logins";
@@ -43,7 +44,14 @@ export async function tokenSettings(c: Context<AuthEnv>): Promise<TokenSettings>
 /** The policy, or a 500 naming the setting to fix: a broken policy must not fall open. */
 export function loadPolicy(env: Env): Policy {
   try {
-    return policyOf(env);
+    // Rules match a mirrored name by the name it is stored as (src/mirror/upstreams.ts).
+    return policyOf(env, (name) => {
+      try {
+        return mirroredName(mirrorsOf(env), name)?.local ?? name;
+      } catch {
+        return name;
+      }
+    });
   } catch (error) {
     if (error instanceof PolicyError) throw new RegistryError("UNKNOWN", `authentication settings: ${error.message}`);
     throw error;

@@ -32,6 +32,12 @@ export interface Policy {
   rules: AccessRule[];
   /** Whether AUTH_ACCESS gave the rules (else they are the default: users may do everything). */
   explicitRules: boolean;
+  /**
+   * The name rules are matched against, for a requested name: a mirrored name's stored
+   * name (`library/alpine` through the default upstream is `docker.io/library/alpine`),
+   * so one rule covers every way of asking for it. Identity when nothing is mirrored.
+   */
+  subjectName?: (name: string) => string;
 }
 
 /** A mistake in the authentication settings: the operator's to fix, so the registry refuses to guess. */
@@ -107,8 +113,15 @@ function parseRules(text: string | undefined): AccessRule[] {
 const cache = new Map<string, Policy>();
 
 /** The policy of this environment (parsed once per isolate and settings). */
-export function policyOf(env: Env): Policy {
-  const key = JSON.stringify([env.AUTH_MODE, env.AUTH_USERS, env.AUTH_ACCESS, env.TOKEN_SECRET !== undefined]);
+export function policyOf(env: Env, subjectName?: (name: string) => string): Policy {
+  const key = JSON.stringify([
+    env.AUTH_MODE,
+    env.AUTH_USERS,
+    env.AUTH_ACCESS,
+    env.TOKEN_SECRET !== undefined,
+    env.UPSTREAMS,
+    env.UPSTREAM_DEFAULT,
+  ]);
   const cached = cache.get(key);
   if (cached) return cached;
   const users = parseUsers(env.AUTH_USERS);
@@ -120,6 +133,7 @@ export function policyOf(env: Env): Policy {
   }
   const explicitRules = env.AUTH_ACCESS !== undefined && env.AUTH_ACCESS.trim() !== "";
   const policy: Policy = { mode, users, rules: parseRules(env.AUTH_ACCESS), explicitRules };
+  if (subjectName) policy.subjectName = subjectName;
   cache.clear();
   cache.set(key, policy);
   return policy;
@@ -140,6 +154,8 @@ export function allowedActions(policy: Policy, user: string | null, resource: Re
       : allowed;
   }
   if (user !== null && !policy.users.has(user)) return allowed;
+  const subject =
+    policy.subjectName && resource.type === "repository" ? policy.subjectName(resource.name) : resource.name;
   for (const rule of policy.rules) {
     const applies = user === null ? rule.anonymous : rule.users.includes("*") || rule.users.includes(user);
     if (!applies) continue;
@@ -148,7 +164,7 @@ export function allowedActions(policy: Policy, user: string | null, resource: Re
       if (rule.catalog) allowed.add("pull");
       continue;
     }
-    if (rule.repositories.some((pattern) => pattern.test(resource.name))) {
+    if (rule.repositories.some((pattern) => pattern.test(subject))) {
       for (const action of rule.actions) allowed.add(action);
     }
   }

@@ -4,6 +4,7 @@ import { RegistryError, unavailable } from "../oci/errors";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { essence, MediaTypes } from "../oci/media-types";
 import { chunksOf, pump, type BlobDescriptor } from "../registry/blob-store";
+import { metered } from "../registry/meter";
 import type { EdgeCache } from "../registry/edge-cache";
 import { EMBEDDED_CONTENT_MAX_BYTES, encodeContent } from "../registry/linked-blob-store";
 import type { Reference } from "../registry/manifests";
@@ -219,51 +220,62 @@ export class Mirror {
     }
     headers.ETag = `"${digest.value}"`;
     headers["Cache-Control"] = "max-age=31536000, immutable";
-    return { status: 200, headers, body: this.fill(digest, size, response.body, waitUntil) };
+    return { status: 200, headers, body: await this.fill(digest, size, response.body, waitUntil) };
   }
 
   /**
-   * Streams an upstream body to the client and, in step, to the digest's fill object
-   * (UploadSession.fill), which stores it through the upload engine. The two advance
-   * together (pump), so memory stays at a chunk or two whatever the speeds; the fill
-   * falling behind or being refused (another pull is filling this digest) drops it and
-   * the client's stream goes on. Bytes that do not match the digest fail the client's
-   * answer and are never published.
+   * Streams an upstream body to the client and, when this pull wins the digest's claim
+   * (UploadSession.claimFill: one fill per digest at a time), in step to the fill object,
+   * which stores it through the upload engine. The two advance together (pump), so memory
+   * stays at a chunk or two whatever their speeds; the fill failing or falling behind drops
+   * it and the client's stream goes on. Either way the bytes are hashed on the way: bytes
+   * that do not match the digest fail the client's answer, and are never published.
    */
-  private fill(
+  private async fill(
     digest: Digest,
     size: number,
     body: ReadableStream<Uint8Array>,
     waitUntil: (work: Promise<unknown>) => void,
-  ): ReadableStream<Uint8Array> {
-    const client = new FixedLengthStream(size);
-    const store = new FixedLengthStream(size);
-    const storeWriter = store.writable.getWriter();
-    const args: ByteRequestArgs = {
-      operation: "fill",
-      name: this.name.local,
-      digest: digest.value,
-      claim: { length: size },
-      hasBody: true,
-    };
+  ): Promise<ReadableStream<Uint8Array>> {
     const stub = this.env.UPLOADS.get(this.env.UPLOADS.idFromName(fillSessionName(digest.value)));
-    const request = new Request("https://upload-session/", {
-      method: "POST",
-      headers: { [BYTE_REQUEST_ARGS]: JSON.stringify(args) },
-      body: store.readable,
-    });
-    const filled = stub
-      .fetch(request)
-      .then(async (answer) => (await answer.json()) as SessionResult<BlobDescriptor>)
-      .catch((error: unknown) => ({ ok: false, error: { message: String(error) } }) as const);
-    // An answer before the last byte means the fill took no more (refused, or failed):
-    // stop writing to it, so the client's stream does not wait on it.
-    void filled.then(() => storeWriter.abort(new Error("the fill ended")).catch(() => undefined));
-    const pumped = pump(chunksOf(body), [client.writable.getWriter(), storeWriter], digest);
+    // Not reaching the fill object only means not storing this time.
+    const claimToken = await metered("do", "call", () => stub.claimFill()).catch(() => null);
+    const client = new FixedLengthStream(size);
+    const writers = [client.writable.getWriter()];
+    let filled: Promise<SessionResult<BlobDescriptor> | null> = Promise.resolve(null);
+    if (claimToken) {
+      const store = new FixedLengthStream(size);
+      const storeWriter = store.writable.getWriter();
+      writers.push(storeWriter);
+      const args: ByteRequestArgs = {
+        operation: "fill",
+        name: this.name.local,
+        digest: digest.value,
+        claim: { length: size },
+        claimToken,
+        hasBody: true,
+      };
+      const request = new Request("https://upload-session/", {
+        method: "POST",
+        headers: { [BYTE_REQUEST_ARGS]: JSON.stringify(args) },
+        body: store.readable,
+      });
+      filled = stub
+        .fetch(request)
+        .then(async (answer) => (await answer.json()) as SessionResult<BlobDescriptor>)
+        .catch((error: unknown): SessionResult<BlobDescriptor> => ({
+          ok: false,
+          error: { code: "UNAVAILABLE", status: 503, message: String(error) },
+        }));
+      // An answer before the last byte means the fill took no more (it failed): stop
+      // writing to it, so the client's stream does not wait on it.
+      void filled.then(() => storeWriter.abort(new Error("the fill ended")).catch(() => undefined));
+    }
+    const pumped = pump(chunksOf(body), writers, digest);
     waitUntil(
       Promise.all([pumped, filled]).then(([verified, result]) => {
-        if (!result.ok) {
-          this.log("a blob was served from the upstream without being stored", {
+        if (result && !result.ok) {
+          this.log("a blob was served from the upstream, but storing it failed", {
             digest: digest.value,
             verified,
             reason: result.error.message,

@@ -78,6 +78,8 @@ export interface ByteRequestArgs {
   hasBody: boolean;
   /** The digest to verify, for commit. */
   digest?: string;
+  /** For fill: the claim claimFill handed out. */
+  claimToken?: string;
   /** The session exists only for this request (POST ?digest=): purge it if the request fails. */
   once?: boolean;
 }
@@ -94,6 +96,8 @@ export type SessionResult<T> = { ok: true; value: T } | { ok: false; error: Erro
 export class UploadSession extends DurableObject<Env> {
   /** Set while a request is writing; a second writer is refused. */
   private busy = false;
+  /** A mirror fill's claim (claimFill), until its fill request arrives or it expires. */
+  private claim: { token: string; until: number } | null = null;
   private readonly tail: StagedTail;
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -184,7 +188,7 @@ export class UploadSession extends DurableObject<Env> {
       args.operation === "commit"
         ? await this.commit(args.name, args.digest ?? "", body, args.claim, args.once === true)
         : args.operation === "fill"
-          ? await this.fill(args.name, args.digest ?? "", body, args.claim)
+          ? await this.fill(args.name, args.digest ?? "", body, args.claim, args.claimToken ?? "")
           : await this.append(args.name, body, args.claim);
     return Response.json(result);
   }
@@ -245,19 +249,44 @@ export class UploadSession extends DurableObject<Env> {
   }
 
   /**
-   * A mirrored blob arriving from its upstream (src/mirror): the object named for its
-   * digest (`fillSessionName`) is the single flight of that digest. While it is filling, a
-   * second fill is refused at once (409; that puller streams from the upstream without
-   * storing); a fill of a digest stored meanwhile links the stored blob and reads nothing.
-   * Otherwise the bytes go through the upload engine as a monolithic upload does (parts,
-   * native hash, verified before anything is published), and any failure leaves nothing.
+   * The right to fill a mirrored blob (src/mirror): the object named for its digest
+   * (`fillSessionName`) is the single flight of that digest. One puller gets a token and
+   * sends the bytes (`fill`); while that claim is held (until its fill ends, or for
+   * FILL_CLAIM_MS if it never comes) every other puller gets null and streams from the
+   * upstream without storing. Asked before any byte is sent, so a refused puller never
+   * opens a stream to this object.
+   */
+  async claimFill(): Promise<string | null> {
+    const now = Date.now();
+    if (this.busy || (this.claim && this.claim.until > now)) return null;
+    this.claim = { token: crypto.randomUUID(), until: now + FILL_CLAIM_MS };
+    return this.claim.token;
+  }
+
+  /**
+   * A mirrored blob arriving from its upstream, under the claim `claimFill` gave. A fill
+   * of a digest stored meanwhile links the stored blob and reads nothing. Otherwise the
+   * bytes go through the upload engine as a monolithic upload does (parts, native hash,
+   * verified before anything is published), and any failure leaves nothing.
    */
   private async fill(
     name: string,
     digestText: string,
     body: ReadableStream<Uint8Array> | null,
     claim: ChunkClaim,
+    token: string,
   ): Promise<SessionResult<BlobDescriptor>> {
+    if (this.claim?.token !== token) {
+      await body?.cancel();
+      return {
+        ok: false,
+        error: toErrorRecord(
+          new RegistryError("BLOB_UPLOAD_INVALID", "this fill's claim expired or was never given", undefined, {}, 409),
+        ),
+      };
+    }
+    // Held until the fill ends (a second claim meanwhile is refused by `busy`).
+    this.claim = null;
     return this.run(async () => {
       const digest = parseDigest(digestText);
       // A fill that died part-way (the object was reset): its multipart upload goes.
@@ -705,6 +734,9 @@ export function chunkTooLarge(limit: number): RegistryError {
     413,
   );
 }
+
+/** How long a fill claim waits for its bytes (UploadSession.claimFill). */
+const FILL_CLAIM_MS = 30_000;
 
 /** The Durable Object name of a digest's mirror fill (UploadSession.fill): one per digest. */
 export function fillSessionName(digest: string): string {

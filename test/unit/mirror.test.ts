@@ -1,0 +1,457 @@
+import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
+import worker from "../../src/index";
+import { parseChallenge, upstreamError } from "../../src/mirror/upstream-client";
+import { mirroredName, parseUpstreams, UpstreamsError } from "../../src/mirror/upstreams";
+import { allowedActions, policyOf } from "../../src/auth/policy";
+import { digestStream, expectError, MediaTypes, MiB, randomBytes, sha256, utf8 } from "./helpers";
+
+// The pull-through mirror (src/mirror) against a fake upstream registry served in this
+// isolate: the Worker's outbound fetches to http://upstream.test are answered by
+// `upstream` below (a registry with tags, manifests, blobs, an optional token flow, and
+// faults on demand). Real clients against real upstreams (docker/distribution, and this
+// registry with authentication on) are in test/e2e/mirror.test.mjs.
+
+const UPSTREAM = "http://upstream.test";
+
+interface FakeRepo {
+  tags: Map<string, string>;
+  manifests: Map<string, { bytes: Uint8Array<ArrayBuffer>; mediaType: string }>;
+  blobs: Map<string, Uint8Array<ArrayBuffer>>;
+}
+
+/** A small registry: enough of /v2 for pulls, with the token flow and faults. */
+class FakeUpstream {
+  repos = new Map<string, FakeRepo>();
+  /** Every request it got: `METHOD path`. */
+  log: string[] = [];
+  /** `bearer`: a 401 challenge, then tokens from /token (Basic `user:pass`, or anonymous for public/*). */
+  auth: "none" | "bearer" = "none";
+  fault: "none" | "down" | "429" | "500" | "hang" | "corrupt" = "none";
+  tokensIssued = 0;
+
+  repo(name: string): FakeRepo {
+    let repo = this.repos.get(name);
+    if (!repo) {
+      repo = { tags: new Map(), manifests: new Map(), blobs: new Map() };
+      this.repos.set(name, repo);
+    }
+    return repo;
+  }
+
+  async addBlob(name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+    const digest = await sha256(bytes);
+    this.repo(name).blobs.set(digest, bytes);
+    return digest;
+  }
+
+  /** An image (config and layers) tagged `tag`; returns the manifest's digest and bytes. */
+  async addImage(
+    name: string,
+    tag: string | null,
+    layers: Uint8Array<ArrayBuffer>[],
+  ): Promise<{ digest: string; bytes: Uint8Array<ArrayBuffer>; layers: string[] }> {
+    const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed: crypto.randomUUID() }));
+    const configDigest = await this.addBlob(name, config);
+    const layerDigests: string[] = [];
+    for (const layer of layers) layerDigests.push(await this.addBlob(name, layer));
+    const manifest = utf8(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaTypes.ociManifest,
+        config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
+        layers: layers.map((layer, index) => ({
+          mediaType: MediaTypes.ociLayer,
+          digest: layerDigests[index],
+          size: layer.byteLength,
+        })),
+      }),
+    );
+    const digest = await sha256(manifest);
+    this.repo(name).manifests.set(digest, { bytes: manifest, mediaType: MediaTypes.ociManifest });
+    if (tag) this.repo(name).tags.set(tag, digest);
+    return { digest, bytes: manifest, layers: [configDigest, ...layerDigests] };
+  }
+
+  async handle(request: Request): Promise<Response> {
+    const url = new URL(request.url);
+    this.log.push(`${request.method} ${url.pathname}`);
+    if (this.fault === "down") throw new TypeError("connection refused");
+    if (this.fault === "hang") {
+      // Answers nothing until the caller gives up (its timeout aborts the request).
+      return new Promise<Response>((_, reject) => {
+        request.signal.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      });
+    }
+    if (url.pathname === "/token") {
+      const scope = url.searchParams.get("scope") ?? "";
+      const authorization = request.headers.get("Authorization");
+      const anonymousOk = scope.startsWith("repository:public/");
+      if (authorization !== `Basic ${btoa("mirror:secret")}` && !anonymousOk)
+        return new Response(null, { status: 401 });
+      this.tokensIssued++;
+      return Response.json({ token: `token-for ${scope}`, expires_in: 300 });
+    }
+    if (this.fault === "429") return new Response("slow down", { status: 429, headers: { "Retry-After": "7" } });
+    if (this.fault === "500") return new Response("oops", { status: 500 });
+    const match = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(url.pathname);
+    const tags = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
+    const name = match?.[1] ?? tags?.[1] ?? "";
+    if (this.auth === "bearer") {
+      const expected = `Bearer token-for repository:${name}:pull`;
+      if (request.headers.get("Authorization") !== expected) {
+        return new Response(null, {
+          status: 401,
+          headers: {
+            "WWW-Authenticate": `Bearer realm="${UPSTREAM}/token",service="upstream.test",scope="repository:${name}:pull"`,
+          },
+        });
+      }
+    }
+    const repo = this.repos.get(name);
+    if (tags) {
+      if (!repo) return new Response(null, { status: 404 });
+      return Response.json({ name, tags: [...repo.tags.keys()].sort() });
+    }
+    if (!match || !repo) return new Response(null, { status: 404 });
+    const [, , kind, reference = ""] = match;
+    if (kind === "manifests") {
+      const digest = repo.tags.get(reference) ?? reference;
+      const manifest = repo.manifests.get(digest);
+      if (!manifest) return new Response(null, { status: 404 });
+      const headers = {
+        "Content-Type": manifest.mediaType,
+        "Docker-Content-Digest": digest,
+        "Content-Length": String(manifest.bytes.byteLength),
+      };
+      return new Response(request.method === "HEAD" ? null : manifest.bytes, { headers });
+    }
+    const blob = repo.blobs.get(reference);
+    if (!blob) return new Response(null, { status: 404 });
+    let bytes = blob;
+    if (this.fault === "corrupt") {
+      bytes = blob.slice();
+      bytes[bytes.length - 1] = (bytes[bytes.length - 1] ?? 0) ^ 0xff;
+    }
+    const headers = { "Content-Length": String(bytes.byteLength), "Docker-Content-Digest": reference };
+    return new Response(request.method === "HEAD" ? null : bytes, { headers });
+  }
+}
+
+let upstream: FakeUpstream;
+
+const mirrorEnv = (upstreams: Record<string, unknown>[], extra: Record<string, string> = {}) =>
+  ({ ...env, UPSTREAMS: JSON.stringify(upstreams), ...extra }) as Env;
+
+let settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 300 }]);
+
+/** A request to the Worker with the mirror's settings; waits for its background work (the fill). */
+async function request(path: string, init?: RequestInit): Promise<Response> {
+  const ctx = createExecutionContext();
+  const response = await worker.fetch(new Request(new URL(path, "http://registry.test"), init), settings, ctx);
+  const body = response.body ? new Uint8Array(await response.arrayBuffer()) : null;
+  await waitOnExecutionContext(ctx);
+  return new Response(response.status === 204 || response.status === 304 ? null : body, response);
+}
+
+async function bodyDigest(response: Response): Promise<string> {
+  return sha256(new Uint8Array(await response.arrayBuffer()));
+}
+
+async function dataObjects(): Promise<number> {
+  return (await env.BLOBS.list({ prefix: "data/" })).objects.length;
+}
+
+function upstreamCalls(response: Response): number {
+  const match = /upstream;dur=[\d.]+;desc="(\d+)"/.exec(response.headers.get("Server-Timing") ?? "");
+  return Number(match?.[1] ?? 0);
+}
+
+beforeEach(() => {
+  upstream = new FakeUpstream();
+  settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 300 }]);
+  const original = globalThis.fetch;
+  vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
+    const outbound = new Request(input, init);
+    if (new URL(outbound.url).host === "upstream.test") return upstream.handle(outbound);
+    return original(input, init);
+  });
+});
+
+afterEach(() => {
+  vi.restoreAllMocks();
+});
+
+describe("mirror settings", () => {
+  it("parses upstreams, sorts the longest prefix first and resolves names", () => {
+    const mirrors = parseUpstreams(
+      JSON.stringify([
+        { prefix: "docker.io", url: "https://registry-1.docker.io/" },
+        { prefix: "ghcr.io", url: "https://ghcr.io", tagTtlSeconds: 60, credentials: "UPSTREAM_GHCR" },
+        { prefix: "ghcr.io/team", url: "https://team.example" },
+      ]),
+      "docker.io",
+    );
+    expect(mirrors.upstreams.map((u) => u.prefix)).toEqual(["ghcr.io/team", "docker.io", "ghcr.io"]);
+    expect(mirrors.fallback?.url).toBe("https://registry-1.docker.io");
+    expect(mirrors.upstreams.find((u) => u.prefix === "docker.io")?.library).toBe(true);
+    expect(mirrors.upstreams.find((u) => u.prefix === "ghcr.io")?.library).toBe(false);
+    expect(mirroredName(mirrors, "docker.io/alpine")).toMatchObject({
+      remote: "library/alpine",
+      local: "docker.io/library/alpine",
+    });
+    expect(mirroredName(mirrors, "alpine")?.local).toBe("docker.io/library/alpine");
+    expect(mirroredName(mirrors, "bitnami/redis")?.local).toBe("docker.io/bitnami/redis");
+    expect(mirroredName(mirrors, "ghcr.io/team/app")?.upstream.url).toBe("https://team.example");
+    expect(mirroredName(mirrors, "ghcr.io/other/app")?.remote).toBe("other/app");
+    // containerd's ?ns= names the upstream by prefix or host.
+    expect(mirroredName(mirrors, "org/app", "ghcr.io")?.local).toBe("ghcr.io/org/app");
+    expect(
+      mirroredName(parseUpstreams(mirrors.upstreams.length ? '[{"prefix":"a","url":"http://a"}]' : "", ""), "b/c"),
+    ).toBeNull();
+  });
+
+  it("refuses settings it cannot follow, saying which", () => {
+    const refused = (text: string, fallback = "") => {
+      try {
+        parseUpstreams(text, fallback);
+      } catch (error) {
+        expect(error).toBeInstanceOf(UpstreamsError);
+        return (error as Error).message;
+      }
+      throw new Error("accepted");
+    };
+    expect(refused("{")).toMatch(/not valid JSON/);
+    expect(refused('[{"prefix":"Docker.io","url":"https://x"}]')).toMatch(/prefix/);
+    expect(refused('[{"prefix":"a","url":"ftp://x"}]')).toMatch(/http/);
+    expect(refused('[{"prefix":"a","url":"http://x"},{"prefix":"a","url":"http://y"}]')).toMatch(/twice/);
+    expect(refused('[{"prefix":"a","url":"http://x"}]', "b")).toMatch(/UPSTREAM_DEFAULT/);
+    expect(refused("", "b")).toMatch(/UPSTREAMS is empty/);
+  });
+
+  it("parses challenges and maps upstream failures to OCI errors", () => {
+    expect(
+      parseChallenge(
+        'Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull"',
+      ),
+    ).toEqual({
+      scheme: "bearer",
+      params: {
+        realm: "https://auth.docker.io/token",
+        service: "registry.docker.io",
+        scope: "repository:library/alpine:pull",
+      },
+    });
+    expect(parseChallenge('Basic realm="x"')?.scheme).toBe("basic");
+    const tooMany = upstreamError(
+      new Response(null, { status: 429, headers: { "Retry-After": "9" } }),
+      "BLOB_UNKNOWN",
+      {},
+    );
+    expect([tooMany.code, tooMany.status, tooMany.headers["Retry-After"]]).toEqual(["TOOMANYREQUESTS", 429, "9"]);
+    expect(upstreamError(new Response(null, { status: 404 }), "MANIFEST_UNKNOWN", {}).status).toBe(404);
+    expect(upstreamError(new Response(null, { status: 401 }), "BLOB_UNKNOWN", {}).code).toBe("DENIED");
+    expect(upstreamError(new Response(null, { status: 502 }), "BLOB_UNKNOWN", {}).status).toBe(503);
+  });
+
+  it("matches access rules against the name a mirrored repository is stored as", () => {
+    const rules = mirrorEnv([{ prefix: "docker.io", url: "https://registry-1.docker.io" }], {
+      UPSTREAM_DEFAULT: "docker.io",
+      AUTH_MODE: "read-only-test",
+      AUTH_ACCESS: JSON.stringify([{ repositories: ["docker.io/**"], anonymous: true, actions: ["pull"] }]),
+    });
+    const policy = policyOf(
+      rules,
+      (name) => mirroredName(parseUpstreams(rules.UPSTREAMS, "docker.io"), name)?.local ?? name,
+    );
+    const pull = (name: string) => allowedActions(policy, null, { type: "repository", name }).has("pull");
+    expect(pull("docker.io/library/alpine")).toBe(true);
+    expect(pull("library/alpine")).toBe(true);
+    expect(pull("alpine")).toBe(true);
+  });
+});
+
+describe("pull-through mirroring", () => {
+  it("fetches, stores and serves an image by tag, and serves it from storage afterwards", async () => {
+    const layer = randomBytes(3 * MiB);
+    const image = await upstream.addImage("team/app", "v1", [layer]);
+    const stored = await dataObjects();
+
+    const manifest = await request("/v2/up.test/team/app/manifests/v1");
+    expect(manifest.status).toBe(200);
+    expect(manifest.headers.get("Docker-Content-Digest")).toBe(image.digest);
+    expect(manifest.headers.get("Content-Type")).toBe(MediaTypes.ociManifest);
+    expect(await bodyDigest(manifest)).toBe(image.digest);
+    for (const digest of image.layers) {
+      const blob = await request(`/v2/up.test/team/app/blobs/${digest}`);
+      expect(blob.status).toBe(200);
+      expect(upstreamCalls(blob)).toBe(1);
+      expect(await bodyDigest(blob)).toBe(digest);
+    }
+    // Stored: each blob once (config, layer) and the manifest, published under their digests.
+    expect(await dataObjects()).toBe(stored + 3);
+    for (const digest of image.layers) {
+      expect(await env.BLOBS.head(`blobs/sha256/${digest.slice("sha256:".length)}`)).not.toBeNull();
+    }
+    const before = upstream.log.length;
+    const again = await request("/v2/up.test/team/app/manifests/v1");
+    expect(upstreamCalls(again)).toBe(0);
+    expect(await bodyDigest(again)).toBe(image.digest);
+    const byDigest = await request(`/v2/up.test/team/app/manifests/${image.digest}`, { method: "HEAD" });
+    expect(byDigest.status).toBe(200);
+    for (const digest of image.layers) {
+      const blob = await request(`/v2/up.test/team/app/blobs/${digest}`);
+      expect(upstreamCalls(blob)).toBe(0);
+      expect(await bodyDigest(blob)).toBe(digest);
+    }
+    expect(upstream.log.length).toBe(before);
+    const catalog = (await (await request("/v2/_catalog")).json()) as { repositories: string[] };
+    expect(catalog.repositories).toContain("up.test/team/app");
+  });
+
+  it("serves names without a prefix from the default upstream, one-component names under library/", async () => {
+    settings = mirrorEnv([{ prefix: "hub.test", url: UPSTREAM, library: true }], { UPSTREAM_DEFAULT: "hub.test" });
+    const image = await upstream.addImage("library/alpine", "3", [randomBytes(1000)]);
+    for (const path of [
+      "/v2/alpine/manifests/3",
+      "/v2/library/alpine/manifests/3",
+      "/v2/hub.test/alpine/manifests/3",
+    ]) {
+      const response = await request(path);
+      expect(response.status, path).toBe(200);
+      expect(response.headers.get("Docker-Content-Digest")).toBe(image.digest);
+    }
+    // One stored repository, fetched once.
+    expect(upstream.log.filter((line) => line.startsWith("GET /v2/library/alpine/manifests"))).toHaveLength(1);
+    const tags = (await (await request("/v2/alpine/tags/list")).json()) as { name: string; tags: string[] };
+    expect(tags).toEqual({ name: "alpine", tags: ["3"] });
+  });
+
+  it("revalidates a tag once its TTL has passed, and fetches it again only when it moved", async () => {
+    settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 0.3 }]);
+    const first = await upstream.addImage("team/app", "latest", [randomBytes(100)]);
+    expect((await request("/v2/up.test/team/app/manifests/latest")).headers.get("Docker-Content-Digest")).toBe(
+      first.digest,
+    );
+    const second = await upstream.addImage("team/app", "latest", [randomBytes(100)]);
+    // Within the TTL: the stored tag, no upstream call.
+    const early = await request("/v2/up.test/team/app/manifests/latest");
+    expect(early.headers.get("Docker-Content-Digest")).toBe(first.digest);
+    expect(upstreamCalls(early)).toBe(0);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    const late = await request("/v2/up.test/team/app/manifests/latest");
+    expect(late.headers.get("Docker-Content-Digest")).toBe(second.digest);
+    expect(await bodyDigest(late)).toBe(second.digest);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    // Unchanged upstream: a HEAD only.
+    const marker = upstream.log.length;
+    const same = await request("/v2/up.test/team/app/manifests/latest");
+    expect(same.headers.get("Docker-Content-Digest")).toBe(second.digest);
+    expect(upstream.log.slice(marker)).toEqual(["HEAD /v2/team/app/manifests/latest"]);
+    // The old manifest stays pullable by digest (stored), without the upstream.
+    upstream.fault = "down";
+    expect((await request(`/v2/up.test/team/app/manifests/${first.digest}`)).status).toBe(200);
+  });
+
+  it("serves what it stored when the upstream is down, slow or failing, and a clear error for the rest", async () => {
+    settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 0, timeoutSeconds: 0.2 }]);
+    const image = await upstream.addImage("team/app", "v1", [randomBytes(2000)]);
+    await request("/v2/up.test/team/app/manifests/v1");
+    for (const digest of image.layers) await request(`/v2/up.test/team/app/blobs/${digest}`);
+    const other = await upstream.addImage("team/app", "v2", [randomBytes(2000)]);
+    for (const fault of ["down", "hang", "500", "429"] as const) {
+      upstream.fault = fault;
+      const manifest = await request("/v2/up.test/team/app/manifests/v1");
+      expect(manifest.status, fault).toBe(200);
+      expect(await bodyDigest(manifest)).toBe(image.digest);
+      for (const digest of image.layers)
+        expect((await request(`/v2/up.test/team/app/blobs/${digest}`)).status).toBe(200);
+      const missing = await request("/v2/up.test/team/app/manifests/v2");
+      if (fault === "429") {
+        await expectError(missing, 429, "TOOMANYREQUESTS");
+        expect(missing.headers.get("Retry-After")).toBe("7");
+      } else {
+        await expectError(missing, 503, "UNAVAILABLE");
+      }
+      await expectError(await request(`/v2/up.test/team/app/blobs/${other.layers[1]}`), fault === "429" ? 429 : 503);
+    }
+    upstream.fault = "none";
+    await expectError(await request("/v2/up.test/team/app/manifests/nope"), 404, "MANIFEST_UNKNOWN");
+    await expectError(await request(`/v2/up.test/team/app/blobs/sha256:${"0".repeat(64)}`), 404, "BLOB_UNKNOWN");
+  });
+
+  it("never stores bytes that do not match their digest", async () => {
+    const image = await upstream.addImage("team/app", "v1", [randomBytes(6 * MiB)]);
+    const layer = image.layers[1] ?? "";
+    const stored = await dataObjects();
+    upstream.fault = "corrupt";
+    const ctx = createExecutionContext();
+    const response = await worker.fetch(
+      new Request(`http://registry.test/v2/up.test/team/app/blobs/${layer}`),
+      settings,
+      ctx,
+    );
+    // The answer fails rather than end as if whole, or (had it ended) would not hash to the digest.
+    const read = await digestStream(response.body as ReadableStream<Uint8Array>).catch(() => null);
+    expect(read?.digest).not.toBe(layer);
+    await waitOnExecutionContext(ctx);
+    expect(await env.BLOBS.head(`blobs/sha256/${layer.slice("sha256:".length)}`)).toBeNull();
+    expect(await dataObjects()).toBe(stored);
+    // The next pull asks the upstream again, and stores the right bytes.
+    upstream.fault = "none";
+    const fixed = await request(`/v2/up.test/team/app/blobs/${layer}`);
+    expect(await bodyDigest(fixed)).toBe(layer);
+    expect(await dataObjects()).toBe(stored + 1);
+  });
+
+  it("stores a blob once however many pulls ask for it at the same time", async () => {
+    const image = await upstream.addImage("team/app", "v1", [randomBytes(12 * MiB)]);
+    const layer = image.layers[1] ?? "";
+    const before = new Set((await env.BLOBS.list({ prefix: "data/" })).objects.map((object) => object.key));
+    const answers = await Promise.all(
+      Array.from({ length: 8 }, async () => bodyDigest(await request(`/v2/up.test/team/app/blobs/${layer}`))),
+    );
+    expect(answers).toEqual(Array.from({ length: 8 }, () => layer));
+    const added = (await env.BLOBS.list({ prefix: "data/" })).objects.filter((object) => !before.has(object.key));
+    expect(added.map((object) => object.size)).toEqual([12 * MiB]);
+    const descriptor = await env.BLOBS.get(`blobs/sha256/${layer.slice("sha256:".length)}`);
+    expect(((await descriptor?.json()) as { key: string }).key).toBe(added[0]?.key);
+  });
+
+  it("gets tokens from the upstream's realm, with the configured credentials or anonymously", async () => {
+    upstream.auth = "bearer";
+    settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, credentials: "UPSTREAM_TEST_CREDS" }], {
+      UPSTREAM_TEST_CREDS: "mirror:secret",
+    });
+    const image = await upstream.addImage("private/app", "v1", [randomBytes(1000)]);
+    const manifest = await request("/v2/up.test/private/app/manifests/v1");
+    expect(manifest.status).toBe(200);
+    for (const digest of image.layers)
+      expect(await bodyDigest(await request(`/v2/up.test/private/app/blobs/${digest}`))).toBe(digest);
+    // One token for the repository's scope, reused by the requests after the first.
+    expect(upstream.tokensIssued).toBe(1);
+    // Without credentials: the anonymous flow works where the upstream allows it, and a
+    // refusal is DENIED (never a 401 that would send the client to log in here).
+    settings = mirrorEnv([{ prefix: "anon.test", url: UPSTREAM }]);
+    const open = await upstream.addImage("public/app", "v1", [randomBytes(1000)]);
+    const pulled = await request("/v2/anon.test/public/app/manifests/v1");
+    expect(pulled.headers.get("Docker-Content-Digest")).toBe(open.digest);
+    await expectError(await request("/v2/anon.test/private/app/manifests/v1"), 403, "DENIED");
+  });
+
+  it("refuses writes to mirrored names", async () => {
+    await expectError(await request("/v2/up.test/team/app/blobs/uploads/", { method: "POST" }), 403, "DENIED");
+    await expectError(
+      await request("/v2/up.test/team/app/manifests/v1", {
+        method: "PUT",
+        headers: { "Content-Type": MediaTypes.ociManifest },
+        body: "{}",
+      }),
+      403,
+      "DENIED",
+    );
+    await expectError(await request("/v2/up.test/team/app/manifests/v1", { method: "DELETE" }), 403, "DENIED");
+    // A name outside every prefix is this registry's own.
+    expect((await request("/v2/own/app/blobs/uploads/", { method: "POST" })).status).toBe(202);
+  });
+});
