@@ -87,6 +87,8 @@ export class Mirror {
       return stored;
     }
     try {
+      // Nothing stored: one GET does it.
+      if (!stored) return await this.fetchManifest(tag, undefined, tag);
       const head = await this.client.fetch({
         method: "HEAD",
         path: this.path("manifests", tag),
@@ -95,12 +97,12 @@ export class Mirror {
       });
       if (!head.ok) {
         const error = upstreamError(head, "MANIFEST_UNKNOWN", { tag, upstream: this.name.upstream.prefix });
-        if (head.status === 404 || !stored) throw error;
+        if (head.status === 404) throw error;
         this.log("serving the stored tag: the upstream failed", { tag, status: head.status });
         return stored;
       }
       const upstreamDigest = head.headers.get("Docker-Content-Digest");
-      if (stored && upstreamDigest === stored.digest.value) {
+      if (upstreamDigest === stored.digest.value) {
         const record: TagRecord = { ...stored, checkedAt: now };
         await this.repository.tags.set(tag, record);
         return record;
@@ -110,8 +112,11 @@ export class Mirror {
       const named = upstreamDigest ? parseDigestOrNull(upstreamDigest) : null;
       return await this.fetchManifest(named ? named.value : tag, named ?? undefined, tag);
     } catch (error) {
-      if (stored && error instanceof UpstreamUnreachable) {
-        this.log("serving the stored tag: the upstream is unreachable", { tag, error: error.message });
+      const failed =
+        error instanceof UpstreamUnreachable ||
+        (error instanceof RegistryError && (error.code === "UNAVAILABLE" || error.code === "TOOMANYREQUESTS"));
+      if (stored && failed) {
+        this.log("serving the stored tag: the upstream failed", { tag, error: String(error) });
         return stored;
       }
       if (error instanceof UpstreamUnreachable)
