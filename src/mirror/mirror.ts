@@ -62,7 +62,7 @@ export class Mirror {
 
   /**
    * Makes sure the manifest a reference names is stored, and a tag fresh, before it is
-   * served; returns the tag's record to serve from (undefined: serve as usual).
+   * served; returns the record to serve from (undefined: the route reads it as usual).
    * - By digest: stored once, fetched only when missing (immutable).
    * - By tag: served as stored while the upstream confirmed it within the upstream's
    *   `tagTtlSeconds`; after that, a HEAD asks the upstream for the tag's digest, and the
@@ -73,8 +73,14 @@ export class Mirror {
   async manifest(reference: Reference): Promise<TagRecord | undefined> {
     if ("digest" in reference) {
       try {
-        await this.repository.revisions.stat(reference.digest, { unknownCode: "MANIFEST_UNKNOWN" });
-        return undefined;
+        // Stored: served from what this read found (the route reads nothing more).
+        const { link, descriptor, content } = await this.repository.revisions.stat(reference.digest, {
+          unknownCode: "MANIFEST_UNKNOWN",
+        });
+        if (link.mediaType === undefined) return undefined;
+        const record: TagRecord = { digest: reference.digest, mediaType: link.mediaType, size: descriptor.size };
+        if (content !== undefined) record.content = content;
+        return record;
       } catch (error) {
         if (!(error instanceof RegistryError && error.code === "MANIFEST_UNKNOWN")) throw error;
       }
