@@ -99,12 +99,24 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
  * What an identity may do to a resource now. A token carries grants, but the policy is
  * read again: a token outliving a user's rights (or the user) shrinks with them.
  */
-function permitted(policy: Policy, identity: Identity, resource: Resource): Set<Action> {
+function permitted(policy: Policy, identity: Identity, resource: Resource, subject = resource): Set<Action> {
   const user = identity.kind === "anonymous" ? null : identity.user;
-  const allowed = allowedActions(policy, user, resource);
+  const allowed = allowedActions(policy, user, subject);
   if (identity.kind !== "token") return allowed;
   const granted = identity.grants.get(resourceKey(resource));
   return new Set([...allowed].filter((action) => granted?.has(action) || granted?.has("*")));
+}
+
+/** The resource the rules judge: with `?ns=` naming an upstream, the mirrored name's stored one. */
+function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
+  const ns = new URL(c.req.url).searchParams.get("ns");
+  if (!ns || resource.type !== "repository") return resource;
+  try {
+    const mirrored = mirroredName(mirrorsOf(c.env), resource.name, ns);
+    return mirrored ? { type: "repository", name: mirrored.local } : resource;
+  } catch {
+    return resource;
+  }
 }
 
 /**
@@ -132,7 +144,10 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
     }
     return next();
   }
-  const allowed = permitted(policy, identity, need.resource);
+  // The rules apply to what is read: containerd's `?ns=` can make a name a mirrored one,
+  // stored under another name (src/mirror/upstreams.ts); the token's grant is for the name asked.
+  const subject = nsSubject(c, need.resource);
+  const allowed = permitted(policy, identity, need.resource, subject);
   if (need.actions.every((action) => allowed.has(action))) return next();
 
   if (policy.mode === "read-only") {
@@ -142,7 +157,7 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   const anonymous = identity.kind === "anonymous" || (identity.kind === "token" && identity.user === null);
   if (anonymous) throw unauthorized(c, "authentication required", scope);
   if (identity.kind === "token") {
-    const couldHave = allowedActions(policy, identity.user, need.resource);
+    const couldHave = allowedActions(policy, identity.user, subject);
     if (need.actions.every((action) => couldHave.has(action))) {
       throw unauthorized(c, "the token does not grant this", scope, "insufficient_scope");
     }

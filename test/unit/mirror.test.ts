@@ -4,6 +4,7 @@ import worker from "../../src/index";
 import { parseChallenge, upstreamError } from "../../src/mirror/upstream-client";
 import { mirroredName, parseUpstreams, UpstreamsError } from "../../src/mirror/upstreams";
 import { allowedActions, policyOf } from "../../src/auth/policy";
+import bcrypt from "bcryptjs";
 import { digestStream, expectError, MediaTypes, MiB, randomBytes, sha256, utf8 } from "./helpers";
 
 // The pull-through mirror (src/mirror) against a fake upstream registry served in this
@@ -437,6 +438,26 @@ describe("pull-through mirroring", () => {
     const pulled = await request("/v2/anon.test/public/app/manifests/v1");
     expect(pulled.headers.get("Docker-Content-Digest")).toBe(open.digest);
     await expectError(await request("/v2/anon.test/private/app/manifests/v1"), 403, "DENIED");
+  });
+
+  it("applies access rules to what a request reads, whichever way it names it", async () => {
+    await upstream.addImage("library/alpine", "3", [randomBytes(100)]);
+    await upstream.addImage("own/app", "v1", [randomBytes(100)]);
+    settings = mirrorEnv([{ prefix: "docker.io", url: UPSTREAM, library: true }], {
+      AUTH_MODE: "",
+      AUTH_USERS: `admin:${bcrypt.hashSync("admin-pw", 4)}`,
+      TOKEN_SECRET: "a test key of the registry, long and random in production",
+      AUTH_ACCESS: JSON.stringify([
+        { repositories: ["docker.io/library/**"], anonymous: true, actions: ["pull"] },
+        { repositories: ["own/**"], anonymous: true, actions: ["pull"] },
+      ]),
+    });
+    expect((await request("/v2/docker.io/alpine/manifests/3")).status).toBe(200);
+    // `?ns=` makes `own/app` docker.io's: the rules judge docker.io/own/app, which they do not open.
+    await expectError(await request("/v2/own/app/manifests/v1?ns=docker.io"), 401, "UNAUTHORIZED");
+    await expectError(await request("/v2/docker.io/own/app/manifests/v1"), 401, "UNAUTHORIZED");
+    // Without it, own/app is this registry's own (nothing pushed: unknown).
+    await expectError(await request("/v2/own/app/manifests/v1"), 404, "MANIFEST_UNKNOWN");
   });
 
   it("refuses writes to mirrored names", async () => {
