@@ -5,6 +5,7 @@ import { parseChallenge, upstreamError } from "../../src/mirror/upstream-client"
 import { mirroredName, parseUpstreams, UpstreamsError } from "../../src/mirror/upstreams";
 import { allowedActions, policyOf } from "../../src/auth/policy";
 import bcrypt from "bcryptjs";
+import { collect, expectVerifyClean } from "./gc-helpers";
 import { digestStream, expectError, MediaTypes, MiB, randomBytes, sha256, utf8 } from "./helpers";
 
 // The pull-through mirror (src/mirror) against a fake upstream registry served in this
@@ -458,6 +459,35 @@ describe("pull-through mirroring", () => {
     await expectError(await request("/v2/docker.io/own/app/manifests/v1"), 401, "UNAUTHORIZED");
     // Without it, own/app is this registry's own (nothing pushed: unknown).
     await expectError(await request("/v2/own/app/manifests/v1"), 404, "MANIFEST_UNKNOWN");
+  });
+
+  it("is collected like pushed content: kept while tagged, its blobs gone once nothing uses them", async () => {
+    settings = mirrorEnv([{ prefix: "gc.test", url: UPSTREAM, tagTtlSeconds: 0 }]);
+    const first = await upstream.addImage("team/app", "v1", [randomBytes(3000)]);
+    await request("/v2/gc.test/team/app/manifests/v1");
+    for (const digest of first.layers) await request(`/v2/gc.test/team/app/blobs/${digest}`);
+    const ours = new Set([first.digest, ...first.layers]);
+    const kept = await collect({});
+    expect((kept.items ?? []).filter((item) => ours.has(item.name))).toEqual([]);
+    upstream.fault = "down";
+    for (const digest of first.layers) expect((await request(`/v2/gc.test/team/app/blobs/${digest}`)).status).toBe(200);
+    // The tag moves upstream and the mirror follows; the old image, untagged and deleted, goes.
+    upstream.fault = "none";
+    await upstream.addImage("team/app", "v1", [randomBytes(3000)]);
+    await request("/v2/gc.test/team/app/manifests/v1");
+    await request(`/v2/gc.test/team/app/manifests/${first.digest}`, { method: "DELETE" });
+    // (Refused: mirrored names are read-only; the deletion is done as an operator would, in storage.)
+    await env.BLOBS.delete(`repositories/gc.test/team/app/_manifests/revisions/sha256/${first.digest.slice(7)}`);
+    await env.META.delete(`link:gc.test/team/app/_manifests/${first.digest}`);
+    const run = await collect({});
+    const removed = (run.items ?? []).filter((item) => item.kind === "blob").map((item) => item.name);
+    expect(removed).toEqual(expect.arrayContaining([first.digest, ...first.layers]));
+    for (const digest of first.layers) {
+      expect(await env.BLOBS.head(`blobs/sha256/${digest.slice(7)}`).then((head) => head?.customMetadata?.gc)).toBe(
+        "tombstone",
+      );
+    }
+    await expectVerifyClean();
   });
 
   it("refuses writes to mirrored names", async () => {
