@@ -418,8 +418,10 @@ async function hashOfStream(stream: ReadableStream<Uint8Array>, digest: Digest):
  * a failing other writer (the cache's), or one that holds a chunk up for longer than
  * COPY_WRITE_TIMEOUT_MS, is dropped and the rest go on. A failing read aborts every
  * writer, so no reader takes a short body for a whole one. With `digest`, the bytes are
- * hashed on the way: the other writers are closed only when they match (else aborted),
- * and the result says whether every other writer got them all, matching.
+ * hashed on the way and each chunk is held back until the next is read: the last goes out
+ * only once the whole matched, so bytes that do not match fail every reader (the client
+ * gets a body cut short, never a complete one). The result says whether every other
+ * writer got them all, matching.
  */
 export async function pump(
   slices: ChunkSource,
@@ -437,9 +439,8 @@ export async function pump(
   let live = others;
   let sinceYield = 0;
   try {
-    for await (const chunk of slices.chunks()) {
+    const deliver = async (chunk: Uint8Array<ArrayBuffer>): Promise<void> => {
       const copies = live.map(() => chunk.slice());
-      if (hashing) await hashing.write(chunk.slice());
       const results = await Promise.allSettled([
         client.write(chunk),
         ...live.map((writer, index) => writeWithin(writer, copies[index] ?? chunk, COPY_WRITE_TIMEOUT_MS)),
@@ -449,6 +450,20 @@ export async function pump(
       for (const writer of dropped)
         await writer.abort(new Error("the copy fell behind or failed")).catch(() => undefined);
       live = live.filter((writer) => !dropped.includes(writer));
+    };
+    // With a digest, each chunk is passed on only once the next one has been read, so
+    // the last one goes out after the whole has been hashed: a body of fixed length whose
+    // every byte was written is complete for its reader, and an abort after that would
+    // come too late to tell it the bytes were wrong.
+    let held: Uint8Array<ArrayBuffer> | null = null;
+    for await (const chunk of slices.chunks()) {
+      if (hashing) {
+        await hashing.write(chunk.slice());
+        if (held) await deliver(held);
+        held = chunk;
+      } else {
+        await deliver(chunk);
+      }
       sinceYield += chunk.byteLength;
       if (sinceYield >= YIELD_EVERY_BYTES) {
         sinceYield = 0;
@@ -460,6 +475,7 @@ export async function pump(
       await hashing.close();
       matches = `${digest.algorithm}:${toHex(await hasher.digest)}` === digest.value;
     }
+    if (matches && held) await deliver(held);
     if (!matches) {
       // The stored bytes are not what their digest says: fail the client's answer rather
       // than end it as if whole, and keep the copy out of the cache.

@@ -20,7 +20,7 @@
 // storage, image layouts) for inspection, and E2E_VERBOSE=1 to log every command with its
 // duration on stderr.
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomFillSync } from "node:crypto";
+import { createHash, randomBytes, randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readFileSync } from "node:fs";
 import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
@@ -780,4 +780,123 @@ export async function writeBlob(layout, bytes) {
   const digest = `sha256:${sha256(bytes)}`;
   await writeFile(blobPath(layout, digest), bytes);
   return { digest, size: bytes.length };
+}
+
+// ---------------------------------------------------------------------------------------
+// docker/distribution, as an upstream or a reference, and the registry's stored objects.
+
+/**
+ * docker/distribution (`docker-registry serve`, Debian's docker-registry) on a free
+ * 127.0.0.1 port with a fresh filesystem root, deletes enabled, logging errors only (as
+ * bench/lib.mjs startDistribution). Stopping it (`stop()`) kills it and removes its
+ * storage. Returns { port, host, url, logTail(), stop() }.
+ */
+export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
+  const dir = await makeTempDir("distribution");
+  const port = await freePort();
+  const config = join(dir, "config.yml");
+  const logFile = join(dir, "distribution.log");
+  await writeFile(
+    config,
+    [
+      "version: 0.1",
+      "log:",
+      "  level: error",
+      "  accesslog:",
+      "    disabled: true",
+      "storage:",
+      "  filesystem:",
+      `    rootdirectory: ${join(dir, "root")}`,
+      "  delete:",
+      "    enabled: true",
+      "http:",
+      `  addr: 127.0.0.1:${port}`,
+      `  secret: ${randomBytes(16).toString("hex")}`,
+      "",
+    ].join("\n"),
+  );
+  // No REGISTRY_* variables from the caller's environment: they override the config file.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("REGISTRY_")));
+  const logFd = openSync(logFile, "a");
+  const child = spawn("docker-registry", ["serve", config], {
+    cwd: dir,
+    env,
+    detached: true,
+    stdio: ["ignore", logFd, logFd],
+  });
+  closeSync(logFd);
+  if (child.pid === undefined) throw new Error("could not start docker-registry");
+  const pgid = child.pid;
+  keeper.track(pgid, `distribution :${port}`);
+  let exited = null;
+  child.once("exit", (code, signal) => {
+    exited = { code, signal };
+  });
+  child.once("error", (error) => {
+    exited = { error: error.message };
+  });
+  const host = `127.0.0.1:${port}`;
+  const url = `http://${host}`;
+  const logTail = (lines = 40) =>
+    `--- distribution log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    await stopGroup(pgid);
+    await removeTempDir(dir);
+  };
+  const deadline = Date.now() + readyTimeoutMs;
+  let lastError = "";
+  for (;;) {
+    if (exited) {
+      const tail = logTail();
+      await stop();
+      throw new Error(`docker-registry exited before it was ready: ${JSON.stringify(exited)}\n${tail}`);
+    }
+    if (Date.now() > deadline) {
+      const tail = logTail();
+      await stop();
+      throw new Error(`docker-registry not ready within ${readyTimeoutMs} ms (${lastError})\n${tail}`);
+    }
+    try {
+      const response = await fetchWithTimeout(`${url}/v2/`, {}, 2000);
+      if (response.status === 200) break;
+      lastError = `GET /v2/ answered ${response.status}`;
+    } catch (error) {
+      lastError = String(error?.cause ?? error);
+    }
+    await delay(100);
+  }
+  return { port, host, url, logTail, stop };
+}
+
+const LIST_R2_OBJECTS = `
+import glob, json, sqlite3, sys
+objects = []
+for path in glob.glob(sys.argv[1] + "/v3/r2/miniflare-R2BucketObject/*.sqlite"):
+    if path.endswith("/metadata.sqlite"):
+        continue
+    db = sqlite3.connect("file:" + path + "?mode=ro", uri=True)
+    try:
+        for key, size, metadata in db.execute("SELECT key, size, custom_metadata FROM _mf_objects"):
+            objects.append({"key": key, "size": size, "metadata": json.loads(metadata or "{}")})
+        uploads = [{"uploadId": u, "key": k, "state": s} for u, k, s in db.execute("SELECT upload_id, key, state FROM _mf_multipart_uploads")]
+    finally:
+        db.close()
+    print(json.dumps({"objects": objects, "multipartUploads": uploads}))
+    sys.exit(0)
+print(json.dumps({"objects": [], "multipartUploads": []}))
+`;
+
+/**
+ * What a registry started by startRegistry holds in its R2 bucket, read from Miniflare's
+ * SQLite store under its state directory (read-only, while it runs): { objects: [{key,
+ * size, metadata (custom metadata)}], multipartUploads: [{uploadId, key, state}] }. Blob
+ * bytes are `data/<id>` objects; each stored blob's descriptor is `blobs/<algorithm>/<hex>`
+ * (body {digest, size, key}; its custom metadata names its data object: {key, size}).
+ */
+export async function r2Objects(registry) {
+  const { stdout } = await run("python3", ["-c", LIST_R2_OBJECTS, registry.stateDir], { timeoutMs: 30_000 });
+  return JSON.parse(stdout.toString("utf8"));
 }
