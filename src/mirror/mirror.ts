@@ -4,7 +4,7 @@ import { RegistryError, unavailable } from "../oci/errors";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { essence, MediaTypes } from "../oci/media-types";
 import { chunksOf, pump, type BlobDescriptor } from "../registry/blob-store";
-import { metered } from "../registry/meter";
+import { currentMeter, metered } from "../registry/meter";
 import type { EdgeCache } from "../registry/edge-cache";
 import { EMBEDDED_CONTENT_MAX_BYTES, encodeContent } from "../registry/linked-blob-store";
 import type { Reference } from "../registry/manifests";
@@ -271,6 +271,9 @@ export class Mirror {
         headers: { [BYTE_REQUEST_ARGS]: JSON.stringify(args) },
         body: store.readable,
       });
+      // The fill's call ends after this answer's headers went out: counted now (its own
+      // storage calls are the upload engine's, inside the object, as for any upload).
+      currentMeter()?.record("do", "fetch", 0);
       filled = stub
         .fetch(request)
         .then(async (answer) => (await answer.json()) as SessionResult<BlobDescriptor>)
