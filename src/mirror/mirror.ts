@@ -1,7 +1,7 @@
 import { readConfig } from "../config";
 import { digestOf, parseDigest, type Digest } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
-import { MAX_MANIFEST_BYTES } from "../oci/manifest";
+import { MAX_MANIFEST_BYTES, type ParsedManifest } from "../oci/manifest";
 import { essence, MediaTypes } from "../oci/media-types";
 import { chunksOf, pump, type BlobDescriptor } from "../registry/blob-store";
 import { currentMeter, metered } from "../registry/meter";
@@ -16,7 +16,7 @@ import {
   type ByteRequestArgs,
   type SessionResult,
 } from "../uploads/upload-session";
-import { UpstreamClient, upstreamError, UpstreamUnreachable } from "./upstream-client";
+import { readBody, UpstreamClient, upstreamError, UpstreamUnreachable } from "./upstream-client";
 import type { MirroredName } from "./upstreams";
 
 /** What a manifest request asks the upstream to send: every manifest type this registry serves. */
@@ -153,7 +153,14 @@ export class Mirror {
       await response.body?.cancel();
       throw upstreamError(response, "MANIFEST_UNKNOWN", { reference, upstream: this.name.upstream.prefix });
     }
-    const bytes = await readUpTo(response, MAX_MANIFEST_BYTES);
+    let bytes: Uint8Array<ArrayBuffer>;
+    try {
+      bytes = await readBody(response, MAX_MANIFEST_BYTES, this.name.upstream.timeoutMs);
+    } catch (error) {
+      if (error instanceof UpstreamUnreachable)
+        throw unavailable(error.message, { upstream: this.name.upstream.prefix });
+      throw error;
+    }
     const digest = await digestOf(bytes, expected?.algorithm ?? "sha256");
     if (expected && digest.value !== expected.value) {
       throw unavailable("the upstream sent a manifest that does not match its digest", {
@@ -162,10 +169,24 @@ export class Mirror {
       });
     }
     const contentType = essence(response.headers.get("Content-Type"));
-    const { manifest } = await this.repository.manifests.put(tag ? { tag } : { digest }, bytes, contentType, {
-      mirroredAt: Date.now(),
-      maxReferences: readConfig(this.env).manifestMaxReferences,
-    });
+    let manifest: ParsedManifest;
+    try {
+      ({ manifest } = await this.repository.manifests.put(tag ? { tag } : { digest }, bytes, contentType, {
+        mirroredAt: Date.now(),
+        maxReferences: readConfig(this.env).manifestMaxReferences,
+      }));
+    } catch (error) {
+      // The upstream's manifest, not the client's: one this registry cannot serve (schema 1,
+      // not JSON, too many references) is the upstream failing (a stored tag is served).
+      if (error instanceof RegistryError && error.code === "MANIFEST_INVALID") {
+        throw new RegistryError(
+          "UNAVAILABLE",
+          `the upstream's manifest cannot be served by this registry: ${error.message}`,
+          { reference, upstream: this.name.upstream.prefix },
+        );
+      }
+      throw error;
+    }
     const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength, checkedAt: Date.now() };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     return record;
@@ -188,13 +209,14 @@ export class Mirror {
   ): Promise<UpstreamBlob | { descriptor: BlobDescriptor }> {
     const stored = await this.repository.blobs.stat(digest, { strong: true });
     const detail = { digest: digest.value, upstream: this.name.upstream.prefix };
-    const ask = async (askMethod: "GET" | "HEAD", headers: Record<string, string> = {}) => {
+    const ask = async (askMethod: "GET" | "HEAD", headers: Record<string, string> = {}, follow = true) => {
       try {
         return await this.client.fetch({
           method: askMethod,
           path: this.path("blobs", digest.value),
           headers,
           scope: this.scope,
+          follow,
         });
       } catch (error) {
         if (error instanceof UpstreamUnreachable) throw unavailable(error.message, detail);
@@ -202,9 +224,20 @@ export class Mirror {
       }
     };
     if (stored) {
-      const head = await ask("HEAD");
+      // The upstream's own answer confirms it: a redirect to its CDN is not followed (a
+      // CDN may sign GETs only), and what it says of the blob must be what is stored.
+      const head = await ask("HEAD", {}, false);
       await head.body?.cancel();
-      if (!head.ok) throw upstreamError(head, "BLOB_UNKNOWN", detail);
+      const redirected = head.status >= 300 && head.status < 400;
+      if (!head.ok && !redirected) throw upstreamError(head, "BLOB_UNKNOWN", detail);
+      const named = head.headers.get("Docker-Content-Digest");
+      const length = head.headers.get("Content-Length");
+      if (
+        (named !== null && named !== digest.value) ||
+        (head.ok && length !== null && Number(length) !== stored.size)
+      ) {
+        throw unavailable("the upstream's answer for this blob does not match it", detail);
+      }
       await this.repository.layers.link(digest, stored);
       return { descriptor: stored };
     }
@@ -223,15 +256,26 @@ export class Mirror {
     if (method === "HEAD") {
       return { status: 200, headers, body: null };
     }
-    if (response.status === 206 || size === undefined || !response.body) {
-      // A part of the blob, or one of unknown length: passed on, not stored.
+    if (response.status === 206) {
+      // A part of the blob: passed on as it is (a part cannot be checked against the
+      // digest; the client checks the whole), and not stored.
       const contentRange = response.headers.get("Content-Range");
       if (contentRange) headers["Content-Range"] = contentRange;
-      return { status: response.status === 206 ? 206 : 200, headers, body: response.body };
+      return { status: 206, headers, body: response.body };
     }
+    const body = response.body ?? new Response("").body ?? new ReadableStream<Uint8Array>();
     headers.ETag = `"${digest.value}"`;
     headers["Cache-Control"] = "max-age=31536000, immutable";
-    return { status: 200, headers, body: await this.fill(digest, size, response.body, waitUntil) };
+    if (size === undefined) {
+      // Of unknown length (a chunked answer): checked against the digest on the way (cut
+      // short if it does not match), not stored.
+      const { readable, writable } = new IdentityTransformStream();
+      const idleMs = this.name.upstream.timeoutMs;
+      void pump(chunksOf(body, idleMs), [writable.getWriter() as WritableStreamDefaultWriter<Uint8Array>], digest);
+      return { status: 200, headers, body: readable as ReadableStream<Uint8Array> };
+    }
+    headers["Accept-Ranges"] = "bytes";
+    return { status: 200, headers, body: await this.fill(digest, size, body, waitUntil) };
   }
 
   /**
@@ -285,7 +329,8 @@ export class Mirror {
       // writing to it, so the client's stream does not wait on it.
       void filled.then(() => storeWriter.abort(new Error("the fill ended")).catch(() => undefined));
     }
-    const pumped = pump(chunksOf(body), writers, digest);
+    // An upstream that stops sending for its timeout fails the answer (and frees the fill).
+    const pumped = pump(chunksOf(body, this.name.upstream.timeoutMs), writers, digest);
     waitUntil(
       Promise.all([pumped, filled]).then(([verified, result]) => {
         if (result && !result.ok) {
@@ -325,7 +370,13 @@ export class Mirror {
       await response.body?.cancel();
       return null;
     }
-    const body: unknown = JSON.parse(new TextDecoder().decode(await readUpTo(response, MAX_MANIFEST_BYTES)));
+    let body: unknown;
+    try {
+      const bytes = await readBody(response, MAX_MANIFEST_BYTES, this.name.upstream.timeoutMs);
+      body = JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      return null;
+    }
     const tags = (typeof body === "object" && body !== null ? (body as { tags?: unknown }).tags : null) ?? [];
     if (!Array.isArray(tags)) return null;
     const names = tags.filter((tag): tag is string => typeof tag === "string");
@@ -345,29 +396,4 @@ function parseDigestOrNull(text: string): Digest | null {
   } catch {
     return null;
   }
-}
-
-/** An upstream body of at most `limit` bytes (a manifest, a tag list); anything longer is a failure. */
-async function readUpTo(response: Response, limit: number): Promise<Uint8Array<ArrayBuffer>> {
-  const declared = Number(response.headers.get("Content-Length") ?? "NaN");
-  if (declared > limit) {
-    await response.body?.cancel();
-    throw unavailable(`the upstream's answer exceeds ${limit} bytes`);
-  }
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  if (response.body) {
-    for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-      total += chunk.byteLength;
-      if (total > limit) throw unavailable(`the upstream's answer exceeds ${limit} bytes`);
-      chunks.push(chunk);
-    }
-  }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
 }

@@ -59,6 +59,8 @@ export interface UpstreamRequest {
   headers?: Record<string, string>;
   /** The scope a token must grant (`repository:library/alpine:pull`). */
   scope: string;
+  /** false: a redirect is the answer (a HEAD confirming a blob: the CDN it points to may sign GETs only). */
+  follow?: boolean;
 }
 
 export class UpstreamClient {
@@ -99,7 +101,10 @@ export class UpstreamClient {
 
   /** Gets a token from the challenge's realm; the anonymous flow when no credentials are configured. */
   private async bearer(params: Record<string, string>, scope: string, basic?: string): Promise<string> {
-    const realm = new URL(params.realm ?? "");
+    const realm = urlOrNull(params.realm ?? "");
+    if (!realm || (realm.protocol !== "https:" && realm.protocol !== "http:")) {
+      throw new UpstreamUnreachable(`the upstream's challenge names no usable token service: ${params.realm ?? ""}`);
+    }
     if (params.service) realm.searchParams.set("service", params.service);
     realm.searchParams.append("scope", params.scope ?? scope);
     const response = await this.timed(realm.toString(), {
@@ -117,7 +122,9 @@ export class UpstreamClient {
       }
       throw new UpstreamUnreachable(`the upstream's token service answered ${response.status}`);
     }
-    const body: unknown = await response.json().catch(() => null);
+    const body: unknown = await readBody(response, TOKEN_MAX_BYTES, this.upstream.timeoutMs)
+      .then((bytes) => JSON.parse(new TextDecoder().decode(bytes)) as unknown)
+      .catch(() => null);
     const record = (typeof body === "object" && body !== null ? body : {}) as Record<string, unknown>;
     const token = typeof record.token === "string" ? record.token : record.access_token;
     if (typeof token !== "string" || token === "") {
@@ -139,9 +146,12 @@ export class UpstreamClient {
       if (authorization && url.origin === origin) headers.Authorization = authorization;
       const response = await this.timed(url.toString(), { method: request.method, headers, redirect: "manual" });
       const location = response.headers.get("Location");
-      if (response.status < 300 || response.status >= 400 || !location || hop >= MAX_REDIRECTS) return response;
+      const redirected = response.status >= 300 && response.status < 400 && location !== null;
+      if (!redirected || request.follow === false || hop >= MAX_REDIRECTS) return response;
       await response.body?.cancel();
-      url = new URL(location, url);
+      const next = urlOrNull(location, url);
+      if (!next) throw new UpstreamUnreachable(`the upstream redirected to an invalid URL: ${location}`);
+      url = next;
     }
   }
 
@@ -163,6 +173,64 @@ export class UpstreamClient {
   }
 }
 
+function urlOrNull(text: string, base?: URL): URL | null {
+  try {
+    return new URL(text, base);
+  } catch {
+    return null;
+  }
+}
+
+/** Largest token answer read. */
+const TOKEN_MAX_BYTES = 64 * 1024;
+
+/**
+ * A small upstream body (a manifest, a tag list, a token) of at most `limit` bytes, read
+ * within `timeoutMs`: one that is longer, stalls or breaks off is the upstream failing
+ * (UpstreamUnreachable), never a hang or a 500.
+ */
+export async function readBody(response: Response, limit: number, timeoutMs: number): Promise<Uint8Array<ArrayBuffer>> {
+  const declared = Number(response.headers.get("Content-Length") ?? "NaN");
+  if (declared > limit) {
+    await response.body?.cancel();
+    throw new UpstreamUnreachable(`the upstream's answer exceeds ${limit} bytes`);
+  }
+  if (!response.body) return new Uint8Array(0);
+  const reader = response.body.getReader();
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new UpstreamUnreachable(`the upstream's answer took over ${timeoutMs} ms`)),
+      timeoutMs,
+    );
+  });
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await Promise.race([reader.read(), late]);
+      if (done) break;
+      total += value.byteLength;
+      if (total > limit) throw new UpstreamUnreachable(`the upstream's answer exceeds ${limit} bytes`);
+      chunks.push(value);
+    }
+  } catch (error) {
+    await reader.cancel().catch(() => undefined);
+    throw error instanceof UpstreamUnreachable
+      ? error
+      : new UpstreamUnreachable(`the upstream's answer broke off: ${String(error)}`);
+  } finally {
+    if (timer !== null) clearTimeout(timer);
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}
+
 /**
  * The OCI error for an upstream's failing answer: 404 is the thing's absence, 429 passes
  * its Retry-After on, a refusal of access is DENIED (never a 401, which would send the
@@ -179,6 +247,11 @@ export function upstreamError(
     const retryAfter = response.headers.get("Retry-After") ?? "60";
     return new RegistryError("TOOMANYREQUESTS", "the upstream registry is rate-limiting this mirror", withStatus, {
       "Retry-After": retryAfter,
+    });
+  }
+  if (response.status === 416) {
+    return new RegistryError("RANGE_INVALID", undefined, withStatus, {
+      "Content-Range": response.headers.get("Content-Range") ?? "bytes */*",
     });
   }
   if (response.status === 401 || response.status === 403) {

@@ -1,5 +1,5 @@
 import { RegistryError } from "../oci/errors";
-import { MAX_NAME_LENGTH, validateName } from "../oci/names";
+import { validateName } from "../oci/names";
 
 /**
  * Upstream registries this one mirrors (setting UPSTREAMS, JSON; docs/configuration.md):
@@ -154,28 +154,31 @@ function remoteName(upstream: Upstream, name: string): string {
 function mirrored(upstream: Upstream, name: string): MirroredName | null {
   if (name === "") return null;
   const remote = remoteName(upstream, name);
-  const local = `${upstream.prefix}/${remote}`;
-  // A name too long to store is no name here (the grammar's limit applies to what is stored).
-  if (local.length > MAX_NAME_LENGTH) {
-    throw new RegistryError("NAME_INVALID", "the mirrored name is too long", { name: local });
-  }
+  // What is stored must be a name this registry could hold (the grammar, and its length).
+  const local = validateName(`${upstream.prefix}/${remote}`);
   return { upstream, remote, local };
+}
+
+/** The upstream containerd's `?ns=<registry host>` names: by its prefix, or its URL's host. */
+export function upstreamOfNs(mirrors: Mirrors, ns: string): Upstream | undefined {
+  return mirrors.upstreams.find((upstream) => upstream.prefix === ns || new URL(upstream.url).host === ns);
 }
 
 /**
  * Which upstream, if any, a requested repository name belongs to:
  * - `ns` (containerd's `?ns=<registry host>` on requests to a mirror) naming an upstream's
- *   prefix or host: the name as it is, at that upstream;
+ *   prefix or host: the name as it is, under that prefix (then as below, so nested
+ *   prefixes resolve to the longest);
  * - a name under an upstream's prefix (`docker.io/library/alpine`);
  * - with a default upstream, any other name (`library/alpine`, `alpine`).
- * Null: a repository of this registry's own.
+ * Null: a repository of this registry's own. Throws NAME_INVALID when the name it would be
+ * stored as breaks the grammar. (An `ns` naming no upstream is the caller's to refuse:
+ * routes/mirror.ts.)
  */
 export function mirroredName(mirrors: Mirrors, name: string, ns?: string): MirroredName | null {
   if (mirrors.upstreams.length === 0) return null;
-  if (ns) {
-    const byNs = mirrors.upstreams.find((upstream) => upstream.prefix === ns || new URL(upstream.url).host === ns);
-    if (byNs && !name.startsWith(`${byNs.prefix}/`)) return mirrored(byNs, name);
-  }
+  const byNs = ns ? upstreamOfNs(mirrors, ns) : undefined;
+  if (byNs && !name.startsWith(`${byNs.prefix}/`)) return mirroredName(mirrors, `${byNs.prefix}/${name}`);
   for (const upstream of mirrors.upstreams) {
     if (name.startsWith(`${upstream.prefix}/`)) return mirrored(upstream, name.slice(upstream.prefix.length + 1));
   }

@@ -371,17 +371,49 @@ interface Slices extends ChunkSource {
 /**
  * A body (an upstream's answer: src/mirror) as a ChunkSource, read in chunks of at least
  * READ_CHUNK_BYTES (but the last), so that passing it on costs a few calls per MiB.
+ * `idleMs`: a read that brings nothing for that long fails the source (pump then aborts
+ * every writer), so a stalled sender cannot hold a request, or a fill, forever.
  */
-export function chunksOf(stream: ReadableStream<Uint8Array>): ChunkSource {
-  const reader = stream.getReader({ mode: "byob" });
+export function chunksOf(stream: ReadableStream<Uint8Array>, idleMs?: number): ChunkSource {
+  let byob: ReadableStreamBYOBReader;
+  try {
+    byob = stream.getReader({ mode: "byob" });
+  } catch {
+    // Not a byte stream (a body made in JavaScript): its chunks as they come.
+    const reader = stream.getReader();
+    const next = () => reader.read();
+    return {
+      async *chunks() {
+        for (;;) {
+          const { done, value } = idleMs === undefined ? await next() : await within(next(), idleMs);
+          if (done) return;
+          if (value.byteLength > 0) yield new Uint8Array(value);
+        }
+      },
+      cancel: (reason) => reader.cancel(reason),
+    };
+  }
+  const reader = byob;
+  const read = () => reader.readAtLeast(READ_CHUNK_BYTES, new Uint8Array(READ_CHUNK_BYTES));
   async function* chunks(): AsyncGenerator<Uint8Array<ArrayBuffer>> {
     for (;;) {
-      const { done, value } = await reader.readAtLeast(READ_CHUNK_BYTES, new Uint8Array(READ_CHUNK_BYTES));
+      const { done, value } = idleMs === undefined ? await read() : await within(read(), idleMs);
       if (value !== undefined && value.byteLength > 0) yield value;
       if (done) return;
     }
   }
   return { chunks, cancel: (reason) => reader.cancel(reason) };
+}
+
+/** `work`, or a failure once `ms` passed without it settling (a body that stopped sending). */
+function within<T>(work: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`no bytes for ${ms} ms`)), ms);
+  });
+  return Promise.race([work, late]).finally(() => {
+    if (timer !== null) clearTimeout(timer);
+  });
 }
 
 // eslint-disable-next-line require-yield

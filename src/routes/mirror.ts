@@ -1,8 +1,8 @@
 import type { MiddlewareHandler } from "hono";
 import { Mirror } from "../mirror/mirror";
-import { mirroredName, mirrorsOf } from "../mirror/upstreams";
+import { mirroredName, mirrorsOf, upstreamOfNs } from "../mirror/upstreams";
 import { parseDigest, type Digest } from "../oci/digest";
-import { RegistryError } from "../oci/errors";
+import { RegistryError, unavailable } from "../oci/errors";
 import { parseReference, type Reference } from "../registry/manifests";
 import { edgeCacheOf, waitUntil, type AppEnv } from "./http";
 
@@ -14,6 +14,20 @@ const PATHS: { kind: "manifest" | "blob" | "upload" | "tags" | "referrers"; patt
   { kind: "tags", pattern: /^\/v2\/(.+)\/tags\/list$/ },
   { kind: "referrers", pattern: /^\/v2\/(.+)\/referrers\/([^/]+)$/ },
 ];
+
+/**
+ * Work that talks to an upstream: whatever an upstream can make go wrong that no check
+ * foresaw is the upstream failing (503, logged), never a 500.
+ */
+async function upstreamWork<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof RegistryError) throw error;
+    console.error("mirror: unexpected failure", error);
+    throw unavailable("the upstream registry's answer could not be used; retry", { cause: String(error) });
+  }
+}
 
 function digestOrNull(text: string): Digest | null {
   try {
@@ -55,7 +69,15 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
     }
   }
   if (!match) return next();
-  const mirrored = mirroredName(mirrors, match.name, url.searchParams.get("ns") ?? undefined);
+  const ns = url.searchParams.get("ns") ?? undefined;
+  if (ns && ns !== url.host && !upstreamOfNs(mirrors, ns)) {
+    // containerd asks a mirror for another registry's name: one this registry does not
+    // mirror. Never this registry's own repository, nor the default upstream's, by that
+    // name (another registry's image would be substituted); containerd then goes on to
+    // the next host.
+    throw new RegistryError("NAME_UNKNOWN", `this registry does not mirror ${ns}`, { ns });
+  }
+  const mirrored = mirroredName(mirrors, match.name, ns);
   if (!mirrored) return next();
   if (c.req.method !== "GET" && c.req.method !== "HEAD") {
     throw new RegistryError("DENIED", `${match.name} is mirrored from ${mirrored.upstream.url}: it is read-only here`, {
@@ -70,7 +92,7 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
   if (match.kind === "manifest") {
     const reference = referenceOrNull(match.rest);
     if (reference) {
-      const record = await mirror.manifest(reference);
+      const record = await upstreamWork(() => mirror.manifest(reference));
       if (record) c.set("mirrorTag", record);
     }
     return next();
@@ -82,7 +104,7 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
       const value = url.searchParams.get(key);
       if (value !== null) query.set(key, value);
     }
-    const answer = await mirror.tags(query.size > 0 ? `?${query.toString()}` : "", match.name);
+    const answer = await upstreamWork(() => mirror.tags(query.size > 0 ? `?${query.toString()}` : "", match.name));
     if (!answer) return next();
     if (answer.link) c.header("Link", answer.link);
     return c.json({ name: match.name, tags: answer.tags });
@@ -98,7 +120,9 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
     } catch (error) {
       if (!(error instanceof RegistryError && error.code === "BLOB_UNKNOWN")) throw error;
     }
-    const fetched = await mirror.blob(digest, c.req.method, c.req.header("Range"), (work) => waitUntil(c, work));
+    const fetched = await upstreamWork(() =>
+      mirror.blob(digest, c.req.method, c.req.header("Range"), (work) => waitUntil(c, work)),
+    );
     if ("descriptor" in fetched) {
       c.set("mirrorBlob", fetched.descriptor);
       return next();

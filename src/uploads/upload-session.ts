@@ -153,7 +153,7 @@ export class UploadSession extends DurableObject<Env> {
   }
 
   /** Starts the session (POST /blobs/uploads/). */
-  async start(uploadId: string, name: string): Promise<SessionStatus> {
+  async start(uploadId: string, name: string, partSize?: number): Promise<SessionStatus> {
     const config = readConfig(this.env);
     const now = Date.now();
     const state: SessionState = {
@@ -161,7 +161,7 @@ export class UploadSession extends DurableObject<Env> {
       name,
       startedAt: now,
       updatedAt: now,
-      partSize: config.uploadPartSize,
+      partSize: partSize ?? config.uploadPartSize,
       offset: 0,
       parts: [],
       hashState: ResumableHash.create("sha256").save(),
@@ -299,7 +299,9 @@ export class UploadSession extends DurableObject<Env> {
         return existing;
       }
       if (body === null) throw new RegistryError("SIZE_INVALID", "a fill needs the blob's bytes");
-      await this.start(crypto.randomUUID(), name);
+      // Smaller parts than uploads use: a cold pull of an image fills its layers at once,
+      // and fill objects may share an isolate (two part buffers each).
+      await this.start(crypto.randomUUID(), name, Math.min(FILL_PART_BYTES, readConfig(this.env).uploadPartSize));
       const state = this.load(name);
       try {
         await this.receiveWhole(state, digest, body, claim);
@@ -478,9 +480,20 @@ export class UploadSession extends DurableObject<Env> {
   }
 
   private async abortMultipart(state: SessionState): Promise<void> {
-    if (!state.multipartUploadId) return;
-    await this.bucket.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
-    delete state.multipartUploadId;
+    // One created by a request whose state was not saved yet (a whole body hashed
+    // natively saves nothing until it succeeds) and that never ended: the object was reset.
+    const recorded = this.ctx.storage.kv.get<{ key: string; uploadId: string }>(MULTIPART_RECORD);
+    if (recorded && recorded.uploadId !== state.multipartUploadId) {
+      await this.bucket
+        .resumeMultipartUpload(recorded.key, recorded.uploadId)
+        .abort()
+        .catch(() => undefined);
+    }
+    if (state.multipartUploadId) {
+      await this.bucket.resumeMultipartUpload(Paths.uploadData(state.uploadId), state.multipartUploadId).abort();
+      delete state.multipartUploadId;
+    }
+    this.ctx.storage.kv.delete(MULTIPART_RECORD);
   }
 
   // ---- the byte path ----
@@ -664,6 +677,8 @@ export class UploadSession extends DurableObject<Env> {
     if (state.multipartUploadId) return this.bucket.resumeMultipartUpload(key, state.multipartUploadId);
     const upload = await this.bucket.createMultipartUpload(key);
     state.multipartUploadId = upload.uploadId;
+    // Recorded at once, whatever the request's hash saves: purge can always abort it.
+    this.ctx.storage.kv.put(MULTIPART_RECORD, { key, uploadId: upload.uploadId });
     return upload;
   }
 
@@ -714,8 +729,10 @@ export class UploadSession extends DurableObject<Env> {
       const object = previous === digest.value ? await this.bucket.head(key) : null;
       if (object?.size !== state.offset) throw error;
     }
-    // Finished: there is no multipart upload left to abort.
+    // Finished: there is no multipart upload left to abort (R2 refuses an abort of a
+    // completed one).
     delete state.multipartUploadId;
+    this.ctx.storage.kv.delete(MULTIPART_RECORD);
     return key;
   }
 }
@@ -734,6 +751,12 @@ export function chunkTooLarge(limit: number): RegistryError {
     413,
   );
 }
+
+/** Where the multipart upload a request created is recorded (see UploadSession.abortMultipart). */
+const MULTIPART_RECORD = "multipart";
+
+/** Part size of mirror fills (UploadSession.fill): the largest fill is 10 000 of them (78 GiB). */
+const FILL_PART_BYTES = 8 * 1024 * 1024;
 
 /** How long a fill claim waits for its bytes (UploadSession.claimFill). */
 const FILL_CLAIM_MS = 30_000;

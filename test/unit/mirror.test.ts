@@ -29,7 +29,18 @@ class FakeUpstream {
   log: string[] = [];
   /** `bearer`: a 401 challenge, then tokens from /token (Basic `user:pass`, or anonymous for public/*). */
   auth: "none" | "bearer" = "none";
-  fault: "none" | "down" | "429" | "500" | "hang" | "corrupt" = "none";
+  fault:
+    | "none"
+    | "down"
+    | "429"
+    | "500"
+    | "hang"
+    | "corrupt"
+    | "chunked"
+    | "chunked-corrupt"
+    | "stall-body"
+    | "garbage"
+    | "bad-realm" = "none";
   tokensIssued = 0;
 
   repo(name: string): FakeRepo {
@@ -99,6 +110,11 @@ class FakeUpstream {
     const match = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(url.pathname);
     const tags = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
     const name = match?.[1] ?? tags?.[1] ?? "";
+    if (this.fault === "bad-realm") {
+      return new Response(null, { status: 401, headers: { "WWW-Authenticate": 'Bearer realm="::not a url"' } });
+    }
+    if (this.fault === "garbage")
+      return new Response("<html>not json</html>", { headers: { "Content-Type": "text/html" } });
     if (this.auth === "bearer") {
       const expected = `Bearer token-for repository:${name}:pull`;
       if (request.headers.get("Authorization") !== expected) {
@@ -130,6 +146,15 @@ class FakeUpstream {
     }
     const blob = repo.blobs.get(reference);
     if (!blob) return new Response(null, { status: 404 });
+    if (request.method === "GET" && (this.fault === "chunked" || this.fault === "chunked-corrupt")) {
+      // No Content-Length: the body arrives as a stream of unknown length.
+      const body = this.fault === "chunked" ? blob : blob.map((byte) => byte ^ 1);
+      return new Response(streamOfBytes(body, false), { headers: { "Docker-Content-Digest": reference } });
+    }
+    if (request.method === "GET" && this.fault === "stall-body") {
+      const headers = { "Content-Length": String(blob.byteLength) };
+      return new Response(streamOfBytes(blob, true), { headers });
+    }
     let bytes = blob;
     if (this.fault === "corrupt") {
       bytes = blob.slice();
@@ -138,6 +163,23 @@ class FakeUpstream {
     const headers = { "Content-Length": String(bytes.byteLength), "Docker-Content-Digest": reference };
     return new Response(request.method === "HEAD" ? null : bytes, { headers });
   }
+}
+
+/** A body of `bytes` in 64 KiB chunks; `stall`: half of it, then nothing more, ever. */
+function streamOfBytes(bytes: Uint8Array<ArrayBuffer>, stall: boolean): ReadableStream<Uint8Array> {
+  let offset = 0;
+  const end = stall ? Math.floor(bytes.byteLength / 2) : bytes.byteLength;
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (offset >= end) {
+        if (!stall) controller.close();
+        return stall ? new Promise<void>(() => undefined) : undefined;
+      }
+      controller.enqueue(bytes.slice(offset, Math.min(end, offset + 64 * 1024)));
+      offset += 64 * 1024;
+      return undefined;
+    },
+  });
 }
 
 let upstream: FakeUpstream;
@@ -491,6 +533,73 @@ describe("pull-through mirroring", () => {
       );
     }
     await expectVerifyClean();
+  });
+
+  it("never answers 500 or hangs on an upstream that misbehaves after its headers", async () => {
+    settings = mirrorEnv([{ prefix: "odd.test", url: UPSTREAM, tagTtlSeconds: 0, timeoutSeconds: 0.3 }]);
+    const image = await upstream.addImage("team/odd", "v1", [randomBytes(2 * MiB)]);
+    const layer = image.layers[1] ?? "";
+    expect((await request("/v2/odd.test/team/odd/manifests/v1")).status).toBe(200);
+    // A refresh answered with garbage, or with a challenge naming no usable realm: the stored tag.
+    for (const fault of ["garbage", "bad-realm"] as const) {
+      upstream.fault = fault;
+      const stale = await request("/v2/odd.test/team/odd/manifests/v1");
+      expect(stale.status, fault).toBe(200);
+      expect(stale.headers.get("Docker-Content-Digest")).toBe(image.digest);
+      await expectError(await request("/v2/odd.test/team/odd/manifests/v2"), 503, "UNAVAILABLE");
+    }
+    upstream.fault = "garbage";
+    expect(((await (await request("/v2/odd.test/team/odd/tags/list")).json()) as { tags: string[] }).tags).toEqual([
+      "v1",
+    ]);
+    // A body of unknown length: checked on the way, not stored; one that does not match is cut short.
+    const stored = await dataObjects();
+    upstream.fault = "chunked";
+    expect(await bodyDigest(await request(`/v2/odd.test/team/odd/blobs/${layer}`))).toBe(layer);
+    upstream.fault = "chunked-corrupt";
+    const ctx = createExecutionContext();
+    const cut = await worker.fetch(
+      new Request(`http://registry.test/v2/odd.test/team/odd/blobs/${layer}`),
+      settings,
+      ctx,
+    );
+    const outcome = await digestStream(cut.body as ReadableStream<Uint8Array>).then(
+      () => "whole",
+      () => "failed",
+    );
+    expect(outcome).toBe("failed");
+    await waitOnExecutionContext(ctx);
+    expect(await dataObjects()).toBe(stored);
+    // A body that stops half-way: the answer fails within the timeout, the fill is released,
+    // and the next pull stores the blob.
+    upstream.fault = "stall-body";
+    const started = Date.now();
+    const stalled = createExecutionContext();
+    const half = await worker.fetch(
+      new Request(`http://registry.test/v2/odd.test/team/odd/blobs/${layer}`),
+      settings,
+      stalled,
+    );
+    expect(
+      await digestStream(half.body as ReadableStream<Uint8Array>).then(
+        () => "whole",
+        () => "failed",
+      ),
+    ).toBe("failed");
+    await waitOnExecutionContext(stalled);
+    expect(Date.now() - started).toBeLessThan(5000);
+    upstream.fault = "none";
+    expect(await bodyDigest(await request(`/v2/odd.test/team/odd/blobs/${layer}`))).toBe(layer);
+    expect(await dataObjects()).toBe(stored + 1);
+  });
+
+  it("answers NAME_UNKNOWN when containerd's ns names a registry it does not mirror", async () => {
+    settings = mirrorEnv([{ prefix: "hub.test", url: UPSTREAM, library: true }], { UPSTREAM_DEFAULT: "hub.test" });
+    await upstream.addImage("org/app", "v1", [randomBytes(100)]);
+    // Not Docker Hub's org/app for quay.io's: containerd goes on to the next host.
+    await expectError(await request("/v2/org/app/manifests/v1?ns=quay.io"), 404, "NAME_UNKNOWN");
+    expect((await request("/v2/org/app/manifests/v1?ns=hub.test")).status).toBe(200);
+    expect((await request("/v2/org/app/manifests/v1?ns=upstream.test")).status).toBe(200);
   });
 
   it("refuses writes to mirrored names", async () => {
