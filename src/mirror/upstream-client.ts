@@ -1,4 +1,5 @@
 import { RegistryError } from "../oci/errors";
+import { readAtMost } from "../registry/bounded";
 import { metered } from "../registry/meter";
 import type { Upstream } from "./upstreams";
 
@@ -196,39 +197,12 @@ export async function readBody(response: Response, limit: number, timeoutMs: num
     throw new UpstreamUnreachable(`the upstream's answer exceeds ${limit} bytes`);
   }
   if (!response.body) return new Uint8Array(0);
-  const reader = response.body.getReader();
-  let timer: ReturnType<typeof setTimeout> | null = null;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new UpstreamUnreachable(`the upstream's answer took over ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-  });
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  try {
-    for (;;) {
-      const { done, value } = await Promise.race([reader.read(), late]);
-      if (done) break;
-      total += value.byteLength;
-      if (total > limit) throw new UpstreamUnreachable(`the upstream's answer exceeds ${limit} bytes`);
-      chunks.push(value);
-    }
-  } catch (error) {
-    await reader.cancel().catch(() => undefined);
+  const tooLarge = () => new UpstreamUnreachable(`the upstream's answer exceeds ${limit} bytes`);
+  return readAtMost(response.body, limit, tooLarge, timeoutMs).catch((error: unknown) => {
     throw error instanceof UpstreamUnreachable
       ? error
-      : new UpstreamUnreachable(`the upstream's answer broke off: ${String(error)}`);
-  } finally {
-    if (timer !== null) clearTimeout(timer);
-  }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
+      : new UpstreamUnreachable(`the upstream's answer broke off or stalled: ${String(error)}`);
+  });
 }
 
 /**

@@ -26,3 +26,48 @@ export async function forEachBounded<T>(
   await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
   if (failures.length > 0) throw failures[0];
 }
+
+/**
+ * A whole body of at most `limit` bytes (a manifest, a form, an upstream's small answer),
+ * never holding more than that: the cap is enforced while reading, since a chunked body
+ * declares no length. Throws `tooLarge()` past the cap, and, with `timeoutMs`, an Error
+ * once the body took longer than that; the body is cancelled either way.
+ */
+export async function readAtMost(
+  body: ReadableStream<Uint8Array>,
+  limit: number,
+  tooLarge: () => Error,
+  timeoutMs?: number,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const reader = body.getReader();
+  let timer: ReturnType<typeof setTimeout> | null = null;
+  const late =
+    timeoutMs === undefined
+      ? null
+      : new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error(`the body took over ${timeoutMs} ms`)), timeoutMs);
+        });
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = late ? await Promise.race([reader.read(), late]) : await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > limit) throw tooLarge();
+      chunks.push(value);
+    }
+  } catch (error) {
+    await reader.cancel().catch(() => undefined);
+    throw error;
+  } finally {
+    if (timer !== null) clearTimeout(timer);
+  }
+  const bytes = new Uint8Array(total);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return bytes;
+}

@@ -3,6 +3,7 @@ import type { AuthEnv } from "../auth/authorize";
 import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
+import { readAtMost } from "../registry/bounded";
 import { EdgeCache } from "../registry/edge-cache";
 import type { MirroredName } from "../mirror/upstreams";
 import type { TagRecord } from "../registry/tags";
@@ -80,26 +81,7 @@ export async function readLimited(
   if (declared !== undefined && declared > limit) throw tooLarge();
   const body = c.req.raw.body;
   if (!body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  const reader = body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.byteLength;
-    if (total > limit) {
-      await reader.cancel().catch(() => undefined);
-      throw tooLarge();
-    }
-    chunks.push(value);
-  }
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
+  return readAtMost(body, limit, tooLarge);
 }
 
 /** Largest page a listing returns, whatever `n` asks for. */
