@@ -11,6 +11,7 @@ import { mirrorMiddleware } from "./routes/mirror";
 import { referrerRoutes } from "./routes/referrers";
 import { tokenRoutes } from "./routes/token";
 import { uploadRoutes } from "./routes/uploads";
+import { uiRoutes } from "./ui/routes";
 
 export const app = new Hono<AppEnv>();
 
@@ -51,6 +52,8 @@ v2.route("/", manifestRoutes);
 v2.route("/", referrerRoutes);
 app.route("/v2", v2);
 app.route("/_admin", adminRoutes);
+// The web pages (src/ui): after the API's routes, at the paths they leave free.
+app.route("/", uiRoutes);
 app.route("/token", tokenRoutes);
 
 app.notFound(() => {

@@ -117,7 +117,20 @@ export async function issueAccessToken(
   return { token, expiresIn: settings.accessTtlSeconds, issuedAt: new Date(issued * 1000).toISOString() };
 }
 
-export async function issueRefreshToken(settings: TokenSettings, user: string, passwordHash: string): Promise<string> {
+/**
+ * A refresh token: the user's, for a while (`refreshTtlSeconds`), bound to the password.
+ * `use: "session"` (the web pages' login cookie, src/ui) is the same kind of token for
+ * another use, and `ttlSeconds` long: neither is accepted where the other is expected.
+ */
+export async function issueRefreshToken(
+  settings: TokenSettings,
+  user: string,
+  passwordHash: string,
+  {
+    use = "refresh",
+    ttlSeconds = settings.refreshTtlSeconds,
+  }: { use?: "refresh" | "session"; ttlSeconds?: number } = {},
+): Promise<string> {
   const issued = now();
   return sign(
     {
@@ -125,9 +138,9 @@ export async function issueRefreshToken(settings: TokenSettings, user: string, p
       sub: user,
       aud: settings.service,
       iat: issued,
-      exp: issued + settings.refreshTtlSeconds,
+      exp: issued + ttlSeconds,
       jti: crypto.randomUUID(),
-      use: "refresh",
+      use,
       pwb: await passwordBinding(settings.key, user, passwordHash),
     },
     settings.key,
@@ -178,11 +191,12 @@ export async function verifyRefreshToken(
   settings: TokenSettings,
   token: string,
   hashOf: HashOf,
+  use: "refresh" | "session" = "refresh",
 ): Promise<string | null> {
   try {
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
     if (typeof payload.exp !== "number") return null;
-    if (payload.use !== "refresh" || typeof payload.sub !== "string" || payload.sub === "") return null;
+    if (payload.use !== use || typeof payload.sub !== "string" || payload.sub === "") return null;
     return (await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf)) ? payload.sub : null;
   } catch {
     return null;

@@ -14,6 +14,8 @@ export interface Descriptor {
   annotations?: Record<string, string>;
   /** Foreign layers (Docker's non-distributable layers) are fetched from these, not from us. */
   urls?: string[];
+  /** An index child's platform (`linux/arm64/v8`), when it names one (shown, never checked). */
+  platform?: string;
 }
 
 /** What the registry needs to know of a manifest to store and check it. */
@@ -72,7 +74,17 @@ function parseDescriptor(value: unknown, where: string): Descriptor {
   }
   const annotations = parseAnnotations(value.annotations, where);
   if (annotations) descriptor.annotations = annotations;
+  const platform = platformOf(value.platform);
+  if (platform) descriptor.platform = platform;
   return descriptor;
+}
+
+/** `os/architecture[/variant]` of a descriptor's platform, or undefined for anything else. */
+function platformOf(value: unknown): string | undefined {
+  if (!isRecord(value)) return undefined;
+  const { os, architecture, variant } = value;
+  if (typeof os !== "string" || typeof architecture !== "string") return undefined;
+  return [os, architecture, ...(typeof variant === "string" && variant !== "" ? [variant] : [])].join("/");
 }
 
 function parseDescriptorList(value: unknown, where: string): Descriptor[] {

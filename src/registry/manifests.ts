@@ -8,7 +8,7 @@ import { forEachBounded } from "./bounded";
 import { decodeContent, EMBEDDED_CONTENT_MAX_BYTES, encodeContent, type LinkedBlobStore } from "./linked-blob-store";
 import { Paths } from "./paths";
 import { Referrers } from "./referrers";
-import type { TagRecord, Tags } from "./tags";
+import type { TagRecord, TagSummary, Tags } from "./tags";
 
 /** Bytes carried in a tag record or a link copy, when they decode and hash to `digest`; else null. */
 async function verifiedContent(content: string, digest: Digest): Promise<Uint8Array<ArrayBuffer> | null> {
@@ -47,6 +47,13 @@ function parsedOrNull(bytes: Uint8Array): ParsedManifest | null {
   } catch {
     return null;
   }
+}
+
+/** What a tag's listing shows of the manifest it names (TagSummary). */
+function summarize(manifest: ParsedManifest): TagSummary {
+  if (manifest.kind === "image") return { size: manifest.blobs.reduce((total, blob) => total + blob.size, 0) };
+  const platforms = manifest.manifests.flatMap((child) => (child.platform ? [child.platform] : []));
+  return { platforms: [...new Set(platforms)] };
 }
 
 /** How deep relink follows children linked again (an index of indexes of manifests is 2). */
@@ -208,7 +215,12 @@ export class Manifests {
       await this.relink(manifest, digest, bytes, mirrored);
     // Tags last: a tag never points at a manifest that is not fully stored.
     const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
-    const record: TagRecord = { digest, mediaType: manifest.mediaType, size: bytes.byteLength };
+    const record: TagRecord = {
+      digest,
+      mediaType: manifest.mediaType,
+      size: bytes.byteLength,
+      summary: summarize(manifest),
+    };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     if (mirrored) record.checkedAt = options.mirroredAt;
     for (const tag of tags) await this.tags.set(tag, record);

@@ -18,6 +18,30 @@ export interface TagRecord {
   content?: string;
   /** Mirrored names (src/mirror): when the upstream last confirmed the tag (ms since the epoch). */
   checkedAt?: number;
+  /** What the web pages list (src/ui): the image's total size, an index's platforms. */
+  summary?: TagSummary;
+}
+
+/**
+ * What a listing of tags shows without reading any manifest, kept in the tag object's
+ * custom metadata: an image's total size (config and layers), an index's platforms.
+ */
+export interface TagSummary {
+  size?: number;
+  platforms?: string[];
+}
+
+/** R2 custom metadata is small (2 KiB per object): a few dozen platforms at most. */
+const SUMMARY_PLATFORMS_MAX = 32;
+
+/** The summary a tag object's custom metadata holds, or undefined (tags written before, or none). */
+export function tagSummaryOf(metadata: Record<string, string> | undefined): TagSummary | undefined {
+  if (!metadata) return undefined;
+  const summary: TagSummary = {};
+  const size = Number(metadata.size);
+  if (metadata.size !== undefined && Number.isSafeInteger(size) && size >= 0) summary.size = size;
+  if (metadata.platforms) summary.platforms = metadata.platforms.split(",").filter((platform) => platform !== "");
+  return summary.size === undefined && summary.platforms === undefined ? undefined : summary;
 }
 
 /** A tag record's text: `{"digest","mediaType","size"}`, or (older records) the digest alone. Null if neither. */
@@ -31,6 +55,7 @@ export function parseTagRecord(text: string): TagRecord | null {
       size?: unknown;
       content?: unknown;
       checkedAt?: unknown;
+      summary?: unknown;
     };
     if (typeof value.digest !== "string") return null;
     const record: TagRecord = { digest: parseDigest(value.digest) };
@@ -38,6 +63,13 @@ export function parseTagRecord(text: string): TagRecord | null {
     if (typeof value.size === "number" && Number.isSafeInteger(value.size) && value.size >= 0) record.size = value.size;
     if (typeof value.content === "string") record.content = value.content;
     if (typeof value.checkedAt === "number" && Number.isFinite(value.checkedAt)) record.checkedAt = value.checkedAt;
+    if (typeof value.summary === "object" && value.summary !== null) {
+      const { size, platforms } = value.summary as { size?: unknown; platforms?: unknown };
+      const summary: TagSummary = {};
+      if (typeof size === "number" && Number.isSafeInteger(size) && size >= 0) summary.size = size;
+      if (Array.isArray(platforms)) summary.platforms = platforms.filter((p): p is string => typeof p === "string");
+      record.summary = summary;
+    }
     return record;
   } catch {
     return null;
@@ -51,6 +83,7 @@ function tagRecordText(record: TagRecord): string {
     size: record.size,
     content: record.content,
     checkedAt: record.checkedAt,
+    summary: record.summary,
   });
 }
 
@@ -91,10 +124,14 @@ export class Tags {
 
   async set(tag: string, record: TagRecord): Promise<void> {
     // The digest rides in custom metadata too, so the garbage collector learns every
-    // tag's target from a listing (no read per tag).
-    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), {
-      customMetadata: { digest: record.digest.value },
-    });
+    // tag's target from a listing (no read per tag), and so does the summary, for the web
+    // pages' tag lists.
+    const metadata: Record<string, string> = { digest: record.digest.value };
+    if (record.summary?.size !== undefined) metadata.size = String(record.summary.size);
+    if (record.summary?.platforms && record.summary.platforms.length > 0) {
+      metadata.platforms = record.summary.platforms.slice(0, SUMMARY_PLATFORMS_MAX).join(",");
+    }
+    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), { customMetadata: metadata });
     await this.edge.forgetTag(this.name, tag);
   }
 

@@ -1,0 +1,227 @@
+import { parseDigest, type Digest } from "../oci/digest";
+import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
+import { Catalog } from "../registry/catalog";
+import { decodeContent } from "../registry/linked-blob-store";
+import { Paths } from "../registry/paths";
+import type { ReferrerDescriptor } from "../registry/referrers";
+import type { Repository } from "../registry/registry";
+import { tagSummaryOf, type TagSummary } from "../registry/tags";
+
+/**
+ * What the web pages show, read from the same storage the API serves (src/ui). Every
+ * read is bounded: listings stop after a fixed number of R2 pages, and bodies read for
+ * display (a config) have a size cap.
+ */
+
+/** R2 returns at most 1000 keys per list call. */
+const LIST_PAGE = 1000;
+/** Most tags a repository page sorts (10 list calls); more are listed in name order. */
+export const TAGS_SORTED_MAX = 10_000;
+/** Largest image config read to show its settings. */
+const CONFIG_MAX_BYTES = 1024 * 1024;
+
+export interface TagRow {
+  tag: string;
+  digest: string;
+  /** When the tag was last written (pushed, or confirmed by a mirror's upstream). */
+  pushedAt: Date;
+  summary?: TagSummary;
+}
+
+/**
+ * A page of the catalog: names after `last` that contain `filter` and that `visible`
+ * allows, at most `limit`, reading at most `maxPages` R2 pages; `next` is where the next
+ * page starts (undefined at the end).
+ */
+export async function catalogPage(
+  bucket: R2Bucket,
+  options: { filter: string; last?: string; limit: number; visible: (name: string) => boolean; maxPages?: number },
+): Promise<{ names: string[]; next?: string }> {
+  const catalog = new Catalog(bucket);
+  const names: string[] = [];
+  let last = options.last;
+  for (let page = 0; page < (options.maxPages ?? 10); page++) {
+    const batch = await catalog.list(LIST_PAGE, last);
+    for (const name of batch) {
+      last = name;
+      if (!name.includes(options.filter) || !options.visible(name)) continue;
+      names.push(name);
+      if (names.length === options.limit) return { names, next: name };
+    }
+    if (batch.length < LIST_PAGE) return { names };
+  }
+  return last === undefined ? { names } : { names, next: last };
+}
+
+/**
+ * A repository's tags, newest first (by when each was last written), from listings alone:
+ * each tag object's custom metadata holds its digest and summary. Tags written before
+ * summaries existed are completed from their records (`complete`, for the rows shown).
+ */
+export async function tagRows(bucket: R2Bucket, name: string): Promise<{ rows: TagRow[]; truncated: boolean }> {
+  const prefix = Paths.tagPrefix(name);
+  const rows: TagRow[] = [];
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await bucket.list({
+      prefix,
+      limit: LIST_PAGE,
+      include: ["customMetadata"],
+      ...(cursor ? { cursor } : {}),
+    });
+    for (const object of page.objects) {
+      const row: TagRow = {
+        tag: object.key.slice(prefix.length),
+        digest: object.customMetadata?.digest ?? "",
+        pushedAt: object.uploaded,
+      };
+      const summary = tagSummaryOf(object.customMetadata);
+      if (summary) row.summary = summary;
+      rows.push(row);
+    }
+    if (!page.truncated) break;
+    if (rows.length >= TAGS_SORTED_MAX) return { rows, truncated: true };
+    cursor = page.cursor;
+  }
+  rows.sort((a, b) => b.pushedAt.getTime() - a.pushedAt.getTime() || a.tag.localeCompare(b.tag));
+  return { rows, truncated: false };
+}
+
+/** Fills in what rows written before tag summaries lack, from their records (one read each). */
+export async function complete(repository: Repository, rows: TagRow[]): Promise<void> {
+  await Promise.all(
+    rows.map(async (row) => {
+      if (row.summary && row.digest) return;
+      const record = await repository.tags.resolve(row.tag);
+      if (!record) return;
+      row.digest = record.digest.value;
+      const bytes = record.content ? decodeContent(record.content) : null;
+      const manifest = bytes ? parsedOrNull(bytes, record.mediaType ?? "") : null;
+      if (manifest) row.summary = summaryOf(manifest);
+    }),
+  );
+}
+
+function summaryOf(manifest: ParsedManifest): TagSummary {
+  if (manifest.kind === "image") return { size: manifest.blobs.reduce((total, blob) => total + blob.size, 0) };
+  return { platforms: manifest.manifests.flatMap((child) => (child.platform ? [child.platform] : [])) };
+}
+
+function parsedOrNull(bytes: Uint8Array, mediaType: string): ParsedManifest | null {
+  try {
+    return parseManifest(bytes, mediaType);
+  } catch {
+    return null;
+  }
+}
+
+/** What an image's config says that people look for. */
+export interface ImageConfig {
+  os?: string;
+  architecture?: string;
+  variant?: string;
+  created?: string;
+  entrypoint?: string[];
+  cmd?: string[];
+  workingDir?: string;
+  user?: string;
+  env?: string[];
+  labels?: Record<string, string>;
+}
+
+export interface ImageDetails {
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  manifest: ParsedManifest;
+  /** The manifest's JSON, for its raw view. */
+  json: string;
+  config?: ImageConfig;
+  /** Referrers of this manifest, grouped by artifact type. */
+  referrers: Map<string, ReferrerDescriptor[]>;
+  /** Tags of this repository that name it (from the listing). */
+  tags: string[];
+}
+
+/** Most referrers shown for one manifest. */
+const REFERRERS_SHOWN = 200;
+
+export async function imageDetails(repository: Repository, digest: Digest, tags: string[]): Promise<ImageDetails> {
+  const stored = await repository.manifests.get({ digest });
+  const manifest = parseManifest(stored.bytes, stored.mediaType);
+  const details: ImageDetails = {
+    digest,
+    mediaType: stored.mediaType,
+    size: stored.bytes.byteLength,
+    manifest,
+    json: JSON.stringify(JSON.parse(new TextDecoder().decode(stored.bytes)), null, 2),
+    referrers: new Map(),
+    tags,
+  };
+  const [config, referrers] = await Promise.all([
+    manifest.config ? readConfig(repository, manifest.config) : Promise.resolve(undefined),
+    repository.referrers.list(digest, REFERRERS_SHOWN),
+  ]);
+  if (config) details.config = config;
+  for (const { descriptor } of referrers) {
+    if (!descriptor) continue;
+    const type = descriptor.artifactType ?? descriptor.mediaType;
+    const group = details.referrers.get(type) ?? [];
+    group.push(descriptor);
+    details.referrers.set(type, group);
+  }
+  return details;
+}
+
+async function readConfig(repository: Repository, descriptor: Descriptor): Promise<ImageConfig | undefined> {
+  if (descriptor.size > CONFIG_MAX_BYTES) return undefined;
+  try {
+    const { descriptor: stored } = await repository.layers.stat(descriptor.digest);
+    const bytes = await repository.blobs.readBytes(stored);
+    if (!bytes) return undefined;
+    const value: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    if (typeof value !== "object" || value === null) return undefined;
+    const record = value as Record<string, unknown>;
+    const inner = (typeof record.config === "object" && record.config !== null ? record.config : {}) as Record<
+      string,
+      unknown
+    >;
+    const text = (field: unknown) => (typeof field === "string" ? field : undefined);
+    const list = (field: unknown) =>
+      Array.isArray(field) && field.every((item) => typeof item === "string") ? (field as string[]) : undefined;
+    const labels =
+      typeof inner.Labels === "object" && inner.Labels !== null
+        ? Object.fromEntries(
+            Object.entries(inner.Labels as Record<string, unknown>).filter(
+              (entry): entry is [string, string] => typeof entry[1] === "string",
+            ),
+          )
+        : undefined;
+    const config: ImageConfig = {};
+    const fields: [keyof ImageConfig, unknown][] = [
+      ["os", text(record.os)],
+      ["architecture", text(record.architecture)],
+      ["variant", text(record.variant)],
+      ["created", text(record.created)],
+      ["entrypoint", list(inner.Entrypoint)],
+      ["cmd", list(inner.Cmd)],
+      ["workingDir", text(inner.WorkingDir)],
+      ["user", text(inner.User)],
+      ["env", list(inner.Env)],
+      ["labels", labels],
+    ];
+    for (const [key, field] of fields) if (field !== undefined && field !== "") Object.assign(config, { [key]: field });
+    return config;
+  } catch {
+    // Not linked here, gone, or not JSON: the page shows the manifest without it.
+    return undefined;
+  }
+}
+
+export function digestOrNull(text: string): Digest | null {
+  try {
+    return parseDigest(text);
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,487 @@
+/** @jsxImportSource hono/jsx */
+import type { Child, FC } from "hono/jsx";
+import { raw } from "hono/html";
+import type { Descriptor } from "../oci/manifest";
+import type { ImageDetails, TagRow } from "./data";
+
+/**
+ * The web pages (src/ui), rendered on the server with Hono's JSX: everything they show is
+ * escaped by JSX (names, tags, labels and annotations are user input). The one script
+ * copies a pull command to the clipboard; without it the command is there to select.
+ */
+
+const STYLE = `
+body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#fafbfc}
+header{display:flex;gap:1em;align-items:center;justify-content:space-between;padding:.6em 1em;background:#24292f;color:#fff}
+header a{color:#fff;text-decoration:none;font-weight:600}
+header form{display:inline;margin:0}
+main{max-width:72em;margin:0 auto;padding:1em}
+table{border-collapse:collapse;width:100%}
+th,td{text-align:left;padding:.35em .5em;border-bottom:1px solid #d8dee4;vertical-align:top}
+code,pre{font:13px ui-monospace,monospace;word-break:break-all}
+pre{white-space:pre-wrap;background:#f0f2f4;padding:.6em;max-height:30em;overflow:auto}
+.muted{color:#57606a}.num{text-align:right;white-space:nowrap}
+.pull{display:flex;gap:.4em;align-items:center}
+button,input[type=submit]{cursor:pointer}
+.danger{color:#b42318}
+nav.pages{margin:1em 0;display:flex;gap:1em}
+@media (max-width:40em){th.optional,td.optional{display:none}}
+`;
+
+const COPY_SCRIPT = `
+document.addEventListener("click", function (event) {
+  var button = event.target.closest("button[data-copy]");
+  if (!button) return;
+  navigator.clipboard.writeText(button.getAttribute("data-copy")).then(function () {
+    button.textContent = "Copied";
+    setTimeout(function () { button.textContent = "Copy"; }, 1500);
+  });
+});
+`;
+
+export interface Chrome {
+  title: string;
+  user: string | null;
+  canLogIn: boolean;
+  csrf: string;
+}
+
+export const Layout: FC<{ chrome: Chrome; children?: Child }> = ({ chrome, children }) => (
+  <>
+    {raw("<!DOCTYPE html>")}
+    <html lang="en">
+      <head>
+        <meta charset="utf-8" />
+        <meta name="viewport" content="width=device-width, initial-scale=1" />
+        <title>{chrome.title}</title>
+        <style>{raw(STYLE)}</style>
+      </head>
+      <body>
+        <header>
+          <a href="/">edge-registry</a>
+          <span>
+            {chrome.user !== null ? (
+              <form method="post" action="/logout">
+                <span>{chrome.user} </span>
+                <input type="hidden" name="csrf" value={chrome.csrf} />
+                <input type="submit" value="Log out" />
+              </form>
+            ) : chrome.canLogIn ? (
+              <a href="/login">Log in</a>
+            ) : null}
+          </span>
+        </header>
+        <main>{children}</main>
+        <script>{raw(COPY_SCRIPT)}</script>
+      </body>
+    </html>
+  </>
+);
+
+export function formatBytes(size: number | undefined): string {
+  if (size === undefined) return "—";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = size;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${size} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
+}
+
+function shortDigest(digest: string): string {
+  const [algorithm, hex = ""] = digest.split(":");
+  return `${algorithm}:${hex.slice(0, 12)}`;
+}
+
+export function repositoryPath(name: string): string {
+  return `/repositories/${name}`;
+}
+
+export function imagePath(name: string, digest: string): string {
+  return `/repositories/${name}/manifests/${digest}`;
+}
+
+const PullCommand: FC<{ command: string }> = ({ command }) => (
+  <span class="pull">
+    <code>{command}</code>
+    <button type="button" data-copy={command}>
+      Copy
+    </button>
+  </span>
+);
+
+export const CatalogPage: FC<{ chrome: Chrome; names: string[]; filter: string; next?: string | undefined }> = ({
+  chrome,
+  names,
+  filter,
+  next,
+}) => (
+  <Layout chrome={chrome}>
+    <h1>Repositories</h1>
+    <form method="get" action="/">
+      <input type="search" name="q" value={filter} placeholder="Filter by name" aria-label="Filter by name" />{" "}
+      <input type="submit" value="Filter" />
+    </form>
+    {names.length === 0 ? (
+      <p class="muted">
+        {chrome.user === null && chrome.canLogIn
+          ? "No repositories you can see without logging in."
+          : "No repositories."}
+      </p>
+    ) : (
+      <ul class="repositories">
+        {names.map((name) => (
+          <li>
+            <a href={repositoryPath(name)}>{name}</a>
+          </li>
+        ))}
+      </ul>
+    )}
+    {next !== undefined ? (
+      <nav class="pages">
+        <a href={`/?${new URLSearchParams({ q: filter, last: next }).toString()}`}>Next page</a>
+      </nav>
+    ) : null}
+  </Layout>
+);
+
+export const RepositoryPage: FC<{
+  chrome: Chrome;
+  name: string;
+  host: string;
+  rows: TagRow[];
+  page: number;
+  pages: number;
+  total: number;
+  canDelete: boolean;
+  truncated: boolean;
+}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated }) => (
+  <Layout chrome={chrome}>
+    <h1>{name}</h1>
+    <p class="muted">
+      {total} {total === 1 ? "tag" : "tags"}, newest first{truncated ? " (the first 10 000 by name)" : ""}
+    </p>
+    <table class="tags">
+      <thead>
+        <tr>
+          <th>Tag</th>
+          <th class="optional">Digest</th>
+          <th class="num">Size</th>
+          <th>Platforms</th>
+          <th class="optional">Pushed</th>
+          <th>Pull</th>
+          {canDelete ? <th></th> : null}
+        </tr>
+      </thead>
+      <tbody>
+        {rows.map((row) => (
+          <tr data-tag={row.tag}>
+            <td>{row.digest ? <a href={imagePath(name, row.digest)}>{row.tag}</a> : row.tag}</td>
+            <td class="optional">
+              <code title={row.digest}>{row.digest ? shortDigest(row.digest) : "—"}</code>
+            </td>
+            <td class="num size">{formatBytes(row.summary?.size)}</td>
+            <td class="platforms">{row.summary?.platforms?.join(", ") ?? ""}</td>
+            <td class="optional">
+              <time datetime={row.pushedAt.toISOString()}>
+                {row.pushedAt.toISOString().replace("T", " ").slice(0, 19)}
+              </time>
+            </td>
+            <td>
+              <PullCommand command={`docker pull ${host}/${name}:${row.tag}`} />
+            </td>
+            {canDelete ? (
+              <td>
+                <a
+                  class="danger"
+                  href={`${repositoryPath(name)}/delete?${new URLSearchParams({ tag: row.tag }).toString()}`}
+                >
+                  Delete
+                </a>
+              </td>
+            ) : null}
+          </tr>
+        ))}
+      </tbody>
+    </table>
+    {pages > 1 ? (
+      <nav class="pages">
+        {page > 1 ? <a href={`${repositoryPath(name)}?page=${page - 1}`}>Newer</a> : null}
+        <span>
+          Page {page} of {pages}
+        </span>
+        {page < pages ? <a href={`${repositoryPath(name)}?page=${page + 1}`}>Older</a> : null}
+      </nav>
+    ) : null}
+  </Layout>
+);
+
+const Annotations: FC<{ annotations?: Record<string, string> | undefined }> = ({ annotations }) =>
+  annotations && Object.keys(annotations).length > 0 ? (
+    <table class="annotations">
+      <tbody>
+        {Object.entries(annotations).map(([key, value]) => (
+          <tr>
+            <th>
+              <code>{key}</code>
+            </th>
+            <td>{value}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  ) : null;
+
+const DescriptorRows: FC<{ name: string; descriptors: Descriptor[]; link: boolean }> = ({
+  name,
+  descriptors,
+  link,
+}) => (
+  <>
+    {descriptors.map((descriptor) => (
+      <tr>
+        <td>
+          {link ? (
+            <a href={imagePath(name, descriptor.digest.value)}>
+              {descriptor.platform ?? shortDigest(descriptor.digest.value)}
+            </a>
+          ) : (
+            <code title={descriptor.digest.value}>{shortDigest(descriptor.digest.value)}</code>
+          )}
+        </td>
+        <td class="optional">
+          <code>{descriptor.mediaType}</code>
+        </td>
+        <td class="num">{formatBytes(descriptor.size)}</td>
+      </tr>
+    ))}
+  </>
+);
+
+export const ImagePage: FC<{ chrome: Chrome; name: string; host: string; image: ImageDetails; canDelete: boolean }> = ({
+  chrome,
+  name,
+  host,
+  image,
+  canDelete,
+}) => {
+  const { manifest, config } = image;
+  const total = manifest.blobs.reduce((sum, blob) => sum + blob.size, 0);
+  return (
+    <Layout chrome={chrome}>
+      <p>
+        <a href={repositoryPath(name)}>{name}</a>
+      </p>
+      <h1>
+        <code>{image.digest.value}</code>
+      </h1>
+      <p class="muted">
+        {manifest.kind === "index" ? "Index" : manifest.artifactType ? "Artifact" : "Image"} ·{" "}
+        <code>{image.mediaType}</code>
+        {manifest.kind === "image" ? ` · ${formatBytes(total)}` : ""}
+        {image.tags.length > 0 ? ` · tags: ${image.tags.join(", ")}` : ""}
+      </p>
+      <PullCommand command={`docker pull ${host}/${name}@${image.digest.value}`} />
+      {manifest.subject ? (
+        <p>
+          Refers to{" "}
+          <a href={imagePath(name, manifest.subject.digest.value)}>{shortDigest(manifest.subject.digest.value)}</a>
+          {manifest.artifactType ? (
+            <>
+              {" "}
+              as <code>{manifest.artifactType}</code>
+            </>
+          ) : null}
+        </p>
+      ) : null}
+      {manifest.kind === "index" ? (
+        <>
+          <h2>Platforms</h2>
+          <table class="platforms">
+            <tbody>
+              <DescriptorRows name={name} descriptors={manifest.manifests} link={true} />
+            </tbody>
+          </table>
+        </>
+      ) : (
+        <>
+          {config ? (
+            <>
+              <h2>Config</h2>
+              <table class="config">
+                <tbody>
+                  {config.os || config.architecture ? (
+                    <tr>
+                      <th>Platform</th>
+                      <td>{[config.os, config.architecture, config.variant].filter(Boolean).join("/")}</td>
+                    </tr>
+                  ) : null}
+                  {config.created ? (
+                    <tr>
+                      <th>Created</th>
+                      <td>{config.created}</td>
+                    </tr>
+                  ) : null}
+                  {config.entrypoint ? (
+                    <tr>
+                      <th>Entrypoint</th>
+                      <td>
+                        <code>{JSON.stringify(config.entrypoint)}</code>
+                      </td>
+                    </tr>
+                  ) : null}
+                  {config.cmd ? (
+                    <tr>
+                      <th>Command</th>
+                      <td>
+                        <code>{JSON.stringify(config.cmd)}</code>
+                      </td>
+                    </tr>
+                  ) : null}
+                  {config.workingDir ? (
+                    <tr>
+                      <th>Working directory</th>
+                      <td>
+                        <code>{config.workingDir}</code>
+                      </td>
+                    </tr>
+                  ) : null}
+                  {config.user ? (
+                    <tr>
+                      <th>User</th>
+                      <td>
+                        <code>{config.user}</code>
+                      </td>
+                    </tr>
+                  ) : null}
+                </tbody>
+              </table>
+              {config.labels && Object.keys(config.labels).length > 0 ? (
+                <>
+                  <h2>Labels</h2>
+                  <Annotations annotations={config.labels} />
+                </>
+              ) : null}
+            </>
+          ) : null}
+          <h2>Layers</h2>
+          <table class="layers">
+            <tbody>
+              <DescriptorRows name={name} descriptors={manifest.blobs.slice(manifest.config ? 1 : 0)} link={false} />
+            </tbody>
+          </table>
+        </>
+      )}
+      {manifest.annotations ? (
+        <>
+          <h2>Annotations</h2>
+          <Annotations annotations={manifest.annotations} />
+        </>
+      ) : null}
+      <h2>Referrers</h2>
+      {image.referrers.size === 0 ? (
+        <p class="muted">No signatures, SBOMs or attestations refer to this manifest.</p>
+      ) : (
+        [...image.referrers.entries()].map(([type, descriptors]) => (
+          <section class="referrers" data-artifact-type={type}>
+            <h3>
+              <code>{type}</code>
+            </h3>
+            <ul>
+              {descriptors.map((descriptor) => (
+                <li>
+                  <a href={imagePath(name, descriptor.digest)}>{shortDigest(descriptor.digest)}</a>{" "}
+                  <span class="muted">{formatBytes(descriptor.size)}</span>
+                </li>
+              ))}
+            </ul>
+          </section>
+        ))
+      )}
+      <details>
+        <summary>Manifest</summary>
+        <pre>{image.json}</pre>
+      </details>
+      {canDelete ? (
+        <p>
+          <a
+            class="danger"
+            href={`${repositoryPath(name)}/delete?${new URLSearchParams({ digest: image.digest.value }).toString()}`}
+          >
+            Delete this manifest
+          </a>
+        </p>
+      ) : null}
+    </Layout>
+  );
+};
+
+export const ConfirmDeletePage: FC<{ chrome: Chrome; name: string; what: { tag: string } | { digest: string } }> = ({
+  chrome,
+  name,
+  what,
+}) => (
+  <Layout chrome={chrome}>
+    <h1>Delete {"tag" in what ? "a tag" : "a manifest"}?</h1>
+    <p>
+      {"tag" in what ? (
+        <>
+          The tag <code>{`${name}:${what.tag}`}</code> will no longer resolve. The image stays if anything else names
+          it.
+        </>
+      ) : (
+        <>
+          The manifest <code>{`${name}@${what.digest}`}</code> and every tag naming it will be deleted from this
+          repository.
+        </>
+      )}
+    </p>
+    <form method="post" action={`${repositoryPath(name)}/delete`}>
+      <input type="hidden" name="csrf" value={chrome.csrf} />
+      {"tag" in what ? (
+        <input type="hidden" name="tag" value={what.tag} />
+      ) : (
+        <input type="hidden" name="digest" value={what.digest} />
+      )}
+      <input type="submit" class="danger" value="Delete" /> <a href={repositoryPath(name)}>Cancel</a>
+    </form>
+  </Layout>
+);
+
+export const LoginPage: FC<{ chrome: Chrome; failed: boolean; user: string }> = ({ chrome, failed, user }) => (
+  <Layout chrome={chrome}>
+    <h1>Log in</h1>
+    <p class="muted">The same users as `docker login`.</p>
+    {failed ? <p class="danger">Incorrect username or password.</p> : null}
+    <form method="post" action="/login">
+      <input type="hidden" name="csrf" value={chrome.csrf} />
+      <p>
+        <label>
+          Username <input name="username" autocomplete="username" value={user} required />
+        </label>
+      </p>
+      <p>
+        <label>
+          Password <input name="password" type="password" autocomplete="current-password" required />
+        </label>
+      </p>
+      <input type="submit" value="Log in" />
+    </form>
+  </Layout>
+);
+
+export const MessagePage: FC<{ chrome: Chrome; heading: string; message: string; status?: number }> = ({
+  chrome,
+  heading,
+  message,
+}) => (
+  <Layout chrome={chrome}>
+    <h1>{heading}</h1>
+    <p>{message}</p>
+    <p>
+      <a href="/">Repositories</a>
+    </p>
+  </Layout>
+);

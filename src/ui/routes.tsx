@@ -1,0 +1,213 @@
+/** @jsxImportSource hono/jsx */
+import { Hono, type Context } from "hono";
+import type { AuthEnv } from "../auth/authorize";
+import { parseDigest } from "../oci/digest";
+import { RegistryError } from "../oci/errors";
+import { validateName, validateTag } from "../oci/names";
+import { Catalog } from "../registry/catalog";
+import { openRepository } from "../registry/registry";
+import { storageOf } from "../registry/storage";
+import { edgeCacheOf, type AppEnv } from "../routes/http";
+import { catalogPage, complete, digestOrNull, imageDetails, tagRows } from "./data";
+import {
+  CatalogPage,
+  ConfirmDeletePage,
+  ImagePage,
+  LoginPage,
+  MessagePage,
+  repositoryPath,
+  RepositoryPage,
+  type Chrome,
+} from "./pages";
+import { checkForm, logIn, logOut, may, mayDelete, viewerOf, type Viewer } from "./session";
+
+/**
+ * The web pages at `/` (docs/operations.md, "Web pages"): the catalog, a repository's
+ * tags, an image, login, and deleting a tag or a manifest behind a confirmation. The
+ * `/v2` API is untouched; the pages read the same storage and apply the same rules.
+ */
+export const uiRoutes = new Hono<AppEnv>();
+
+type UiContext = Context<AppEnv>;
+
+/** Tags per repository page. */
+const TAGS_PER_PAGE = 100;
+/** Repositories per catalog page. */
+const REPOSITORIES_PER_PAGE = 100;
+
+function chrome(viewer: Viewer, title: string): Chrome {
+  return { title: `${title} · edge-registry`, user: viewer.user, canLogIn: viewer.canLogIn, csrf: viewer.csrf };
+}
+
+function host(c: UiContext): string {
+  return new URL(c.req.url).host;
+}
+
+/** Pages answer in HTML, errors included; nothing is cached (what a page shows depends on who asks). */
+async function render(c: UiContext, work: (viewer: Viewer) => Promise<Response>): Promise<Response> {
+  c.header("Cache-Control", "no-store");
+  c.header("X-Frame-Options", "DENY");
+  c.header(
+    "Content-Security-Policy",
+    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+  );
+  const viewer = await viewerOf(c as unknown as Context<AuthEnv>);
+  try {
+    return await work(viewer);
+  } catch (error) {
+    if (!(error instanceof RegistryError)) throw error;
+    const status = error.status === 401 || error.status === 404 ? 404 : error.status;
+    return c.html(
+      <MessagePage
+        chrome={chrome(viewer, "Error")}
+        heading={status === 404 ? "Not found" : "Refused"}
+        message={error.message}
+      />,
+      status as 404,
+    );
+  }
+}
+
+/** A repository the viewer may pull, by name; anything else is the same "not found" (existence is not revealed). */
+function visibleRepository(c: UiContext, viewer: Viewer) {
+  const name = (() => {
+    try {
+      return validateName(c.req.param("name") ?? "");
+    } catch {
+      throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
+    }
+  })();
+  if (!may(viewer, name, "pull")) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
+  return { name, repository: openRepository(c.env, name, edgeCacheOf(c)) };
+}
+
+uiRoutes.get("/", (c) =>
+  render(c, async (viewer) => {
+    const filter = (c.req.query("q") ?? "").trim().slice(0, 255);
+    const last = c.req.query("last");
+    const page = await catalogPage(storageOf(c.env).bucket, {
+      filter,
+      ...(last ? { last } : {}),
+      limit: REPOSITORIES_PER_PAGE,
+      visible: (name) => may(viewer, name, "pull"),
+    });
+    return c.html(
+      <CatalogPage chrome={chrome(viewer, "Repositories")} names={page.names} filter={filter} next={page.next} />,
+    );
+  }),
+);
+
+uiRoutes.get("/login", (c) =>
+  render(c, async (viewer) => {
+    if (!viewer.canLogIn) throw new RegistryError("UNSUPPORTED", "this registry has no users to log in as");
+    return c.html(<LoginPage chrome={chrome(viewer, "Log in")} failed={false} user="" />);
+  }),
+);
+
+uiRoutes.post("/login", (c) =>
+  render(c, async (viewer) => {
+    if (!viewer.canLogIn) throw new RegistryError("UNSUPPORTED", "this registry has no users to log in as");
+    const form = await c.req.formData();
+    checkForm(c, viewer, form);
+    const user = String(form.get("username") ?? "").slice(0, 200);
+    const password = String(form.get("password") ?? "").slice(0, 1000);
+    if (await logIn(c as unknown as Context<AuthEnv>, user, password)) return c.redirect("/", 303);
+    return c.html(<LoginPage chrome={chrome(viewer, "Log in")} failed={true} user={user} />, 401);
+  }),
+);
+
+uiRoutes.post("/logout", (c) =>
+  render(c, async (viewer) => {
+    checkForm(c, viewer, await c.req.formData());
+    logOut(c as unknown as Context<AuthEnv>);
+    return c.redirect("/", 303);
+  }),
+);
+
+uiRoutes.get("/repositories/:name{.+}/manifests/:digest", (c) =>
+  render(c, async (viewer) => {
+    const { name, repository } = visibleRepository(c, viewer);
+    const digest = digestOrNull(c.req.param("digest"));
+    if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", "no such manifest");
+    const { rows } = await tagRows(storageOf(c.env).bucket, name);
+    const tags = rows.filter((row) => row.digest === digest.value).map((row) => row.tag);
+    const image = await imageDetails(repository, digest, tags);
+    return c.html(
+      <ImagePage
+        chrome={chrome(viewer, `${name}@${digest.value.slice(0, 19)}`)}
+        name={name}
+        host={host(c)}
+        image={image}
+        canDelete={mayDelete(c as unknown as Context<AuthEnv>, viewer, name)}
+      />,
+    );
+  }),
+);
+
+/** What a delete form names: a tag or a manifest digest. */
+function deletion(values: {
+  tag?: string | undefined;
+  digest?: string | undefined;
+}): { tag: string } | { digest: string } {
+  if (values.tag) return { tag: validateTag(values.tag) };
+  const digest = digestOrNull(values.digest ?? "");
+  if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", "name a tag or a manifest digest to delete");
+  return { digest: digest.value };
+}
+
+function checkDelete(c: UiContext, viewer: Viewer, name: string): void {
+  if (!mayDelete(c as unknown as Context<AuthEnv>, viewer, name)) {
+    throw new RegistryError(
+      "DENIED",
+      viewer.user === null ? "log in to delete" : "you may not delete from this repository",
+    );
+  }
+}
+
+uiRoutes.get("/repositories/:name{.+}/delete", (c) =>
+  render(c, async (viewer) => {
+    const { name } = visibleRepository(c, viewer);
+    checkDelete(c, viewer, name);
+    const what = deletion({ tag: c.req.query("tag"), digest: c.req.query("digest") });
+    return c.html(<ConfirmDeletePage chrome={chrome(viewer, "Delete")} name={name} what={what} />);
+  }),
+);
+
+uiRoutes.post("/repositories/:name{.+}/delete", (c) =>
+  render(c, async (viewer) => {
+    const { name, repository } = visibleRepository(c, viewer);
+    checkDelete(c, viewer, name);
+    const form = await c.req.formData();
+    checkForm(c, viewer, form);
+    const what = deletion({ tag: form.get("tag")?.toString(), digest: form.get("digest")?.toString() });
+    await repository.manifests.delete("tag" in what ? what : { digest: parseDigest(what.digest) });
+    return c.redirect(repositoryPath(name), 303);
+  }),
+);
+
+uiRoutes.get("/repositories/:name{.+}", (c) =>
+  render(c, async (viewer) => {
+    const { name, repository } = visibleRepository(c, viewer);
+    const bucket = storageOf(c.env).bucket;
+    const [exists, { rows, truncated }] = await Promise.all([new Catalog(bucket).exists(name), tagRows(bucket, name)]);
+    if (!exists) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
+    const pages = Math.max(1, Math.ceil(rows.length / TAGS_PER_PAGE));
+    const requested = Number(c.req.query("page") ?? "1");
+    const page = Number.isSafeInteger(requested) ? Math.min(Math.max(1, requested), pages) : 1;
+    const shown = rows.slice((page - 1) * TAGS_PER_PAGE, page * TAGS_PER_PAGE);
+    await complete(repository, shown);
+    return c.html(
+      <RepositoryPage
+        chrome={chrome(viewer, name)}
+        name={name}
+        host={host(c)}
+        rows={shown}
+        page={page}
+        pages={pages}
+        total={rows.length}
+        canDelete={mayDelete(c as unknown as Context<AuthEnv>, viewer, name)}
+        truncated={truncated}
+      />,
+    );
+  }),
+);

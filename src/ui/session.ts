@@ -1,0 +1,101 @@
+import type { Context } from "hono";
+import { deleteCookie, getCookie, setCookie } from "hono/cookie";
+import type { Action } from "../auth/access";
+import { loadPolicy, tokenSettings, type AuthEnv } from "../auth/authorize";
+import { verifyLogin } from "../auth/logins";
+import { allowedActions, type Policy } from "../auth/policy";
+import { issueRefreshToken, signingKey, verifyRefreshToken } from "../auth/tokens";
+import { readConfig } from "../config";
+import { mirroredName, mirrorsOf } from "../mirror/upstreams";
+import { RegistryError } from "../oci/errors";
+
+/**
+ * Who is looking at the web pages (src/ui), and what they may do: the same users and
+ * access rules as the API. A login sets a session cookie holding a signed token of the
+ * user (HttpOnly, SameSite=Strict, Secure over HTTPS), bound to the user's password like a
+ * refresh token (a changed password ends the session). Forms that change anything carry
+ * a CSRF token (an HMAC of the session) and must come from this origin.
+ */
+
+export const SESSION_COOKIE = "registry_session";
+const SESSION_TTL_SECONDS = 12 * 60 * 60;
+
+export interface Viewer {
+  /** null: anonymous. */
+  user: string | null;
+  policy: Policy;
+  /** Whether logging in is possible at all (users are configured). */
+  canLogIn: boolean;
+  csrf: string;
+}
+
+type UiContext = Context<AuthEnv>;
+
+async function hmacHex(key: string, text: string): Promise<string> {
+  const cryptoKey = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(key),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
+  const mac = await crypto.subtle.sign("HMAC", cryptoKey, new TextEncoder().encode(text));
+  return [...new Uint8Array(mac)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+export async function viewerOf(c: UiContext): Promise<Viewer> {
+  const policy = loadPolicy(c.env);
+  const cookie = getCookie(c, SESSION_COOKIE);
+  let user: string | null = null;
+  if (cookie && policy.mode === "enforced") {
+    user = await verifyRefreshToken(await tokenSettings(c), cookie, (name) => policy.users.get(name), "session");
+  }
+  const csrf = await hmacHex(signingKey(c.env), `csrf\u0000${cookie ?? "anonymous"}`);
+  return { user, policy, canLogIn: policy.mode === "enforced", csrf };
+}
+
+/** Whether the viewer may take `action` on repository `name`, as the API would let them. */
+export function may(viewer: Viewer, name: string, action: Action): boolean {
+  return allowedActions(viewer.policy, viewer.user, { type: "repository", name }).has(action);
+}
+
+/** Whether the viewer may delete from `name` here: the rules, the setting, and not a mirrored name. */
+export function mayDelete(c: UiContext, viewer: Viewer, name: string): boolean {
+  if (!readConfig(c.env).deleteEnabled) return false;
+  if (mirroredName(mirrorsOf(c.env), name)) return false;
+  return may(viewer, name, "delete");
+}
+
+/** A form that changes something: the CSRF token must match and the request come from this origin. */
+export function checkForm(c: UiContext, viewer: Viewer, form: FormData): void {
+  const origin = c.req.header("Origin");
+  const fetchSite = c.req.header("Sec-Fetch-Site");
+  const sameOrigin =
+    (origin === undefined || origin === new URL(c.req.url).origin) &&
+    (fetchSite === undefined || fetchSite === "same-origin" || fetchSite === "none");
+  if (!sameOrigin || form.get("csrf") !== viewer.csrf) {
+    throw new RegistryError("DENIED", "this form did not come from this registry's pages; reload and try again");
+  }
+}
+
+/** Checks a login; sets the session cookie and returns true, or returns false. */
+export async function logIn(c: UiContext, user: string, password: string): Promise<boolean> {
+  const policy = loadPolicy(c.env);
+  if (policy.mode !== "enforced" || !(await verifyLogin(c, policy, user, password))) return false;
+  const token = await issueRefreshToken(await tokenSettings(c), user, policy.users.get(user) ?? "", {
+    use: "session",
+    ttlSeconds: SESSION_TTL_SECONDS,
+  });
+  setCookie(c, SESSION_COOKIE, token, {
+    httpOnly: true,
+    secure: new URL(c.req.url).protocol === "https:",
+    sameSite: "Strict",
+    path: "/",
+    maxAge: SESSION_TTL_SECONDS,
+  });
+  return true;
+}
+
+export function logOut(c: UiContext): void {
+  deleteCookie(c, SESSION_COOKIE, { path: "/", secure: new URL(c.req.url).protocol === "https:" });
+}
