@@ -13,7 +13,7 @@ import { tagSummaryOf, type TagSummary } from "../registry/tags";
  * display (a config) have a size cap.
  */
 
-/** R2 returns at most 1000 keys per list call. */
+/** R2 returns at most 1000 keys per list call (100 when it includes their metadata). */
 const LIST_PAGE = 1000;
 /** Most tags a repository page sorts (10 list calls); more are listed in name order. */
 export const TAGS_SORTED_MAX = 10_000;
