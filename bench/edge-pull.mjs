@@ -38,7 +38,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Miniflare } from "miniflare";
-import { expectStatus, MiB, request, startDistribution, startEdgeRegistry } from "./lib.mjs";
+import { expectStatus, MiB, parseTiming, request, startDistribution, startEdgeRegistry } from "./lib.mjs";
 
 const { values } = parseArgs({
   options: {
@@ -67,17 +67,6 @@ const CONFIG = "application/vnd.oci.image.config.v1+json";
 
 const sha256 = (bytes) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
 const log = (message) => process.stderr.write(`# ${message}\n`);
-
-/** `r2;dur=1;desc="2", cache;desc="hit"` → { r2: 2, cache: "hit", … }; {} without a header. */
-function parseTiming(header) {
-  const timing = {};
-  for (const metric of (header ?? "").split(",")) {
-    const [name, ...parameters] = metric.trim().split(";");
-    const desc = parameters.find((parameter) => parameter.startsWith("desc="))?.slice(6, -1);
-    if (name && desc !== undefined) timing[name] = /^\d+$/.test(desc) ? Number(desc) : desc;
-  }
-  return timing;
-}
 
 async function pushBlob(base, name, bytes) {
   const started = await request(`${base}/v2/${name}/blobs/uploads/`, { method: "POST" });

@@ -7,7 +7,7 @@
 // on failure, on timeout, and when this process exits or is signalled. Every wait loop has
 // a deadline and every request a timeout.
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes, randomFillSync } from "node:crypto";
+import { createHash, randomFillSync } from "node:crypto";
 import {
   closeSync,
   createReadStream,
@@ -23,9 +23,12 @@ import { basename, join, resolve } from "node:path";
 import { clearInterval, setInterval } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
 import { startFront } from "../scripts/lib/front.mjs";
+import { distributionCommand } from "../scripts/lib/distribution.mjs";
+import { clientEnv, isolatedArgs, probeIsolation } from "../scripts/lib/client-sandbox.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("..", import.meta.url)));
@@ -99,11 +102,49 @@ export function run(command, args, { env = process.env, cwd = ROOT, timeoutMs = 
   });
 }
 
+/**
+ * This process's command line parsed by node:util parseArgs (strict) with `options` and
+ * -h/--help added; returns the values. A bad option prints its error and `usage()` to
+ * stderr and exits 2; --help prints `usage()` to stdout and exits 0.
+ */
+export function parseCommandLine(options, usage) {
+  let parsed;
+  try {
+    parsed = parseArgs({ options: { ...options, help: { type: "boolean", short: "h" } }, strict: true });
+  } catch (error) {
+    console.error(`${error.message}\n${usage()}`);
+    process.exit(2);
+  }
+  if (parsed.values.help) {
+    console.log(usage());
+    process.exit(0);
+  }
+  return parsed.values;
+}
+
 /** First line of a short command's output ('' if it fails). */
 export function commandLine(command, args) {
   const result = spawnSync(command, args, { encoding: "utf8", timeout: 10_000 });
   if (result.status !== 0) return "";
   return `${result.stdout}${result.stderr}`.trim().split("\n")[0] ?? "";
+}
+
+/** The CPU's model name from /proc/cpuinfo ('' where there is none). */
+export function cpuModel() {
+  try {
+    return /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
+  } catch {
+    return ""; // no /proc/cpuinfo
+  }
+}
+
+/** The version of an installed npm package (node_modules/<name>/package.json), or "?". */
+export function packageVersion(name) {
+  try {
+    return JSON.parse(readFileSync(join(ROOT, "node_modules", name, "package.json"), "utf8")).version;
+  } catch {
+    return "?";
+  }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -204,6 +245,14 @@ export async function hashFile(path) {
     size += chunk.length;
   }
   return { digest: `sha256:${hash.digest("hex")}`, size };
+}
+
+/** Writes JSON as a blob into an OCI layout's blobs/sha256; returns { digest, size }. */
+export async function writeJsonBlob(layout, value) {
+  const bytes = Buffer.from(JSON.stringify(value));
+  const hex = createHash("sha256").update(bytes).digest("hex");
+  await writeFile(join(layout, "blobs", "sha256", hex), bytes);
+  return { digest: `sha256:${hex}`, size: bytes.length };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -421,42 +470,15 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000, settings = {
   });
 }
 
-/** docker/distribution (`docker-registry serve`) on a fresh filesystem root, logging errors only. */
+/**
+ * docker/distribution (`docker-registry serve`) on a fresh filesystem root, logging errors
+ * only (its config: scripts/lib/distribution.mjs).
+ */
 export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
   const dir = await makeTempDir("distribution");
   const port = await freePort();
-  const config = join(dir, "config.yml");
-  await writeFile(
-    config,
-    [
-      "version: 0.1",
-      "log:",
-      "  level: error",
-      "  accesslog:",
-      "    disabled: true",
-      "storage:",
-      "  filesystem:",
-      `    rootdirectory: ${join(dir, "root")}`,
-      "  delete:",
-      "    enabled: true",
-      "http:",
-      `  addr: 127.0.0.1:${port}`,
-      `  secret: ${randomBytes(16).toString("hex")}`,
-      "",
-    ].join("\n"),
-  );
-  // No REGISTRY_* variables from the caller's environment: they override the config file.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("REGISTRY_")));
-  return startServer({
-    name: "distribution",
-    command: "docker-registry",
-    args: ["serve", config],
-    env,
-    cwd: dir,
-    dir,
-    port,
-    readyTimeoutMs,
-  });
+  const { command, args, env } = await distributionCommand(dir, port);
+  return startServer({ name: "distribution", command, args, env, cwd: dir, dir, port, readyTimeoutMs });
 }
 
 /**
@@ -474,6 +496,59 @@ export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
  */
 export async function startTlsRejectingRelay(targetPort) {
   return startFront({ targetPort });
+}
+
+/** `r2;dur=1;desc="2", cache;desc="hit"` → { r2: 2, cache: "hit", … }; {} without a header. */
+export function parseTiming(header) {
+  const timing = {};
+  for (const metric of (header ?? "").split(",")) {
+    const [name, ...parameters] = metric.trim().split(";");
+    const desc = parameters.find((parameter) => parameter.startsWith("desc="))?.slice(6, -1);
+    if (name && desc !== undefined) timing[name] = /^\d+$/.test(desc) ? Number(desc) : desc;
+  }
+  return timing;
+}
+
+// ---------------------------------------------------------------------------------------
+// skopeo with a private policy, HOME and blob-info cache.
+
+/**
+ * A temp dir with skopeo's own policy (accept anything), registries.conf, auth file, HOME
+ * and TMPDIR; as root, skopeo runs in a private mount namespace (scripts/lib/client-sandbox.mjs)
+ * so that its blob-info cache is this run's own. Returns { dir, skopeo(args, timeoutMs),
+ * isolated }; the caller removes `dir` (removeTempDir).
+ */
+export async function createSkopeo() {
+  const dir = await makeTempDir("skopeo");
+  const paths = {
+    policy: join(dir, "policy.json"),
+    registries: join(dir, "registries.conf"),
+    auth: join(dir, "auth.json"),
+    home: join(dir, "home"),
+    tmp: join(dir, "tmp"),
+    varLib: join(dir, "var-lib"),
+    run: join(dir, "run"),
+  };
+  for (const key of ["home", "tmp", "varLib", "run"]) await mkdir(paths[key], { recursive: true });
+  await writeFile(paths.policy, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
+  await writeFile(paths.registries, 'unqualified-search-registries = []\nshort-name-mode = "disabled"\n');
+  await writeFile(paths.auth, JSON.stringify({ auths: {} }));
+  const env = clientEnv(paths);
+  await mkdir(env.XDG_RUNTIME_DIR, { recursive: true, mode: 0o700 });
+  // As root, skopeo keeps its blob-info cache in /var/lib/containers/cache, shared across
+  // runs: a private mount namespace with temp dirs over /var/lib and /run makes it private.
+  const isolated = probeIsolation(paths.varLib, paths.run);
+  if (!isolated && process.getuid?.() === 0) {
+    throw new Error(
+      "cannot run skopeo in a private mount namespace (unshare -m): its shared blob-info cache would skew results",
+    );
+  }
+  const skopeo = (args, timeoutMs) => {
+    const full = ["--policy", paths.policy, ...args];
+    if (!isolated) return run("skopeo", full, { env, cwd: dir, timeoutMs });
+    return run("unshare", isolatedArgs(paths.varLib, paths.run, "skopeo", full), { env, cwd: dir, timeoutMs });
+  };
+  return { dir, skopeo, isolated };
 }
 
 // ---------------------------------------------------------------------------------------

@@ -39,27 +39,31 @@
 // Markdown report on stdout, progress on stderr. Talks only to 127.0.0.1; every wait is
 // bounded; temp dirs and processes are removed at the end (BENCH_KEEP_TMP=1 keeps dirs).
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as delay } from "node:timers/promises";
-import { parseArgs } from "node:util";
 import {
   MiB,
   ROOT,
   commandLine,
+  cpuModel,
+  createSkopeo,
   expectStatus,
   hashFile,
   makeTempDir,
+  packageVersion,
+  parseCommandLine,
+  parseTiming,
   removeTempDir,
   request,
   run,
   startDistribution,
   startEdgeRegistry,
   treeCpuSeconds,
+  writeJsonBlob,
   writeRandomFile,
 } from "./lib.mjs";
 
@@ -86,29 +90,17 @@ function usage() {
 }
 
 function parseOptions() {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      options: {
-        quick: { type: "boolean", default: false },
-        runs: { type: "string" },
-        "large-mib": { type: "string" },
-        "large-layers": { type: "string" },
-        "small-mib": { type: "string" },
-        "small-layers": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-    });
-  } catch (error) {
-    console.error(`${error.message}\n${usage()}`);
-    process.exit(2);
-  }
-  const v = parsed.values;
-  if (v.help) {
-    console.log(usage());
-    process.exit(0);
-  }
+  const v = parseCommandLine(
+    {
+      quick: { type: "boolean", default: false },
+      runs: { type: "string" },
+      "large-mib": { type: "string" },
+      "large-layers": { type: "string" },
+      "small-mib": { type: "string" },
+      "small-layers": { type: "string" },
+    },
+    usage,
+  );
   const number = (name, fallback, { min, max, integer }) => {
     const value = Number(v[name] ?? fallback);
     if (!Number.isFinite(value) || value < min || value > max || (integer && !Number.isInteger(value))) {
@@ -151,13 +143,6 @@ function layerSizes(total, count) {
 // ---------------------------------------------------------------------------------------
 // Images: OCI layouts of random layers.
 
-async function writeJsonBlob(layout, value) {
-  const bytes = Buffer.from(JSON.stringify(value));
-  const hex = createHash("sha256").update(bytes).digest("hex");
-  await writeFile(join(layout, "blobs", "sha256", hex), bytes);
-  return { digest: `sha256:${hex}`, size: bytes.length };
-}
-
 /** An OCI layout at `layout` with one image of random layers of `sizes`, tagged TAG. */
 async function buildImage(layout, sizes) {
   const blobsDir = join(layout, "blobs", "sha256");
@@ -196,77 +181,7 @@ async function buildImage(layout, sizes) {
 }
 
 // ---------------------------------------------------------------------------------------
-// skopeo with a private policy, HOME and blob-info cache (as bench/uploads.mjs runs it).
-
-const ISOLATE_SCRIPT = 'mount --bind "$1" /var/lib && mount --bind "$2" /run && shift 2 && exec "$@"';
-
-async function createSkopeo() {
-  const dir = await makeTempDir("skopeo");
-  const paths = {
-    policy: join(dir, "policy.json"),
-    registries: join(dir, "registries.conf"),
-    auth: join(dir, "auth.json"),
-    home: join(dir, "home"),
-    tmp: join(dir, "tmp"),
-    varLib: join(dir, "var-lib"),
-    run: join(dir, "run"),
-  };
-  for (const key of ["home", "tmp", "varLib", "run"]) await mkdir(paths[key], { recursive: true });
-  await writeFile(paths.policy, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
-  await writeFile(paths.registries, 'unqualified-search-registries = []\nshort-name-mode = "disabled"\n');
-  await writeFile(paths.auth, JSON.stringify({ auths: {} }));
-  const env = {
-    PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    LANG: "C.UTF-8",
-    HOME: paths.home,
-    TMPDIR: paths.tmp,
-    XDG_CONFIG_HOME: join(paths.home, ".config"),
-    XDG_CACHE_HOME: join(paths.home, ".cache"),
-    XDG_RUNTIME_DIR: join(paths.run, "user"),
-    CONTAINERS_REGISTRIES_CONF: paths.registries,
-    CONTAINERS_POLICY_JSON: paths.policy,
-    REGISTRY_AUTH_FILE: paths.auth,
-    NO_PROXY: "*",
-    no_proxy: "*",
-  };
-  await mkdir(env.XDG_RUNTIME_DIR, { recursive: true, mode: 0o700 });
-  // As root, skopeo keeps its blob-info cache in /var/lib/containers/cache, shared across
-  // runs: a private mount namespace with temp dirs over /var/lib and /run makes it private.
-  const probe = spawnSync(
-    "unshare",
-    ["-m", "--propagation", "private", "--", "sh", "-c", ISOLATE_SCRIPT, "sh", paths.varLib, paths.run, "true"],
-    { stdio: "ignore", timeout: 10_000 },
-  );
-  const isolated = probe.status === 0;
-  if (!isolated && process.getuid?.() === 0) {
-    throw new Error(
-      "cannot run skopeo in a private mount namespace (unshare -m): its shared blob-info cache would skew results",
-    );
-  }
-  const skopeo = (args, timeoutMs) => {
-    const full = ["--policy", paths.policy, ...args];
-    if (!isolated) return run("skopeo", full, { env, cwd: dir, timeoutMs });
-    return run(
-      "unshare",
-      [
-        "-m",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        ISOLATE_SCRIPT,
-        "sh",
-        paths.varLib,
-        paths.run,
-        "skopeo",
-        ...full,
-      ],
-      { env, cwd: dir, timeoutMs },
-    );
-  };
-  return { dir, skopeo, isolated };
-}
+// Push and pull with skopeo (a private policy, HOME and blob-info cache: bench/lib.mjs createSkopeo).
 
 /** Generous but bounded: 2 minutes plus 1 MB/s. */
 const skopeoTimeout = (bytes) => 120_000 + Math.ceil(bytes / 1000);
@@ -314,17 +229,6 @@ async function pull(tools, host, repo, image) {
 
 // ---------------------------------------------------------------------------------------
 // Server-Timing from the front's access log.
-
-/** `r2;dur=1;desc="2", cache;desc="hit"` → { r2: 2, cache: "hit", … }. */
-function parseTiming(header) {
-  const timing = {};
-  for (const metric of (header ?? "").split(",")) {
-    const [name, ...parameters] = metric.trim().split(";");
-    const desc = parameters.find((parameter) => parameter.startsWith("desc="))?.slice(6, -1);
-    if (name && desc !== undefined) timing[name] = /^\d+$/.test(desc) ? Number(desc) : desc;
-  }
-  return timing;
-}
 
 let marks = 0;
 
@@ -467,19 +371,6 @@ function markdownTable(header, rows) {
 }
 
 function machineFacts() {
-  let cpuModel = "";
-  try {
-    cpuModel = /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
-  } catch {
-    // no /proc/cpuinfo
-  }
-  const version = (path) => {
-    try {
-      return JSON.parse(readFileSync(join(ROOT, "node_modules", path, "package.json"), "utf8")).version;
-    } catch {
-      return "?";
-    }
-  };
   const commit = commandLine("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
   const dirty = spawnSync("git", ["-C", ROOT, "status", "--porcelain", "--", "src"], {
     encoding: "utf8",
@@ -487,9 +378,9 @@ function machineFacts() {
   const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
   return [
     `- date: ${new Date().toISOString()}; commit ${commit || "?"}${dirty ? " (src/ has uncommitted changes)" : ""}`,
-    `- nproc: ${commandLine("nproc", []) || cpus().length}; CPU: ${cpuModel || cpus()[0]?.model || "?"}`,
+    `- nproc: ${commandLine("nproc", []) || cpus().length}; CPU: ${cpuModel() || cpus()[0]?.model || "?"}`,
     `- memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB, kernel ${release()}, load average at start ${one} ${five} ${fifteen}`,
-    `- node ${process.versions.node}, wrangler ${version("wrangler")}, workerd ${version("@cloudflare/workerd-linux-64")}`,
+    `- node ${process.versions.node}, wrangler ${packageVersion("wrangler")}, workerd ${packageVersion("@cloudflare/workerd-linux-64")}`,
     `- ${commandLine("docker-registry", ["--version"]) || "docker-registry ?"}; ${commandLine("skopeo", ["--version"]) || "skopeo ?"}`,
   ];
 }

@@ -47,25 +47,25 @@
 // timeout, request timeouts, an operation cap on the load loops, and --deadline-min for
 // the whole run.
 import { createHash, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import http from "node:http";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
-import { parseArgs } from "node:util";
 import {
   MiB,
-  ROOT,
   RotatedFile,
   RssSampler,
   commandLine,
+  cpuModel,
   expectStatus,
   makeTempDir,
+  packageVersion,
+  parseCommandLine,
   removeTempDir,
   request,
   startEdgeRegistry,
-  writeRandomFile,
   treeCpuSeconds,
+  writeRandomFile,
 } from "./lib.mjs";
 
 const SCENARIOS = ["r2", "fill"];
@@ -107,33 +107,20 @@ function usage() {
 }
 
 function parseOptions() {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      options: {
-        only: { type: "string" },
-        "size-mib": { type: "string" },
-        pulls: { type: "string" },
-        concurrency: { type: "string" },
-        "fill-blobs": { type: "string" },
-        "fill-size-mib": { type: "string" },
-        "load-clients": { type: "string" },
-        "deadline-min": { type: "string" },
-        quick: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-      allowPositionals: false,
-    });
-  } catch (error) {
-    console.error(`${error.message}\n${usage()}`);
-    process.exit(2);
-  }
-  const values = parsed.values;
-  if (values.help) {
-    console.log(usage());
-    process.exit(0);
-  }
+  const values = parseCommandLine(
+    {
+      only: { type: "string" },
+      "size-mib": { type: "string" },
+      pulls: { type: "string" },
+      concurrency: { type: "string" },
+      "fill-blobs": { type: "string" },
+      "fill-size-mib": { type: "string" },
+      "load-clients": { type: "string" },
+      "deadline-min": { type: "string" },
+      quick: { type: "boolean", default: false },
+    },
+    usage,
+  );
   const fallback = values.quick ? QUICK : DEFAULTS;
   const integer = (name, min, max, otherwise) => {
     const text = values[name] ?? String(otherwise);
@@ -561,23 +548,10 @@ function median(sorted) {
 }
 
 function machineFacts() {
-  let cpuModel = "";
-  try {
-    cpuModel = /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
-  } catch {
-    // no /proc/cpuinfo
-  }
-  const version = (name) => {
-    try {
-      return JSON.parse(readFileSync(join(ROOT, "node_modules", name, "package.json"), "utf8")).version;
-    } catch {
-      return "?";
-    }
-  };
   return [
-    `- date: ${new Date().toISOString()}; nproc ${commandLine("nproc", []) || cpus().length}; CPU ${cpuModel || cpus()[0]?.model || "?"}`,
+    `- date: ${new Date().toISOString()}; nproc ${commandLine("nproc", []) || cpus().length}; CPU ${cpuModel() || cpus()[0]?.model || "?"}`,
     `- memory ${(totalmem() / 2 ** 30).toFixed(1)} GiB, kernel ${release()}; node ${process.versions.node}, ` +
-      `wrangler ${version("wrangler")}, miniflare ${version("miniflare")}, workerd ${version("@cloudflare/workerd-linux-64")}`,
+      `wrangler ${packageVersion("wrangler")}, miniflare ${packageVersion("miniflare")}, workerd ${packageVersion("@cloudflare/workerd-linux-64")}`,
   ];
 }
 

@@ -6,29 +6,31 @@
 //
 // NAME: monolithic, streamed, chunked, pull, skopeo. See bench/README.md.
 // The report (markdown) goes to stdout; progress to stderr.
-import { spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { copyFile, link, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { parseArgs } from "node:util";
 import {
   MiB,
   ROOT,
   RotatedFile,
   RssSampler,
   commandLine,
+  cpuModel,
+  createSkopeo,
   expectStatus,
   hashFile,
   makeTempDir,
+  packageVersion,
+  parseCommandLine,
   removeTempDir,
   request,
   run,
   startDistribution,
   startEdgeRegistry,
   startTlsRejectingRelay,
+  writeJsonBlob,
   writeRandomFile,
 } from "./lib.mjs";
 
@@ -47,38 +49,27 @@ function usage() {
 }
 
 function parseOptions() {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      options: {
-        "size-mib": { type: "string", default: "1024" },
-        only: { type: "string" },
-        "skopeo-direct": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h" },
-      },
-      strict: true,
-    });
-  } catch (error) {
-    console.error(`${error.message}\n${usage()}`);
-    process.exit(2);
-  }
-  if (parsed.values.help) {
-    console.log(usage());
-    process.exit(0);
-  }
-  const sizeMiB = Number(parsed.values["size-mib"]);
+  const values = parseCommandLine(
+    {
+      "size-mib": { type: "string", default: "1024" },
+      only: { type: "string" },
+      "skopeo-direct": { type: "boolean", default: false },
+    },
+    usage,
+  );
+  const sizeMiB = Number(values["size-mib"]);
   if (!Number.isInteger(sizeMiB) || sizeMiB < 1 || sizeMiB > 64 * 1024) {
     console.error(`--size-mib must be an integer from 1 to 65536\n${usage()}`);
     process.exit(2);
   }
-  const only = parsed.values.only ? parsed.values.only.split(",").map((s) => s.trim()) : SCENARIOS;
+  const only = values.only ? values.only.split(",").map((s) => s.trim()) : SCENARIOS;
   for (const name of only) {
     if (!SCENARIOS.includes(name)) {
       console.error(`unknown scenario ${JSON.stringify(name)}\n${usage()}`);
       process.exit(2);
     }
   }
-  return { sizeMiB, size: sizeMiB * MiB, only: new Set(only), skopeoDirect: parsed.values["skopeo-direct"] };
+  return { sizeMiB, size: sizeMiB * MiB, only: new Set(only), skopeoDirect: values["skopeo-direct"] };
 }
 
 const progress = (message) => console.error(`# ${message}`);
@@ -87,26 +78,13 @@ const progress = (message) => console.error(`# ${message}`);
 // Machine facts.
 
 function machineFacts(sizeMiB) {
-  let cpuModel = "";
-  try {
-    cpuModel = /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "";
-  } catch {
-    // no /proc/cpuinfo
-  }
-  const version = (path) => {
-    try {
-      return JSON.parse(readFileSync(join(ROOT, "node_modules", path, "package.json"), "utf8")).version;
-    } catch {
-      return "?";
-    }
-  };
   const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
   return [
     `- date: ${new Date().toISOString()}`,
     `- nproc: ${commandLine("nproc", []) || cpus().length}`,
-    `- CPU: ${cpuModel || cpus()[0]?.model || "?"}`,
+    `- CPU: ${cpuModel() || cpus()[0]?.model || "?"}`,
     `- memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB, kernel ${release()}, load average at start ${one} ${five} ${fifteen}`,
-    `- node ${process.versions.node}, wrangler ${version("wrangler")}, workerd ${version("@cloudflare/workerd-linux-64")}`,
+    `- node ${process.versions.node}, wrangler ${packageVersion("wrangler")}, workerd ${packageVersion("@cloudflare/workerd-linux-64")}`,
     `- ${commandLine("docker-registry", ["--version"]) || "docker-registry ?"}; ${commandLine("skopeo", ["--version"]) || "skopeo ?"}`,
     `- layer: ${sizeMiB} MiB (${sizeMiB * MiB} bytes) of random bytes; MB/s = 10^6 bytes/s`,
   ];
@@ -286,84 +264,8 @@ async function pullRaw(server, repo, blob) {
 }
 
 // ---------------------------------------------------------------------------------------
-// skopeo: a hand-written OCI layout, a private policy, HOME and blob-info cache.
-
-const ISOLATE_SCRIPT = 'mount --bind "$1" /var/lib && mount --bind "$2" /run && shift 2 && exec "$@"';
-
-async function createSkopeo() {
-  const dir = await makeTempDir("skopeo");
-  const paths = {
-    policy: join(dir, "policy.json"),
-    registries: join(dir, "registries.conf"),
-    auth: join(dir, "auth.json"),
-    home: join(dir, "home"),
-    tmp: join(dir, "tmp"),
-    varLib: join(dir, "var-lib"),
-    run: join(dir, "run"),
-  };
-  for (const key of ["home", "tmp", "varLib", "run"]) await mkdir(paths[key], { recursive: true });
-  await writeFile(paths.policy, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }));
-  await writeFile(paths.registries, 'unqualified-search-registries = []\nshort-name-mode = "disabled"\n');
-  await writeFile(paths.auth, JSON.stringify({ auths: {} }));
-  const env = {
-    PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    LANG: "C.UTF-8",
-    HOME: paths.home,
-    TMPDIR: paths.tmp,
-    XDG_CONFIG_HOME: join(paths.home, ".config"),
-    XDG_CACHE_HOME: join(paths.home, ".cache"),
-    XDG_RUNTIME_DIR: join(paths.run, "user"),
-    CONTAINERS_REGISTRIES_CONF: paths.registries,
-    CONTAINERS_POLICY_JSON: paths.policy,
-    REGISTRY_AUTH_FILE: paths.auth,
-    NO_PROXY: "*",
-    no_proxy: "*",
-  };
-  await mkdir(env.XDG_RUNTIME_DIR, { recursive: true, mode: 0o700 });
-  // As root, skopeo keeps its blob-info cache in /var/lib/containers/cache, shared across
-  // runs: a private mount namespace with temp dirs over /var/lib and /run makes it private.
-  const probe = spawnSync(
-    "unshare",
-    ["-m", "--propagation", "private", "--", "sh", "-c", ISOLATE_SCRIPT, "sh", paths.varLib, paths.run, "true"],
-    { stdio: "ignore", timeout: 10_000 },
-  );
-  const isolated = probe.status === 0;
-  if (!isolated && process.getuid?.() === 0) {
-    throw new Error(
-      "cannot run skopeo in a private mount namespace (unshare -m): its shared blob-info cache would skew results",
-    );
-  }
-  const skopeo = (args, timeoutMs) => {
-    const full = ["--policy", paths.policy, ...args];
-    if (!isolated) return run("skopeo", full, { env, cwd: dir, timeoutMs });
-    return run(
-      "unshare",
-      [
-        "-m",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        ISOLATE_SCRIPT,
-        "sh",
-        paths.varLib,
-        paths.run,
-        "skopeo",
-        ...full,
-      ],
-      { env, cwd: dir, timeoutMs },
-    );
-  };
-  return { dir, skopeo, isolated };
-}
-
-async function writeJsonBlob(layout, value) {
-  const bytes = Buffer.from(JSON.stringify(value));
-  const hex = createHash("sha256").update(bytes).digest("hex");
-  await writeFile(join(layout, "blobs", "sha256", hex), bytes);
-  return { digest: `sha256:${hex}`, size: bytes.length };
-}
+// skopeo: a hand-written OCI layout; a private policy, HOME and blob-info cache
+// (bench/lib.mjs createSkopeo).
 
 /** An OCI layout with one image (one uncompressed layer: the layer file), tagged `tag`. */
 async function buildLayout(dir, layer, tag) {

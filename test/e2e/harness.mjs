@@ -20,7 +20,7 @@
 // storage, image layouts) for inspection, and E2E_VERBOSE=1 to log every command with its
 // duration on stderr.
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes, randomFillSync } from "node:crypto";
+import { createHash, randomFillSync } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readFileSync } from "node:fs";
 import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
@@ -30,6 +30,8 @@ import { fileURLToPath } from "node:url";
 import { freePort } from "../../scripts/lib/free-port.mjs";
 import { processKeeper } from "../../scripts/lib/process-groups.mjs";
 import { startFront } from "../../scripts/lib/front.mjs";
+import { distributionCommand } from "../../scripts/lib/distribution.mjs";
+import { clientEnv, isolatedArgs, probeIsolation } from "../../scripts/lib/client-sandbox.mjs";
 
 /** The repository root (where wrangler.toml lives). */
 export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
@@ -244,6 +246,36 @@ export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
   }
 }
 
+/**
+ * Polls GET `url`/v2/ every `intervalMs` until it answers one of `statuses`. When the
+ * server's process exits first (`exited()` is no longer null) or `readyTimeoutMs` passes,
+ * stops it (`stop()`) and throws with its log's tail (`logTail()`, read before stopping).
+ */
+async function waitUntilReady({ name, url, statuses = [200], readyTimeoutMs, intervalMs, exited, stop, logTail }) {
+  const deadline = Date.now() + readyTimeoutMs;
+  let lastError = "";
+  for (;;) {
+    if (exited()) {
+      const tail = logTail();
+      await stop();
+      throw new Error(`${name} exited before it was ready: ${JSON.stringify(exited())}\n${tail}`);
+    }
+    if (Date.now() > deadline) {
+      const tail = logTail();
+      await stop();
+      throw new Error(`${name} not ready within ${readyTimeoutMs} ms (${lastError})\n${tail}`);
+    }
+    try {
+      const response = await fetchWithTimeout(`${url}/v2/`, {}, 2000);
+      if (statuses.includes(response.status)) return;
+      lastError = `GET /v2/ answered ${response.status}`;
+    } catch (error) {
+      lastError = String(error?.cause ?? error);
+    }
+    await delay(intervalMs);
+  }
+}
+
 /** Top-level entries of the checkout a snapshot leaves out (node_modules is symlinked). */
 const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "test", "bench"]);
 
@@ -360,28 +392,17 @@ export async function startRegistry({
     await removeTempDir(dir);
   };
 
-  const deadline = Date.now() + readyTimeoutMs;
-  let lastError = "";
-  for (;;) {
-    if (exited) {
-      await stop();
-      throw new Error(`the registry exited before it was ready: ${JSON.stringify(exited)}\n${logTail()}`);
-    }
-    if (Date.now() > deadline) {
-      const tail = logTail();
-      await stop();
-      throw new Error(`registry not ready within ${readyTimeoutMs} ms (${lastError})\n${tail}`);
-    }
-    try {
-      const response = await fetchWithTimeout(`${url}/v2/`, {}, 2000);
-      // 401: up, with authentication on.
-      if (response.status === 200 || response.status === 401) break;
-      lastError = `GET /v2/ answered ${response.status}`;
-    } catch (error) {
-      lastError = String(error?.cause ?? error);
-    }
-    await delay(250);
-  }
+  await waitUntilReady({
+    name: "the registry",
+    url,
+    // 401: up, with authentication on.
+    statuses: [200, 401],
+    readyTimeoutMs,
+    intervalMs: 250,
+    exited: () => exited,
+    stop,
+    logTail,
+  });
   const clientHost = host;
   /** Resident memory of the registry's processes (the front's node and workerd), in bytes. */
   const rssBytes = () => processGroupRss(pgid);
@@ -469,22 +490,6 @@ export async function startRelayProcess({ to, port, chunk, spoolDir, readyTimeou
 // ---------------------------------------------------------------------------------------
 // Client sandbox: private config, storage, caches; only 127.0.0.1:PORT is a registry.
 
-const ISOLATE_SCRIPT = 'mount --bind "$1" /var/lib && mount --bind "$2" /run && shift 2 && exec "$@"';
-
-/**
- * Whether clients can run in a private mount namespace (root with CAP_SYS_ADMIN): there a
- * temp dir is bound over /var/lib and /run, so the root blob-info cache
- * (/var/lib/containers/cache) and /run/containers state are private to this run.
- */
-function probeIsolation(varLib, runDir) {
-  const probe = spawnSync(
-    "unshare",
-    ["-m", "--propagation", "private", "--", "sh", "-c", ISOLATE_SCRIPT, "sh", varLib, runDir, "true"],
-    { stdio: "ignore", timeout: 10_000 },
-  );
-  return probe.status === 0;
-}
-
 /**
  * Creates the client sandbox for a registry whose clients use `registry.clientHost` (127.0.0.1:PORT).
  * Returns { dir, env, policy, isolated, run(cmd, args, opts), skopeo(...), podman(...), buildah(...), umoci(...), dispose() }.
@@ -546,25 +551,13 @@ export async function createClients(registry) {
   );
   await writeFile(paths.auth, JSON.stringify({ auths: {} }));
 
-  const env = {
-    PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    LANG: "C.UTF-8",
-    HOME: paths.home,
-    TMPDIR: paths.tmp,
-    XDG_CONFIG_HOME: join(paths.home, ".config"),
+  // No proxies: everything goes to 127.0.0.1 (scripts/lib/client-sandbox.mjs clientEnv).
+  const env = clientEnv(paths, {
     XDG_DATA_HOME: join(paths.home, ".local", "share"),
-    XDG_CACHE_HOME: join(paths.home, ".cache"),
-    XDG_RUNTIME_DIR: join(paths.run, "user"),
     CONTAINERS_CONF: paths.containers,
     CONTAINERS_STORAGE_CONF: paths.storage,
-    CONTAINERS_REGISTRIES_CONF: paths.registries,
-    CONTAINERS_POLICY_JSON: paths.policy,
-    REGISTRY_AUTH_FILE: paths.auth,
     BUILDAH_ISOLATION: "chroot",
-    // No proxies: everything goes to 127.0.0.1.
-    NO_PROXY: "*",
-    no_proxy: "*",
-  };
+  });
   await mkdir(env.XDG_RUNTIME_DIR, { recursive: true, mode: 0o700 });
 
   const isolated = probeIsolation(paths.varLib, paths.run);
@@ -578,24 +571,7 @@ export async function createClients(registry) {
   const runClient = (command, args, options = {}) => {
     const opts = { env, cwd: dir, context: () => registry.logTail(), ...options };
     if (!isolated) return run(command, args, opts);
-    return run(
-      "unshare",
-      [
-        "-m",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-c",
-        ISOLATE_SCRIPT,
-        "sh",
-        paths.varLib,
-        paths.run,
-        command,
-        ...args,
-      ],
-      opts,
-    );
+    return run("unshare", isolatedArgs(paths.varLib, paths.run, command, args), opts);
   };
 
   // Per-tool wrappers; the last argument may be an options object for run().
@@ -787,38 +763,17 @@ export async function writeBlob(layout, bytes) {
 
 /**
  * docker/distribution (`docker-registry serve`, Debian's docker-registry) on a free
- * 127.0.0.1 port with a fresh filesystem root, deletes enabled, logging errors only (as
- * bench/lib.mjs startDistribution). Stopping it (`stop()`) kills it and removes its
- * storage. Returns { port, host, url, logTail(), stop() }.
+ * 127.0.0.1 port with a fresh filesystem root, deletes enabled, logging errors only (its
+ * config: scripts/lib/distribution.mjs, as bench/lib.mjs startDistribution's). Stopping
+ * it (`stop()`) kills it and removes its storage. Returns { port, host, url, logTail(), stop() }.
  */
 export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
   const dir = await makeTempDir("distribution");
   const port = await freePort();
-  const config = join(dir, "config.yml");
   const logFile = join(dir, "distribution.log");
-  await writeFile(
-    config,
-    [
-      "version: 0.1",
-      "log:",
-      "  level: error",
-      "  accesslog:",
-      "    disabled: true",
-      "storage:",
-      "  filesystem:",
-      `    rootdirectory: ${join(dir, "root")}`,
-      "  delete:",
-      "    enabled: true",
-      "http:",
-      `  addr: 127.0.0.1:${port}`,
-      `  secret: ${randomBytes(16).toString("hex")}`,
-      "",
-    ].join("\n"),
-  );
-  // No REGISTRY_* variables from the caller's environment: they override the config file.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith("REGISTRY_")));
+  const { command, args, env } = await distributionCommand(dir, port);
   const logFd = openSync(logFile, "a");
-  const child = spawn("docker-registry", ["serve", config], {
+  const child = spawn(command, args, {
     cwd: dir,
     env,
     detached: true,
@@ -846,28 +801,15 @@ export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
     await stopGroup(pgid);
     await removeTempDir(dir);
   };
-  const deadline = Date.now() + readyTimeoutMs;
-  let lastError = "";
-  for (;;) {
-    if (exited) {
-      const tail = logTail();
-      await stop();
-      throw new Error(`docker-registry exited before it was ready: ${JSON.stringify(exited)}\n${tail}`);
-    }
-    if (Date.now() > deadline) {
-      const tail = logTail();
-      await stop();
-      throw new Error(`docker-registry not ready within ${readyTimeoutMs} ms (${lastError})\n${tail}`);
-    }
-    try {
-      const response = await fetchWithTimeout(`${url}/v2/`, {}, 2000);
-      if (response.status === 200) break;
-      lastError = `GET /v2/ answered ${response.status}`;
-    } catch (error) {
-      lastError = String(error?.cause ?? error);
-    }
-    await delay(100);
-  }
+  await waitUntilReady({
+    name: "docker-registry",
+    url,
+    readyTimeoutMs,
+    intervalMs: 100,
+    exited: () => exited,
+    stop,
+    logTail,
+  });
   return { port, host, url, logTail, stop };
 }
 
