@@ -10,7 +10,7 @@ import type { ImageDetails, TagRow } from "./data";
  * copies a pull command to the clipboard; without it the command is there to select.
  */
 
-const STYLE = `
+export const STYLE = `
 body{font:15px/1.45 system-ui,sans-serif;margin:0;color:#1b1f24;background:#fafbfc}
 header{display:flex;gap:1em;align-items:center;justify-content:space-between;padding:.6em 1em;background:#24292f;color:#fff}
 header a{color:#fff;text-decoration:none;font-weight:600}
@@ -28,7 +28,7 @@ nav.pages{margin:1em 0;display:flex;gap:1em}
 @media (max-width:40em){th.optional,td.optional{display:none}}
 `;
 
-const COPY_SCRIPT = `
+export const COPY_SCRIPT = `
 document.addEventListener("click", function (event) {
   var button = event.target.closest("button[data-copy]");
   if (!button) return;

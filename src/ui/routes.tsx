@@ -1,6 +1,5 @@
 /** @jsxImportSource hono/jsx */
 import { Hono, type Context } from "hono";
-import type { AuthEnv } from "../auth/authorize";
 import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import { validateName, validateTag } from "../oci/names";
@@ -11,6 +10,8 @@ import { edgeCacheOf, type AppEnv } from "../routes/http";
 import { catalogPage, complete, digestOrNull, imageDetails, tagRows } from "./data";
 import {
   CatalogPage,
+  COPY_SCRIPT,
+  STYLE,
   ConfirmDeletePage,
   ImagePage,
   LoginPage,
@@ -43,15 +44,35 @@ function host(c: UiContext): string {
   return new URL(c.req.url).host;
 }
 
+let policy: Promise<string> | null = null;
+
+/**
+ * Only the pages' own style and script may run (by their hashes), nothing may frame them,
+ * and forms post to this origin only: a name or label that got past escaping would still
+ * not run.
+ */
+function contentSecurityPolicy(): Promise<string> {
+  policy ??= (async () => {
+    const hash = async (text: string) =>
+      `'sha256-${btoa(String.fromCharCode(...new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)))))}'`;
+    return [
+      "default-src 'none'",
+      `style-src ${await hash(STYLE)}`,
+      `script-src ${await hash(COPY_SCRIPT)}`,
+      "form-action 'self'",
+      "frame-ancestors 'none'",
+      "base-uri 'none'",
+    ].join("; ");
+  })();
+  return policy;
+}
+
 /** Pages answer in HTML, errors included; nothing is cached (what a page shows depends on who asks). */
 async function render(c: UiContext, work: (viewer: Viewer) => Promise<Response>): Promise<Response> {
   c.header("Cache-Control", "no-store");
   c.header("X-Frame-Options", "DENY");
-  c.header(
-    "Content-Security-Policy",
-    "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-  );
-  const viewer = await viewerOf(c as unknown as Context<AuthEnv>);
+  c.header("Content-Security-Policy", await contentSecurityPolicy());
+  const viewer = await viewerOf(c);
   try {
     return await work(viewer);
   } catch (error) {
@@ -111,7 +132,7 @@ uiRoutes.post("/login", (c) =>
     checkForm(c, viewer, form);
     const user = String(form.get("username") ?? "").slice(0, 200);
     const password = String(form.get("password") ?? "").slice(0, 1000);
-    if (await logIn(c as unknown as Context<AuthEnv>, user, password)) return c.redirect("/", 303);
+    if (await logIn(c, user, password)) return c.redirect("/", 303);
     return c.html(<LoginPage chrome={chrome(viewer, "Log in")} failed={true} user={user} />, 401);
   }),
 );
@@ -119,7 +140,7 @@ uiRoutes.post("/login", (c) =>
 uiRoutes.post("/logout", (c) =>
   render(c, async (viewer) => {
     checkForm(c, viewer, await c.req.formData());
-    logOut(c as unknown as Context<AuthEnv>);
+    logOut(c);
     return c.redirect("/", 303);
   }),
 );
@@ -138,7 +159,7 @@ uiRoutes.get("/repositories/:name{.+}/manifests/:digest", (c) =>
         name={name}
         host={host(c)}
         image={image}
-        canDelete={mayDelete(c as unknown as Context<AuthEnv>, viewer, name)}
+        canDelete={mayDelete(c, viewer, name)}
       />,
     );
   }),
@@ -156,7 +177,7 @@ function deletion(values: {
 }
 
 function checkDelete(c: UiContext, viewer: Viewer, name: string): void {
-  if (!mayDelete(c as unknown as Context<AuthEnv>, viewer, name)) {
+  if (!mayDelete(c, viewer, name)) {
     throw new RegistryError(
       "DENIED",
       viewer.user === null ? "log in to delete" : "you may not delete from this repository",
@@ -205,7 +226,7 @@ uiRoutes.get("/repositories/:name{.+}", (c) =>
         page={page}
         pages={pages}
         total={rows.length}
-        canDelete={mayDelete(c as unknown as Context<AuthEnv>, viewer, name)}
+        canDelete={mayDelete(c, viewer, name)}
         truncated={truncated}
       />,
     );

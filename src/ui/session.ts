@@ -2,6 +2,7 @@ import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import type { Action } from "../auth/access";
 import { loadPolicy, tokenSettings, type AuthEnv } from "../auth/authorize";
+import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
 import { allowedActions, type Policy } from "../auth/policy";
 import { issueRefreshToken, signingKey, verifyRefreshToken } from "../auth/tokens";
@@ -29,7 +30,12 @@ export interface Viewer {
   csrf: string;
 }
 
-type UiContext = Context<AuthEnv>;
+type UiContext = Context<AppEnv>;
+
+/** The pages' context as the authentication code types it (AppEnv only adds variables). */
+function authContext(c: UiContext): Context<AuthEnv> {
+  return c as unknown as Context<AuthEnv>;
+}
 
 async function hmacHex(key: string, text: string): Promise<string> {
   const cryptoKey = await crypto.subtle.importKey(
@@ -48,7 +54,12 @@ export async function viewerOf(c: UiContext): Promise<Viewer> {
   const cookie = getCookie(c, SESSION_COOKIE);
   let user: string | null = null;
   if (cookie && policy.mode === "enforced") {
-    user = await verifyRefreshToken(await tokenSettings(c), cookie, (name) => policy.users.get(name), "session");
+    user = await verifyRefreshToken(
+      await tokenSettings(authContext(c)),
+      cookie,
+      (name) => policy.users.get(name),
+      "session",
+    );
   }
   const csrf = await hmacHex(signingKey(c.env), `csrf\u0000${cookie ?? "anonymous"}`);
   return { user, policy, canLogIn: policy.mode === "enforced", csrf };
@@ -81,8 +92,8 @@ export function checkForm(c: UiContext, viewer: Viewer, form: FormData): void {
 /** Checks a login; sets the session cookie and returns true, or returns false. */
 export async function logIn(c: UiContext, user: string, password: string): Promise<boolean> {
   const policy = loadPolicy(c.env);
-  if (policy.mode !== "enforced" || !(await verifyLogin(c, policy, user, password))) return false;
-  const token = await issueRefreshToken(await tokenSettings(c), user, policy.users.get(user) ?? "", {
+  if (policy.mode !== "enforced" || !(await verifyLogin(authContext(c), policy, user, password))) return false;
+  const token = await issueRefreshToken(await tokenSettings(authContext(c)), user, policy.users.get(user) ?? "", {
     use: "session",
     ttlSeconds: SESSION_TTL_SECONDS,
   });

@@ -62,6 +62,18 @@ describe("web pages, open registry", () => {
     expect(response.headers.get("Content-Type")).toMatch(/text\/html/);
     expect(html).toMatch(/^<!DOCTYPE html>/);
     expect(html).toContain('href="/repositories/ui-open/app"');
+    // Only the page's own style and script may run: the CSP names their hashes.
+    const policy = response.headers.get("Content-Security-Policy") ?? "";
+    const hashOf = async (text: string) =>
+      btoa(String.fromCharCode(...new Uint8Array(await crypto.subtle.digest("SHA-256", utf8(text)))));
+    for (const [tag, directive] of [
+      ["script", "script-src"],
+      ["style", "style-src"],
+    ]) {
+      const inline = new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`).exec(html)?.[1] ?? "";
+      expect(policy).toContain(`${directive} 'sha256-${await hashOf(inline)}'`);
+    }
+    expect(policy).not.toContain("unsafe-inline");
 
     const repository = await page("/repositories/ui-open/app");
     expect(repository.html).toContain('data-tag="v1"');
