@@ -288,7 +288,14 @@ async function snapshotCheckout(dir) {
   await mkdir(dir, { recursive: true });
   for (const entry of await readdir(ROOT)) {
     if (SNAPSHOT_SKIP.has(entry)) continue;
-    await cp(join(ROOT, entry), join(dir, entry), { recursive: true, verbatimSymlinks: true });
+    await cp(join(ROOT, entry), join(dir, entry), {
+      recursive: true,
+      verbatimSymlinks: true,
+      // Bundles of servers started in the checkout itself (scripts/lib/local-worker.mjs
+      // writes build/worker-*, and removes it when that server stops): not needed, and one
+      // may vanish mid-copy.
+      filter: (source) => !/[/\\]build[/\\]worker-[^/\\]*$/.test(source),
+    });
   }
   await symlink(join(ROOT, "node_modules"), join(dir, "node_modules"));
   return dir;
@@ -841,4 +848,50 @@ print(json.dumps({"objects": [], "multipartUploads": []}))
 export async function r2Objects(registry) {
   const { stdout } = await run("python3", ["-c", LIST_R2_OBJECTS, registry.stateDir], { timeoutMs: 30_000 });
   return JSON.parse(stdout.toString("utf8"));
+}
+
+// ---------------------------------------------------------------------------------------
+// A real browser, for the web pages (test/e2e/ui.test.mjs).
+
+/**
+ * The Chromium the web-page tests drive: Debian's `chromium` package (.ci/run installs
+ * it), never a browser downloaded by playwright's installer. E2E_CHROMIUM overrides it.
+ */
+export const CHROMIUM = process.env.E2E_CHROMIUM ?? "/usr/bin/chromium";
+
+/**
+ * Launches CHROMIUM headless through playwright-core (no sandbox: the suite runs as root
+ * in CI). Close it with `browser.close()`; playwright also kills it when this process exits.
+ */
+export async function launchChromium({ timeoutMs = 30_000 } = {}) {
+  const { chromium } = await import("playwright-core");
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"], timeout: timeoutMs });
+}
+
+/**
+ * Builds a one-layer OCI image with umoci in `layout` (created if need be), tagged `tag`,
+ * its config naming `arch` and holding `labels` (umoci config --config.label), the layer
+ * `layerSize` random bytes. Returns { layout, tag, descriptor }.
+ */
+export async function buildLabelledImage(
+  clients,
+  workDir,
+  layout,
+  { tag = "latest", arch = "amd64", labels = {}, layerSize = 4096 } = {},
+) {
+  await clients.umoci("init", "--layout", layout).catch((error) => {
+    if (!/exist/i.test(error.result?.stderr ?? "")) throw error;
+  });
+  const image = `${layout}:${tag}`;
+  await clients.umoci("new", "--image", image);
+  const labelArgs = Object.entries(labels).flatMap(([key, value]) => ["--config.label", `${key}=${value}`]);
+  await clients.umoci("config", "--image", image, "--os", "linux", "--architecture", arch, ...labelArgs);
+  const file = join(workDir, `${tag}-${arch}-${randomFillSync(Buffer.alloc(8)).toString("hex")}.bin`);
+  await insertRandomLayer(clients, image, file, layerSize, {
+    createdBy: `e2e ${tag} ${arch}`,
+    path: "/data/layer.bin",
+  });
+  await rm(file);
+  await clients.umoci("gc", "--layout", layout);
+  return { layout, tag, descriptor: await descriptorFor(layout, tag) };
 }
