@@ -87,6 +87,41 @@ export async function tagRows(bucket: R2Bucket, name: string): Promise<{ rows: T
   return { rows, truncated: false };
 }
 
+/** Most tags an image page names, and the listing pages it reads to find them. */
+const IMAGE_TAGS_SHOWN = 20;
+const IMAGE_TAG_PAGES = 2;
+
+/**
+ * Tags naming `digest`, for an image page: from at most IMAGE_TAG_PAGES listings (a page
+ * must not cost what a repository's whole tag list does), at most IMAGE_TAGS_SHOWN;
+ * `more` when there may be others.
+ */
+export async function tagsNaming(
+  bucket: R2Bucket,
+  name: string,
+  digest: string,
+): Promise<{ tags: string[]; more: boolean }> {
+  const prefix = Paths.tagPrefix(name);
+  const tags: string[] = [];
+  let cursor: string | undefined;
+  for (let page = 0; page < IMAGE_TAG_PAGES; page++) {
+    const listing = await bucket.list({
+      prefix,
+      limit: LIST_PAGE,
+      include: ["customMetadata"],
+      ...(cursor ? { cursor } : {}),
+    });
+    for (const object of listing.objects) {
+      if (object.customMetadata?.digest !== digest) continue;
+      if (tags.length === IMAGE_TAGS_SHOWN) return { tags, more: true };
+      tags.push(object.key.slice(prefix.length));
+    }
+    if (!listing.truncated) return { tags, more: false };
+    cursor = listing.cursor;
+  }
+  return { tags, more: true };
+}
+
 /** Fills in what rows written before tag summaries lack, from their records (one read each). */
 export async function complete(repository: Repository, rows: TagRow[]): Promise<void> {
   await Promise.all(
@@ -139,14 +174,19 @@ export interface ImageDetails {
   config?: ImageConfig;
   /** Referrers of this manifest, grouped by artifact type. */
   referrers: Map<string, ReferrerDescriptor[]>;
-  /** Tags of this repository that name it (from the listing). */
+  /** Tags of this repository that name it (tagsNaming); `moreTags`: maybe others. */
   tags: string[];
+  moreTags: boolean;
 }
 
 /** Most referrers shown for one manifest. */
 const REFERRERS_SHOWN = 200;
 
-export async function imageDetails(repository: Repository, digest: Digest, tags: string[]): Promise<ImageDetails> {
+export async function imageDetails(
+  repository: Repository,
+  digest: Digest,
+  { tags, more }: { tags: string[]; more: boolean },
+): Promise<ImageDetails> {
   const stored = await repository.manifests.get({ digest });
   const manifest = parseManifest(stored.bytes, stored.mediaType);
   const details: ImageDetails = {
@@ -157,6 +197,7 @@ export async function imageDetails(repository: Repository, digest: Digest, tags:
     json: JSON.stringify(JSON.parse(new TextDecoder().decode(stored.bytes)), null, 2),
     referrers: new Map(),
     tags,
+    moreTags: more,
   };
   const [config, referrers] = await Promise.all([
     manifest.config ? readConfig(repository, manifest.config) : Promise.resolve(undefined),

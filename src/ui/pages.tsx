@@ -281,7 +281,7 @@ export const ImagePage: FC<{ chrome: Chrome; name: string; host: string; image: 
         {manifest.kind === "index" ? "Index" : manifest.artifactType ? "Artifact" : "Image"} ·{" "}
         <code>{image.mediaType}</code>
         {manifest.kind === "image" ? ` · ${formatBytes(total)}` : ""}
-        {image.tags.length > 0 ? ` · tags: ${image.tags.join(", ")}` : ""}
+        {image.tags.length > 0 ? ` · tags: ${image.tags.join(", ")}${image.moreTags ? ", …" : ""}` : ""}
       </p>
       <PullCommand command={`docker pull ${host}/${name}@${image.digest.value}`} />
       {manifest.subject ? (

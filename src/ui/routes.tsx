@@ -7,7 +7,7 @@ import { Catalog } from "../registry/catalog";
 import { openRepository } from "../registry/registry";
 import { storageOf } from "../registry/storage";
 import { edgeCacheOf, type AppEnv } from "../routes/http";
-import { catalogPage, complete, digestOrNull, imageDetails, tagRows } from "./data";
+import { catalogPage, complete, digestOrNull, imageDetails, tagRows, tagsNaming } from "./data";
 import {
   CatalogPage,
   COPY_SCRIPT,
@@ -150,9 +150,7 @@ uiRoutes.get("/repositories/:name{.+}/manifests/:digest", (c) =>
     const { name, repository } = visibleRepository(c, viewer);
     const digest = digestOrNull(c.req.param("digest"));
     if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", "no such manifest");
-    const { rows } = await tagRows(storageOf(c.env).bucket, name);
-    const tags = rows.filter((row) => row.digest === digest.value).map((row) => row.tag);
-    const image = await imageDetails(repository, digest, tags);
+    const image = await imageDetails(repository, digest, await tagsNaming(storageOf(c.env).bucket, name, digest.value));
     return c.html(
       <ImagePage
         chrome={chrome(viewer, `${name}@${digest.value.slice(0, 19)}`)}
