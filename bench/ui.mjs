@@ -560,13 +560,13 @@ async function main() {
       {
         key: "image",
         label: "image page (bench/many)",
-        path: `/repositories/bench/many/manifests/${seeded.imageDigest}`,
+        path: `/repositories/bench/many/-/manifests/${seeded.imageDigest}`,
       },
       { key: "multi", label: `bench/multi (${options.indexTags} tags)`, path: "/repositories/bench/multi" },
       {
         key: "index",
         label: "index page (2 platforms)",
-        path: `/repositories/bench/multi/manifests/${seeded.indexDigest}`,
+        path: `/repositories/bench/multi/-/manifests/${seeded.indexDigest}`,
       },
       { key: "api-tags", label: "API `tags/list` (bench/many)", path: "/v2/bench/many/tags/list", api: true },
       { key: "api-catalog", label: "API `_catalog?n=100`", path: "/v2/_catalog?n=100", api: true },

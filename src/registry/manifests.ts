@@ -52,8 +52,10 @@ function parsedOrNull(bytes: Uint8Array): ParsedManifest | null {
 /** What a tag's listing shows of the manifest it names (TagSummary). */
 function summarize(manifest: ParsedManifest): TagSummary {
   if (manifest.kind === "image") return { size: manifest.blobs.reduce((total, blob) => total + blob.size, 0) };
-  const platforms = manifest.manifests.flatMap((child) => (child.platform ? [child.platform] : []));
-  return { platforms: [...new Set(platforms)] };
+  const platforms = manifest.manifests.flatMap((child) =>
+    child.platform && child.platform.length <= 64 ? [child.platform] : [],
+  );
+  return { platforms: [...new Set(platforms)].slice(0, 32) };
 }
 
 /** How deep relink follows children linked again (an index of indexes of manifests is 2). */

@@ -31,8 +31,25 @@ export interface TagSummary {
   platforms?: string[];
 }
 
-/** R2 custom metadata is small (2 KiB per object): a few dozen platforms at most. */
+/**
+ * A summary must never make a tag's write fail (R2 refuses custom metadata over 8 KiB):
+ * at most 32 platforms of at most 64 characters, 1 KiB in all; names that cannot be listed
+ * (a `,` in them) are left out.
+ */
 const SUMMARY_PLATFORMS_MAX = 32;
+const SUMMARY_PLATFORM_CHARS = 64;
+const SUMMARY_PLATFORMS_BYTES = 1024;
+
+function platformsText(platforms: string[]): string {
+  let text = "";
+  for (const platform of platforms.slice(0, SUMMARY_PLATFORMS_MAX)) {
+    if (platform.includes(",") || platform.length > SUMMARY_PLATFORM_CHARS) continue;
+    const next = text === "" ? platform : `${text},${platform}`;
+    if (new TextEncoder().encode(next).byteLength > SUMMARY_PLATFORMS_BYTES) break;
+    text = next;
+  }
+  return text;
+}
 
 /** The summary a tag object's custom metadata holds, or undefined (tags written before, or none). */
 export function tagSummaryOf(metadata: Record<string, string> | undefined): TagSummary | undefined {
@@ -128,9 +145,8 @@ export class Tags {
     // pages' tag lists.
     const metadata: Record<string, string> = { digest: record.digest.value };
     if (record.summary?.size !== undefined) metadata.size = String(record.summary.size);
-    if (record.summary?.platforms && record.summary.platforms.length > 0) {
-      metadata.platforms = record.summary.platforms.slice(0, SUMMARY_PLATFORMS_MAX).join(",");
-    }
+    const platforms = platformsText(record.summary?.platforms ?? []);
+    if (platforms !== "") metadata.platforms = platforms;
     await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), { customMetadata: metadata });
     await this.edge.forgetTag(this.name, tag);
   }

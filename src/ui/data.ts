@@ -9,13 +9,14 @@ import { tagSummaryOf, type TagSummary } from "../registry/tags";
 
 /**
  * What the web pages show, read from the same storage the API serves (src/ui). Every
- * read is bounded: listings stop after a fixed number of R2 pages, and bodies read for
- * display (a config) have a size cap.
+ * read is bounded: the catalog reads at most ten listing pages, a repository's tags at
+ * most TAGS_SORTED_MAX (10 to 100 listing pages, as R2 pages them with metadata), an image
+ * page two, and bodies read for display (a config) have a size cap.
  */
 
 /** R2 returns at most 1000 keys per list call (100 when it includes their metadata). */
 const LIST_PAGE = 1000;
-/** Most tags a repository page sorts (10 list calls); more are listed in name order. */
+/** Most tags a repository page sorts (10–100 list calls); beyond, the first ones by name. */
 export const TAGS_SORTED_MAX = 10_000;
 /** Largest image config read to show its settings. */
 const CONFIG_MAX_BYTES = 1024 * 1024;
@@ -36,7 +37,7 @@ export interface TagRow {
 export async function catalogPage(
   bucket: R2Bucket,
   options: { filter: string; last?: string; limit: number; visible: (name: string) => boolean; maxPages?: number },
-): Promise<{ names: string[]; next?: string }> {
+): Promise<{ names: string[]; next?: string; exhausted?: boolean }> {
   const catalog = new Catalog(bucket);
   const names: string[] = [];
   let last = options.last;
@@ -50,7 +51,11 @@ export async function catalogPage(
     }
     if (batch.length < LIST_PAGE) return { names };
   }
-  return last === undefined ? { names } : { names, next: last };
+  // Out of reads before the page filled: go on after the last name shown, never after a
+  // name the viewer may not see (a link must not reveal it). With none shown, a filter
+  // that matches little in a huge catalog ends here.
+  const shown = names.at(-1);
+  return shown === undefined ? { names, exhausted: true } : { names, next: shown };
 }
 
 /**
@@ -179,6 +184,9 @@ export interface ImageDetails {
   moreTags: boolean;
 }
 
+/** Most of a manifest's text shown on its page. */
+const RAW_SHOWN_BYTES = 64 * 1024;
+
 /** Most referrers shown for one manifest. */
 const REFERRERS_SHOWN = 200;
 
@@ -194,7 +202,9 @@ export async function imageDetails(
     mediaType: stored.mediaType,
     size: stored.bytes.byteLength,
     manifest,
-    json: JSON.stringify(JSON.parse(new TextDecoder().decode(stored.bytes)), null, 2),
+    // As stored (pretty-printing is quadratic in nesting depth: a hostile manifest could
+    // make it huge, or overflow the stack), at most RAW_SHOWN_BYTES.
+    json: new TextDecoder().decode(stored.bytes.subarray(0, RAW_SHOWN_BYTES)),
     referrers: new Map(),
     tags,
     moreTags: more,
@@ -218,6 +228,8 @@ async function readConfig(repository: Repository, descriptor: Descriptor): Promi
   if (descriptor.size > CONFIG_MAX_BYTES) return undefined;
   try {
     const { descriptor: stored } = await repository.layers.stat(descriptor.digest);
+    // The stored size counts, not the declared one (a mirrored manifest's is not checked).
+    if (stored.size > CONFIG_MAX_BYTES) return undefined;
     const bytes = await repository.blobs.readBytes(stored);
     if (!bytes) return undefined;
     const value: unknown = JSON.parse(new TextDecoder().decode(bytes));

@@ -100,7 +100,7 @@ export function repositoryPath(name: string): string {
 }
 
 export function imagePath(name: string, digest: string): string {
-  return `/repositories/${name}/manifests/${digest}`;
+  return `/repositories/${name}/-/manifests/${digest}`;
 }
 
 const PullCommand: FC<{ command: string }> = ({ command }) => (
@@ -112,12 +112,13 @@ const PullCommand: FC<{ command: string }> = ({ command }) => (
   </span>
 );
 
-export const CatalogPage: FC<{ chrome: Chrome; names: string[]; filter: string; next?: string | undefined }> = ({
-  chrome,
-  names,
-  filter,
-  next,
-}) => (
+export const CatalogPage: FC<{
+  chrome: Chrome;
+  names: string[];
+  filter: string;
+  next?: string | undefined;
+  exhausted: boolean;
+}> = ({ chrome, names, filter, next, exhausted }) => (
   <Layout chrome={chrome}>
     <h1>Repositories</h1>
     <form method="get" action="/">
@@ -139,6 +140,7 @@ export const CatalogPage: FC<{ chrome: Chrome; names: string[]; filter: string; 
         ))}
       </ul>
     )}
+    {exhausted ? <p class="muted">The search stopped after 10 000 names: narrow the filter.</p> : null}
     {next !== undefined ? (
       <nav class="pages">
         <a href={`/?${new URLSearchParams({ q: filter, last: next }).toString()}`}>Next page</a>
@@ -196,7 +198,7 @@ export const RepositoryPage: FC<{
               <td>
                 <a
                   class="danger"
-                  href={`${repositoryPath(name)}/delete?${new URLSearchParams({ tag: row.tag }).toString()}`}
+                  href={`${repositoryPath(name)}/-/delete?${new URLSearchParams({ tag: row.tag }).toString()}`}
                 >
                   Delete
                 </a>
@@ -408,7 +410,7 @@ export const ImagePage: FC<{ chrome: Chrome; name: string; host: string; image: 
         <p>
           <a
             class="danger"
-            href={`${repositoryPath(name)}/delete?${new URLSearchParams({ digest: image.digest.value }).toString()}`}
+            href={`${repositoryPath(name)}/-/delete?${new URLSearchParams({ digest: image.digest.value }).toString()}`}
           >
             Delete this manifest
           </a>
@@ -438,7 +440,7 @@ export const ConfirmDeletePage: FC<{ chrome: Chrome; name: string; what: { tag: 
         </>
       )}
     </p>
-    <form method="post" action={`${repositoryPath(name)}/delete`}>
+    <form method="post" action={`${repositoryPath(name)}/-/delete`}>
       <input type="hidden" name="csrf" value={chrome.csrf} />
       {"tag" in what ? (
         <input type="hidden" name="tag" value={what.tag} />

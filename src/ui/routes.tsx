@@ -3,6 +3,7 @@ import { Hono, type Context } from "hono";
 import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import { validateName, validateTag } from "../oci/names";
+import { readAtMost } from "../registry/bounded";
 import { Catalog } from "../registry/catalog";
 import { openRepository } from "../registry/registry";
 import { storageOf } from "../registry/storage";
@@ -30,6 +31,21 @@ import { checkForm, logIn, logOut, may, mayDelete, viewerOf, type Viewer } from 
 export const uiRoutes = new Hono<AppEnv>();
 
 type UiContext = Context<AppEnv>;
+
+/** Largest form body read (a login, a delete: well under 1 KiB). */
+const FORM_MAX_BYTES = 16 * 1024;
+
+/** A posted form (URL-encoded, as the pages send it), read within FORM_MAX_BYTES; anything else is a 400. */
+async function readForm(c: UiContext): Promise<URLSearchParams> {
+  const type = (c.req.header("Content-Type") ?? "").split(";")[0]?.trim().toLowerCase();
+  if (type !== "application/x-www-form-urlencoded") {
+    throw new RegistryError("UNSUPPORTED", "send the page's form", undefined, {}, 400);
+  }
+  const body = c.req.raw.body;
+  const tooLarge = () => new RegistryError("SIZE_INVALID", "the form is too large", undefined, {}, 413);
+  const bytes = body ? await readAtMost(body, FORM_MAX_BYTES, tooLarge) : new Uint8Array(0);
+  return new URLSearchParams(new TextDecoder().decode(bytes));
+}
 
 /** Tags per repository page. */
 const TAGS_PER_PAGE = 100;
@@ -78,6 +94,8 @@ async function render(c: UiContext, work: (viewer: Viewer) => Promise<Response>)
   } catch (error) {
     if (!(error instanceof RegistryError)) throw error;
     const status = error.status === 401 || error.status === 404 ? 404 : error.status;
+    // Retry-After of a login lockout, and the like.
+    for (const [header, value] of Object.entries(error.headers)) c.header(header, value);
     return c.html(
       <MessagePage
         chrome={chrome(viewer, "Error")}
@@ -113,7 +131,13 @@ uiRoutes.get("/", (c) =>
       visible: (name) => may(viewer, name, "pull"),
     });
     return c.html(
-      <CatalogPage chrome={chrome(viewer, "Repositories")} names={page.names} filter={filter} next={page.next} />,
+      <CatalogPage
+        chrome={chrome(viewer, "Repositories")}
+        names={page.names}
+        filter={filter}
+        next={page.next}
+        exhausted={page.exhausted === true}
+      />,
     );
   }),
 );
@@ -128,7 +152,7 @@ uiRoutes.get("/login", (c) =>
 uiRoutes.post("/login", (c) =>
   render(c, async (viewer) => {
     if (!viewer.canLogIn) throw new RegistryError("UNSUPPORTED", "this registry has no users to log in as");
-    const form = await c.req.formData();
+    const form = await readForm(c);
     checkForm(c, viewer, form);
     const user = String(form.get("username") ?? "").slice(0, 200);
     const password = String(form.get("password") ?? "").slice(0, 1000);
@@ -139,13 +163,13 @@ uiRoutes.post("/login", (c) =>
 
 uiRoutes.post("/logout", (c) =>
   render(c, async (viewer) => {
-    checkForm(c, viewer, await c.req.formData());
+    checkForm(c, viewer, await readForm(c));
     logOut(c);
     return c.redirect("/", 303);
   }),
 );
 
-uiRoutes.get("/repositories/:name{.+}/manifests/:digest", (c) =>
+uiRoutes.get("/repositories/:name{.+}/-/manifests/:digest", (c) =>
   render(c, async (viewer) => {
     const { name, repository } = visibleRepository(c, viewer);
     const digest = digestOrNull(c.req.param("digest"));
@@ -183,7 +207,7 @@ function checkDelete(c: UiContext, viewer: Viewer, name: string): void {
   }
 }
 
-uiRoutes.get("/repositories/:name{.+}/delete", (c) =>
+uiRoutes.get("/repositories/:name{.+}/-/delete", (c) =>
   render(c, async (viewer) => {
     const { name } = visibleRepository(c, viewer);
     checkDelete(c, viewer, name);
@@ -192,11 +216,11 @@ uiRoutes.get("/repositories/:name{.+}/delete", (c) =>
   }),
 );
 
-uiRoutes.post("/repositories/:name{.+}/delete", (c) =>
+uiRoutes.post("/repositories/:name{.+}/-/delete", (c) =>
   render(c, async (viewer) => {
     const { name, repository } = visibleRepository(c, viewer);
     checkDelete(c, viewer, name);
-    const form = await c.req.formData();
+    const form = await readForm(c);
     checkForm(c, viewer, form);
     const what = deletion({ tag: form.get("tag")?.toString(), digest: form.get("digest")?.toString() });
     await repository.manifests.delete("tag" in what ? what : { digest: parseDigest(what.digest) });

@@ -78,13 +78,16 @@ export function mayDelete(c: UiContext, viewer: Viewer, name: string): boolean {
 }
 
 /** A form that changes something: the CSRF token must match and the request come from this origin. */
-export function checkForm(c: UiContext, viewer: Viewer, form: FormData): void {
+export function checkForm(c: UiContext, viewer: Viewer, form: URLSearchParams): void {
   const origin = c.req.header("Origin");
   const fetchSite = c.req.header("Sec-Fetch-Site");
   const sameOrigin =
     (origin === undefined || origin === new URL(c.req.url).origin) &&
     (fetchSite === undefined || fetchSite === "same-origin" || fetchSite === "none");
-  if (!sameOrigin || form.get("csrf") !== viewer.csrf) {
+  const presented = new TextEncoder().encode(form.get("csrf") ?? "");
+  const expected = new TextEncoder().encode(viewer.csrf);
+  const matches = presented.byteLength === expected.byteLength && crypto.subtle.timingSafeEqual(presented, expected);
+  if (!sameOrigin || !matches) {
     throw new RegistryError("DENIED", "this form did not come from this registry's pages; reload and try again");
   }
 }

@@ -276,21 +276,23 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
 
       // The index: both platforms, each a link to its image.
       await catalog.click('tr[data-tag="v1"] a');
-      await catalog.waitForURL(`${registry.url}/repositories/public/multi/manifests/${pushed.multi.descriptor.digest}`);
+      await catalog.waitForURL(
+        `${registry.url}/repositories/public/multi/-/manifests/${pushed.multi.descriptor.digest}`,
+      );
       const platforms = catalog.locator("table.platforms a");
       assert.deepEqual(await platforms.allTextContents(), ["linux/amd64", "linux/arm64"]);
       assert.deepEqual(
         await platforms.evaluateAll((links) => links.map((link) => link.getAttribute("href"))),
-        pushed.multi.children.map((child) => `/repositories/public/multi/manifests/${child.digest}`),
+        pushed.multi.children.map((child) => `/repositories/public/multi/-/manifests/${child.digest}`),
       );
       await platforms.filter({ hasText: "linux/arm64" }).click();
       await catalog.waitForURL(
-        `${registry.url}/repositories/public/multi/manifests/${pushed.multi.children[1].digest}`,
+        `${registry.url}/repositories/public/multi/-/manifests/${pushed.multi.children[1].digest}`,
       );
       assert.match(await catalog.locator("table.config").textContent(), /linux\/arm64/);
 
       // The image: its layers, and the artifact under its artifact type, linked to its page.
-      const image = await open(context, `/repositories/public/app/manifests/${pushed.app.descriptor.digest}`);
+      const image = await open(context, `/repositories/public/app/-/manifests/${pushed.app.descriptor.digest}`);
       assert.equal(await image.locator("h1 code").textContent(), pushed.app.descriptor.digest);
       assert.equal(await image.locator("table.layers tr").count(), 1);
       const referrers = image.locator(`section.referrers[data-artifact-type="${ARTIFACT_TYPE}"]`);
@@ -298,10 +300,10 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
       assert.equal(await image.locator("section.referrers").count(), 1);
       assert.equal(await referrers.locator("h3").textContent(), ARTIFACT_TYPE);
       await referrers.locator("a").click();
-      await image.waitForURL(`${registry.url}/repositories/public/app/manifests/${pushed.artifact.digest}`);
+      await image.waitForURL(`${registry.url}/repositories/public/app/-/manifests/${pushed.artifact.digest}`);
       assert.match(await image.locator("p.muted").first().textContent(), /^Artifact/);
       assert.equal(
-        await image.locator(`a[href="/repositories/public/app/manifests/${pushed.app.descriptor.digest}"]`).count(),
+        await image.locator(`a[href="/repositories/public/app/-/manifests/${pushed.app.descriptor.digest}"]`).count(),
         1,
         "the artifact's page links its subject",
       );
@@ -314,7 +316,7 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
   it("shows a label that is markup as text, and runs none of it", async () => {
     const context = await newContext();
     try {
-      const page = await open(context, `/repositories/public/app/manifests/${pushed.app.descriptor.digest}`);
+      const page = await open(context, `/repositories/public/app/-/manifests/${pushed.app.descriptor.digest}`);
       assert.equal(await page.evaluate(() => typeof globalThis.__pwned), "undefined", "the label ran as a script");
       const row = page.locator("table.annotations tr", { hasText: "org.example.evil" });
       assert.equal(await row.locator("td").textContent(), HOSTILE_LABEL);
@@ -361,8 +363,8 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
       assert.equal(await hidden.locator("h1").textContent(), "Not found");
       assert.ok(!(await hidden.content()).includes('data-tag="v1"'));
       // Nor by guessing a delete link.
-      await open(context, "/repositories/private/app/delete?tag=v1", { status: 404 });
-      await open(context, "/repositories/public/app/delete?tag=v1", { status: 403 });
+      await open(context, "/repositories/private/app/-/delete?tag=v1", { status: 404 });
+      await open(context, "/repositories/public/app/-/delete?tag=v1", { status: 403 });
       for (const page of context.pages()) assert.deepEqual(page.scriptErrors, [], page.url());
     } finally {
       await context.close();
@@ -401,7 +403,7 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
         ["old", "v1"],
       );
       await page.locator('tr[data-tag="old"] a.danger', { hasText: "Delete" }).click();
-      await page.waitForURL(`${registry.url}/repositories/private/app/delete?tag=old`);
+      await page.waitForURL(`${registry.url}/repositories/private/app/-/delete?tag=old`);
       assert.equal(await page.locator("h1").textContent(), "Delete a tag?");
       assert.equal(await page.locator("main code").first().textContent(), "private/app:old");
       // The tag is still there until the form is sent.
@@ -411,7 +413,7 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
       ]);
       await Promise.all([
         page.waitForURL(`${registry.url}/repositories/private/app`),
-        page.click('form[action="/repositories/private/app/delete"] input[type="submit"][value="Delete"]'),
+        page.click('form[action="/repositories/private/app/-/delete"] input[type="submit"][value="Delete"]'),
       ]);
       assert.deepEqual(await page.locator("tr[data-tag]").evaluateAll((rows) => rows.map((row) => row.dataset.tag)), [
         "v1",

@@ -80,7 +80,7 @@ describe("web pages, open registry", () => {
     expect(repository.html).toContain("docker pull registry.test/ui-open/app:v1");
     expect(repository.html).toMatch(/class="num size">\d+ B</);
 
-    const detail = await page(`/repositories/ui-open/app/manifests/${image.digest}`);
+    const detail = await page(`/repositories/ui-open/app/-/manifests/${image.digest}`);
     expect(detail.response.status).toBe(200);
     expect(detail.html).toContain("linux/arm64");
     expect(detail.html).toContain("&quot;/bin/app&quot;");
@@ -88,7 +88,7 @@ describe("web pages, open registry", () => {
     expect(detail.html).not.toContain("<script>alert(1)</script>");
     expect(detail.html).toContain("https://example.com/&lt;b&gt;repo&lt;/b&gt;");
     expect((await page("/repositories/ui-open/nope")).response.status).toBe(404);
-    expect((await page(`/repositories/ui-open/app/manifests/sha256:${"0".repeat(64)}`)).response.status).toBe(404);
+    expect((await page(`/repositories/ui-open/app/-/manifests/sha256:${"0".repeat(64)}`)).response.status).toBe(404);
   });
 
   it("shows an index's platforms, and referrers under their subject grouped by artifact type", async () => {
@@ -119,22 +119,22 @@ describe("web pages, open registry", () => {
     });
     const tags = await page("/repositories/ui-open/multi");
     expect(tags.html).toMatch(/data-tag="latest"[\s\S]*?class="platforms">linux\/amd64, linux\/arm64\/v8</);
-    const detail = await page(`/repositories/ui-open/multi/manifests/${index.digest}`);
-    expect(detail.html).toContain(`href="/repositories/ui-open/multi/manifests/${amd.digest}">linux/amd64<`);
-    expect(detail.html).toContain(`href="/repositories/ui-open/multi/manifests/${arm.digest}">linux/arm64/v8<`);
+    const detail = await page(`/repositories/ui-open/multi/-/manifests/${index.digest}`);
+    expect(detail.html).toContain(`href="/repositories/ui-open/multi/-/manifests/${amd.digest}">linux/amd64<`);
+    expect(detail.html).toContain(`href="/repositories/ui-open/multi/-/manifests/${arm.digest}">linux/arm64/v8<`);
     expect(detail.html).toContain('data-artifact-type="application/vnd.dev.cosign.artifact.sig.v1+json"');
-    expect(detail.html).toContain(`/repositories/ui-open/multi/manifests/${signature.digest}`);
+    expect(detail.html).toContain(`/repositories/ui-open/multi/-/manifests/${signature.digest}`);
   });
 
   it("deletes a tag behind a confirmation, with a CSRF token from the page and from this origin only", async () => {
     await pushImage("ui-open/deletable", "old");
     await pushImage("ui-open/deletable", "keep");
-    const confirm = await page("/repositories/ui-open/deletable/delete?tag=old");
+    const confirm = await page("/repositories/ui-open/deletable/-/delete?tag=old");
     expect(confirm.response.status).toBe(200);
     const csrf = /name="csrf" value="([0-9a-f]+)"/.exec(confirm.html)?.[1] ?? "";
     expect(csrf).toMatch(/^[0-9a-f]{64}$/);
     const post = (fields: Record<string, string>, headers: Record<string, string> = {}) =>
-      page("/repositories/ui-open/deletable/delete", {
+      page("/repositories/ui-open/deletable/-/delete", {
         method: "POST",
         headers: { "Content-Type": "application/x-www-form-urlencoded", ...headers },
         body: new URLSearchParams(fields).toString(),
@@ -154,6 +154,36 @@ describe("web pages, open registry", () => {
   });
 });
 
+describe("web pages against hostile input", () => {
+  it("a deeply nested manifest, absurd platforms and odd forms never break a page or a push", async () => {
+    const image = await pushImage("ui-open/hostile");
+    const deep = `${"[".repeat(5000)}${"]".repeat(5000)}`;
+    const bytes = utf8(
+      `{"schemaVersion":2,"mediaType":"${MediaTypes.ociIndex}","x":${deep},"manifests":[` +
+        `{"mediaType":"${MediaTypes.ociManifest}","digest":"${image.digest}","size":${image.size},` +
+        `"platform":{"os":"${"o".repeat(5000)}","architecture":"a,b"}}]}`,
+    );
+    const put = await worker.fetch(
+      new Request("http://registry.test/v2/ui-open/hostile/manifests/deep", {
+        method: "PUT",
+        headers: { "Content-Type": MediaTypes.ociIndex },
+        body: bytes,
+      }),
+      env,
+      createExecutionContext(),
+    );
+    expect(put.status).toBe(201);
+    const listed = await page("/repositories/ui-open/hostile");
+    expect(listed.response.status).toBe(200);
+    expect(listed.html).toContain('data-tag="deep"');
+    const shown = await page(`/repositories/ui-open/hostile/-/manifests/${await sha256(bytes)}`);
+    expect(shown.response.status).toBe(200);
+    // A form that is not the page's: refused with 400, not a 500.
+    const odd = await page("/login", { method: "POST", headers: { "Content-Type": "text/plain" }, body: "x" }, authEnv);
+    expect(odd.response.status).toBe(400);
+  });
+});
+
 describe("web pages, with users and access rules", () => {
   it("shows anonymous visitors only what anonymous clients may pull, and nothing to delete", async () => {
     const open = await pushImage("ui-public/app", "v1");
@@ -165,9 +195,11 @@ describe("web pages, with users and access rules", () => {
     expect((await page("/repositories/ui-private/app", {}, authEnv)).response.status).toBe(404);
     const visible = await page("/repositories/ui-public/app", {}, authEnv);
     expect(visible.html).toContain('data-tag="v1"');
-    expect(visible.html).not.toContain("/delete?");
-    expect((await page("/repositories/ui-public/app/delete?tag=v1", {}, authEnv)).response.status).toBe(403);
-    expect((await page(`/repositories/ui-public/app/manifests/${open.digest}`, {}, authEnv)).response.status).toBe(200);
+    expect(visible.html).not.toContain("/-/delete?");
+    expect((await page("/repositories/ui-public/app/-/delete?tag=v1", {}, authEnv)).response.status).toBe(403);
+    expect((await page(`/repositories/ui-public/app/-/manifests/${open.digest}`, {}, authEnv)).response.status).toBe(
+      200,
+    );
   });
 
   it("logs in with the registry's users into an HttpOnly, SameSite=Strict, Secure session", async () => {
@@ -201,7 +233,7 @@ describe("web pages, with users and access rules", () => {
     expect(home.html).toContain("ui-private/login");
     expect(home.html).toContain("admin");
     const repository = await page("/repositories/ui-private/login", { headers: { Cookie: session } }, authEnv);
-    expect(repository.html).toContain("/repositories/ui-private/login/delete?tag=v1");
+    expect(repository.html).toContain("/repositories/ui-private/login/-/delete?tag=v1");
     // The session is not an API credential, and a forged cookie is nobody.
     const api = await worker.fetch(
       new Request("https://registry.test/v2/ui-private/login/tags/list", {
