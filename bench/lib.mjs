@@ -23,6 +23,7 @@ import { basename, join, resolve } from "node:path";
 import { clearInterval, setInterval } from "node:timers";
 import { setTimeout as delay } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
+import { cpus, loadavg, release, totalmem } from "node:os";
 import { parseArgs } from "node:util";
 import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
@@ -691,4 +692,30 @@ export class RssSampler {
     }
     return { ...this.peak, cpu, samples: this.samples };
   }
+}
+
+/** A Markdown table of `rows` under `header`, columns padded to their widest cell. */
+export function markdownTable(header, rows) {
+  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => String(row[i]).length), 3));
+  const line = (cells) => `| ${cells.map((cell, i) => String(cell).padEnd(widths[i])).join(" | ")} |`;
+  return [line(header), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...rows.map(line)].join("\n");
+}
+
+/**
+ * The lines a report starts with: date and commit (and whether src/ has uncommitted
+ * changes), the machine, its load, node, wrangler and workerd; `extra`: the bench's own tools.
+ */
+export function reportFacts(extra = []) {
+  const commit = commandLine("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
+  const dirty = spawnSync("git", ["-C", ROOT, "status", "--porcelain", "--", "src"], {
+    encoding: "utf8",
+  }).stdout?.trim();
+  const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
+  return [
+    `- date: ${new Date().toISOString()}; commit ${commit || "?"}${dirty ? " (src/ has uncommitted changes)" : ""}`,
+    `- nproc: ${commandLine("nproc", []) || cpus().length}; CPU: ${cpuModel() || cpus()[0]?.model || "?"}`,
+    `- memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB, kernel ${release()}, load average at start ${one} ${five} ${fifteen}`,
+    `- node ${process.versions.node}, wrangler ${packageVersion("wrangler")}, workerd ${packageVersion("@cloudflare/workerd-linux-64")}`,
+    ...extra,
+  ];
 }

@@ -38,10 +38,9 @@
 //
 // Markdown report on stdout, progress on stderr. Talks only to 127.0.0.1; every wait is
 // bounded; temp dirs and processes are removed at the end (BENCH_KEEP_TMP=1 keeps dirs).
-import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { cpus, loadavg, release, totalmem } from "node:os";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as delay } from "node:timers/promises";
@@ -49,12 +48,10 @@ import {
   MiB,
   ROOT,
   commandLine,
-  cpuModel,
   createSkopeo,
   expectStatus,
   hashFile,
   makeTempDir,
-  packageVersion,
   parseCommandLine,
   parseTiming,
   removeTempDir,
@@ -65,6 +62,8 @@ import {
   treeCpuSeconds,
   writeJsonBlob,
   writeRandomFile,
+  markdownTable,
+  reportFacts,
 } from "./lib.mjs";
 
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
@@ -364,26 +363,10 @@ const spread = (values) => {
   return lo === hi ? String(lo) : `${lo}–${hi}`;
 };
 
-function markdownTable(header, rows) {
-  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => String(row[i]).length), 3));
-  const line = (cells) => `| ${cells.map((cell, i) => String(cell).padEnd(widths[i])).join(" | ")} |`;
-  return [line(header), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...rows.map(line)].join("\n");
-}
-
-function machineFacts() {
-  const commit = commandLine("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = spawnSync("git", ["-C", ROOT, "status", "--porcelain", "--", "src"], {
-    encoding: "utf8",
-  }).stdout?.trim();
-  const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
-  return [
-    `- date: ${new Date().toISOString()}; commit ${commit || "?"}${dirty ? " (src/ has uncommitted changes)" : ""}`,
-    `- nproc: ${commandLine("nproc", []) || cpus().length}; CPU: ${cpuModel() || cpus()[0]?.model || "?"}`,
-    `- memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB, kernel ${release()}, load average at start ${one} ${five} ${fifteen}`,
-    `- node ${process.versions.node}, wrangler ${packageVersion("wrangler")}, workerd ${packageVersion("@cloudflare/workerd-linux-64")}`,
+const machineFacts = () =>
+  reportFacts([
     `- ${commandLine("docker-registry", ["--version"]) || "docker-registry ?"}; ${commandLine("skopeo", ["--version"]) || "skopeo ?"}`,
-  ];
-}
+  ]);
 
 // ---------------------------------------------------------------------------------------
 

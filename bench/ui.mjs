@@ -40,23 +40,23 @@
 // Markdown report on stdout, progress on stderr. Talks only to 127.0.0.1; every loop is
 // bounded and every request has a timeout; servers and temp dirs are removed at the end
 // (BENCH_KEEP_TMP=1 keeps the dirs).
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
-import { cpus, loadavg, release, totalmem } from "node:os";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { setTimeout as delay } from "node:timers/promises";
 import { freePort } from "../scripts/lib/free-port.mjs";
 import {
   ROOT,
-  commandLine,
-  cpuModel,
   packageVersion,
   parseCommandLine,
   run,
   startEdgeRegistry,
   stopGroup,
   treeCpuSeconds,
+  markdownTable,
+  reportFacts,
 } from "./lib.mjs";
 
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
@@ -515,25 +515,7 @@ async function coldStarts(edge, pages, runs) {
 // ---------------------------------------------------------------------------------------
 // Report.
 
-function markdownTable(header, rows) {
-  const widths = header.map((cell, i) => Math.max(cell.length, ...rows.map((row) => String(row[i]).length), 3));
-  const line = (cells) => `| ${cells.map((cell, i) => String(cell).padEnd(widths[i])).join(" | ")} |`;
-  return [line(header), `| ${widths.map((w) => "-".repeat(w)).join(" | ")} |`, ...rows.map(line)].join("\n");
-}
-
-function machineFacts() {
-  const commit = commandLine("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]);
-  const dirty = spawnSync("git", ["-C", ROOT, "status", "--porcelain", "--", "src"], {
-    encoding: "utf8",
-  }).stdout?.trim();
-  const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
-  return [
-    `- date: ${new Date().toISOString()}; commit ${commit || "?"}${dirty ? " (src/ has uncommitted changes)" : ""}`,
-    `- nproc: ${commandLine("nproc", []) || cpus().length}; CPU: ${cpuModel() || cpus()[0]?.model || "?"}`,
-    `- memory: ${(totalmem() / 2 ** 30).toFixed(1)} GiB, kernel ${release()}, load average at start ${one} ${five} ${fifteen}`,
-    `- node ${process.versions.node}, wrangler ${packageVersion("wrangler")}, workerd ${packageVersion("@cloudflare/workerd-linux-64")}, miniflare ${packageVersion("miniflare")}`,
-  ];
-}
+const machineFacts = () => reportFacts([`- miniflare ${packageVersion("miniflare")}`]);
 
 const ms = (value) => value.toFixed(1);
 

@@ -39,13 +39,8 @@ export function signingKey(env: Env): string {
   return env.TOKEN_SECRET ?? "edge-registry without users: tokens grant nothing beyond the anonymous policy";
 }
 
-/**
- * Binds a refresh token to the user's password as it is now: a changed password (a new
- * bcrypt hash) voids the user's refresh tokens, a leaked one included.
- */
-export async function passwordBinding(key: string, user: string, hash: string): Promise<string> {
-  const remembered = bindings.get(key)?.get(`${user}\0${hash}`);
-  if (remembered) return remembered;
+/** HMAC-SHA256 of `text` under `key`, in hex. */
+export async function hmacHex(key: string, text: string): Promise<string> {
   const hmacKey = await crypto.subtle.importKey(
     "raw",
     new TextEncoder().encode(key),
@@ -53,8 +48,17 @@ export async function passwordBinding(key: string, user: string, hash: string): 
     false,
     ["sign"],
   );
-  const mac = await crypto.subtle.sign("HMAC", hmacKey, new TextEncoder().encode(`${user}\0${hash}`));
-  const binding = toHex(mac).slice(0, 32);
+  return toHex(await crypto.subtle.sign("HMAC", hmacKey, new TextEncoder().encode(text)));
+}
+
+/**
+ * Binds a refresh token to the user's password as it is now: a changed password (a new
+ * bcrypt hash) voids the user's refresh tokens, a leaked one included.
+ */
+export async function passwordBinding(key: string, user: string, hash: string): Promise<string> {
+  const remembered = bindings.get(key)?.get(`${user}\0${hash}`);
+  if (remembered) return remembered;
+  const binding = (await hmacHex(key, `${user}\0${hash}`)).slice(0, 32);
   // Every request with a user's token checks its binding: keep the few there are per isolate.
   let forKey = bindings.get(key);
   if (!forKey || forKey.size >= BINDINGS_MAX) {

@@ -5,7 +5,7 @@ import { loadPolicy, tokenSettings, type AuthEnv } from "../auth/authorize";
 import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
 import { allowedActions, type Policy } from "../auth/policy";
-import { issueRefreshToken, signingKey, verifyRefreshToken } from "../auth/tokens";
+import { hmacHex, issueRefreshToken, signingKey, verifyRefreshToken } from "../auth/tokens";
 import { readConfig } from "../config";
 import { mirroredName, mirrorsOf } from "../mirror/upstreams";
 import { RegistryError } from "../oci/errors";
@@ -35,18 +35,6 @@ type UiContext = Context<AppEnv>;
 /** The pages' context as the authentication code types it (AppEnv only adds variables). */
 function authContext(c: UiContext): Context<AuthEnv> {
   return c as unknown as Context<AuthEnv>;
-}
-
-async function hmacHex(key: string, text: string): Promise<string> {
-  const cryptoKey = await crypto.subtle.importKey(
-    "raw",
-    new TextEncoder().encode(key),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const mac = await crypto.subtle.sign("HMAC", cryptoKey, new TextEncoder().encode(text));
-  return [...new Uint8Array(mac)].map((byte) => byte.toString(16).padStart(2, "0")).join("");
 }
 
 export async function viewerOf(c: UiContext): Promise<Viewer> {
