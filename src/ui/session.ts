@@ -15,10 +15,13 @@ import { RegistryError } from "../oci/errors";
  * access rules as the API. A login sets a session cookie holding a signed token of the
  * user (HttpOnly, SameSite=Strict, Secure over HTTPS), bound to the user's password like a
  * refresh token (a changed password ends the session). Forms that change anything carry
- * a CSRF token (an HMAC of the session) and must come from this origin.
+ * a CSRF token (an HMAC of the session, or of a random per-browser cookie before a login)
+ * and must come from this origin.
  */
 
 export const SESSION_COOKIE = "registry_session";
+/** A random value per browser, which anonymous forms' CSRF tokens are bound to. */
+const CSRF_COOKIE = "registry_csrf";
 const SESSION_TTL_SECONDS = 12 * 60 * 60;
 
 export interface Viewer {
@@ -49,7 +52,26 @@ export async function viewerOf(c: UiContext): Promise<Viewer> {
       "session",
     );
   }
-  const csrf = await hmacHex(signingKey(c.env), `csrf\u0000${cookie ?? "anonymous"}`);
+  // The CSRF token is bound to this browser: to its session when logged in (a session
+  // cookie that did not verify counts as none), else to a random cookie of its own, set on
+  // the first page it gets (so even the login form's token is this browser's alone).
+  let binding: string;
+  if (user !== null && cookie) {
+    binding = `session\u0000${cookie}`;
+  } else {
+    let browser = getCookie(c, CSRF_COOKIE);
+    if (!browser || !/^[0-9a-f]{32}$/.test(browser)) {
+      browser = [...crypto.getRandomValues(new Uint8Array(16))].map((b) => b.toString(16).padStart(2, "0")).join("");
+      setCookie(c, CSRF_COOKIE, browser, {
+        httpOnly: true,
+        secure: new URL(c.req.url).protocol === "https:",
+        sameSite: "Strict",
+        path: "/",
+      });
+    }
+    binding = `browser\u0000${browser}`;
+  }
+  const csrf = await hmacHex(signingKey(c.env), `csrf\u0000${binding}`);
   return { user, policy, canLogIn: policy.mode === "enforced", csrf };
 }
 

@@ -380,7 +380,12 @@ describe("web pages in a real browser", { timeout: 120_000 }, () => {
       await page.fill('input[name="password"]', "not the password");
       await page.click('input[type="submit"][value="Log in"]');
       await page.locator("p.danger", { hasText: "Incorrect username or password" }).waitFor();
-      assert.deepEqual(await context.cookies(), []);
+      // No session; only the per-browser cookie the CSRF tokens are bound to, script-proof too.
+      const before = await context.cookies();
+      assert.deepEqual(
+        before.map((cookie) => [cookie.name, cookie.httpOnly, cookie.sameSite]),
+        [["registry_csrf", true, "Strict"]],
+      );
 
       await page.fill('input[name="password"]', ADMIN.password);
       await Promise.all([page.waitForURL(`${registry.url}/`), page.click('input[type="submit"][value="Log in"]')]);

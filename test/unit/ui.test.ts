@@ -31,6 +31,13 @@ async function page(path: string, init: RequestInit = {}, settings: Env = env, b
   return { response, html: await response.text() };
 }
 
+/** The `name=value` of the per-browser CSRF cookie a page set. */
+function browserCookie(response: Response): string {
+  const cookie = /registry_csrf=[0-9a-f]{32}/.exec(response.headers.get("Set-Cookie") ?? "")?.[0];
+  expect(cookie).toBeDefined();
+  return cookie ?? "";
+}
+
 /** Pushes an image whose config has labels and an entrypoint. */
 async function pushLabelled(name: string, tag: string, labels: Record<string, string>) {
   const config = utf8(
@@ -133,14 +140,18 @@ describe("web pages, open registry", () => {
     expect(confirm.response.status).toBe(200);
     const csrf = /name="csrf" value="([0-9a-f]+)"/.exec(confirm.html)?.[1] ?? "";
     expect(csrf).toMatch(/^[0-9a-f]{64}$/);
-    const post = (fields: Record<string, string>, headers: Record<string, string> = {}) =>
+    // The token is this browser's: bound to the random cookie its first page set.
+    const browser = browserCookie(confirm.response);
+    const post = (fields: Record<string, string>, headers: Record<string, string> = {}, cookie = browser) =>
       page("/repositories/ui-open/deletable/-/delete", {
         method: "POST",
-        headers: { "Content-Type": "application/x-www-form-urlencoded", ...headers },
+        headers: { "Content-Type": "application/x-www-form-urlencoded", Cookie: cookie, ...headers },
         body: new URLSearchParams(fields).toString(),
         redirect: "manual",
       });
     expect((await post({ tag: "old" })).response.status).toBe(403);
+    expect((await post({ tag: "old", csrf }, {}, "registry_csrf=" + "0".repeat(32))).response.status).toBe(403);
+    expect((await post({ tag: "old", csrf }, {}, "")).response.status).toBe(403);
     expect((await post({ tag: "old", csrf }, { Origin: "https://evil.example" })).response.status).toBe(403);
     expect((await post({ tag: "old", csrf }, { "Sec-Fetch-Site": "cross-site" })).response.status).toBe(403);
     const done = await post({ tag: "old", csrf }, { Origin: "http://registry.test" });
@@ -206,12 +217,18 @@ describe("web pages, with users and access rules", () => {
     await pushImage("ui-private/login", "v1");
     const form = await page("/login", {}, authEnv, "https://registry.test");
     const csrf = /name="csrf" value="([0-9a-f]+)"/.exec(form.html)?.[1] ?? "";
+    const browser = browserCookie(form.response);
+    expect(form.response.headers.get("Set-Cookie")).toMatch(/HttpOnly.*Secure|Secure.*HttpOnly/i);
     const attempt = (password: string) =>
       page(
         "/login",
         {
           method: "POST",
-          headers: { "Content-Type": "application/x-www-form-urlencoded", Origin: "https://registry.test" },
+          headers: {
+            "Content-Type": "application/x-www-form-urlencoded",
+            Origin: "https://registry.test",
+            Cookie: browser,
+          },
           body: new URLSearchParams({ username: "admin", password, csrf }).toString(),
           redirect: "manual",
         },
