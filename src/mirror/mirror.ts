@@ -1,5 +1,5 @@
 import { readConfig } from "../config";
-import { digestOf, parseDigest, type Digest } from "../oci/digest";
+import { digestOf, digestOrNull, type Digest } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
 import { MAX_MANIFEST_BYTES, type ParsedManifest } from "../oci/manifest";
 import { essence, MediaTypes } from "../oci/media-types";
@@ -115,7 +115,7 @@ export class Mirror {
       }
       // Fetched by the digest the HEAD named (so a tag moving meanwhile cannot mix two
       // manifests), or by tag when the upstream did not say.
-      const named = upstreamDigest ? parseDigestOrNull(upstreamDigest) : null;
+      const named = upstreamDigest ? digestOrNull(upstreamDigest) : null;
       return await this.fetchManifest(named ? named.value : tag, named ?? undefined, tag);
     } catch (error) {
       const failed =
@@ -387,13 +387,5 @@ export class Mirror {
 
   private log(message: string, detail: Record<string, unknown>): void {
     console.warn(`mirror ${this.name.local}: ${message}`, JSON.stringify(detail));
-  }
-}
-
-function parseDigestOrNull(text: string): Digest | null {
-  try {
-    return parseDigest(text);
-  } catch {
-    return null;
   }
 }

@@ -72,3 +72,12 @@ export async function digestOf(bytes: Uint8Array, algorithm: DigestAlgorithm = "
   const hex = toHex(hash);
   return { algorithm, hex, value: `${algorithm}:${hex}` };
 }
+
+/** The digest `text` (`alg:hex`) names, or null when it names none. */
+export function digestOrNull(text: string): Digest | null {
+  try {
+    return parseDigest(text);
+  } catch {
+    return null;
+  }
+}

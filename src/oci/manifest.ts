@@ -153,3 +153,12 @@ export function parseManifest(bytes: Uint8Array, contentType: string): ParsedMan
   if (annotations) parsed.annotations = annotations;
   return parsed;
 }
+
+/** parseManifest, or null when the bytes are not a manifest this registry serves (reading what is stored). */
+export function parseManifestOrNull(bytes: Uint8Array, contentType = ""): ParsedManifest | null {
+  try {
+    return parseManifest(bytes, contentType);
+  } catch {
+    return null;
+  }
+}

@@ -1,4 +1,4 @@
-import { parseDigest, toHex, webCryptoName, type Digest } from "../oci/digest";
+import { digestOrNull, parseDigest, toHex, webCryptoName, type Digest } from "../oci/digest";
 import { parseManifest } from "../oci/manifest";
 import { BlobStore, type BlobDescriptor } from "./blob-store";
 import { Catalog } from "./catalog";
@@ -108,15 +108,6 @@ async function inBatches<T>(items: AsyncIterable<T> | Iterable<T>, work: (item: 
     }
   }
   await Promise.all(batch);
-}
-
-/** The digest `text` (`alg:hex`) names, or null. */
-function digestOrNull(text: string): Digest | null {
-  try {
-    return parseDigest(text);
-  } catch {
-    return null;
-  }
 }
 
 /**

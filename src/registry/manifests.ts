@@ -1,6 +1,6 @@
 import { digestOf, looksLikeDigest, parseDigest, type Digest, type DigestAlgorithm } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
-import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
+import { parseManifest, parseManifestOrNull, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import type { BlobDescriptor, BlobStore } from "./blob-store";
 import { EdgeCache } from "./edge-cache";
@@ -38,15 +38,6 @@ export interface PutManifestOptions {
    * the upstream confirmed them.
    */
   mirroredAt?: number;
-}
-
-/** A stored manifest parsed by its own media type, or null when it does not parse. */
-function parsedOrNull(bytes: Uint8Array): ParsedManifest | null {
-  try {
-    return parseManifest(bytes, "");
-  } catch {
-    return null;
-  }
 }
 
 /** What a tag's listing shows of the manifest it names (TagSummary). */
@@ -271,7 +262,7 @@ export class Manifests {
       // A child linked again may have lost its own links too (indexes nest at most a few deep).
       if (content && entry.digest.value !== digest.value && depth < MAX_RELINK_DEPTH) {
         // Parsed by its own media type (the index's descriptor may name another one).
-        const child = parsedOrNull(content);
+        const child = parseManifestOrNull(content);
         if (child) await this.relink(child, entry.digest, content, partial, depth + 1);
       }
     });

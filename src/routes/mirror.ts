@@ -1,7 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import { Mirror } from "../mirror/mirror";
 import { mirroredName, mirrorsOf, upstreamOfNs } from "../mirror/upstreams";
-import { parseDigest, type Digest } from "../oci/digest";
+import { digestOrNull } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
 import { parseReference, type Reference } from "../registry/manifests";
 import { edgeCacheOf, waitUntil, type AppEnv } from "./http";
@@ -26,14 +26,6 @@ async function upstreamWork<T>(work: () => Promise<T>): Promise<T> {
     if (error instanceof RegistryError) throw error;
     console.error("mirror: unexpected failure", error);
     throw unavailable("the upstream registry's answer could not be used; retry", { cause: String(error) });
-  }
-}
-
-function digestOrNull(text: string): Digest | null {
-  try {
-    return parseDigest(text);
-  } catch {
-    return null;
   }
 }
 

@@ -1,5 +1,5 @@
-import { parseDigest, type Digest } from "../oci/digest";
-import { parseManifest, type Descriptor, type ParsedManifest } from "../oci/manifest";
+import type { Digest } from "../oci/digest";
+import { parseManifest, parseManifestOrNull, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import { Catalog } from "../registry/catalog";
 import { decodeContent } from "../registry/linked-blob-store";
 import { Paths } from "../registry/paths";
@@ -136,7 +136,7 @@ export async function complete(repository: Repository, rows: TagRow[]): Promise<
       if (!record) return;
       row.digest = record.digest.value;
       const bytes = record.content ? decodeContent(record.content) : null;
-      const manifest = bytes ? parsedOrNull(bytes, record.mediaType ?? "") : null;
+      const manifest = bytes ? parseManifestOrNull(bytes, record.mediaType ?? "") : null;
       if (manifest) row.summary = summaryOf(manifest);
     }),
   );
@@ -145,14 +145,6 @@ export async function complete(repository: Repository, rows: TagRow[]): Promise<
 function summaryOf(manifest: ParsedManifest): TagSummary {
   if (manifest.kind === "image") return { size: manifest.blobs.reduce((total, blob) => total + blob.size, 0) };
   return { platforms: manifest.manifests.flatMap((child) => (child.platform ? [child.platform] : [])) };
-}
-
-function parsedOrNull(bytes: Uint8Array, mediaType: string): ParsedManifest | null {
-  try {
-    return parseManifest(bytes, mediaType);
-  } catch {
-    return null;
-  }
 }
 
 /** What an image's config says that people look for. */
@@ -268,13 +260,5 @@ async function readConfig(repository: Repository, descriptor: Descriptor): Promi
   } catch {
     // Not linked here, gone, or not JSON: the page shows the manifest without it.
     return undefined;
-  }
-}
-
-export function digestOrNull(text: string): Digest | null {
-  try {
-    return parseDigest(text);
-  } catch {
-    return null;
   }
 }

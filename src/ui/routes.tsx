@@ -1,6 +1,6 @@
 /** @jsxImportSource hono/jsx */
 import { Hono, type Context } from "hono";
-import { parseDigest } from "../oci/digest";
+import { digestOrNull, parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import { validateName, validateTag } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
@@ -8,7 +8,7 @@ import { Catalog } from "../registry/catalog";
 import { openRepository } from "../registry/registry";
 import { storageOf } from "../registry/storage";
 import { edgeCacheOf, type AppEnv } from "../routes/http";
-import { catalogPage, complete, digestOrNull, imageDetails, tagRows, tagsNaming } from "./data";
+import { catalogPage, complete, imageDetails, tagRows, tagsNaming } from "./data";
 import {
   CatalogPage,
   COPY_SCRIPT,

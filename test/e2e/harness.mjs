@@ -679,7 +679,7 @@ export async function insertRandomLayer(clients, image, file, size, { createdBy,
 }
 
 /** Runs skopeo copy with plain HTTP on both sides (only 127.0.0.1 is ever a registry), no retries. */
-export function skopeoCopy(clients, source, destination, { all = false, timeoutMs = 180_000 } = {}) {
+export function skopeoCopy(clients, source, destination, { all = false, creds, timeoutMs = 180_000 } = {}) {
   const args = [
     "copy",
     "--src-tls-verify=false",
@@ -689,6 +689,8 @@ export function skopeoCopy(clients, source, destination, { all = false, timeoutM
     "0",
   ];
   if (all) args.push("--all");
+  // `creds`: `user:password` for the destination registry.
+  if (creds) args.push("--dest-creds", creds);
   return clients.skopeo(...args, source, destination, { timeoutMs });
 }
 

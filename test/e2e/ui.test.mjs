@@ -21,6 +21,7 @@ import {
   makeTempDir,
   removeTempDir,
   sha256,
+  skopeoCopy as copyWithSkopeo,
   startRegistry,
   writeBlob,
 } from "./harness.mjs";
@@ -56,21 +57,9 @@ function formatBytes(size) {
   return unit === 0 ? `${size} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
 }
 
-/** skopeo copy over plain HTTP, byte for byte, no retries; `creds` for the destination. */
+/** skopeo copy over plain HTTP, byte for byte, no retries (harness.mjs); `creds` for the destination. */
 function skopeoCopy(source, destination, { all = false, creds } = {}) {
-  return clients.skopeo(
-    "copy",
-    "--src-tls-verify=false",
-    "--dest-tls-verify=false",
-    "--preserve-digests",
-    "--retry-times",
-    "0",
-    ...(all ? ["--all"] : []),
-    ...(creds ? ["--dest-creds", creds] : []),
-    source,
-    destination,
-    { timeoutMs: 60_000 },
-  );
+  return copyWithSkopeo(clients, source, destination, { all, creds, timeoutMs: 60_000 });
 }
 
 /** Pushes a layout's `tag` as `name:tag` with admin's credentials. */
