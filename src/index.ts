@@ -1,5 +1,7 @@
 import { app } from "./app";
 import { collectorOf } from "./gc/collector";
+import { RevokedSessions } from "./registry/revoked-sessions";
+import { storageOf } from "./registry/storage";
 
 export { LoginLimiter } from "./auth/login-limiter";
 export { GarbageCollector } from "./gc/collector";
@@ -7,8 +9,12 @@ export { UploadSession } from "./uploads/upload-session";
 
 export default {
   fetch: app.fetch,
-  /** The Cron Trigger (wrangler.toml [triggers]): starts a garbage collection run unless one is running. */
+  /**
+   * The Cron Trigger (wrangler.toml [triggers]): starts a garbage collection run unless one
+   * is running, and drops the records of revoked web sessions that have expired anyway.
+   */
   async scheduled(_controller, env, ctx) {
     ctx.waitUntil(collectorOf(env).start({ trigger: "cron" }));
+    ctx.waitUntil(new RevokedSessions(storageOf(env)).prune(Math.floor(Date.now() / 1000)));
   },
 } satisfies ExportedHandler<Env>;

@@ -187,22 +187,41 @@ export async function verifyAccessToken(
   }
 }
 
+/** What a valid refresh or session token says: its user, its id and its expiry (seconds). */
+export interface RefreshClaims {
+  user: string;
+  jti: string;
+  exp: number;
+}
+
 /**
- * The user of a valid refresh token for this service, or null; `hashOf` gives a user's
- * current bcrypt hash (undefined: no such user any more).
+ * The claims of a valid refresh token (or, with `use: "session"`, a web session) for this
+ * service, or null; `hashOf` gives a user's current bcrypt hash (undefined: no such user
+ * any more).
  */
+export async function refreshTokenClaims(
+  settings: TokenSettings,
+  token: string,
+  hashOf: HashOf,
+  use: "refresh" | "session" = "refresh",
+): Promise<RefreshClaims | null> {
+  try {
+    const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
+    if (typeof payload.exp !== "number" || typeof payload.jti !== "string") return null;
+    if (payload.use !== use || typeof payload.sub !== "string" || payload.sub === "") return null;
+    if (!(await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf))) return null;
+    return { user: payload.sub, jti: payload.jti, exp: payload.exp };
+  } catch {
+    return null;
+  }
+}
+
+/** The user of a valid refresh token for this service, or null (see refreshTokenClaims). */
 export async function verifyRefreshToken(
   settings: TokenSettings,
   token: string,
   hashOf: HashOf,
   use: "refresh" | "session" = "refresh",
 ): Promise<string | null> {
-  try {
-    const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
-    if (typeof payload.exp !== "number") return null;
-    if (payload.use !== use || typeof payload.sub !== "string" || payload.sub === "") return null;
-    return (await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf)) ? payload.sub : null;
-  } catch {
-    return null;
-  }
+  return (await refreshTokenClaims(settings, token, hashOf, use))?.user ?? null;
 }

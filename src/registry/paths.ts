@@ -54,6 +54,17 @@ export const Paths = {
    */
   gcActive: "gc/active",
 
+  /**
+   * A web session ended by its user (logout) before its expiry: one empty record per
+   * session id, under its expiry (seconds, zero-padded so the listing is in expiry order),
+   * so a page checks one key and the daily prune removes expired records from the front.
+   */
+  revokedSessionPrefix: "sessions/revoked/",
+  revokedSession: (expiresAt: number, sessionId: string): string =>
+    `sessions/revoked/${String(expiresAt).padStart(12, "0")}/${sessionId}`,
+  /** The expiry a revoked-session key was written under (NaN for a foreign key). */
+  revokedSessionExpiry: (key: string): number => Number(key.slice("sessions/revoked/".length).split("/")[0]),
+
   /** One empty marker per repository, so the catalog is a sorted listing of one prefix. */
   catalogPrefix: "catalog/",
   catalogEntry: (name: string): string => `catalog/${name}`,

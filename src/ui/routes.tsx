@@ -164,7 +164,7 @@ uiRoutes.post("/login", (c) =>
 uiRoutes.post("/logout", (c) =>
   render(c, async (viewer) => {
     checkForm(c, viewer, await readForm(c));
-    logOut(c);
+    await logOut(c, viewer);
     return c.redirect("/", 303);
   }),
 );

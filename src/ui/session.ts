@@ -5,16 +5,19 @@ import { loadPolicy, tokenSettings, type AuthEnv } from "../auth/authorize";
 import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
 import { allowedActions, type Policy } from "../auth/policy";
-import { hmacHex, issueRefreshToken, signingKey, verifyRefreshToken } from "../auth/tokens";
+import { hmacHex, issueRefreshToken, refreshTokenClaims, signingKey, type RefreshClaims } from "../auth/tokens";
 import { readConfig } from "../config";
 import { mirroredName, mirrorsOf } from "../mirror/upstreams";
 import { RegistryError } from "../oci/errors";
+import { RevokedSessions } from "../registry/revoked-sessions";
+import { storageOf } from "../registry/storage";
 
 /**
  * Who is looking at the web pages (src/ui), and what they may do: the same users and
  * access rules as the API. A login sets a session cookie holding a signed token of the
  * user (HttpOnly, SameSite=Strict, Secure over HTTPS), bound to the user's password like a
- * refresh token (a changed password ends the session). Forms that change anything carry
+ * refresh token (a changed password ends the session); logging out revokes the session
+ * server-side (RevokedSessions), so a copy of the cookie is worthless after it. Forms that change anything carry
  * a CSRF token (an HMAC of the session, or of a random per-browser cookie before a login)
  * and must come from this origin.
  */
@@ -31,6 +34,8 @@ export interface Viewer {
   /** Whether logging in is possible at all (users are configured). */
   canLogIn: boolean;
   csrf: string;
+  /** The session's claims, when logged in (what a logout revokes). */
+  session: RefreshClaims | null;
 }
 
 type UiContext = Context<AppEnv>;
@@ -43,15 +48,17 @@ function authContext(c: UiContext): Context<AuthEnv> {
 export async function viewerOf(c: UiContext): Promise<Viewer> {
   const policy = loadPolicy(c.env);
   const cookie = getCookie(c, SESSION_COOKIE);
-  let user: string | null = null;
+  let session: RefreshClaims | null = null;
   if (cookie && policy.mode === "enforced") {
-    user = await verifyRefreshToken(
+    session = await refreshTokenClaims(
       await tokenSettings(authContext(c)),
       cookie,
       (name) => policy.users.get(name),
       "session",
     );
+    if (session && (await new RevokedSessions(storageOf(c.env)).isRevoked(session.jti, session.exp))) session = null;
   }
+  const user = session?.user ?? null;
   // The CSRF token is bound to this browser: to its session when logged in (a session
   // cookie that did not verify counts as none), else to a random cookie of its own, set on
   // the first page it gets (so even the login form's token is this browser's alone).
@@ -72,7 +79,7 @@ export async function viewerOf(c: UiContext): Promise<Viewer> {
     binding = `browser\u0000${browser}`;
   }
   const csrf = await hmacHex(signingKey(c.env), `csrf\u0000${binding}`);
-  return { user, policy, canLogIn: policy.mode === "enforced", csrf };
+  return { user, policy, canLogIn: policy.mode === "enforced", csrf, session };
 }
 
 /** Whether the viewer may take `action` on repository `name`, as the API would let them. */
@@ -120,6 +127,8 @@ export async function logIn(c: UiContext, user: string, password: string): Promi
   return true;
 }
 
-export function logOut(c: UiContext): void {
+/** Ends the viewer's session: revoked server-side (a kept copy of the cookie is refused), and the cookie removed. */
+export async function logOut(c: UiContext, viewer: Viewer): Promise<void> {
+  if (viewer.session) await new RevokedSessions(storageOf(c.env)).revoke(viewer.session.jti, viewer.session.exp);
   deleteCookie(c, SESSION_COOKIE, { path: "/", secure: new URL(c.req.url).protocol === "https:" });
 }

@@ -264,6 +264,48 @@ describe("web pages, with users and access rules", () => {
     expect(forged.html).not.toContain("ui-private/login");
   });
 
+  it("logout revokes the session server-side: a kept copy of the cookie is nobody afterwards", async () => {
+    await pushImage("ui-private/logout", "v1");
+    const form = await page("/login", {}, authEnv);
+    const browser = browserCookie(form.response);
+    const post = (path: string, body: Record<string, string>, cookie: string) =>
+      page(
+        path,
+        {
+          method: "POST",
+          headers: {
+            "Content-Type": "application/x-www-form-urlencoded",
+            Origin: "http://registry.test",
+            Cookie: cookie,
+          },
+          body: new URLSearchParams(body).toString(),
+          redirect: "manual",
+        },
+        authEnv,
+      );
+    const csrf = /name="csrf" value="([0-9a-f]+)"/.exec(form.html)?.[1] ?? "";
+    const login = await post("/login", { username: "reader", password: "reader-pw", csrf }, browser);
+    expect(login.response.status).toBe(303);
+    const session = (login.response.headers.get("Set-Cookie") ?? "").split(";")[0] ?? "";
+    const before = await page("/", { headers: { Cookie: session } }, authEnv);
+    expect(before.html).toContain("ui-private/logout");
+    const sessionCsrf = /name="csrf" value="([0-9a-f]+)"/.exec(before.html)?.[1] ?? "";
+    const logout = await post("/logout", { csrf: sessionCsrf }, session);
+    expect(logout.response.status).toBe(303);
+    expect(logout.response.headers.get("Set-Cookie")).toMatch(/registry_session=;/);
+    // The browser dropped the cookie; a copy kept elsewhere no longer logs anyone in.
+    const after = await page("/", { headers: { Cookie: session } }, authEnv);
+    expect(after.html).not.toContain("ui-private/logout");
+    expect(after.html).toContain('href="/login"');
+    expect(
+      (await page("/repositories/ui-private/logout", { headers: { Cookie: session } }, authEnv)).response.status,
+    ).toBe(404);
+    // Another session of the same user is not affected.
+    const again = await post("/login", { username: "reader", password: "reader-pw", csrf }, browser);
+    const other = (again.response.headers.get("Set-Cookie") ?? "").split(";")[0] ?? "";
+    expect((await page("/", { headers: { Cookie: other } }, authEnv)).html).toContain("ui-private/logout");
+  });
+
   it("lists a repository of 1000 tags from one listing, newest first", async () => {
     const image = await pushImage("ui-open/many", "t0000");
     const manifest = (await (
