@@ -1,0 +1,138 @@
+import type { Digest } from "../oci/digest";
+
+/**
+ * The seam every change to what a repository holds passes through (docs/architecture.md,
+ * "The repository seam"). The repository API (repository.ts) describes each change it is
+ * about to make as a `Change`, asks every `ChangePolicy` first (any may refuse it, by
+ * throwing a RegistryError, before anything is written), makes it, and tells every
+ * `ChangeListener` once it is committed. Events, audit, quotas and immutable tags are
+ * policies and listeners; no route knows about them.
+ */
+
+/** Who made a change: whatever authenticated the request, or the registry itself. */
+export interface Actor {
+  /**
+   * `user`: a password (htpasswd) user, through Basic or a token; `anonymous`: nobody
+   * logged in; `collector` and `mirror`: the registry's own work.
+   */
+  kind: "user" | "anonymous" | "collector" | "mirror" | "system";
+  /** The user name; the component's name for the registry's own actors; "" for anonymous. */
+  name: string;
+}
+
+/** Where a change came from: who, and which request (for events and the audit log). */
+export interface ChangeContext {
+  actor: Actor;
+  /** The request's id (Cloudflare's `CF-Ray`, or one made up), or the run's for background work. */
+  requestId: string;
+  /** The client's address, when a client made the change. */
+  address?: string;
+  userAgent?: string;
+}
+
+export const SYSTEM_CONTEXT: ChangeContext = { actor: { kind: "system", name: "registry" }, requestId: "" };
+
+/** The changes a repository goes through, one kind per write the API makes. */
+export type Change =
+  /** An upload finished: the blob is stored (if it was not already) and linked here. */
+  | { action: "blob.commit"; repository: string; digest: Digest; size: number }
+  /** A blob stored already was linked here from another repository (`POST ?mount=`). */
+  | { action: "blob.mount"; repository: string; digest: Digest; size: number; from?: string }
+  /** A repository's link to a blob was removed (`DELETE /v2/<name>/blobs/<digest>`). */
+  | { action: "blob.unlink"; repository: string; digest: Digest }
+  /** A manifest was stored and linked here, and the listed tags now name it. */
+  | {
+      action: "manifest.put";
+      repository: string;
+      digest: Digest;
+      mediaType: string;
+      size: number;
+      tags: string[];
+      subject?: Digest;
+    }
+  /** A manifest's revision link was removed, with the tags that named it. */
+  | { action: "manifest.delete"; repository: string; digest: Digest; tags: string[] }
+  /** A tag now names `digest` (set by a manifest push, or moved by the mirror's refresh). */
+  | { action: "tag.put"; repository: string; tag: string; digest: Digest }
+  /** A tag was removed (`DELETE /v2/<name>/manifests/<tag>`). */
+  | { action: "tag.delete"; repository: string; tag: string }
+  /** The mirror stored what it fetched from an upstream (a manifest, with its tag, or a blob). */
+  | {
+      action: "mirror.store";
+      repository: string;
+      digest: Digest;
+      kind: "manifest" | "blob";
+      size: number;
+      mediaType?: string;
+      tag?: string;
+    }
+  /** The collector removed something no longer needed (docs/architecture.md, "Garbage collection"). */
+  | {
+      action: "collect";
+      kind: "tag" | "manifest" | "layer" | "blob";
+      /** Absent for a blob: blobs are global. */
+      repository?: string;
+      digest: Digest;
+      tag?: string;
+    };
+
+export type ChangeAction = Change["action"];
+
+/** Asked before a change is made; refuses it by throwing (a RegistryError, usually DENIED). */
+export interface ChangePolicy {
+  readonly name: string;
+  check(change: Change, context: ChangeContext): void | Promise<void>;
+}
+
+/**
+ * Told after a change is committed, once. A listener's failure is its own (logged): the
+ * change is made and the client's answer stands.
+ */
+export interface ChangeListener {
+  readonly name: string;
+  changed(change: Change, context: ChangeContext): void | Promise<void>;
+}
+
+/** The policies and listeners a repository API consults. */
+export class ChangeSeam {
+  constructor(
+    readonly policies: readonly ChangePolicy[] = [],
+    readonly listeners: readonly ChangeListener[] = [],
+  ) {}
+
+  /** Whether anyone is listening or judging: when not, callers may skip describing changes. */
+  get idle(): boolean {
+    return this.policies.length === 0 && this.listeners.length === 0;
+  }
+
+  /** Asks every policy, in order; the first refusal stops the change. */
+  async check(change: Change, context: ChangeContext): Promise<void> {
+    for (const policy of this.policies) await policy.check(change, context);
+  }
+
+  /** Tells every listener of a committed change. */
+  async committed(change: Change, context: ChangeContext): Promise<void> {
+    for (const listener of this.listeners) {
+      try {
+        await listener.changed(change, context);
+      } catch (error) {
+        console.error(`change listener ${listener.name} failed`, change.action, String(error));
+      }
+    }
+  }
+
+  /** Checks `change`, runs `write`, and, when it returns true (or nothing), tells the listeners. */
+  async apply<T>(change: Change, context: ChangeContext, write: () => Promise<T>): Promise<T> {
+    await this.check(change, context);
+    const result = await write();
+    if (result !== false) await this.committed(change, context);
+    return result;
+  }
+}
+
+/**
+ * Test seam, empty in production: a unit test registers a policy or a listener here, and
+ * every repository API built afterwards in this isolate consults it (after the ones the
+ * settings configure).
+ */
+export const changeHooks: { policies: ChangePolicy[]; listeners: ChangeListener[] } = { policies: [], listeners: [] };
