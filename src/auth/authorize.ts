@@ -10,7 +10,13 @@ import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 /** What the request's credentials allow, for routes that check more than the middleware did (mount's `from`). */
 export type AccessCheck = (resource: Resource, action: Action) => boolean;
 
-export type AuthEnv = { Bindings: Env; Variables: { can: AccessCheck } };
+/** Who the request's credentials name: whom the changes it makes are attributed to. */
+export interface RequestActor {
+  kind: "user" | "anonymous";
+  name: string;
+}
+
+export type AuthEnv = { Bindings: Env; Variables: { can: AccessCheck; actor?: RequestActor } };
 
 /** Who is asking: nobody in particular, a user by password, or the holder of a token. */
 type Identity =
@@ -136,6 +142,8 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   const scope = typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
   const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
   c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
+  const user = identity.kind === "anonymous" ? null : identity.user;
+  c.set("actor", user === null ? { kind: "anonymous", name: "" } : { kind: "user", name: user });
   if (need === "nothing") return next();
   if (need === "base") {
     // `docker login` learns where to get a token here.

@@ -7,7 +7,7 @@ import { splitRepositoryKey } from "../registry/integrity";
 import { decodeContent, linkCopyOf } from "../registry/linked-blob-store";
 import { Meter, runMetered } from "../registry/meter";
 import { Paths } from "../registry/paths";
-import { openRepository } from "../registry/registry";
+import { repositoryParts } from "../registry/registry";
 import { Referrers } from "../registry/referrers";
 import { storageOf, type Storage } from "../registry/storage";
 import { parseTagRecord } from "../registry/tags";
@@ -757,7 +757,7 @@ export class GarbageCollector extends DurableObject<Env> {
       const removedLinks = new Set(removed.filter((r) => r.kind === "link").map((r) => r.digest));
       const removedRevs = new Set(removed.filter((r) => r.kind === "manifest").map((r) => r.digest));
       if (removedLinks.size === 0 && removedRevs.size === 0) continue;
-      const repository = openRepository(this.env, repo);
+      const repository = repositoryParts(this.env, repo);
       // Every manifest a new write needs, transitively: what a restored index lists, what a
       // restored manifest references, and the referrers of a restored subject.
       const queue: string[] = [];
@@ -1076,7 +1076,7 @@ interface References {
  */
 async function readReferences(env: Env, repo: string, digest: Digest): Promise<References | null> {
   const storage = storageOf(env);
-  const repository = openRepository(env, repo);
+  const repository = repositoryParts(env, repo);
   const copy = linkCopyOf(
     await storage.kv.get(Paths.kvManifestRevision(repo, digest), "json").catch(() => null),
     digest,
@@ -1107,7 +1107,7 @@ async function readReferences(env: Env, repo: string, digest: Digest): Promise<R
 
 /** Writes back a revision link (and its referrer record) the prune removed. */
 async function restoreManifest(env: Env, repo: string, digest: Digest, mediaType: string): Promise<void> {
-  const repository = openRepository(env, repo);
+  const repository = repositoryParts(env, repo);
   const descriptor = await repository.blobs.stat(digest, { strong: true });
   const bytes = descriptor ? await repository.blobs.readBytes(descriptor) : null;
   if (!descriptor || !bytes) return;

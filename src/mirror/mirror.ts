@@ -5,6 +5,7 @@ import { MAX_MANIFEST_BYTES, type ParsedManifest } from "../oci/manifest";
 import { essence, MediaTypes } from "../oci/media-types";
 import { chunksOf, pump, type BlobDescriptor } from "../registry/blob-store";
 import { currentMeter, metered } from "../registry/meter";
+import { SYSTEM_CONTEXT, type ChangeContext } from "../registry/changes";
 import type { EdgeCache } from "../registry/edge-cache";
 import { EMBEDDED_CONTENT_MAX_BYTES, encodeContent } from "../registry/linked-blob-store";
 import type { Reference } from "../registry/manifests";
@@ -50,8 +51,13 @@ export class Mirror {
     private readonly env: Env,
     readonly name: MirroredName,
     edge: EdgeCache,
+    context: ChangeContext = SYSTEM_CONTEXT,
   ) {
-    this.repository = openRepository(env, name.local, edge);
+    // What the mirror stores is attributed to it, within the request that made it fetch.
+    this.repository = openRepository(env, name.local, {
+      edge,
+      context: { ...context, actor: { kind: "mirror", name: name.upstream.prefix } },
+    });
     this.client = new UpstreamClient(env, name.upstream);
     this.scope = `repository:${name.remote}:pull`;
   }
@@ -74,9 +80,7 @@ export class Mirror {
     if ("digest" in reference) {
       try {
         // Stored: served from what this read found (the route reads nothing more).
-        const { link, descriptor, content } = await this.repository.revisions.stat(reference.digest, {
-          unknownCode: "MANIFEST_UNKNOWN",
-        });
+        const { link, descriptor, content } = await this.repository.statRevision(reference.digest);
         if (link.mediaType === undefined) return undefined;
         const record: TagRecord = { digest: reference.digest, mediaType: link.mediaType, size: descriptor.size };
         if (content !== undefined) record.content = content;
@@ -87,7 +91,7 @@ export class Mirror {
       return this.fetchManifest(reference.digest.value, reference.digest);
     }
     const tag = reference.tag;
-    const stored = await this.repository.tags.resolveAtEdge(tag);
+    const stored = await this.repository.resolveTagAtEdge(tag);
     const now = Date.now();
     if (stored?.checkedAt !== undefined && now - stored.checkedAt < this.name.upstream.tagTtlSeconds * 1000) {
       return stored;
@@ -110,7 +114,7 @@ export class Mirror {
       const upstreamDigest = head.headers.get("Docker-Content-Digest");
       if (upstreamDigest === stored.digest.value) {
         const record: TagRecord = { ...stored, checkedAt: now };
-        await this.repository.tags.set(tag, record);
+        await this.repository.confirmMirroredTag(tag, record);
         return record;
       }
       // Fetched by the digest the HEAD named (so a tag moving meanwhile cannot mix two
@@ -171,7 +175,7 @@ export class Mirror {
     const contentType = essence(response.headers.get("Content-Type"));
     let manifest: ParsedManifest;
     try {
-      ({ manifest } = await this.repository.manifests.put(tag ? { tag } : { digest }, bytes, contentType, {
+      ({ manifest } = await this.repository.putManifest(tag ? { tag } : { digest }, bytes, contentType, {
         mirroredAt: Date.now(),
         maxReferences: readConfig(this.env).manifestMaxReferences,
       }));
@@ -207,7 +211,7 @@ export class Mirror {
     range: string | undefined,
     waitUntil: (work: Promise<unknown>) => void,
   ): Promise<UpstreamBlob | { descriptor: BlobDescriptor }> {
-    const stored = await this.repository.blobs.stat(digest, { strong: true });
+    const stored = await this.repository.storedBlob(digest);
     const detail = { digest: digest.value, upstream: this.name.upstream.prefix };
     const ask = async (askMethod: "GET" | "HEAD", headers: Record<string, string> = {}, follow = true) => {
       try {
@@ -238,7 +242,7 @@ export class Mirror {
       ) {
         throw unavailable("the upstream's answer for this blob does not match it", detail);
       }
-      await this.repository.layers.link(digest, stored);
+      await this.repository.linkMirroredBlob(digest, stored);
       return { descriptor: stored };
     }
     const response = await ask(method === "HEAD" ? "HEAD" : "GET", range ? { Range: range } : {});

@@ -69,6 +69,28 @@ export interface PutManifestResult {
   tags: string[];
 }
 
+/** A manifest checked and ready to store (Manifests.prepare): nothing of it is written yet. */
+export interface PreparedManifest {
+  digest: Digest;
+  manifest: ParsedManifest;
+  tags: string[];
+  bytes: Uint8Array;
+  /** The collector's marker as read before the checks (see store). */
+  markerBefore: Promise<{ active: boolean; etag: string | null }>;
+  mirroredAt: number | undefined;
+}
+
+/** What a manifest DELETE removes (Manifests.planDeletion). */
+export interface PlannedDeletion {
+  reference: Reference;
+  /** The tags that go: the one named, or every tag naming the digest. */
+  tags: string[];
+  /** The subject whose referrer record goes too. */
+  subject?: Digest | null;
+  /** Only a KV copy of the revision link is left (at the edge): it goes, nothing else. */
+  edgeOnly?: boolean;
+}
+
 /** A manifest reference in a URL: a tag or a digest. */
 export type Reference = { tag: string } | { digest: Digest };
 
@@ -159,16 +181,17 @@ export class Manifests {
   }
 
   /**
-   * Stores a manifest after checking it: valid, digest matching the URL when the URL
-   * names one, and every blob and child manifest it references linked in this
-   * repository (read strongly: a blob whose upload just returned 201 must count).
+   * Checks a manifest before it is stored: valid, digest matching the URL when the URL
+   * names one, and (unless mirrored) every blob and child manifest it references linked in
+   * this repository (read strongly: a blob whose upload just returned 201 must count).
+   * Writes nothing: `store` does, once the change seam's policies agreed.
    */
-  async put(
+  async prepare(
     reference: Reference,
     bytes: Uint8Array,
     contentType: string,
     options: PutManifestOptions = {},
-  ): Promise<PutManifestResult> {
+  ): Promise<PreparedManifest> {
     const manifest = parseManifest(bytes, contentType);
     const references = manifest.blobs.length + manifest.manifests.length;
     if (options.maxReferences !== undefined && references > options.maxReferences) {
@@ -186,11 +209,18 @@ export class Manifests {
         computed: digest.value,
       });
     }
-    // Read before the checks and again after the writes (see below); settled either way.
+    // Read before the checks and again after the writes (see store); settled either way.
     const markerBefore = this.blobs.collectorMarker();
     markerBefore.catch(() => undefined);
-    const mirrored = options.mirroredAt !== undefined;
-    if (!mirrored) await this.checkReferences(manifest);
+    if (options.mirroredAt === undefined) await this.checkReferences(manifest);
+    const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
+    return { digest, manifest, tags, bytes, markerBefore, mirroredAt: options.mirroredAt };
+  }
+
+  /** Stores a prepared manifest: its bytes, its revision link, its referrer record, then its tags. */
+  async store(prepared: PreparedManifest): Promise<PutManifestResult> {
+    const { digest, manifest, tags, bytes, markerBefore, mirroredAt } = prepared;
+    const mirrored = mirroredAt !== undefined;
     const descriptor = await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
     await this.revisions.link(digest, descriptor, { mediaType: manifest.mediaType }, bytes);
     if (manifest.subject) {
@@ -198,7 +228,7 @@ export class Manifests {
       await this.referrers.add(manifest.subject.digest, digest, Referrers.describe(manifest, digest, bytes.byteLength));
     }
     // The manifest's half of the collector's protocol (docs/architecture.md, "Garbage
-    // collection"): if a run was active when the checks above began, or when the writes
+    // collection"): if a run was active when the checks began, or when the writes
     // ended, or one started or ended in between (the marker changed), links it may have
     // removed meanwhile are written again. Two R2 heads when no run is active. Before the
     // tags, so that a tag never names a manifest whose references could not be restored.
@@ -207,7 +237,6 @@ export class Manifests {
     if (before.active || after.active || before.etag !== after.etag)
       await this.relink(manifest, digest, bytes, mirrored);
     // Tags last: a tag never points at a manifest that is not fully stored.
-    const tags = [...new Set([...("tag" in reference ? [reference.tag] : []), ...(options.extraTags ?? [])])];
     const record: TagRecord = {
       digest,
       mediaType: manifest.mediaType,
@@ -215,9 +244,19 @@ export class Manifests {
       summary: summarize(manifest),
     };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
-    if (mirrored) record.checkedAt = options.mirroredAt;
+    if (mirrored) record.checkedAt = mirroredAt;
     for (const tag of tags) await this.tags.set(tag, record);
     return { digest, manifest, tags };
+  }
+
+  /** Checks and stores a manifest (prepare, then store), for callers with no policy to ask between. */
+  async put(
+    reference: Reference,
+    bytes: Uint8Array,
+    contentType: string,
+    options: PutManifestOptions = {},
+  ): Promise<PutManifestResult> {
+    return this.store(await this.prepare(reference, bytes, contentType, options));
   }
 
   /**
@@ -269,29 +308,46 @@ export class Manifests {
   }
 
   /**
+   * What a DELETE would remove, read but not removed: by tag, the tag (MANIFEST_UNKNOWN
+   * when there is none, at `remove`); by digest, the revision link, every tag pointing at
+   * it, and its referrer record. Null `digest`: only a KV copy left behind at the edge (a
+   * race, a failure) remains, which still goes.
+   */
+  async planDeletion(reference: Reference): Promise<PlannedDeletion> {
+    if ("tag" in reference) return { reference, tags: [reference.tag] };
+    if (!(await this.revisions.readLink(reference.digest))) return { reference, tags: [], edgeOnly: true };
+    const subject = await this.subjectOf(reference.digest);
+    const tags = await this.tags.pointingAt(reference.digest);
+    return { reference, tags, subject };
+  }
+
+  /**
    * DELETE by tag removes the tag only; DELETE by digest removes the revision link and
    * every tag pointing at it. The bytes stay for garbage collection, and other
    * repositories linking the same manifest are untouched.
    */
-  async delete(reference: Reference): Promise<void> {
+  async remove(plan: PlannedDeletion): Promise<void> {
+    const { reference } = plan;
     if ("tag" in reference) {
       if (!(await this.tags.delete(reference.tag)))
         throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
       return;
     }
-    if (!(await this.revisions.readLink(reference.digest))) {
-      // Gone from R2; a KV copy left behind at the edge (a race, a failure) still goes.
+    if (plan.edgeOnly) {
       if (await this.revisions.unlink(reference.digest)) return;
       throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
     }
-    const subject = await this.subjectOf(reference.digest);
     // Tags first, then the referrer record, then the revision: a failure part-way
     // never leaves a tag or a referrer pointing at a manifest that is gone.
-    for (const tag of await this.tags.pointingAt(reference.digest)) await this.tags.delete(tag);
-    if (subject) await this.referrers.remove(subject, reference.digest);
+    for (const tag of plan.tags) await this.tags.delete(tag);
+    if (plan.subject) await this.referrers.remove(plan.subject, reference.digest);
     if (!(await this.revisions.unlink(reference.digest))) {
       throw new RegistryError("MANIFEST_UNKNOWN", undefined, { digest: reference.digest.value });
     }
+  }
+
+  async delete(reference: Reference): Promise<void> {
+    await this.remove(await this.planDeletion(reference));
   }
 
   /** The subject a stored manifest names, if any (null for a manifest this repository lacks). */

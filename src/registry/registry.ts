@@ -1,28 +1,40 @@
 import { readConfig } from "../config";
 import { BlobStore } from "./blob-store";
+import { Catalog } from "./catalog";
+import { ChangeSeam, changeHooks, SYSTEM_CONTEXT, type ChangeContext } from "./changes";
 import { EdgeCache } from "./edge-cache";
 import { LinkedBlobStore } from "./linked-blob-store";
 import { Manifests } from "./manifests";
 import { Referrers } from "./referrers";
+import { Repository, type RepositoryParts } from "./repository";
 import { storageOf } from "./storage";
 import { Tags } from "./tags";
 
-/** The services one repository's requests use, wired over the Worker's bindings. */
-export interface Repository {
-  name: string;
-  blobs: BlobStore;
-  layers: LinkedBlobStore;
-  revisions: LinkedBlobStore;
-  tags: Tags;
-  referrers: Referrers;
-  manifests: Manifests;
+export { Repository } from "./repository";
+
+/**
+ * The policies and listeners every change is checked by and told to: those the settings
+ * configure, then any a test registered (changeHooks). Idle (none) by default.
+ */
+export function changeSeamOf(): ChangeSeam {
+  if (changeHooks.policies.length === 0 && changeHooks.listeners.length === 0) return IDLE_SEAM;
+  return new ChangeSeam([...changeHooks.policies], [...changeHooks.listeners]);
+}
+
+const IDLE_SEAM = new ChangeSeam();
+
+export interface OpenOptions {
+  /** The request's location cache (routes/http.ts edgeCacheOf); without one, pulls read R2 for bytes and tags. */
+  edge?: EdgeCache;
+  /** Who the changes made through this repository are attributed to. */
+  context?: ChangeContext;
 }
 
 /**
- * `edge` is the request's location cache (routes/http.ts edgeCacheOf); without one, pulls
- * read R2 for bytes and tags.
+ * The storage services of one repository, for the registry layer's own work (the
+ * collector's checks); everything else goes through `openRepository`.
  */
-export function openRepository(env: Env, name: string, edge: EdgeCache = EdgeCache.bypass()): Repository {
+export function repositoryParts(env: Env, name: string, edge: EdgeCache = EdgeCache.bypass()): RepositoryParts {
   const storage = storageOf(env);
   const blobs = new BlobStore(storage);
   const { edgeLinkTtlSeconds } = readConfig(env);
@@ -31,5 +43,17 @@ export function openRepository(env: Env, name: string, edge: EdgeCache = EdgeCac
   const tags = new Tags(storage.bucket, name, edge);
   const referrers = new Referrers(storage.bucket, name);
   const manifests = new Manifests(blobs, layers, revisions, tags, referrers, edge);
-  return { name, blobs, layers, revisions, tags, referrers, manifests };
+  const catalog = new Catalog(storage.bucket);
+  return { blobs, layers, revisions, tags, referrers, manifests, catalog, edge };
+}
+
+/** One repository over the Worker's bindings, its changes going through the change seam. */
+export function openRepository(env: Env, name: string, options: OpenOptions = {}): Repository {
+  const parts = repositoryParts(env, name, options.edge);
+  return new Repository(name, parts, changeSeamOf(), options.context ?? SYSTEM_CONTEXT);
+}
+
+/** The registry's list of repositories. */
+export function catalogOf(env: Env): Catalog {
+  return new Catalog(storageOf(env).bucket);
 }

@@ -181,6 +181,84 @@ export class Tags {
   async list(limit: number, last?: string): Promise<string[]> {
     return listNames(this.bucket, Paths.tagPrefix(this.name), limit, last);
   }
+
+  /**
+   * The tags, newest first (by when each was last written), from listings alone: each tag
+   * object's custom metadata holds its digest and summary (tags written before summaries
+   * existed have none). At most TAGS_SORTED_MAX are sorted (10 to 100 listing pages, as R2
+   * pages them with metadata); beyond that, `truncated` and the first ones by name.
+   */
+  async listWithSummaries(): Promise<TagListing> {
+    const prefix = Paths.tagPrefix(this.name);
+    const rows: TagRow[] = [];
+    let cursor: string | undefined;
+    for (;;) {
+      const page = await this.bucket.list({
+        prefix,
+        limit: R2_LIST_MAX,
+        include: ["customMetadata"],
+        ...(cursor ? { cursor } : {}),
+      });
+      for (const object of page.objects) {
+        const row: TagRow = {
+          tag: object.key.slice(prefix.length),
+          digest: object.customMetadata?.digest ?? "",
+          pushedAt: object.uploaded,
+        };
+        const summary = tagSummaryOf(object.customMetadata);
+        if (summary) row.summary = summary;
+        rows.push(row);
+      }
+      if (!page.truncated) break;
+      if (rows.length >= TAGS_SORTED_MAX) return { rows, truncated: true };
+      cursor = page.cursor;
+    }
+    rows.sort((a, b) => b.pushedAt.getTime() - a.pushedAt.getTime() || a.tag.localeCompare(b.tag));
+    return { rows, truncated: false };
+  }
+
+  /**
+   * Tags naming `digest`, from at most `maxPages` listings (an image page must not cost
+   * what a repository's whole tag list does), at most `limit`; `more` when there may be others.
+   */
+  async naming(digest: string, limit: number, maxPages: number): Promise<{ tags: string[]; more: boolean }> {
+    const prefix = Paths.tagPrefix(this.name);
+    const tags: string[] = [];
+    let cursor: string | undefined;
+    for (let page = 0; page < maxPages; page++) {
+      const listing = await this.bucket.list({
+        prefix,
+        limit: R2_LIST_MAX,
+        include: ["customMetadata"],
+        ...(cursor ? { cursor } : {}),
+      });
+      for (const object of listing.objects) {
+        if (object.customMetadata?.digest !== digest) continue;
+        if (tags.length === limit) return { tags, more: true };
+        tags.push(object.key.slice(prefix.length));
+      }
+      if (!listing.truncated) return { tags, more: false };
+      cursor = listing.cursor;
+    }
+    return { tags, more: true };
+  }
+}
+
+/** Most tags `listWithSummaries` sorts (10–100 list calls); beyond, the first ones by name. */
+export const TAGS_SORTED_MAX = 10_000;
+
+/** A tag as a listing shows it. */
+export interface TagRow {
+  tag: string;
+  digest: string;
+  /** When the tag was last written (pushed, or confirmed by a mirror's upstream). */
+  pushedAt: Date;
+  summary?: TagSummary;
+}
+
+export interface TagListing {
+  rows: TagRow[];
+  truncated: boolean;
 }
 
 /** Lists key suffixes under `prefix` in sorted order, paging R2 as needed. */

@@ -4,8 +4,8 @@ import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
 import { presignedUrl, redirectSettings } from "../registry/blob-redirect";
-import { openRepository } from "../registry/registry";
-import { edgeCacheOf, notModified, repositoryName, type AppContext, type AppEnv } from "./http";
+import type { Repository } from "../registry/registry";
+import { edgeCacheOf, notModified, repositoryOf, type AppContext, type AppEnv } from "./http";
 
 export const blobRoutes = new Hono<AppEnv>();
 
@@ -52,14 +52,13 @@ function blobHeaders(c: AppContext, descriptor: BlobDescriptor): void {
 async function statBlob(
   c: AppContext,
   digestText: string,
-): Promise<{ descriptor: BlobDescriptor; repository: ReturnType<typeof openRepository> }> {
-  const repository = openRepository(c.env, repositoryName(c));
+): Promise<{ descriptor: BlobDescriptor; repository: Repository }> {
+  const repository = repositoryOf(c, undefined, { edge: false });
   const digest = parseDigest(digestText);
   // A mirrored blob: the mirror (routes/mirror.ts) read its link already.
   const known = c.get("mirrorBlob");
   if (known?.digest === digest.value) return { descriptor: known, repository };
-  const { descriptor } = await repository.layers.stat(digest);
-  return { descriptor, repository };
+  return { descriptor: await repository.statBlob(digest), repository };
 }
 
 // A mirrored name's blob is read from the repository it is stored as (repositoryName).
@@ -77,7 +76,7 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
   if (redirect && descriptor.size >= redirect.minBytes) {
     // The object must be there (a stale descriptor copy can name one that is gone), and
     // the answer must not be kept by any cache: the URL expires, the digest does not.
-    const current = await repository.blobs.withObject(descriptor);
+    const current = await repository.blobWithObject(descriptor);
     c.header("Content-Length", "0");
     c.header("Content-Range", undefined);
     c.header("ETag", undefined);
@@ -90,18 +89,15 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
   const cached = await cache.matchBlob(descriptor.digest, descriptor.size, range);
   if (cached?.body) return c.body(cached.body, status);
   if (!range && cache.holds(descriptor.size)) {
-    const { body, copy, verified } = await repository.blobs.openTwice(descriptor);
+    const { body, copy, verified } = await repository.openBlobTwice(descriptor);
     void cache.putBlob(descriptor.digest, descriptor.size, copy, verified);
     return c.body(body, status);
   }
-  return c.body(await repository.blobs.open(descriptor, range), status);
+  return c.body(await repository.openBlob(descriptor, range), status);
 });
 
 blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {
   if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
-  const repository = openRepository(c.env, repositoryName(c));
-  const digest = parseDigest(c.req.param("digest") ?? "");
-  if (!(await repository.layers.unlink(digest)))
-    throw new RegistryError("BLOB_UNKNOWN", undefined, { digest: digest.value });
+  await repositoryOf(c, undefined, { edge: false }).unlinkBlob(parseDigest(c.req.param("digest") ?? ""));
   return c.body(null, 202);
 });

@@ -4,7 +4,9 @@ import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
+import type { ChangeContext } from "../registry/changes";
 import { EdgeCache } from "../registry/edge-cache";
+import { openRepository, type Repository } from "../registry/registry";
 import type { MirroredName } from "../mirror/upstreams";
 import type { TagRecord } from "../registry/tags";
 import type { BlobDescriptor } from "../registry/blob-store";
@@ -159,5 +161,33 @@ export function edgeCacheOf(c: AppContext): EdgeCache {
     maxBytes: config.edgeCacheMaxBytes,
     tagTtlSeconds: config.edgeTagTtlSeconds,
     waitUntil: (work) => waitUntil(c, work),
+  });
+}
+
+/**
+ * Who made the request's changes, for the change seam's policies and listeners: the
+ * authenticated user (or anonymous), the request's id (Cloudflare's `CF-Ray`, else one
+ * made up), the client's address and user agent.
+ */
+export function changeContextOf(c: AppContext): ChangeContext {
+  const context: ChangeContext = {
+    actor: c.get("actor") ?? { kind: "anonymous", name: "" },
+    requestId: c.req.header("CF-Ray") ?? crypto.randomUUID(),
+  };
+  const address = c.req.header("CF-Connecting-IP");
+  if (address) context.address = address;
+  const userAgent = c.req.header("User-Agent");
+  if (userAgent) context.userAgent = userAgent;
+  return context;
+}
+
+/**
+ * The repository a request names (or, for a mirrored name, the one it is stored as),
+ * its changes attributed to the request. `edge`: whether pulls may use this location's cache.
+ */
+export function repositoryOf(c: AppContext, name = repositoryName(c), { edge = true } = {}): Repository {
+  return openRepository(c.env, name, {
+    ...(edge ? { edge: edgeCacheOf(c) } : {}),
+    context: changeContextOf(c),
   });
 }

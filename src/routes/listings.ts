@@ -1,14 +1,12 @@
 import { Hono } from "hono";
 import { RegistryError } from "../oci/errors";
-import { Catalog } from "../registry/catalog";
-import { openRepository } from "../registry/registry";
-import { storageOf } from "../registry/storage";
-import { paginate, repositoryName, type AppEnv } from "./http";
+import { catalogOf } from "../registry/registry";
+import { paginate, repositoryName, repositoryOf, type AppEnv } from "./http";
 
 export const listingRoutes = new Hono<AppEnv>();
 
 listingRoutes.get("/_catalog", async (c) => {
-  const catalog = new Catalog(storageOf(c.env).bucket);
+  const catalog = catalogOf(c.env);
   const repositories = await paginate(
     c,
     "/v2/_catalog",
@@ -20,13 +18,12 @@ listingRoutes.get("/_catalog", async (c) => {
 
 listingRoutes.get("/:name{.+}/tags/list", async (c) => {
   const name = repositoryName(c);
-  if (!(await new Catalog(storageOf(c.env).bucket).exists(name)))
-    throw new RegistryError("NAME_UNKNOWN", undefined, { name });
-  const tags = openRepository(c.env, name).tags;
+  const repository = repositoryOf(c, name, { edge: false });
+  if (!(await repository.exists())) throw new RegistryError("NAME_UNKNOWN", undefined, { name });
   const page = await paginate(
     c,
     `/v2/${name}/tags/list`,
-    (limit, last) => tags.list(limit, last),
+    (limit, last) => repository.listTags(limit, last),
     (tag) => tag,
   );
   return c.json({ name, tags: page });

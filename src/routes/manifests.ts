@@ -6,8 +6,7 @@ import { validateTag } from "../oci/names";
 import { looksLikeDigest } from "../oci/digest";
 import { parseReference, type Reference } from "../registry/manifests";
 import type { TagRecord } from "../registry/tags";
-import { openRepository } from "../registry/registry";
-import { edgeCacheOf, notModified, readLimited, repositoryName, type AppContext, type AppEnv } from "./http";
+import { notModified, readLimited, repositoryName, repositoryOf, type AppContext, type AppEnv } from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();
 
@@ -41,10 +40,10 @@ function referenceToRead(text: string): Reference {
  * read it already (routes/mirror.ts).
  */
 async function serveManifest(c: AppContext, resolved?: TagRecord): Promise<Response> {
-  const repository = openRepository(c.env, repositoryName(c), edgeCacheOf(c));
+  const repository = repositoryOf(c);
   const reference = referenceToRead(c.req.param("reference") ?? "");
   if (c.req.method === "HEAD" || c.req.header("If-None-Match")) {
-    const { digest, mediaType, size } = await repository.manifests.stat(reference, resolved);
+    const { digest, mediaType, size } = await repository.statManifest(reference, resolved);
     manifestHeaders(c, digest.value, mediaType, size);
     if (notModified(c, digest.value)) {
       c.header("Content-Length", undefined);
@@ -52,7 +51,7 @@ async function serveManifest(c: AppContext, resolved?: TagRecord): Promise<Respo
     }
     if (c.req.method === "HEAD") return c.body(null, 200);
   }
-  const manifest = await repository.manifests.get(reference, resolved);
+  const manifest = await repository.getManifest(reference, resolved);
   manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
   return c.body(manifest.bytes, 200);
 }
@@ -61,7 +60,7 @@ manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) => ser
 
 manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const name = repositoryName(c);
-  const repository = openRepository(c.env, name, edgeCacheOf(c));
+  const repository = repositoryOf(c, name);
   const reference = parseReference(c.req.param("reference"));
   const config = readConfig(c.env);
   // `?tag=` (distribution-spec main): tag the pushed manifest with each, in one request.
@@ -76,7 +75,7 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
     );
   }
   const bytes = await readLimited(c, MAX_MANIFEST_BYTES);
-  const { digest, manifest, tags } = await repository.manifests.put(
+  const { digest, manifest, tags } = await repository.putManifest(
     reference,
     bytes,
     c.req.header("Content-Type") ?? "",
@@ -92,8 +91,7 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
 
 manifestRoutes.delete("/:name{.+}/manifests/:reference", async (c) => {
   if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
-  const repository = openRepository(c.env, repositoryName(c), edgeCacheOf(c));
-  const reference = parseReference(c.req.param("reference"));
-  await repository.manifests.delete(reference);
+  const repository = repositoryOf(c);
+  await repository.deleteManifest(parseReference(c.req.param("reference")));
   return c.body(null, 202);
 });

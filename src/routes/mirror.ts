@@ -4,7 +4,7 @@ import { mirroredName, mirrorsOf, upstreamOfNs } from "../mirror/upstreams";
 import { digestOrNull } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
 import { parseReference, type Reference } from "../registry/manifests";
-import { edgeCacheOf, waitUntil, type AppEnv } from "./http";
+import { changeContextOf, edgeCacheOf, waitUntil, type AppEnv } from "./http";
 
 /** The API paths a mirrored name serves, by kind (the name as the routes match it: greedy). */
 const PATHS: { kind: "manifest" | "blob" | "upload" | "tags" | "referrers"; pattern: RegExp }[] = [
@@ -79,7 +79,7 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
   }
   if (match.kind === "upload") return next();
   c.set("mirror", mirrored);
-  const mirror = new Mirror(c.env, mirrored, edgeCacheOf(c));
+  const mirror = new Mirror(c.env, mirrored, edgeCacheOf(c), changeContextOf(c));
 
   if (match.kind === "manifest") {
     const reference = referenceOrNull(match.rest);
@@ -107,7 +107,7 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
     if (!digest) return next();
     // Linked here already: the route serves it (the stat is passed on, not made twice).
     try {
-      c.set("mirrorBlob", (await mirror.repository.layers.stat(digest)).descriptor);
+      c.set("mirrorBlob", await mirror.repository.statBlob(digest));
       return next();
     } catch (error) {
       if (!(error instanceof RegistryError && error.code === "BLOB_UNKNOWN")) throw error;

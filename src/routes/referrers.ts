@@ -1,8 +1,7 @@
 import { Hono } from "hono";
 import { parseDigest } from "../oci/digest";
 import { MediaTypes } from "../oci/media-types";
-import { openRepository } from "../registry/registry";
-import { paginate, repositoryName, type AppEnv } from "./http";
+import { paginate, repositoryName, repositoryOf, type AppEnv } from "./http";
 
 export const referrerRoutes = new Hono<AppEnv>();
 
@@ -14,12 +13,12 @@ export const referrerRoutes = new Hono<AppEnv>();
 referrerRoutes.get("/:name{.+}/referrers/:digest", async (c) => {
   const name = repositoryName(c);
   const subject = parseDigest(c.req.param("digest"));
-  const referrers = openRepository(c.env, name).referrers;
+  const repository = repositoryOf(c, name, { edge: false });
   const artifactType = c.req.query("artifactType");
   const page = await paginate(
     c,
     `/v2/${name}/referrers/${subject.value}`,
-    (limit, last) => referrers.list(subject, limit, last),
+    (limit, last) => repository.listReferrers(subject, limit, last),
     (entry) => entry.key,
     artifactType !== undefined ? { artifactType } : {},
   );

@@ -5,7 +5,6 @@ import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
 import { validateName } from "../oci/names";
 import type { BlobDescriptor } from "../registry/blob-store";
 import { metered } from "../registry/meter";
-import { openRepository } from "../registry/registry";
 import {
   BYTE_REQUEST_ARGS,
   chunkTooLarge,
@@ -16,7 +15,15 @@ import {
   type SessionStatus,
   type UploadSession,
 } from "../uploads/upload-session";
-import { contentLength, contentRange, repositoryName, requestBody, type AppContext, type AppEnv } from "./http";
+import {
+  contentLength,
+  contentRange,
+  repositoryName,
+  repositoryOf,
+  requestBody,
+  type AppContext,
+  type AppEnv,
+} from "./http";
 
 export const uploadRoutes = new Hono<AppEnv>();
 
@@ -110,20 +117,17 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   if (mount !== undefined) {
     const digest = parseDigest(mount);
     const from = c.req.query("from");
-    const target = openRepository(c.env, name);
     // Mounting links a blob that is already stored: never a copy. With `from`, the
     // source repository must link it; without, only if automatic content discovery is
     // enabled. Otherwise fall through to a normal upload session, as the spec says.
     // The client must be allowed to pull from the source, or it could copy any blob
     // of a repository it cannot read into one it can.
-    const sourceLinks =
+    const mayMount =
       from !== undefined
-        ? c.var.can({ type: "repository", name: validateName(from) }, "pull") &&
-          (await openRepository(c.env, from).layers.readLink(digest)) !== null
+        ? c.var.can({ type: "repository", name: validateName(from) }, "pull")
         : readConfig(c.env).mountWithoutFrom;
-    const stored = sourceLinks ? await target.blobs.stat(digest, { strong: true }) : null;
-    if (stored) {
-      await target.layers.link(digest, stored);
+    const source = from !== undefined ? repositoryOf(c, from, { edge: false }) : undefined;
+    if (mayMount && (await repositoryOf(c, name, { edge: false }).mountBlob(digest, source))) {
       return createdBlob(c, name, digest.value);
     }
   }

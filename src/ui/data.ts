@@ -1,11 +1,10 @@
 import type { Digest } from "../oci/digest";
 import { parseManifest, parseManifestOrNull, type Descriptor, type ParsedManifest } from "../oci/manifest";
-import { Catalog } from "../registry/catalog";
+import type { Catalog } from "../registry/catalog";
 import { decodeContent } from "../registry/linked-blob-store";
-import { Paths } from "../registry/paths";
 import type { ReferrerDescriptor } from "../registry/referrers";
 import type { Repository } from "../registry/registry";
-import { tagSummaryOf, type TagSummary } from "../registry/tags";
+import type { TagRow, TagSummary } from "../registry/tags";
 
 /**
  * What the web pages show, read from the same storage the API serves (src/ui). Every
@@ -16,18 +15,8 @@ import { tagSummaryOf, type TagSummary } from "../registry/tags";
 
 /** R2 returns at most 1000 keys per list call (100 when it includes their metadata). */
 const LIST_PAGE = 1000;
-/** Most tags a repository page sorts (10–100 list calls); beyond, the first ones by name. */
-export const TAGS_SORTED_MAX = 10_000;
 /** Largest image config read to show its settings. */
 const CONFIG_MAX_BYTES = 1024 * 1024;
-
-export interface TagRow {
-  tag: string;
-  digest: string;
-  /** When the tag was last written (pushed, or confirmed by a mirror's upstream). */
-  pushedAt: Date;
-  summary?: TagSummary;
-}
 
 /**
  * A page of the catalog: names after `last` that contain `filter` and that `visible`
@@ -35,10 +24,9 @@ export interface TagRow {
  * page starts (undefined at the end).
  */
 export async function catalogPage(
-  bucket: R2Bucket,
+  catalog: Catalog,
   options: { filter: string; last?: string; limit: number; visible: (name: string) => boolean; maxPages?: number },
 ): Promise<{ names: string[]; next?: string; exhausted?: boolean }> {
-  const catalog = new Catalog(bucket);
   const names: string[] = [];
   let last = options.last;
   for (let page = 0; page < (options.maxPages ?? 10); page++) {
@@ -58,81 +46,16 @@ export async function catalogPage(
   return shown === undefined ? { names, exhausted: true } : { names, next: shown };
 }
 
-/**
- * A repository's tags, newest first (by when each was last written), from listings alone:
- * each tag object's custom metadata holds its digest and summary. Tags written before
- * summaries existed are completed from their records (`complete`, for the rows shown).
- */
-export async function tagRows(bucket: R2Bucket, name: string): Promise<{ rows: TagRow[]; truncated: boolean }> {
-  const prefix = Paths.tagPrefix(name);
-  const rows: TagRow[] = [];
-  let cursor: string | undefined;
-  for (;;) {
-    const page = await bucket.list({
-      prefix,
-      limit: LIST_PAGE,
-      include: ["customMetadata"],
-      ...(cursor ? { cursor } : {}),
-    });
-    for (const object of page.objects) {
-      const row: TagRow = {
-        tag: object.key.slice(prefix.length),
-        digest: object.customMetadata?.digest ?? "",
-        pushedAt: object.uploaded,
-      };
-      const summary = tagSummaryOf(object.customMetadata);
-      if (summary) row.summary = summary;
-      rows.push(row);
-    }
-    if (!page.truncated) break;
-    if (rows.length >= TAGS_SORTED_MAX) return { rows, truncated: true };
-    cursor = page.cursor;
-  }
-  rows.sort((a, b) => b.pushedAt.getTime() - a.pushedAt.getTime() || a.tag.localeCompare(b.tag));
-  return { rows, truncated: false };
-}
-
 /** Most tags an image page names, and the listing pages it reads to find them. */
-const IMAGE_TAGS_SHOWN = 20;
-const IMAGE_TAG_PAGES = 2;
-
-/**
- * Tags naming `digest`, for an image page: from at most IMAGE_TAG_PAGES listings (a page
- * must not cost what a repository's whole tag list does), at most IMAGE_TAGS_SHOWN;
- * `more` when there may be others.
- */
-export async function tagsNaming(
-  bucket: R2Bucket,
-  name: string,
-  digest: string,
-): Promise<{ tags: string[]; more: boolean }> {
-  const prefix = Paths.tagPrefix(name);
-  const tags: string[] = [];
-  let cursor: string | undefined;
-  for (let page = 0; page < IMAGE_TAG_PAGES; page++) {
-    const listing = await bucket.list({
-      prefix,
-      limit: LIST_PAGE,
-      include: ["customMetadata"],
-      ...(cursor ? { cursor } : {}),
-    });
-    for (const object of listing.objects) {
-      if (object.customMetadata?.digest !== digest) continue;
-      if (tags.length === IMAGE_TAGS_SHOWN) return { tags, more: true };
-      tags.push(object.key.slice(prefix.length));
-    }
-    if (!listing.truncated) return { tags, more: false };
-    cursor = listing.cursor;
-  }
-  return { tags, more: true };
-}
+export const IMAGE_TAGS_SHOWN = 20;
+export const IMAGE_TAG_PAGES = 2;
 
 /** Fills in what rows written before tag summaries lack, from their records (one read each). */
 export async function complete(repository: Repository, rows: TagRow[]): Promise<void> {
   await Promise.all(
     rows.map(async (row) => {
       if (row.summary && row.digest) return;
-      const record = await repository.tags.resolve(row.tag);
+      const record = await repository.resolveTag(row.tag);
       if (!record) return;
       row.digest = record.digest.value;
       const bytes = record.content ? decodeContent(record.content) : null;
@@ -171,7 +94,7 @@ export interface ImageDetails {
   config?: ImageConfig;
   /** Referrers of this manifest, grouped by artifact type. */
   referrers: Map<string, ReferrerDescriptor[]>;
-  /** Tags of this repository that name it (tagsNaming); `moreTags`: maybe others. */
+  /** Tags of this repository that name it (Repository.tagsNaming); `moreTags`: maybe others. */
   tags: string[];
   moreTags: boolean;
 }
@@ -187,7 +110,7 @@ export async function imageDetails(
   digest: Digest,
   { tags, more }: { tags: string[]; more: boolean },
 ): Promise<ImageDetails> {
-  const stored = await repository.manifests.get({ digest });
+  const stored = await repository.getManifest({ digest });
   const manifest = parseManifest(stored.bytes, stored.mediaType);
   const details: ImageDetails = {
     digest,
@@ -203,7 +126,7 @@ export async function imageDetails(
   };
   const [config, referrers] = await Promise.all([
     manifest.config ? readConfig(repository, manifest.config) : Promise.resolve(undefined),
-    repository.referrers.list(digest, REFERRERS_SHOWN),
+    repository.listReferrers(digest, REFERRERS_SHOWN),
   ]);
   if (config) details.config = config;
   for (const { descriptor } of referrers) {
@@ -219,10 +142,10 @@ export async function imageDetails(
 async function readConfig(repository: Repository, descriptor: Descriptor): Promise<ImageConfig | undefined> {
   if (descriptor.size > CONFIG_MAX_BYTES) return undefined;
   try {
-    const { descriptor: stored } = await repository.layers.stat(descriptor.digest);
+    const stored = await repository.statBlob(descriptor.digest);
     // The stored size counts, not the declared one (a mirrored manifest's is not checked).
     if (stored.size > CONFIG_MAX_BYTES) return undefined;
-    const bytes = await repository.blobs.readBytes(stored);
+    const bytes = await repository.readBlobBytes(stored);
     if (!bytes) return undefined;
     const value: unknown = JSON.parse(new TextDecoder().decode(bytes));
     if (typeof value !== "object" || value === null) return undefined;

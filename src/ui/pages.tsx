@@ -2,7 +2,8 @@
 import type { Child, FC } from "hono/jsx";
 import { raw } from "hono/html";
 import type { Descriptor } from "../oci/manifest";
-import type { ImageDetails, TagRow } from "./data";
+import type { TagRow } from "../registry/tags";
+import type { ImageDetails } from "./data";
 
 /**
  * The web pages (src/ui), rendered on the server with Hono's JSX: everything they show is

@@ -4,11 +4,9 @@ import { digestOrNull, parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import { validateName, validateTag } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
-import { Catalog } from "../registry/catalog";
-import { openRepository } from "../registry/registry";
-import { storageOf } from "../registry/storage";
-import { edgeCacheOf, type AppEnv } from "../routes/http";
-import { catalogPage, complete, imageDetails, tagRows, tagsNaming } from "./data";
+import { catalogOf } from "../registry/registry";
+import { changeContextOf, repositoryOf, type AppEnv } from "../routes/http";
+import { catalogPage, complete, IMAGE_TAG_PAGES, IMAGE_TAGS_SHOWN, imageDetails } from "./data";
 import {
   CatalogPage,
   COPY_SCRIPT,
@@ -21,7 +19,7 @@ import {
   RepositoryPage,
   type Chrome,
 } from "./pages";
-import { checkForm, logIn, logOut, may, mayDelete, viewerOf, type Viewer } from "./session";
+import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
 
 /**
  * The web pages at `/` (docs/operations.md, "Web pages"): the catalog, a repository's
@@ -117,14 +115,16 @@ function visibleRepository(c: UiContext, viewer: Viewer) {
     }
   })();
   if (!may(viewer, name, "pull")) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
-  return { name, repository: openRepository(c.env, name, edgeCacheOf(c)) };
+  // Changes made from the pages are the viewer's.
+  const context = { ...changeContextOf(c), actor: viewerActor(viewer) };
+  return { name, repository: repositoryOf(c, name).as(context) };
 }
 
 uiRoutes.get("/", (c) =>
   render(c, async (viewer) => {
     const filter = (c.req.query("q") ?? "").trim().slice(0, 255);
     const last = c.req.query("last");
-    const page = await catalogPage(storageOf(c.env).bucket, {
+    const page = await catalogPage(catalogOf(c.env), {
       filter,
       ...(last ? { last } : {}),
       limit: REPOSITORIES_PER_PAGE,
@@ -174,7 +174,11 @@ uiRoutes.get("/repositories/:name{.+}/-/manifests/:digest", (c) =>
     const { name, repository } = visibleRepository(c, viewer);
     const digest = digestOrNull(c.req.param("digest"));
     if (!digest) throw new RegistryError("MANIFEST_UNKNOWN", "no such manifest");
-    const image = await imageDetails(repository, digest, await tagsNaming(storageOf(c.env).bucket, name, digest.value));
+    const image = await imageDetails(
+      repository,
+      digest,
+      await repository.tagsNaming(digest.value, IMAGE_TAGS_SHOWN, IMAGE_TAG_PAGES),
+    );
     return c.html(
       <ImagePage
         chrome={chrome(viewer, `${name}@${digest.value.slice(0, 19)}`)}
@@ -223,7 +227,7 @@ uiRoutes.post("/repositories/:name{.+}/-/delete", (c) =>
     const form = await readForm(c);
     checkForm(c, viewer, form);
     const what = deletion({ tag: form.get("tag")?.toString(), digest: form.get("digest")?.toString() });
-    await repository.manifests.delete("tag" in what ? what : { digest: parseDigest(what.digest) });
+    await repository.deleteManifest("tag" in what ? what : { digest: parseDigest(what.digest) });
     return c.redirect(repositoryPath(name), 303);
   }),
 );
@@ -231,8 +235,7 @@ uiRoutes.post("/repositories/:name{.+}/-/delete", (c) =>
 uiRoutes.get("/repositories/:name{.+}", (c) =>
   render(c, async (viewer) => {
     const { name, repository } = visibleRepository(c, viewer);
-    const bucket = storageOf(c.env).bucket;
-    const [exists, { rows, truncated }] = await Promise.all([new Catalog(bucket).exists(name), tagRows(bucket, name)]);
+    const [exists, { rows, truncated }] = await Promise.all([repository.exists(), repository.listTagSummaries()]);
     if (!exists) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
     const pages = Math.max(1, Math.ceil(rows.length / TAGS_PER_PAGE));
     const requested = Number(c.req.query("page") ?? "1");

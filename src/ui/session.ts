@@ -1,7 +1,7 @@
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import type { Action } from "../auth/access";
-import { loadPolicy, tokenSettings, type AuthEnv } from "../auth/authorize";
+import { loadPolicy, tokenSettings, type AuthEnv, type RequestActor } from "../auth/authorize";
 import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
 import { allowedActions, type Policy } from "../auth/policy";
@@ -80,6 +80,11 @@ export async function viewerOf(c: UiContext): Promise<Viewer> {
   }
   const csrf = await hmacHex(signingKey(c.env), `csrf\u0000${binding}`);
   return { user, policy, canLogIn: policy.mode === "enforced", csrf, session };
+}
+
+/** Whom the changes a viewer makes from the pages are attributed to. */
+export function viewerActor(viewer: Viewer): RequestActor {
+  return viewer.user === null ? { kind: "anonymous", name: "" } : { kind: "user", name: viewer.user };
 }
 
 /** Whether the viewer may take `action` on repository `name`, as the API would let them. */

@@ -1,0 +1,250 @@
+import type { Digest } from "../oci/digest";
+import { RegistryError } from "../oci/errors";
+import type { BlobDescriptor, BlobStore, ByteRange, CachedCopy } from "./blob-store";
+import { Catalog } from "./catalog";
+import type { ChangeContext, ChangeSeam } from "./changes";
+import type { EdgeCache } from "./edge-cache";
+import type { LinkCopy, LinkedBlobStore } from "./linked-blob-store";
+import type { Manifests, PutManifestOptions, PutManifestResult, Reference, StoredManifest } from "./manifests";
+import type { ReferrerDescriptor, Referrers } from "./referrers";
+import type { TagListing, TagRecord, Tags } from "./tags";
+
+/** The storage services one repository is made of (registry.ts wires them). */
+export interface RepositoryParts {
+  blobs: BlobStore;
+  layers: LinkedBlobStore;
+  revisions: LinkedBlobStore;
+  tags: Tags;
+  referrers: Referrers;
+  manifests: Manifests;
+  catalog: Catalog;
+  edge: EdgeCache;
+}
+
+/**
+ * One repository, as everything above the registry layer sees it (docs/architecture.md,
+ * "The repository seam"): reads, and every change a repository goes through. Each change
+ * is described to the seam's policies before anything is written (any may refuse it) and
+ * to its listeners once it is committed, with who made it (`context`). Nothing outside
+ * src/registry/ writes a storage key; the routes, the web pages, the mirror and the
+ * collector all change repositories through here.
+ */
+export class Repository {
+  constructor(
+    readonly name: string,
+    private readonly parts: RepositoryParts,
+    private readonly seam: ChangeSeam,
+    readonly context: ChangeContext,
+  ) {}
+
+  /** This repository with the changes it makes attributed to `context` (the mirror's, the collector's). */
+  as(context: ChangeContext): Repository {
+    return new Repository(this.name, this.parts, this.seam, context);
+  }
+
+  // ---- Reads ----
+
+  /** Whether the repository exists (it has linked anything): the catalog's entry. */
+  exists(): Promise<boolean> {
+    return this.parts.catalog.exists(this.name);
+  }
+
+  /** A blob this repository links, as a pull sees it (from the edge index first); BLOB_UNKNOWN otherwise. */
+  async statBlob(digest: Digest): Promise<BlobDescriptor> {
+    return (await this.parts.layers.stat(digest)).descriptor;
+  }
+
+  /** A manifest revision this repository links, with its link record and (small ones) its bytes. */
+  statRevision(digest: Digest): Promise<LinkCopy> {
+    return this.parts.revisions.stat(digest, { unknownCode: "MANIFEST_UNKNOWN" });
+  }
+
+  /** A stored blob's descriptor whether or not this repository links it (write paths: read strongly). */
+  storedBlob(digest: Digest): Promise<BlobDescriptor | null> {
+    return this.parts.blobs.stat(digest, { strong: true });
+  }
+
+  /** Whether this repository links the blob, read from R2 (the truth). */
+  async linksBlob(digest: Digest): Promise<boolean> {
+    return (await this.parts.layers.readLink(digest)) !== null;
+  }
+
+  openBlob(descriptor: BlobDescriptor, range?: ByteRange): Promise<ReadableStream<Uint8Array>> {
+    return this.parts.blobs.open(descriptor, range);
+  }
+
+  openBlobTwice(descriptor: BlobDescriptor): Promise<CachedCopy> {
+    return this.parts.blobs.openTwice(descriptor);
+  }
+
+  /** The descriptor as it is now, its object checked to be there (for a redirect to it). */
+  blobWithObject(descriptor: BlobDescriptor): Promise<BlobDescriptor> {
+    return this.parts.blobs.withObject(descriptor);
+  }
+
+  readBlobBytes(descriptor: BlobDescriptor): Promise<Uint8Array<ArrayBuffer> | null> {
+    return this.parts.blobs.readBytes(descriptor);
+  }
+
+  statManifest(
+    reference: Reference,
+    resolved?: TagRecord,
+  ): Promise<{ digest: Digest; mediaType: string; size: number }> {
+    return this.parts.manifests.stat(reference, resolved);
+  }
+
+  getManifest(reference: Reference, resolved?: TagRecord): Promise<StoredManifest> {
+    return this.parts.manifests.get(reference, resolved);
+  }
+
+  /** A tag's record as this location sees it (EDGE_TAG_TTL_SECONDS), or null. */
+  resolveTagAtEdge(tag: string): Promise<TagRecord | null> {
+    return this.parts.tags.resolveAtEdge(tag);
+  }
+
+  /** A tag's record from R2, or null. */
+  resolveTag(tag: string): Promise<TagRecord | null> {
+    return this.parts.tags.resolve(tag);
+  }
+
+  listTags(limit: number, last?: string): Promise<string[]> {
+    return this.parts.tags.list(limit, last);
+  }
+
+  /** Tags with the summaries their records carry, newest first, from listings alone (the web pages). */
+  listTagSummaries(): Promise<TagListing> {
+    return this.parts.tags.listWithSummaries();
+  }
+
+  /** The tags naming `digest`: at most `limit`, from at most `maxPages` listings (the web pages). */
+  tagsNaming(digest: string, limit: number, maxPages: number): Promise<{ tags: string[]; more: boolean }> {
+    return this.parts.tags.naming(digest, limit, maxPages);
+  }
+
+  listReferrers(
+    subject: Digest,
+    limit: number,
+    last?: string,
+  ): Promise<{ key: string; descriptor: ReferrerDescriptor | null }[]> {
+    return this.parts.referrers.list(subject, limit, last);
+  }
+
+  // ---- Changes ----
+
+  /**
+   * An upload finished and its blob is stored (`descriptor`, published by the upload
+   * engine): links it here. Told as a mirror store when the mirror filled it.
+   */
+  async commitBlob(digest: Digest, descriptor: BlobDescriptor): Promise<void> {
+    const change =
+      this.context.actor.kind === "mirror"
+        ? ({
+            action: "mirror.store",
+            repository: this.name,
+            digest,
+            kind: "blob",
+            size: descriptor.size,
+          } as const)
+        : ({ action: "blob.commit", repository: this.name, digest, size: descriptor.size } as const);
+    await this.seam.apply(change, this.context, () => this.parts.layers.link(digest, descriptor));
+  }
+
+  /**
+   * Links a stored blob here from `from` (`POST ?mount=&from=`; `from` undefined: any
+   * stored blob, with automatic content discovery on). Returns the descriptor, or null
+   * when there is nothing to mount (the source does not link it, or it is not stored).
+   */
+  async mountBlob(digest: Digest, from: Repository | undefined): Promise<BlobDescriptor | null> {
+    if (from && !(await from.linksBlob(digest))) return null;
+    const stored = await this.parts.blobs.stat(digest, { strong: true });
+    if (!stored) return null;
+    const change = {
+      action: "blob.mount",
+      repository: this.name,
+      digest,
+      size: stored.size,
+      ...(from ? { from: from.name } : {}),
+    } as const;
+    await this.seam.apply(change, this.context, () => this.parts.layers.link(digest, stored));
+    return stored;
+  }
+
+  /**
+   * A blob the mirror found stored already, once the upstream proved it has the same
+   * bytes (src/mirror): linked here as a mirror store.
+   */
+  async linkMirroredBlob(digest: Digest, descriptor: BlobDescriptor): Promise<void> {
+    const change = {
+      action: "mirror.store",
+      repository: this.name,
+      digest,
+      kind: "blob",
+      size: descriptor.size,
+    } as const;
+    await this.seam.apply(change, this.context, () => this.parts.layers.link(digest, descriptor));
+  }
+
+  /** Removes this repository's link to a blob (`DELETE /v2/<name>/blobs/<digest>`); BLOB_UNKNOWN when there is none. */
+  async unlinkBlob(digest: Digest): Promise<void> {
+    const removed = await this.seam.apply({ action: "blob.unlink", repository: this.name, digest }, this.context, () =>
+      this.parts.layers.unlink(digest),
+    );
+    if (!removed) throw new RegistryError("BLOB_UNKNOWN", undefined, { digest: digest.value });
+  }
+
+  /**
+   * Checks and stores a manifest and sets its tags (`PUT /v2/<name>/manifests/<reference>`).
+   * A manifest the mirror fetched (`options.mirroredAt`) is told as a mirror store.
+   */
+  async putManifest(
+    reference: Reference,
+    bytes: Uint8Array,
+    contentType: string,
+    options: PutManifestOptions = {},
+  ): Promise<PutManifestResult> {
+    const prepared = await this.parts.manifests.prepare(reference, bytes, contentType, options);
+    const { digest, manifest, tags } = prepared;
+    const change =
+      options.mirroredAt !== undefined
+        ? ({
+            action: "mirror.store",
+            repository: this.name,
+            digest,
+            kind: "manifest",
+            size: bytes.byteLength,
+            mediaType: manifest.mediaType,
+            ...(tags[0] !== undefined ? { tag: tags[0] } : {}),
+          } as const)
+        : ({
+            action: "manifest.put",
+            repository: this.name,
+            digest,
+            mediaType: manifest.mediaType,
+            size: bytes.byteLength,
+            tags,
+            ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
+          } as const);
+    return this.seam.apply(change, this.context, () => this.parts.manifests.store(prepared));
+  }
+
+  /**
+   * A tag the mirror's refresh found unchanged upstream: its record again, with when the
+   * upstream confirmed it. The tag names what it named: not a change of content.
+   */
+  async confirmMirroredTag(tag: string, record: TagRecord): Promise<void> {
+    await this.parts.tags.set(tag, record);
+  }
+
+  /**
+   * `DELETE /v2/<name>/manifests/<reference>`: by tag, the tag; by digest, the revision
+   * link and every tag naming it (MANIFEST_UNKNOWN when there is nothing to remove).
+   */
+  async deleteManifest(reference: Reference): Promise<void> {
+    const plan = await this.parts.manifests.planDeletion(reference);
+    const change =
+      "tag" in reference
+        ? ({ action: "tag.delete", repository: this.name, tag: reference.tag } as const)
+        : ({ action: "manifest.delete", repository: this.name, digest: reference.digest, tags: plan.tags } as const);
+    await this.seam.apply(change, this.context, () => this.parts.manifests.remove(plan));
+  }
+}
