@@ -78,7 +78,11 @@ function unauthorized(
   scope?: string,
   error?: "invalid_token" | "insufficient_scope",
 ): RegistryError {
-  return new RegistryError("UNAUTHORIZED", message, undefined, { "WWW-Authenticate": challenge(c, scope, error) });
+  // The scope as detail, as distribution sends its access records: docker 20.10 reads an
+  // UNAUTHORIZED with neither detail nor a message of its own as a bare code, which its
+  // push takes for a passing failure and retries (each layer, about 50 s) instead of failing.
+  const detail = scope ? { scope } : undefined;
+  return new RegistryError("UNAUTHORIZED", message, detail, { "WWW-Authenticate": challenge(c, scope, error) });
 }
 
 async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Promise<Identity> {

@@ -10,6 +10,7 @@ import { readFile } from "node:fs/promises";
 import { setTimeout as delay } from "node:timers/promises";
 import {
   createClients,
+  expectFailure,
   fetchWithTimeout,
   haveCommand,
   makeTempDir,
@@ -42,17 +43,6 @@ const access = [
 async function expectLogged(pattern) {
   for (let attempt = 0; attempt < 50 && !pattern.test(registry.logTail(400)); attempt++) await delay(100);
   assert.match(registry.logTail(400), pattern);
-}
-
-/** The command must fail, and its own stderr (not the registry log around it) must say why. */
-async function expectFailure(promise, pattern) {
-  try {
-    await promise;
-  } catch (error) {
-    assert.match(String(error.result?.stderr ?? ""), pattern);
-    return;
-  }
-  assert.fail("the command succeeded but should have been refused");
 }
 
 describe("token authentication with real clients", { timeout: 600_000 }, () => {

@@ -19,9 +19,11 @@
 // Set E2E_KEEP_TMP=1 to keep the temp directories (registry state, registry log, client
 // storage, image layouts) for inspection, and E2E_VERBOSE=1 to log every command with its
 // duration on stderr.
+import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash, randomFillSync } from "node:crypto";
-import { closeSync, createReadStream, createWriteStream, openSync, readFileSync } from "node:fs";
+import { closeSync, createReadStream, createWriteStream, openSync, readdirSync, readFileSync } from "node:fs";
+import { get as httpGet } from "node:http";
 import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { join, resolve } from "node:path";
@@ -194,6 +196,20 @@ export function processGroupRss(pgid) {
     .map((line) => Number(line.trim()))
     .filter((kib) => Number.isFinite(kib) && kib > 0)
     .reduce((sum, kib) => sum + kib * 1024, 0);
+}
+
+/**
+ * The command `promise` runs must fail, and say why: its stderr (or, for an error that is
+ * not a command's, the error itself) must match `pattern`.
+ */
+export async function expectFailure(promise, pattern) {
+  try {
+    await promise;
+  } catch (error) {
+    assert.match(String(error.result?.stderr ?? error), pattern);
+    return;
+  }
+  assert.fail("the command succeeded but should have failed");
 }
 
 /** True if `command` is on PATH. */
@@ -441,6 +457,17 @@ export async function startRegistry({
     since(mark) {
       return this.entries().slice(mark);
     },
+    /** The entries since `mark` once no more arrive for a while (a client's last answer is logged after it got it). */
+    async settledSince(mark) {
+      let entries = this.since(mark);
+      for (let attempt = 0; attempt < 40; attempt++) {
+        await delay(75);
+        const now = this.since(mark);
+        if (now.length === entries.length) return now;
+        entries = now;
+      }
+      return entries;
+    },
   };
   return { port, host, url, clientHost, stateDir, logFile, logTail, rssBytes, accessLog, stop };
 }
@@ -664,6 +691,155 @@ export async function startContainerd({ readyTimeoutMs = 30_000 } = {}) {
     }
     await delay(200);
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Docker engine (dockerd), as root only: a private daemon with no network setup.
+
+/** Pids of processes (other than this one) whose command line mentions `text`, from /proc. */
+function processesMentioning(text) {
+  const found = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/cmdline`, "utf8").includes(text)) found.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+/** GET `path` on the unix socket `socketPath` (bounded); resolves its status, or null when unreachable. */
+function socketStatus(socketPath, path, timeoutMs = 2000) {
+  return new Promise((resolveStatus) => {
+    const request = httpGet({ socketPath, path, timeout: timeoutMs }, (response) => {
+      response.resume();
+      resolveStatus(response.statusCode ?? null);
+    });
+    request.once("timeout", () => request.destroy());
+    request.once("error", () => resolveStatus(null));
+  });
+}
+
+/**
+ * Starts dockerd with everything in a temp dir T: its daemon.json (`vfs` storage, no
+ * iptables and no bridge, so it makes no network; 127.0.0.0/8 insecure; `mirrors` as its
+ * `registry-mirrors`), data-root, exec-root (the containerd it starts keeps its state and
+ * socket there), pidfile and API socket (unix://T/docker.sock). It runs in a private mount
+ * namespace (unshare -m), so the bind mount it makes over its data-root dies with it and
+ * never shows in this one. Only loopback is reachable: any other address goes to a proxy
+ * on 127.0.0.1 that refuses connections, so a pull that would fall back to Docker Hub fails
+ * at once instead of going out. `docker(...args, options)` runs the CLI against it
+ * (DOCKER_CONFIG: T/cli, or `options.configDir`; the classic builder, DOCKER_BUILDKIT=0).
+ * `stop()` kills it by its pidfile (its group, then its containerd's), checks that no
+ * process mentioning T is left and removes T.
+ * Returns { dir, host, docker(...args), logTail(), stop() }.
+ */
+export async function startDockerd({ mirrors = [], readyTimeoutMs = 60_000 } = {}) {
+  const dir = await makeTempDir("dockerd");
+  const socket = join(dir, "docker.sock");
+  const pidfile = join(dir, "docker.pid");
+  const logFile = join(dir, "dockerd.log");
+  const config = join(dir, "daemon.json");
+  await mkdir(join(dir, "cli"));
+  await writeFile(
+    config,
+    JSON.stringify({
+      "storage-driver": "vfs",
+      iptables: false,
+      ip6tables: false,
+      bridge: "none",
+      "insecure-registries": ["127.0.0.0/8"],
+      "registry-mirrors": mirrors,
+      "data-root": join(dir, "root"),
+      "exec-root": join(dir, "exec"),
+      pidfile,
+      hosts: [`unix://${socket}`],
+    }),
+  );
+  // Go sends nothing for loopback addresses through a proxy; port 1 has no listener.
+  const deadProxy = "http://127.0.0.1:1";
+  const env = {
+    PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    HOME: dir,
+    HTTP_PROXY: deadProxy,
+    HTTPS_PROXY: deadProxy,
+    NO_PROXY: "127.0.0.1,localhost",
+  };
+  const logFd = openSync(logFile, "a");
+  // unshare execs dockerd: the child's pid is dockerd's, and its group is dockerd's group.
+  const child = spawn("unshare", ["-m", "--propagation", "private", "--", "dockerd", "--config-file", config], {
+    env,
+    detached: true,
+    stdio: ["ignore", logFd, logFd],
+  });
+  closeSync(logFd);
+  if (child.pid === undefined) throw new Error("could not start dockerd");
+  keeper.track(child.pid, "dockerd");
+  let exited = null;
+  child.once("exit", (code, signal) => {
+    exited = { code, signal };
+  });
+  const logTail = (lines = 40) => `--- dockerd log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
+  const readPid = (path) => {
+    try {
+      return Number(readFileSync(path, "utf8").trim()) || null;
+    } catch {
+      return null;
+    }
+  };
+  const containerdPidfile = join(dir, "exec", "containerd", "containerd.pid");
+  let containerdPid = null;
+  let stopped = false;
+  const stop = async () => {
+    if (stopped) return;
+    stopped = true;
+    // SIGTERM stops dockerd and the containerd it started (a few seconds); containerd runs
+    // in a session of its own, so it is killed by its own pidfile if it outlives dockerd.
+    containerdPid ??= readPid(containerdPidfile);
+    await stopGroup(readPid(pidfile) ?? child.pid, 15_000);
+    await stopGroup(child.pid, 1000);
+    // (Only while that pid is still its containerd: a pid is reused once its process is gone.)
+    if (containerdPid !== null) {
+      if (processesMentioning(dir).includes(containerdPid)) await stopGroup(containerdPid, 5000);
+      else keeper.forget(containerdPid);
+    }
+    const left = processesMentioning(dir);
+    for (const pid of left) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone meanwhile
+      }
+    }
+    await removeTempDir(dir);
+    if (left.length > 0) throw new Error(`dockerd left processes behind (killed): ${left.join(", ")}`);
+  };
+  const deadline = Date.now() + readyTimeoutMs;
+  while ((await socketStatus(socket, "/_ping")) !== 200) {
+    if (exited || Date.now() > deadline) {
+      const tail = logTail();
+      await stop();
+      throw new Error(`dockerd did not start in ${readyTimeoutMs} ms (${JSON.stringify(exited)})\n${tail}`);
+    }
+    await delay(100);
+  }
+  containerdPid = readPid(containerdPidfile);
+  if (containerdPid !== null) keeper.track(containerdPid, "dockerd's containerd");
+  const host = `unix://${socket}`;
+  const docker = (...args) => {
+    const { configDir = join(dir, "cli"), ...options } = typeof args[args.length - 1] === "object" ? args.pop() : {};
+    const cliEnv = {
+      ...env,
+      HOME: join(dir, "cli"),
+      DOCKER_HOST: host,
+      DOCKER_CONFIG: configDir,
+      DOCKER_BUILDKIT: "0",
+    };
+    return run("docker", args, { env: cliEnv, context: () => logTail(), ...options });
+  };
+  return { dir, host, docker, logTail, stop };
 }
 
 // ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import bcrypt from "bcryptjs";
 import {
   createClients,
   descriptorFor,
+  expectFailure,
   fetchHashed,
   fetchWithTimeout,
   haveCommand,
@@ -339,17 +340,6 @@ function upstreamCalls(entries) {
 
 function describeEntries(entries) {
   return entries.map((entry) => `${entry.method} ${entry.path} ${entry.status} ${entry.serverTiming}`).join("\n");
-}
-
-/** The command must fail, and its own stderr must match `pattern`. */
-async function expectFailure(promise, pattern) {
-  try {
-    await promise;
-  } catch (error) {
-    assert.match(String(error.result?.stderr ?? error), pattern);
-    return;
-  }
-  assert.fail("the command succeeded but should have failed");
 }
 
 /**

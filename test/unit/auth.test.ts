@@ -296,6 +296,16 @@ describe("policy", () => {
     await expectCode(denied, 401, "UNAUTHORIZED");
   });
 
+  it("a 401 for a scope names it in its detail (docker 20.10 retries a push on a bare UNAUTHORIZED)", async () => {
+    const anonymous = await token(null, "", "repository:team/app:pull,push");
+    for (const headers of [{}, bearer(String(anonymous.token))]) {
+      const refused = await call("/v2/team/app/blobs/uploads/", { method: "POST", headers });
+      expect(refused.status).toBe(401);
+      const { errors } = (await refused.json()) as { errors: { code: string; detail?: unknown }[] };
+      expect(errors[0]).toMatchObject({ code: "UNAUTHORIZED", detail: { scope: "repository:team/app:pull,push" } });
+    }
+  });
+
   it("the catalog needs registry:catalog:*", async () => {
     await expectCode(await call("/v2/_catalog", { headers: basic("reader", "reader-pw") }), 403, "DENIED");
     expect((await call("/v2/_catalog", { headers: basic("admin", "admin-pw") })).status).toBe(200);
