@@ -1,10 +1,11 @@
 import type { Context, MiddlewareHandler } from "hono";
-import { mirroredName, mirrorsOf } from "../mirror/upstreams";
+import { mirroredName } from "../settings/upstreams";
+import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { formatScope, needOf, resourceKey, type Action, type Resource } from "./access";
 import { verifyLogin } from "./logins";
 import { basicCredentials } from "./passwords";
-import { allowedActions, policyOf, PolicyError, type Policy } from "./policy";
+import { allowedActions, policyOf, type Policy } from "./policy";
 import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 
 /** What the request's credentials allow, for routes that check more than the middleware did (mount's `from`). */
@@ -24,48 +25,29 @@ type Identity =
   | { kind: "user"; user: string }
   | { kind: "token"; user: string | null; grants: Map<string, Set<string>> };
 
-const DEFAULT_ACCESS_TTL_SECONDS = 300;
-const DEFAULT_REFRESH_TTL_SECONDS = 30 * 24 * 60 * 60;
-
-function seconds(text: string | undefined, fallback: number): number {
-  const value = Number(text);
-  return text !== undefined && Number.isSafeInteger(value) && value > 0 ? value : fallback;
-}
-
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
-  return c.env.AUTH_SERVICE ?? new URL(c.req.url).host;
+  return settingsOf(c.env).tokens.service ?? new URL(c.req.url).host;
 }
 
 export async function tokenSettings(c: Context<AuthEnv>): Promise<TokenSettings> {
+  const { tokens } = settingsOf(c.env);
   return {
     key: signingKey(c.env),
     issuer: "edge-registry",
     service: serviceOf(c),
-    accessTtlSeconds: seconds(c.env.TOKEN_TTL_SECONDS, DEFAULT_ACCESS_TTL_SECONDS),
-    refreshTtlSeconds: seconds(c.env.REFRESH_TOKEN_TTL_SECONDS, DEFAULT_REFRESH_TTL_SECONDS),
+    accessTtlSeconds: tokens.accessTtlSeconds,
+    refreshTtlSeconds: tokens.refreshTtlSeconds,
   };
 }
 
-/** The policy, or a 500 naming the setting to fix: a broken policy must not fall open. */
+/** The access policy (a broken setting is a 500 naming it: settingsOf; it must not fall open). */
 export function loadPolicy(env: Env): Policy {
-  try {
-    // Rules match a mirrored name by the name it is stored as (src/mirror/upstreams.ts).
-    return policyOf(env, (name) => {
-      try {
-        return mirroredName(mirrorsOf(env), name)?.local ?? name;
-      } catch {
-        return name;
-      }
-    });
-  } catch (error) {
-    if (error instanceof PolicyError) throw new RegistryError("UNKNOWN", `authentication settings: ${error.message}`);
-    throw error;
-  }
+  return policyOf(settingsOf(env));
 }
 
 function challenge(c: Context<AuthEnv>, scope?: string, error?: "invalid_token" | "insufficient_scope"): string {
-  const realm = c.env.AUTH_REALM ?? `${new URL(c.req.url).origin}/token`;
+  const realm = settingsOf(c.env).tokens.realm ?? `${new URL(c.req.url).origin}/token`;
   let value = `Bearer realm="${realm}",service="${serviceOf(c)}"`;
   if (scope) value += `,scope="${scope}"`;
   if (error) value += `,error="${error}"`;
@@ -122,7 +104,7 @@ function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
   const ns = new URL(c.req.url).searchParams.get("ns");
   if (!ns || resource.type !== "repository") return resource;
   try {
-    const mirrored = mirroredName(mirrorsOf(c.env), resource.name, ns);
+    const mirrored = mirroredName(settingsOf(c.env).mirrors, resource.name, ns);
     return mirrored ? { type: "repository", name: mirrored.local } : resource;
   } catch {
     return resource;

@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import { RegistryError, unavailable } from "../oci/errors";
+import { settingsOf } from "../settings/settings";
 import { metered } from "../registry/meter";
 import { storageHooks, withTimeout } from "../registry/storage";
 import type { AuthEnv } from "./authorize";
@@ -15,33 +16,13 @@ import type { Policy } from "./policy";
  * objects reported is also remembered in this isolate until it ends, so a client
  * hammering a locked key costs neither a bcrypt nor an object call.
  */
-/**
- * An address may fail more often than a user name: several people can share one (a NAT,
- * a proxy, an IPv6 /64), and a lock of it refuses all of them; what it must stop is one
- * address trying a few passwords against many user names.
- */
-const DEFAULT_SETTINGS = { maxFailures: 5, maxFailuresPerAddress: 20, lockoutSeconds: 10, maxLockoutSeconds: 900 };
 /** The limiter is a security control: when it cannot be reached the login waits (503), it is not waved through. */
 const LIMITER_TIMEOUT_MS = 10_000;
 const KNOWN_LOCKS_MAX = 10_000;
 const knownLocks = new Map<string, number>();
 
-function positive(text: string | undefined, fallback: number): number {
-  const value = Number(text);
-  return text !== undefined && text !== "" && Number.isSafeInteger(value) && value > 0 ? value : fallback;
-}
-
 export function lockoutSettings(env: Env): LockoutSettings & { maxFailuresPerAddress: number } {
-  const lockoutSeconds = positive(env.LOGIN_LOCKOUT_SECONDS, DEFAULT_SETTINGS.lockoutSeconds);
-  return {
-    maxFailures: positive(env.LOGIN_MAX_FAILURES, DEFAULT_SETTINGS.maxFailures),
-    maxFailuresPerAddress: positive(env.LOGIN_MAX_FAILURES_PER_ADDRESS, DEFAULT_SETTINGS.maxFailuresPerAddress),
-    lockoutSeconds,
-    maxLockoutSeconds: Math.max(
-      lockoutSeconds,
-      positive(env.LOGIN_LOCKOUT_MAX_SECONDS, DEFAULT_SETTINGS.maxLockoutSeconds),
-    ),
-  };
+  return settingsOf(env).logins;
 }
 
 /**

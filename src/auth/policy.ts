@@ -1,37 +1,15 @@
+import type { AccessSettings } from "../settings/access";
+import type { Settings } from "../settings/settings";
+import { mirroredName } from "../settings/upstreams";
 import { ACTIONS, type Action, type Resource } from "./access";
 
 /**
- * Who may do what, from the Worker's configuration (docs/configuration.md,
- * "Authentication"):
- *
- * - `AUTH_USERS`: htpasswd lines `name:$2y$…` (bcrypt, as `htpasswd -nB name` or
- *   `npm run passwd` print them), separated by newlines, commas or spaces. A secret.
- * - `AUTH_ACCESS`: JSON rules; each grants `actions` on `repositories` (name patterns:
- *   `*` within one path component, `**` across components) to `users` (`"*"`: every
- *   user), or to anonymous clients with `"anonymous": true`; `"catalog": true` grants
- *   `GET /v2/_catalog`. Grants add up. Without it, every user may do everything and
- *   anonymous clients nothing (distribution's htpasswd behaviour).
- * - `AUTH_MODE=open` (set by `npm start` when no users are configured): no
- *   authentication at all. A deployed Worker without users is read-only instead.
- * - `TOKEN_SECRET`: the key tokens are signed with; required with AUTH_USERS.
+ * What the access settings (AUTH_USERS, AUTH_ACCESS, AUTH_MODE: src/settings/access.ts)
+ * allow: a user's actions on a resource.
  */
-export type AuthMode = "open" | "read-only" | "enforced";
+export type { AccessRule, AuthMode } from "../settings/access";
 
-export interface AccessRule {
-  repositories: RegExp[];
-  users: string[];
-  anonymous: boolean;
-  actions: Action[];
-  catalog: boolean;
-}
-
-export interface Policy {
-  mode: AuthMode;
-  /** user name → bcrypt hash. */
-  users: Map<string, string>;
-  rules: AccessRule[];
-  /** Whether AUTH_ACCESS gave the rules (else they are the default: users may do everything). */
-  explicitRules: boolean;
+export interface Policy extends AccessSettings {
   /**
    * The name rules are matched against, for a requested name: a mirrored name's stored
    * name (`library/alpine` through the default upstream is `docker.io/library/alpine`),
@@ -40,102 +18,27 @@ export interface Policy {
   subjectName?: (name: string) => string;
 }
 
-/** A mistake in the authentication settings: the operator's to fix, so the registry refuses to guess. */
-export class PolicyError extends Error {}
+const policies = new WeakMap<AccessSettings, Policy>();
 
-/** `*` matches within one path component, `**` across components; everything else literally. */
-export function namePattern(glob: string): RegExp {
-  let source = "";
-  for (let index = 0; index < glob.length; index++) {
-    const char = glob.charAt(index);
-    if (char === "*" && glob[index + 1] === "*") {
-      source += ".*";
-      index++;
-    } else if (char === "*") {
-      source += "[^/]*";
-    } else {
-      source += char.replace(/[.+?^${}()|[\]\\]/g, "\\$&");
-    }
-  }
-  return new RegExp(`^${source}$`);
-}
-
-function parseUsers(text: string | undefined): Map<string, string> {
-  const users = new Map<string, string>();
-  for (const entry of (text ?? "").split(/[\s,]+/)) {
-    if (entry === "") continue;
-    const colon = entry.indexOf(":");
-    const name = entry.slice(0, colon);
-    const hash = entry.slice(colon + 1);
-    if (colon <= 0 || !/^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$/.test(hash)) {
-      throw new PolicyError(`AUTH_USERS: "${entry.slice(0, 40)}" is not a name:bcrypt-hash line (htpasswd -nB NAME)`);
-    }
-    users.set(name, hash);
-  }
-  return users;
-}
-
-function stringList(value: unknown, where: string): string[] {
-  if (value === undefined) return [];
-  if (!Array.isArray(value) || !value.every((item) => typeof item === "string")) {
-    throw new PolicyError(`AUTH_ACCESS: ${where} must be a list of strings`);
-  }
-  return value as string[];
-}
-
-function parseRules(text: string | undefined): AccessRule[] {
-  if (text === undefined || text.trim() === "") {
-    return [{ repositories: [/^.*$/], users: ["*"], anonymous: false, actions: [...ACTIONS], catalog: true }];
-  }
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    throw new PolicyError("AUTH_ACCESS is not valid JSON");
-  }
-  if (!Array.isArray(parsed)) throw new PolicyError("AUTH_ACCESS must be a JSON list of rules");
-  return parsed.map((rule: unknown, index) => {
-    if (typeof rule !== "object" || rule === null) throw new PolicyError(`AUTH_ACCESS[${index}] must be an object`);
-    const record = rule as Record<string, unknown>;
-    const actions = stringList(record.actions, `[${index}].actions`);
-    const unknown = actions.filter((action) => !ACTIONS.includes(action as Action));
-    if (unknown.length > 0) throw new PolicyError(`AUTH_ACCESS[${index}]: unknown actions ${unknown.join(", ")}`);
-    return {
-      repositories: stringList(record.repositories, `[${index}].repositories`).map(namePattern),
-      users: stringList(record.users, `[${index}].users`),
-      anonymous: record.anonymous === true,
-      actions: actions as Action[],
-      catalog: record.catalog === true,
+/**
+ * The policy of these settings (one per isolate): the access rules, matching a mirrored
+ * name by the name it is stored as (settings/upstreams.ts).
+ */
+export function policyOf(settings: Settings): Policy {
+  const known = policies.get(settings.access);
+  if (known) return known;
+  const mirrors = settings.mirrors;
+  const policy: Policy = { ...settings.access };
+  if (mirrors.upstreams.length > 0) {
+    policy.subjectName = (name) => {
+      try {
+        return mirroredName(mirrors, name)?.local ?? name;
+      } catch {
+        return name;
+      }
     };
-  });
-}
-
-const cache = new Map<string, Policy>();
-
-/** The policy of this environment (parsed once per isolate and settings). */
-export function policyOf(env: Env, subjectName?: (name: string) => string): Policy {
-  const key = JSON.stringify([
-    env.AUTH_MODE,
-    env.AUTH_USERS,
-    env.AUTH_ACCESS,
-    env.TOKEN_SECRET !== undefined,
-    env.UPSTREAMS,
-    env.UPSTREAM_DEFAULT,
-  ]);
-  const cached = cache.get(key);
-  if (cached) return cached;
-  const users = parseUsers(env.AUTH_USERS);
-  const mode: AuthMode = users.size > 0 ? "enforced" : env.AUTH_MODE === "open" ? "open" : "read-only";
-  if (mode === "enforced" && !env.TOKEN_SECRET) {
-    // A key derived from AUTH_USERS would let anyone who saw the bcrypt hashes (which
-    // people treat as safe to show) sign tokens: the key must be a secret of its own.
-    throw new PolicyError("TOKEN_SECRET must be set (a long random value) when AUTH_USERS is");
   }
-  const explicitRules = env.AUTH_ACCESS !== undefined && env.AUTH_ACCESS.trim() !== "";
-  const policy: Policy = { mode, users, rules: parseRules(env.AUTH_ACCESS), explicitRules };
-  if (subjectName) policy.subjectName = subjectName;
-  cache.clear();
-  cache.set(key, policy);
+  policies.set(settings.access, policy);
   return policy;
 }
 

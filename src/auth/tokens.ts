@@ -1,5 +1,6 @@
 import { sign, verify } from "hono/jwt";
 import { toHex } from "../oci/digest";
+import { settingsOf } from "../settings/settings";
 import type { Grant } from "./access";
 
 /**
@@ -36,7 +37,9 @@ const ALGORITHM = "HS256";
  * fixed key there costs nothing.
  */
 export function signingKey(env: Env): string {
-  return env.TOKEN_SECRET ?? "edge-registry without users: tokens grant nothing beyond the anonymous policy";
+  return (
+    settingsOf(env).tokens.secret ?? "edge-registry without users: tokens grant nothing beyond the anonymous policy"
+  );
 }
 
 /** HMAC-SHA256 of `text` under `key`, in hex. */

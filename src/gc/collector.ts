@@ -11,7 +11,8 @@ import { repositoryParts } from "../registry/registry";
 import { Referrers } from "../registry/referrers";
 import { storageOf, type Storage } from "../registry/storage";
 import { parseTagRecord } from "../registry/tags";
-import { parseRetention, ruleFor, tagsToRemove } from "./retention";
+import { ruleFor, tagsToRemove } from "./retention";
+import { settingsOf } from "../settings/settings";
 
 /**
  * Online garbage collection (docs/architecture.md, "Garbage collection"): one Durable
@@ -206,7 +207,7 @@ export class GarbageCollector extends DurableObject<Env> {
       return { started: false, run: this.report(current) };
     }
     const grace = options.graceSeconds ?? gcGraceSeconds(this.env);
-    parseRetention(this.env.RETENTION); // a broken RETENTION fails here, before anything runs
+    settingsOf(this.env); // a broken RETENTION (or any setting) fails here, before anything runs
     const now = Date.now();
     const state: RunState = {
       id: crypto.randomUUID(),
@@ -524,7 +525,7 @@ export class GarbageCollector extends DurableObject<Env> {
   /** Per repository: retention, what is kept, what goes (no storage calls). */
   private async decide(state: RunState): Promise<void> {
     const sql = this.ctx.storage.sql;
-    const rules = parseRetention(this.env.RETENTION);
+    const rules = settingsOf(this.env).gc.retention;
     const after = state.cursor ?? "";
     const repos = sql
       .exec<{ repo: string }>(
@@ -1049,13 +1050,7 @@ export class GarbageCollector extends DurableObject<Env> {
 
 /** The GC_GRACE_SECONDS setting (default one day). */
 export function gcGraceSeconds(env: Env): number {
-  const value = Number(env.GC_GRACE_SECONDS);
-  return env.GC_GRACE_SECONDS !== undefined &&
-    env.GC_GRACE_SECONDS.trim() !== "" &&
-    Number.isSafeInteger(value) &&
-    value >= 0
-    ? value
-    : 86_400;
+  return settingsOf(env).gc.graceSeconds;
 }
 
 /** The one collector of this registry. */

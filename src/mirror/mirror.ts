@@ -18,7 +18,7 @@ import {
   type SessionResult,
 } from "../uploads/upload-session";
 import { readBody, UpstreamClient, upstreamError, UpstreamUnreachable } from "./upstream-client";
-import type { MirroredName } from "./upstreams";
+import type { MirroredName } from "../settings/upstreams";
 
 /** What a manifest request asks the upstream to send: every manifest type this registry serves. */
 const MANIFEST_ACCEPT = [

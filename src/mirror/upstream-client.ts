@@ -1,7 +1,7 @@
 import { RegistryError } from "../oci/errors";
 import { readAtMost } from "../registry/bounded";
 import { metered } from "../registry/meter";
-import type { Upstream } from "./upstreams";
+import type { Upstream } from "../settings/upstreams";
 
 /**
  * Requests to an upstream registry, with its authentication (docs/configuration.md,

@@ -1,5 +1,5 @@
 import { AwsV4Signer } from "aws4fetch";
-import { RegistryError } from "../oci/errors";
+import { settingsOf, type BlobRedirectSettings } from "../settings/settings";
 
 /**
  * Optional redirects for large blobs: a GET of a blob of at least BLOB_REDIRECT_MIN_BYTES
@@ -11,51 +11,11 @@ import { RegistryError } from "../oci/errors";
  * (docs/configuration.md). The signature is SigV4 query signing by aws4fetch (a SigV4
  * library made for Workers), checked against botocore's in test/e2e.
  */
-export interface RedirectSettings {
-  minBytes: number;
-  ttlSeconds: number;
-  /** R2's S3 API endpoint, `https://<account id>.r2.cloudflarestorage.com`. */
-  endpoint: string;
-  bucket: string;
-  accessKeyId: string;
-  secretAccessKey: string;
-}
+export type RedirectSettings = BlobRedirectSettings;
 
-const DEFAULT_TTL_SECONDS = 300;
-/** SigV4 presigned URLs live at most a week. */
-const MAX_TTL_SECONDS = 7 * 24 * 60 * 60;
-
-/** The redirect settings, or null when redirects are off; a partial configuration is a 500 naming what is missing. */
+/** The redirect settings, or null when redirects are off (a partial configuration is a 500 naming what is missing). */
 export function redirectSettings(env: Env): RedirectSettings | null {
-  const minBytes = Number(env.BLOB_REDIRECT_MIN_BYTES);
-  if (env.BLOB_REDIRECT_MIN_BYTES === undefined || env.BLOB_REDIRECT_MIN_BYTES.trim() === "" || minBytes === 0) {
-    return null;
-  }
-  const required = {
-    R2_ENDPOINT: env.R2_ENDPOINT,
-    R2_BUCKET_NAME: env.R2_BUCKET_NAME,
-    R2_ACCESS_KEY_ID: env.R2_ACCESS_KEY_ID,
-    R2_SECRET_ACCESS_KEY: env.R2_SECRET_ACCESS_KEY,
-  };
-  const missing = Object.entries(required)
-    .filter(([, value]) => value === undefined || value.trim() === "")
-    .map(([name]) => name);
-  if (!Number.isSafeInteger(minBytes) || minBytes < 0) missing.unshift("BLOB_REDIRECT_MIN_BYTES (a number of bytes)");
-  if (missing.length > 0) {
-    throw new RegistryError(
-      "UNKNOWN",
-      `blob redirects are on (BLOB_REDIRECT_MIN_BYTES) but need ${missing.join(", ")}`,
-    );
-  }
-  const ttl = Number(env.BLOB_REDIRECT_TTL_SECONDS);
-  return {
-    minBytes,
-    ttlSeconds: Number.isSafeInteger(ttl) && ttl > 0 ? Math.min(ttl, MAX_TTL_SECONDS) : DEFAULT_TTL_SECONDS,
-    endpoint: (required.R2_ENDPOINT ?? "").replace(/\/+$/, ""),
-    bucket: required.R2_BUCKET_NAME ?? "",
-    accessKeyId: required.R2_ACCESS_KEY_ID ?? "",
-    secretAccessKey: required.R2_SECRET_ACCESS_KEY ?? "",
-  };
+  return settingsOf(env).blobRedirect;
 }
 
 /** A presigned GET URL for the R2 object `key`, valid `settings.ttlSeconds` from `now`. */

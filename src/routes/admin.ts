@@ -1,8 +1,8 @@
+import { settingsOf } from "../settings/settings";
 import { Hono } from "hono";
 import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { collectorOf } from "../gc/collector";
-import { parseRetention } from "../gc/retention";
 import { verifyStorage } from "../registry/integrity";
 import { storageOf } from "../registry/storage";
 import type { AppContext, AppEnv } from "./http";
@@ -25,7 +25,7 @@ function sameText(a: string, b: string): boolean {
 }
 
 function requireAdmin(c: AppContext): void {
-  const token = c.env.ADMIN_TOKEN;
+  const token = settingsOf(c.env).adminToken;
   if (!token) throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);
   const presented = /^Bearer (.+)$/.exec(c.req.header("Authorization") ?? "")?.[1] ?? "";
   if (!sameText(presented, token)) throw new RegistryError("DENIED", "admin token required");
@@ -57,11 +57,6 @@ adminRoutes.post("/gc", async (c) => {
       throw new RegistryError("UNSUPPORTED", "grace must be a whole number of seconds", { grace });
   }
   const dryRun = ["1", "true"].includes(c.req.query("dry-run") ?? "");
-  try {
-    parseRetention(c.env.RETENTION);
-  } catch (error) {
-    throw new RegistryError("UNSUPPORTED", error instanceof Error ? error.message : String(error), undefined, {}, 400);
-  }
   const result = await collectorOf(c.env).start({
     dryRun,
     ...(graceSeconds === undefined ? {} : { graceSeconds }),

@@ -7,7 +7,7 @@ import { readAtMost } from "../registry/bounded";
 import type { ChangeContext } from "../registry/changes";
 import { EdgeCache } from "../registry/edge-cache";
 import { openRepository, type Repository } from "../registry/registry";
-import type { MirroredName } from "../mirror/upstreams";
+import type { MirroredName } from "../settings/upstreams";
 import type { TagRecord } from "../registry/tags";
 import type { BlobDescriptor } from "../registry/blob-store";
 

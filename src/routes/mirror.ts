@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import { Mirror } from "../mirror/mirror";
-import { mirroredName, mirrorsOf, upstreamOfNs } from "../mirror/upstreams";
+import { mirroredName, upstreamOfNs } from "../settings/upstreams";
+import { settingsOf } from "../settings/settings";
 import { digestOrNull } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
 import { parseReference, type Reference } from "../registry/manifests";
@@ -49,7 +50,7 @@ function referenceOrNull(text: string): Reference | null {
  * Writes to a mirrored name are refused: its content is the upstream's.
  */
 export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
-  const mirrors = mirrorsOf(c.env);
+  const mirrors = settingsOf(c.env).mirrors;
   if (mirrors.upstreams.length === 0) return next();
   const url = new URL(c.req.url);
   let match: { kind: (typeof PATHS)[number]["kind"]; name: string; rest: string } | null = null;

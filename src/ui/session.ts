@@ -7,7 +7,8 @@ import { verifyLogin } from "../auth/logins";
 import { allowedActions, type Policy } from "../auth/policy";
 import { hmacHex, issueRefreshToken, refreshTokenClaims, signingKey, type RefreshClaims } from "../auth/tokens";
 import { readConfig } from "../config";
-import { mirroredName, mirrorsOf } from "../mirror/upstreams";
+import { mirroredName } from "../settings/upstreams";
+import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { RevokedSessions } from "../registry/revoked-sessions";
 import { storageOf } from "../registry/storage";
@@ -95,7 +96,7 @@ export function may(viewer: Viewer, name: string, action: Action): boolean {
 /** Whether the viewer may delete from `name` here: the rules, the setting, and not a mirrored name. */
 export function mayDelete(c: UiContext, viewer: Viewer, name: string): boolean {
   if (!readConfig(c.env).deleteEnabled) return false;
-  if (mirroredName(mirrorsOf(c.env), name)) return false;
+  if (mirroredName(settingsOf(c.env).mirrors, name)) return false;
   return may(viewer, name, "delete");
 }
 

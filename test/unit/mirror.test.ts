@@ -2,7 +2,9 @@ import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import worker from "../../src/index";
 import { parseChallenge, upstreamError } from "../../src/mirror/upstream-client";
-import { mirroredName, parseUpstreams, UpstreamsError } from "../../src/mirror/upstreams";
+import { mirroredName, parseUpstreams } from "../../src/settings/upstreams";
+import { settingsOf } from "../../src/settings/settings";
+import { SettingsError } from "../../src/settings/values";
 import { allowedActions, policyOf } from "../../src/auth/policy";
 import bcrypt from "bcryptjs";
 import { collect, expectVerifyClean } from "./gc-helpers";
@@ -260,7 +262,7 @@ describe("mirror settings", () => {
       try {
         parseUpstreams(text, fallback);
       } catch (error) {
-        expect(error).toBeInstanceOf(UpstreamsError);
+        expect(error).toBeInstanceOf(SettingsError);
         return (error as Error).message;
       }
       throw new Error("accepted");
@@ -304,10 +306,8 @@ describe("mirror settings", () => {
       AUTH_MODE: "read-only-test",
       AUTH_ACCESS: JSON.stringify([{ repositories: ["docker.io/**"], anonymous: true, actions: ["pull"] }]),
     });
-    const policy = policyOf(
-      rules,
-      (name) => mirroredName(parseUpstreams(rules.UPSTREAMS, "docker.io"), name)?.local ?? name,
-    );
+    // The policy matches a requested name by the name it is stored as (settings/upstreams.ts).
+    const policy = policyOf(settingsOf(rules));
     const pull = (name: string) => allowedActions(policy, null, { type: "repository", name }).has("pull");
     expect(pull("docker.io/library/alpine")).toBe(true);
     expect(pull("library/alpine")).toBe(true);

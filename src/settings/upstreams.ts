@@ -1,5 +1,5 @@
-import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
+import { json, SettingsError } from "./values";
 
 /**
  * Upstream registries this one mirrors (setting UPSTREAMS, JSON; docs/configuration.md):
@@ -27,17 +27,6 @@ export interface Upstream {
   timeoutMs: number;
 }
 
-/** What a requested name is, for the mirror: the upstream, its name there, and the name it is stored under. */
-export interface MirroredName {
-  upstream: Upstream;
-  /** The repository's name at the upstream (`library/alpine`). */
-  remote: string;
-  /** The repository it is stored as here (`docker.io/library/alpine`). */
-  local: string;
-}
-
-export class UpstreamsError extends Error {}
-
 const DEFAULT_TAG_TTL_SECONDS = 300;
 const DEFAULT_TIMEOUT_SECONDS = 20;
 const DOCKER_HUB_HOSTS = new Set(["registry-1.docker.io", "index.docker.io", "docker.io"]);
@@ -48,38 +37,38 @@ function isDockerHub(prefix: string, url: URL): boolean {
 
 function parseOne(entry: unknown, index: number): Upstream {
   const where = `UPSTREAMS[${index}]`;
-  if (typeof entry !== "object" || entry === null) throw new UpstreamsError(`${where} must be an object`);
+  if (typeof entry !== "object" || entry === null) throw new SettingsError(`${where} must be an object`);
   const raw = entry as Record<string, unknown>;
   const prefix = raw.prefix;
-  if (typeof prefix !== "string") throw new UpstreamsError(`${where}.prefix must be a string`);
+  if (typeof prefix !== "string") throw new SettingsError(`${where}.prefix must be a string`);
   try {
     validateName(prefix);
   } catch {
-    throw new UpstreamsError(`${where}.prefix "${prefix}" is not a repository name path (e.g. docker.io, ghcr.io)`);
+    throw new SettingsError(`${where}.prefix "${prefix}" is not a repository name path (e.g. docker.io, ghcr.io)`);
   }
-  if (typeof raw.url !== "string") throw new UpstreamsError(`${where}.url must be a string`);
+  if (typeof raw.url !== "string") throw new SettingsError(`${where}.url must be a string`);
   let url: URL;
   try {
     url = new URL(raw.url);
   } catch {
-    throw new UpstreamsError(`${where}.url "${raw.url}" is not a URL`);
+    throw new SettingsError(`${where}.url "${raw.url}" is not a URL`);
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
-    throw new UpstreamsError(`${where}.url must be http(s)`);
+    throw new SettingsError(`${where}.url must be http(s)`);
   }
   const seconds = (field: string, fallback: number): number => {
     const value = raw[field];
     if (value === undefined) return fallback;
     if (typeof value !== "number" || !Number.isFinite(value) || value < 0) {
-      throw new UpstreamsError(`${where}.${field} must be a number of seconds`);
+      throw new SettingsError(`${where}.${field} must be a number of seconds`);
     }
     return value;
   };
   if (raw.credentials !== undefined && (typeof raw.credentials !== "string" || raw.credentials === "")) {
-    throw new UpstreamsError(`${where}.credentials must name a secret`);
+    throw new SettingsError(`${where}.credentials must name a secret`);
   }
   if (raw.library !== undefined && typeof raw.library !== "boolean") {
-    throw new UpstreamsError(`${where}.library must be true or false`);
+    throw new SettingsError(`${where}.library must be true or false`);
   }
   const upstream: Upstream = {
     prefix,
@@ -97,23 +86,18 @@ export interface Mirrors {
   fallback?: Upstream;
 }
 
-/** Parses UPSTREAMS and UPSTREAM_DEFAULT; throws UpstreamsError naming what is wrong. */
+/** Parses UPSTREAMS and UPSTREAM_DEFAULT; throws a SettingsError naming what is wrong. */
 export function parseUpstreams(text: string | undefined, defaultPrefix: string | undefined): Mirrors {
   if (text === undefined || text.trim() === "") {
-    if (defaultPrefix?.trim()) throw new UpstreamsError("UPSTREAM_DEFAULT is set but UPSTREAMS is empty");
+    if (defaultPrefix?.trim()) throw new SettingsError("UPSTREAM_DEFAULT is set but UPSTREAMS is empty");
     return { upstreams: [] };
   }
-  let value: unknown;
-  try {
-    value = JSON.parse(text);
-  } catch {
-    throw new UpstreamsError("UPSTREAMS is not valid JSON");
-  }
-  if (!Array.isArray(value)) throw new UpstreamsError("UPSTREAMS must be a JSON list");
+  const value = json("UPSTREAMS", text);
+  if (!Array.isArray(value)) throw new SettingsError("UPSTREAMS must be a JSON list");
   const upstreams = value.map(parseOne);
   const prefixes = new Set<string>();
   for (const upstream of upstreams) {
-    if (prefixes.has(upstream.prefix)) throw new UpstreamsError(`UPSTREAMS: prefix "${upstream.prefix}" appears twice`);
+    if (prefixes.has(upstream.prefix)) throw new SettingsError(`UPSTREAMS: prefix "${upstream.prefix}" appears twice`);
     prefixes.add(upstream.prefix);
   }
   // Longest prefix first, so `ghcr.io/team` wins over `ghcr.io`.
@@ -122,28 +106,19 @@ export function parseUpstreams(text: string | undefined, defaultPrefix: string |
   const wanted = defaultPrefix?.trim();
   if (wanted) {
     const fallback = upstreams.find((upstream) => upstream.prefix === wanted);
-    if (!fallback) throw new UpstreamsError(`UPSTREAM_DEFAULT "${wanted}" is not the prefix of an upstream`);
+    if (!fallback) throw new SettingsError(`UPSTREAM_DEFAULT "${wanted}" is not the prefix of an upstream`);
     mirrors.fallback = fallback;
   }
   return mirrors;
 }
 
-let cached: { key: string; mirrors: Mirrors } | null = null;
-
-/** The mirrors configured for `env` (parsed once per isolate); a broken setting is a clear 500, never open. */
-export function mirrorsOf(env: Env): Mirrors {
-  const text = env.UPSTREAMS;
-  const fallback = env.UPSTREAM_DEFAULT;
-  const key = `${text ?? ""}\u0000${fallback ?? ""}`;
-  if (cached?.key === key) return cached.mirrors;
-  try {
-    const mirrors = parseUpstreams(text, fallback);
-    cached = { key, mirrors };
-    return mirrors;
-  } catch (error) {
-    if (error instanceof UpstreamsError) throw new RegistryError("UNKNOWN", `mirror settings: ${error.message}`);
-    throw error;
-  }
+/** What a requested name is, for the mirror: the upstream, its name there, and the name it is stored under. */
+export interface MirroredName {
+  upstream: Upstream;
+  /** The repository's name at the upstream (`library/alpine`). */
+  remote: string;
+  /** The repository it is stored as here (`docker.io/library/alpine`). */
+  local: string;
 }
 
 /** The name at an upstream: Docker Hub keeps one-component names under `library/`. */
