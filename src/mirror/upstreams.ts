@@ -62,7 +62,8 @@ function parseOne(entry: unknown, index: number): Upstream {
   try {
     url = new URL(raw.url);
   } catch {
-    throw new UpstreamsError(`${where}.url "${raw.url}" is not a URL`);
+    // Without the value: this message reaches clients (mirrorsOf), and a URL may be internal.
+    throw new UpstreamsError(`${where}.url is not a URL`);
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
     throw new UpstreamsError(`${where}.url must be http(s)`);
