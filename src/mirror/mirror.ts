@@ -17,7 +17,7 @@ import {
   type ByteRequestArgs,
   type SessionResult,
 } from "../uploads/upload-session";
-import { readBody, UpstreamClient, upstreamError, UpstreamUnreachable } from "./upstream-client";
+import { readBody, UpstreamClient, upstreamError, UpstreamUnreachable, type UpstreamRequest } from "./upstream-client";
 import type { MirroredName } from "../settings/upstreams";
 
 /** What a manifest request asks the upstream to send: every manifest type this registry serves. */
@@ -28,9 +28,9 @@ const MANIFEST_ACCEPT = [
   MediaTypes.dockerManifest,
 ].join(", ");
 
-/** An upstream blob answer passed on to the client. */
+/** An upstream blob answer passed on to the client: the whole blob, verified on the way. */
 export interface UpstreamBlob {
-  status: 200 | 206;
+  status: 200;
   headers: Record<string, string>;
   body: ReadableStream<Uint8Array> | null;
 }
@@ -99,12 +99,10 @@ export class Mirror {
     try {
       // Nothing stored: one GET does it.
       if (!stored) return await this.fetchManifest(tag, undefined, tag);
-      const head = await this.client.fetch({
-        method: "HEAD",
-        path: this.path("manifests", tag),
-        headers: { Accept: MANIFEST_ACCEPT },
-        scope: this.scope,
-      });
+      const head = await this.ask(
+        { method: "HEAD", path: this.path("manifests", tag), headers: { Accept: MANIFEST_ACCEPT }, scope: this.scope },
+        { tag },
+      );
       if (!head.ok) {
         const error = upstreamError(head, "MANIFEST_UNKNOWN", { tag, upstream: this.name.upstream.prefix });
         if (head.status === 404) throw error;
@@ -123,14 +121,11 @@ export class Mirror {
       return await this.fetchManifest(named ? named.value : tag, named ?? undefined, tag);
     } catch (error) {
       const failed =
-        error instanceof UpstreamUnreachable ||
-        (error instanceof RegistryError && (error.code === "UNAVAILABLE" || error.code === "TOOMANYREQUESTS"));
+        error instanceof RegistryError && (error.code === "UNAVAILABLE" || error.code === "TOOMANYREQUESTS");
       if (stored && failed) {
         this.log("serving the stored tag: the upstream failed", { tag, error: String(error) });
         return stored;
       }
-      if (error instanceof UpstreamUnreachable)
-        throw unavailable(error.message, { upstream: this.name.upstream.prefix });
       throw error;
     }
   }
@@ -140,34 +135,31 @@ export class Mirror {
    * announced; that it parses), stores it (and tags it, for a tag), and returns its record.
    */
   private async fetchManifest(reference: string, expected?: Digest, tag?: string): Promise<TagRecord> {
-    let response: Response;
-    try {
-      response = await this.client.fetch({
+    const detail = { reference, upstream: this.name.upstream.prefix };
+    const response = await this.ask(
+      {
         method: "GET",
         path: this.path("manifests", reference),
         headers: { Accept: MANIFEST_ACCEPT },
         scope: this.scope,
-      });
-    } catch (error) {
-      if (error instanceof UpstreamUnreachable)
-        throw unavailable(error.message, { upstream: this.name.upstream.prefix });
-      throw error;
-    }
+      },
+      detail,
+    );
     if (!response.ok) {
       await response.body?.cancel();
-      throw upstreamError(response, "MANIFEST_UNKNOWN", { reference, upstream: this.name.upstream.prefix });
+      throw upstreamError(response, "MANIFEST_UNKNOWN", detail);
     }
     let bytes: Uint8Array<ArrayBuffer>;
     try {
       bytes = await readBody(response, MAX_MANIFEST_BYTES, this.name.upstream.timeoutMs);
     } catch (error) {
-      if (error instanceof UpstreamUnreachable)
-        throw unavailable(error.message, { upstream: this.name.upstream.prefix });
+      if (error instanceof UpstreamUnreachable) throw this.unreachable(error, detail);
       throw error;
     }
     const digest = await digestOf(bytes, expected?.algorithm ?? "sha256");
     if (expected && digest.value !== expected.value) {
       throw unavailable("the upstream sent a manifest that does not match its digest", {
+        ...detail,
         expected: expected.value,
         computed: digest.value,
       });
@@ -186,7 +178,7 @@ export class Mirror {
         throw new RegistryError(
           "UNAVAILABLE",
           `the upstream's manifest cannot be served by this registry: ${error.message}`,
-          { reference, upstream: this.name.upstream.prefix },
+          detail,
         );
       }
       throw error;
@@ -198,88 +190,143 @@ export class Mirror {
 
   /**
    * A blob the local repository does not link yet.
-   * - Stored already (pulled through another name, or pushed): linked here once the
-   *   upstream confirms this repository has it (a HEAD), so a mirrored name never reveals
-   *   a blob of another repository; then served as usual (returns its descriptor).
-   * - Otherwise fetched: a HEAD, or a range, is answered from the upstream without
-   *   storing; a whole GET streams to the client while the same bytes go into R2 through
-   *   the digest's fill (`fill`), verified before anything is published.
+   * - Stored already (pulled through another name, or pushed, maybe to a private
+   *   repository): linked here only once the upstream proves it has those bytes, so a
+   *   mirrored name never hands out a blob of another repository. The upstream's own
+   *   answer to a HEAD (not a redirect: anyone can be redirected to) naming both the
+   *   digest and the stored size is that proof; then the blob is served as usual (returns
+   *   its descriptor). Without it, the upstream's bytes are the proof: they are fetched as
+   *   for a blob not stored, and the blob is linked once they hashed to the digest.
+   * - Otherwise fetched whole (`Range` is not passed on: a part cannot be checked against
+   *   the digest; the answer is the whole blob, as HTTP allows, and a stored blob serves
+   *   ranges). A GET streams to the client while the same bytes go into R2 through the
+   *   digest's fill (`fill`), verified before anything is published; a HEAD is answered
+   *   from the upstream's HEAD (no bytes to check).
+   * Every body is sent with its length and hashed on the way, its last chunk held back
+   * until the whole matched: bytes that do not match the digest end the answer short of
+   * its length, which every client sees as a failure (workerd ends a chunked answer whose
+   * stream failed as if it were whole, so a body is never sent without its length).
    */
   async blob(
     digest: Digest,
     method: string,
-    range: string | undefined,
     waitUntil: (work: Promise<unknown>) => void,
   ): Promise<UpstreamBlob | { descriptor: BlobDescriptor }> {
     const stored = await this.repository.storedBlob(digest);
     const detail = { digest: digest.value, upstream: this.name.upstream.prefix };
-    const ask = async (askMethod: "GET" | "HEAD", headers: Record<string, string> = {}, follow = true) => {
-      try {
-        return await this.client.fetch({
-          method: askMethod,
-          path: this.path("blobs", digest.value),
-          headers,
-          scope: this.scope,
-          follow,
-        });
-      } catch (error) {
-        if (error instanceof UpstreamUnreachable) throw unavailable(error.message, detail);
-        throw error;
-      }
-    };
+    const ask = (askMethod: "GET" | "HEAD", follow: boolean) =>
+      this.ask({ method: askMethod, path: this.path("blobs", digest.value), scope: this.scope, follow }, detail);
+    let head: Response | null = null;
     if (stored) {
-      // The upstream's own answer confirms it: a redirect to its CDN is not followed (a
-      // CDN may sign GETs only), and what it says of the blob must be what is stored.
-      const head = await ask("HEAD", {}, false);
+      head = await ask("HEAD", false);
       await head.body?.cancel();
-      const redirected = head.status >= 300 && head.status < 400;
-      if (!head.ok && !redirected) throw upstreamError(head, "BLOB_UNKNOWN", detail);
-      const named = head.headers.get("Docker-Content-Digest");
-      const length = head.headers.get("Content-Length");
       if (
-        (named !== null && named !== digest.value) ||
-        (head.ok && length !== null && Number(length) !== stored.size)
+        head.status === 200 &&
+        head.headers.get("Docker-Content-Digest") === digest.value &&
+        lengthOf(head) === stored.size
       ) {
-        throw unavailable("the upstream's answer for this blob does not match it", detail);
+        await this.repository.linkMirroredBlob(digest, stored);
+        return { descriptor: stored };
       }
-      await this.repository.linkMirroredBlob(digest, stored);
-      return { descriptor: stored };
-    }
-    const response = await ask(method === "HEAD" ? "HEAD" : "GET", range ? { Range: range } : {});
-    if (!response.ok) {
-      await response.body?.cancel();
-      throw upstreamError(response, "BLOB_UNKNOWN", detail);
+      if (head.status >= 300 && head.status < 400) head = null;
+      else if (!head.ok) throw upstreamError(head, "BLOB_UNKNOWN", detail);
+      this.log("a stored blob not proven by the upstream's HEAD: its bytes are fetched", {
+        ...detail,
+        status: head?.status ?? "redirect",
+      });
     }
     const headers: Record<string, string> = {
       "Docker-Content-Digest": digest.value,
       "Content-Type": "application/octet-stream",
     };
-    const length = response.headers.get("Content-Length");
-    const size = length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
-    if (size !== undefined) headers["Content-Length"] = String(size);
     if (method === "HEAD") {
+      head ??= await ask("HEAD", true);
+      await head.body?.cancel();
+      if (!head.ok) throw upstreamError(head, "BLOB_UNKNOWN", detail);
+      const size = lengthOf(head);
+      const named = head.headers.get("Docker-Content-Digest");
+      if (head.status !== 200 || size === undefined || (named !== null && named !== digest.value)) {
+        throw unavailable("the upstream's answer does not describe this blob", { ...detail, status: head.status });
+      }
+      headers["Content-Length"] = String(size);
       return { status: 200, headers, body: null };
     }
-    if (response.status === 206) {
-      // A part of the blob: passed on as it is (a part cannot be checked against the
-      // digest; the client checks the whole), and not stored.
-      const contentRange = response.headers.get("Content-Range");
-      if (contentRange) headers["Content-Range"] = contentRange;
-      return { status: 206, headers, body: response.body };
+    const response = await ask("GET", true);
+    if (!response.ok) {
+      await response.body?.cancel();
+      throw upstreamError(response, "BLOB_UNKNOWN", detail);
     }
-    const body = response.body ?? new Response("").body ?? new ReadableStream<Uint8Array>();
-    headers.ETag = `"${digest.value}"`;
-    headers["Cache-Control"] = "max-age=31536000, immutable";
-    if (size === undefined) {
-      // Of unknown length (a chunked answer): checked against the digest on the way (cut
-      // short if it does not match), not stored.
-      const { readable, writable } = new IdentityTransformStream();
-      const idleMs = this.name.upstream.timeoutMs;
-      void pump(chunksOf(body, idleMs), [writable.getWriter() as WritableStreamDefaultWriter<Uint8Array>], digest);
-      return { status: 200, headers, body: readable as ReadableStream<Uint8Array> };
+    const declared = lengthOf(response);
+    // Its own length, or the stored blob's, or (a body of unknown length: a chunked
+    // answer) what the upstream's HEAD says: framing only, the bytes are checked anyway.
+    const size = declared ?? stored?.size ?? (await this.lengthFromHead(ask));
+    if (response.status !== 200 || size === undefined || (stored && size !== stored.size)) {
+      await response.body?.cancel();
+      throw unavailable(
+        size === undefined
+          ? "the upstream sent this blob without its length; retry"
+          : "the upstream's answer is not this blob",
+        { ...detail, status: response.status },
+      );
     }
-    headers["Accept-Ranges"] = "bytes";
-    return { status: 200, headers, body: await this.fill(digest, size, body, waitUntil) };
+    Object.assign(headers, {
+      "Content-Length": String(size),
+      ETag: `"${digest.value}"`,
+      "Cache-Control": "max-age=31536000, immutable",
+      "Accept-Ranges": "bytes",
+    });
+    const upstreamBody = response.body ?? new Response("").body ?? new ReadableStream<Uint8Array>();
+    let body: ReadableStream<Uint8Array>;
+    if (stored) {
+      // Linked once these bytes proved the upstream has the blob; not stored again.
+      body = this.relay(digest, size, upstreamBody, waitUntil, stored);
+    } else if (declared === undefined) {
+      // Framed by the HEAD's word: served, checked on the way, not stored.
+      body = this.relay(digest, size, upstreamBody, waitUntil);
+    } else {
+      body = await this.fill(digest, size, upstreamBody, waitUntil);
+    }
+    return { status: 200, headers, body };
+  }
+
+  /** The length the upstream's HEAD gives a blob, if it answers one. */
+  private async lengthFromHead(
+    ask: (method: "HEAD", follow: boolean) => Promise<Response>,
+  ): Promise<number | undefined> {
+    const head = await ask("HEAD", true);
+    await head.body?.cancel();
+    return head.status === 200 ? lengthOf(head) : undefined;
+  }
+
+  /**
+   * Streams an upstream body of `size` bytes to the client, hashed on the way (`pump`):
+   * bytes that do not match the digest end it short of its length. `linkOnMatch`: the
+   * stored blob to link once they matched (after the answer).
+   */
+  private relay(
+    digest: Digest,
+    size: number,
+    body: ReadableStream<Uint8Array>,
+    waitUntil: (work: Promise<unknown>) => void,
+    linkOnMatch?: BlobDescriptor,
+  ): ReadableStream<Uint8Array> {
+    const client = new FixedLengthStream(size);
+    const pumped = pump(chunksOf(body, this.name.upstream.timeoutMs), [client.writable.getWriter()], digest);
+    if (linkOnMatch) {
+      waitUntil(
+        pumped
+          .then(async (matched) => {
+            if (matched) await this.repository.linkMirroredBlob(digest, linkOnMatch);
+          })
+          .catch((error: unknown) =>
+            this.log("the upstream proved a stored blob, but linking it failed", {
+              digest: digest.value,
+              error: String(error),
+            }),
+          ),
+      );
+    }
+    return client.readable;
   }
 
   /**
@@ -356,14 +403,17 @@ export class Mirror {
   async tags(query: string, requestedName: string): Promise<{ tags: string[]; link?: string } | null> {
     let response: Response;
     try {
-      response = await this.client.fetch({
-        method: "GET",
-        path: `${this.path("tags/list")}${query}`,
-        headers: { Accept: "application/json" },
-        scope: this.scope,
-      });
+      response = await this.ask(
+        {
+          method: "GET",
+          path: `${this.path("tags/list")}${query}`,
+          headers: { Accept: "application/json" },
+          scope: this.scope,
+        },
+        { name: requestedName },
+      );
     } catch (error) {
-      if (error instanceof UpstreamUnreachable) return null;
+      if (error instanceof RegistryError && error.code === "UNAVAILABLE") return null;
       throw error;
     }
     if (response.status === 404) {
@@ -389,7 +439,36 @@ export class Mirror {
     return next ? { tags: names, link: `</v2/${requestedName}/tags/list${next}>; rel="next"` } : { tags: names };
   }
 
+  /** One request to the upstream; one that could not be made is a 503 (`unreachable`). */
+  private async ask(request: UpstreamRequest, detail: Record<string, unknown>): Promise<Response> {
+    try {
+      return await this.client.fetch(request);
+    } catch (error) {
+      if (error instanceof UpstreamUnreachable) throw this.unreachable(error, detail);
+      throw error;
+    }
+  }
+
+  /**
+   * The error for an upstream that could not be asked or broke off: it names the mirror's
+   * prefix, never the upstream's address (a client may be anonymous, the upstream an
+   * internal host); what happened, addresses included, goes to the log.
+   */
+  private unreachable(error: UpstreamUnreachable, detail: Record<string, unknown>): RegistryError {
+    this.log("the upstream could not be asked", { ...detail, reason: error.message });
+    return unavailable(`the upstream registry of ${this.name.upstream.prefix} did not answer; retry`, {
+      ...detail,
+      upstream: this.name.upstream.prefix,
+    });
+  }
+
   private log(message: string, detail: Record<string, unknown>): void {
     console.warn(`mirror ${this.name.local}: ${message}`, JSON.stringify(detail));
   }
+}
+
+/** An answer's Content-Length, when it declares one. */
+function lengthOf(response: Response): number | undefined {
+  const length = response.headers.get("Content-Length");
+  return length !== null && /^\d+$/.test(length) ? Number(length) : undefined;
 }

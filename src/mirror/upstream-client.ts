@@ -11,9 +11,16 @@ import type { Upstream } from "../settings/upstreams";
  *   isolate until shortly before it expires, and the request is sent again with it;
  * - a 401 with a `Basic` challenge is answered with the configured `username:password`;
  * - a configured bare token is sent as a Bearer token on every request.
- * Redirects (Docker Hub sends blobs to a CDN) are followed by hand, without the
- * credentials once they leave the upstream's origin. Only the wait for the answer's
- * headers is bounded by the upstream's timeout: a body may take as long as it streams.
+ * Redirects are followed only where registries send them, for a blob's bytes (Docker Hub
+ * and S3-backed registries send them to a CDN or a signed URL), and only to http(s), by
+ * hand, without the credentials once they leave the upstream's origin. Any other answer
+ * (a manifest, a tag list, a token) comes from its own origin: a redirect there is
+ * returned as the answer, which callers treat as the upstream failing. Only the wait for
+ * the answer's headers is bounded by the upstream's timeout: a body may take as long as
+ * it streams.
+ *
+ * UpstreamUnreachable's message names addresses (the upstream's URL, a Location, a realm):
+ * it is for the log, never for a client (Mirror.unreachable).
  */
 
 /** An upstream that could not be asked (network, timeout): the mirror then serves what it has. */
@@ -60,7 +67,11 @@ export interface UpstreamRequest {
   headers?: Record<string, string>;
   /** The scope a token must grant (`repository:library/alpine:pull`). */
   scope: string;
-  /** false: a redirect is the answer (a HEAD confirming a blob: the CDN it points to may sign GETs only). */
+  /**
+   * true: a redirect is followed (a blob's bytes, and the HEAD describing them). Otherwise
+   * a redirect is the answer: a manifest or a tag list comes from the upstream itself, and
+   * a HEAD that must prove a stored blob is the upstream's own word or nothing.
+   */
   follow?: boolean;
 }
 
@@ -108,10 +119,11 @@ export class UpstreamClient {
     }
     if (params.service) realm.searchParams.set("service", params.service);
     realm.searchParams.append("scope", params.scope ?? scope);
+    // Not followed: a token comes from the realm the challenge named (a redirect fails it, below).
     const response = await this.timed(realm.toString(), {
       method: "GET",
       headers: basic ? { Authorization: basic } : {},
-      redirect: "follow",
+      redirect: "manual",
     });
     if (!response.ok) {
       await response.body?.cancel();
@@ -138,7 +150,10 @@ export class UpstreamClient {
     return `Bearer ${token}`;
   }
 
-  /** One request, following redirects by hand (credentials only to the upstream's own origin). */
+  /**
+   * One request; with `follow`, redirects are followed by hand, to http(s) only, and the
+   * credentials go only to the upstream's own origin.
+   */
   private async send(request: UpstreamRequest, authorization: string | undefined): Promise<Response> {
     let url = new URL(`${this.upstream.url}/v2/${request.path}`);
     const origin = url.origin;
@@ -148,10 +163,12 @@ export class UpstreamClient {
       const response = await this.timed(url.toString(), { method: request.method, headers, redirect: "manual" });
       const location = response.headers.get("Location");
       const redirected = response.status >= 300 && response.status < 400 && location !== null;
-      if (!redirected || request.follow === false || hop >= MAX_REDIRECTS) return response;
+      if (!redirected || request.follow !== true || hop >= MAX_REDIRECTS) return response;
       await response.body?.cancel();
       const next = urlOrNull(location, url);
-      if (!next) throw new UpstreamUnreachable(`the upstream redirected to an invalid URL: ${location}`);
+      if (!next || (next.protocol !== "https:" && next.protocol !== "http:")) {
+        throw new UpstreamUnreachable(`the upstream redirected to an unusable URL: ${location}`);
+      }
       url = next;
     }
   }

@@ -1,6 +1,6 @@
 import type { MiddlewareHandler } from "hono";
 import { Mirror } from "../mirror/mirror";
-import { mirroredName, upstreamOfNs } from "../settings/upstreams";
+import { mirroredName, upstreamOfNs, type MirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { digestOrNull } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
@@ -18,15 +18,18 @@ const PATHS: { kind: "manifest" | "blob" | "upload" | "tags" | "referrers"; patt
 
 /**
  * Work that talks to an upstream: whatever an upstream can make go wrong that no check
- * foresaw is the upstream failing (503, logged), never a 500.
+ * foresaw is the upstream failing (503, logged), never a 500. The error names the
+ * mirror's prefix only: what went wrong may name internal addresses, and goes to the log.
  */
-async function upstreamWork<T>(work: () => Promise<T>): Promise<T> {
+async function upstreamWork<T>(mirrored: MirroredName, work: () => Promise<T>): Promise<T> {
   try {
     return await work();
   } catch (error) {
     if (error instanceof RegistryError) throw error;
-    console.error("mirror: unexpected failure", error);
-    throw unavailable("the upstream registry's answer could not be used; retry", { cause: String(error) });
+    console.error(`mirror ${mirrored.local}: unexpected failure`, error);
+    throw unavailable(`the answer of the upstream registry of ${mirrored.upstream.prefix} could not be used; retry`, {
+      upstream: mirrored.upstream.prefix,
+    });
   }
 }
 
@@ -73,10 +76,14 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
   const mirrored = mirroredName(mirrors, match.name, ns);
   if (!mirrored) return next();
   if (c.req.method !== "GET" && c.req.method !== "HEAD") {
-    throw new RegistryError("DENIED", `${match.name} is mirrored from ${mirrored.upstream.url}: it is read-only here`, {
-      name: match.name,
-      upstream: mirrored.upstream.prefix,
-    });
+    throw new RegistryError(
+      "DENIED",
+      `${match.name} is mirrored from ${mirrored.upstream.prefix}: it is read-only here`,
+      {
+        name: match.name,
+        upstream: mirrored.upstream.prefix,
+      },
+    );
   }
   if (match.kind === "upload") return next();
   c.set("mirror", mirrored);
@@ -85,7 +92,7 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
   if (match.kind === "manifest") {
     const reference = referenceOrNull(match.rest);
     if (reference) {
-      const record = await upstreamWork(() => mirror.manifest(reference));
+      const record = await upstreamWork(mirrored, () => mirror.manifest(reference));
       if (record) c.set("mirrorTag", record);
     }
     return next();
@@ -97,7 +104,9 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
       const value = url.searchParams.get(key);
       if (value !== null) query.set(key, value);
     }
-    const answer = await upstreamWork(() => mirror.tags(query.size > 0 ? `?${query.toString()}` : "", match.name));
+    const answer = await upstreamWork(mirrored, () =>
+      mirror.tags(query.size > 0 ? `?${query.toString()}` : "", match.name),
+    );
     if (!answer) return next();
     if (answer.link) c.header("Link", answer.link);
     return c.json({ name: match.name, tags: answer.tags });
@@ -113,9 +122,8 @@ export const mirrorMiddleware: MiddlewareHandler<AppEnv> = async (c, next) => {
     } catch (error) {
       if (!(error instanceof RegistryError && error.code === "BLOB_UNKNOWN")) throw error;
     }
-    const fetched = await upstreamWork(() =>
-      mirror.blob(digest, c.req.method, c.req.header("Range"), (work) => waitUntil(c, work)),
-    );
+    // A Range is served by the route once the blob is linked; fetched, the answer is whole.
+    const fetched = await upstreamWork(mirrored, () => mirror.blob(digest, c.req.method, (work) => waitUntil(c, work)));
     if ("descriptor" in fetched) {
       c.set("mirrorBlob", fetched.descriptor);
       return next();

@@ -51,7 +51,8 @@ function parseOne(entry: unknown, index: number): Upstream {
   try {
     url = new URL(raw.url);
   } catch {
-    throw new SettingsError(`${where}.url "${raw.url}" is not a URL`);
+    // Without the value: this message reaches clients (settingsOf), and a URL may be internal.
+    throw new SettingsError(`${where}.url is not a URL`);
   }
   if (url.protocol !== "https:" && url.protocol !== "http:") {
     throw new SettingsError(`${where}.url must be http(s)`);

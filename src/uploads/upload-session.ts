@@ -265,9 +265,11 @@ export class UploadSession extends DurableObject<Env> {
 
   /**
    * A mirrored blob arriving from its upstream, under the claim `claimFill` gave. A fill
-   * of a digest stored meanwhile links the stored blob and reads nothing. Otherwise the
-   * bytes go through the upload engine as a monolithic upload does (parts, native hash,
-   * verified before anything is published), and any failure leaves nothing.
+   * of a digest stored meanwhile links the stored blob once the bytes hashed to it (a
+   * blob pushed to a private repository is linked under a mirrored name only when the
+   * upstream proved it has it: docs/architecture.md, "Mirroring"), storing nothing.
+   * Otherwise the bytes go through the upload engine as a monolithic upload does (parts,
+   * native hash, verified before anything is published), and any failure leaves nothing.
    */
   private async fill(
     name: string,
@@ -292,13 +294,18 @@ export class UploadSession extends DurableObject<Env> {
       // A fill that died part-way (the object was reset): its multipart upload goes.
       const stale = this.ctx.storage.kv.get<SessionState>("session");
       if (stale) await this.purge(stale).catch(() => undefined);
+      if (body === null) throw new RegistryError("SIZE_INVALID", "a fill needs the blob's bytes");
       const existing = await this.blobs.stat(digest, { strong: true });
       if (existing && (await this.blobs.hasBytes(existing))) {
-        await body?.cancel();
+        const hash = nativeHash(digest.algorithm);
+        for await (const chunk of body) await hash.update(chunk);
+        const computed = await hash.digest();
+        if (computed !== digest.value) {
+          throw new RegistryError("DIGEST_INVALID", undefined, { digest: digest.value, computed });
+        }
         await new LinkedBlobStore(this.storage, this.blobs, name, "layer").link(digest, existing);
         return existing;
       }
-      if (body === null) throw new RegistryError("SIZE_INVALID", "a fill needs the blob's bytes");
       // Smaller parts than uploads use: a cold pull of an image fills its layers at once,
       // and fill objects may share an isolate (two part buffers each).
       await this.start(crypto.randomUUID(), name, Math.min(FILL_PART_BYTES, readConfig(this.env).uploadPartSize));

@@ -404,6 +404,14 @@ async function startFakeUpstream() {
     // Never answers: the mirror's timeout (1 s) must end the wait. Closed in close().
     if (path.startsWith("/v2/hang/")) return undefined;
     const bytes = served.get(path);
+    if (bytes?.chunked && !head) {
+      // No Content-Length: Node sends it chunked, in pieces (its HEAD says the length).
+      response.writeHead(200, { "Content-Type": bytes.type });
+      for (let offset = 0; offset < bytes.body.length; offset += 256 * KiB) {
+        response.write(bytes.body.subarray(offset, offset + 256 * KiB));
+      }
+      return response.end();
+    }
     if (bytes) return answer(200, bytes.body, { "Content-Type": bytes.type });
     return answer(404, oci(path.includes("/blobs/") ? "BLOB_UNKNOWN" : "MANIFEST_UNKNOWN"));
   });
@@ -426,15 +434,46 @@ async function startFakeUpstream() {
 
 /**
  * Makes the fake upstream serve, for `/v2/<name>/blobs/<digest>`, bytes of the right length
- * that are not the digest's. Returns { digest, size, real (the digest's bytes), path }.
+ * that are not the digest's (`chunked`: without a Content-Length). Returns { digest, size,
+ * real (the digest's bytes), path }.
  */
-function lyingBlob(name) {
+function lyingBlob(name, { chunked = false } = {}) {
   const size = 2 * MiB + 77;
   const real = randomBytes(size);
   const digest = `sha256:${sha256(real)}`;
   const path = `/v2/${name}/blobs/${digest}`;
-  fake.served.set(path, { body: randomBytes(size), type: "application/octet-stream" });
+  fake.served.set(path, { body: randomBytes(size), type: "application/octet-stream", chunked });
   return { digest, size, real, path };
+}
+
+/**
+ * A GET as a plain HTTP/1.1 client sees it: the status, the bytes, and whether the message
+ * arrived complete (its Content-Length met, or a chunked body's terminating chunk read)
+ * rather than cut off by the connection closing.
+ */
+function rawGet(url) {
+  return new Promise((resolveGet) => {
+    const outgoing = http.get(url, { agent: false }, (incoming) => {
+      let bytes = 0;
+      let settled = false;
+      const settle = (error) => {
+        if (settled) return;
+        settled = true;
+        resolveGet({
+          status: incoming.statusCode,
+          headers: incoming.headers,
+          bytes,
+          complete: incoming.complete,
+          error,
+        });
+      };
+      incoming.on("data", (chunk) => (bytes += chunk.length));
+      incoming.on("end", () => settle(null));
+      incoming.on("error", settle);
+      incoming.on("close", () => settle(null));
+    });
+    outgoing.on("error", (error) => resolveGet({ status: 0, bytes: 0, complete: false, error }));
+  });
 }
 
 /** GETs a blob from the mirror; says how it ended: "complete and correct", "a complete 200 with other bytes", "failed (…)". */
@@ -911,6 +950,25 @@ describe("pull-through mirroring with real clients and real upstreams", { timeou
     const { digest, size } = lyingBlob("lying-again");
     const outcome = await getBlob(`/v2/up.fake/lying-again/blobs/${digest}`, digest, size);
     assert.match(outcome, /^failed/, `the client's GET: ${outcome}`);
+  });
+
+  it("a blob of unknown length whose bytes are not its digest reaches a plain HTTP client as a cut transfer", async () => {
+    // workerd ends a chunked answer whose stream failed with a terminating chunk, as if
+    // whole: the mirror sends the body with its length (the upstream's HEAD's), so a
+    // mismatch leaves it short and the connection is cut.
+    const { digest, size, real } = lyingBlob("chunked-lying", { chunked: true });
+    const cut = await rawGet(`${mirror.url}/v2/up.fake/chunked-lying/blobs/${digest}`);
+    assert.equal(cut.status, 200);
+    assert.equal(cut.complete, false, `a complete message of ${cut.bytes} bytes`);
+    assert.ok(cut.bytes < size, `${cut.bytes} bytes`);
+    assert.equal(cut.headers["content-length"], String(size), "sent with its length");
+    // The same blob with its own bytes, chunked upstream: complete and correct.
+    fake.served.set(`/v2/chunked-right/blobs/${digest}`, {
+      body: real,
+      type: "application/octet-stream",
+      chunked: true,
+    });
+    assert.equal(await getBlob(`/v2/up.fake/chunked-right/blobs/${digest}`, digest, size), "complete and correct");
   });
 
   it("a mirror with authentication applies its access rules to mirrored names", async () => {

@@ -8,7 +8,7 @@ import { SettingsError } from "../../src/settings/values";
 import { allowedActions, policyOf } from "../../src/auth/policy";
 import bcrypt from "bcryptjs";
 import { collect, expectVerifyClean } from "./gc-helpers";
-import { digestStream, expectError, MediaTypes, MiB, randomBytes, sha256, utf8 } from "./helpers";
+import { concat, digestStream, expectError, MediaTypes, MiB, randomBytes, sha256, utf8 } from "./helpers";
 
 // The pull-through mirror (src/mirror) against a fake upstream registry served in this
 // isolate: the Worker's outbound fetches to http://upstream.test are answered by
@@ -44,6 +44,11 @@ class FakeUpstream {
     | "garbage"
     | "bad-realm" = "none";
   tokensIssued = 0;
+  /**
+   * A hostile upstream: answers what this returns for a request (undefined: the usual
+   * answer), before anything else, so a test can lie, redirect or delay at will.
+   */
+  intercept: ((request: Request, url: URL) => Response | Promise<Response> | undefined) | null = null;
 
   repo(name: string): FakeRepo {
     let repo = this.repos.get(name);
@@ -91,6 +96,8 @@ class FakeUpstream {
   async handle(request: Request): Promise<Response> {
     const url = new URL(request.url);
     this.log.push(`${request.method} ${url.pathname}`);
+    const intercepted = this.intercept?.(request, url);
+    if (intercepted) return intercepted;
     if (this.fault === "down") throw new TypeError("connection refused");
     if (this.fault === "hang") {
       // Answers nothing until the caller gives up (its timeout aborts the request).
@@ -184,7 +191,25 @@ function streamOfBytes(bytes: Uint8Array<ArrayBuffer>, stall: boolean): Readable
   });
 }
 
+/**
+ * Another server an upstream may redirect to (a CDN, or an address the mirror must not
+ * reach for it): answers `answer`, and records every request with its Range header.
+ */
+const ELSEWHERE = "http://elsewhere.test";
+class Elsewhere {
+  log: string[] = [];
+  answer: (request: Request) => Response = () => new Response(null, { status: 404 });
+
+  handle(request: Request): Response {
+    const url = new URL(request.url);
+    const range = request.headers.get("Range");
+    this.log.push(`${request.method} ${url.pathname}${range ? ` ${range}` : ""}`);
+    return this.answer(request);
+  }
+}
+
 let upstream: FakeUpstream;
+let elsewhere: Elsewhere;
 
 const mirrorEnv = (upstreams: Record<string, unknown>[], extra: Record<string, string> = {}) =>
   ({ ...env, UPSTREAMS: JSON.stringify(upstreams), ...extra }) as Env;
@@ -215,11 +240,14 @@ function upstreamCalls(response: Response): number {
 
 beforeEach(() => {
   upstream = new FakeUpstream();
+  elsewhere = new Elsewhere();
   settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 300 }]);
   const original = globalThis.fetch;
-  vi.spyOn(globalThis, "fetch").mockImplementation((input, init) => {
+  vi.spyOn(globalThis, "fetch").mockImplementation(async (input, init) => {
     const outbound = new Request(input, init);
-    if (new URL(outbound.url).host === "upstream.test") return upstream.handle(outbound);
+    const host = new URL(outbound.url).host;
+    if (host === "upstream.test") return upstream.handle(outbound);
+    if (host === "elsewhere.test") return elsewhere.handle(outbound);
     return original(input, init);
   });
 });
@@ -616,5 +644,287 @@ describe("pull-through mirroring", () => {
     await expectError(await request("/v2/up.test/team/app/manifests/v1", { method: "DELETE" }), 403, "DENIED");
     // A name outside every prefix is this registry's own.
     expect((await request("/v2/own/app/blobs/uploads/", { method: "POST" })).status).toBe(202);
+  });
+});
+
+/** A request to the Worker whose body is read as it comes: the bytes it delivered, and whether it ended in an error. */
+async function pull(
+  path: string,
+  init?: RequestInit,
+): Promise<{ response: Response; bytes: Uint8Array<ArrayBuffer>; failed: boolean }> {
+  const ctx = createExecutionContext();
+  const response = await worker.fetch(new Request(new URL(path, "http://registry.test"), init), settings, ctx);
+  const chunks: Uint8Array[] = [];
+  let failed = false;
+  const reader = response.body?.getReader();
+  try {
+    for (;;) {
+      const read = await reader?.read();
+      if (!read || read.done) break;
+      chunks.push(read.value);
+    }
+  } catch {
+    failed = true;
+  }
+  await waitOnExecutionContext(ctx);
+  return { response, bytes: concat(...chunks), failed };
+}
+
+/** Mirroring with authentication on: anonymous clients may pull mirrored names, `admin` may push anywhere. */
+function withAuthentication(): Env {
+  return mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 300 }], {
+    AUTH_MODE: "",
+    AUTH_USERS: `admin:${bcrypt.hashSync("admin-pw", 4)}`,
+    TOKEN_SECRET: "a test key of the registry, long and random in production",
+    AUTH_ACCESS: JSON.stringify([
+      { repositories: ["up.test/**"], anonymous: true, actions: ["pull"] },
+      { repositories: ["**"], users: ["admin"], actions: ["pull", "push", "delete"] },
+    ]),
+  });
+}
+
+/** Pushes `bytes` as `admin` to a repository anonymous clients cannot read; returns its digest. */
+async function pushPrivate(name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = await sha256(bytes);
+  const pushed = await request(`/v2/${name}/blobs/uploads/?digest=${digest}`, {
+    method: "POST",
+    body: bytes,
+    headers: { Authorization: `Basic ${btoa("admin:admin-pw")}` },
+  });
+  expect(pushed.status).toBe(201);
+  await expectError(await request(`/v2/${name}/blobs/${digest}`), 401, "UNAUTHORIZED");
+  return digest;
+}
+
+/** A config blob no anonymous client may read. */
+function secretConfig(): Uint8Array<ArrayBuffer> {
+  const env = [`SECRET=${crypto.randomUUID()}`];
+  return utf8(JSON.stringify({ architecture: "amd64", os: "linux", config: { Env: env }, pad: "x".repeat(5000) }));
+}
+
+/** Whether `name` links `digest` (its R2 link or the link's KV copy). */
+async function linked(name: string, digest: string): Promise<boolean> {
+  const r2 = await env.BLOBS.head(`repositories/${name}/_layers/sha256/${digest.slice("sha256:".length)}`);
+  const kv = await env.META.get(`link:${name}/_layers/${digest}`);
+  return r2 !== null || kv !== null;
+}
+
+function redirectTo(location: string): Response {
+  return new Response(null, { status: 307, headers: { Location: location } });
+}
+
+describe("a hostile upstream", () => {
+  it("never links a blob stored by a push on the upstream's word alone: a redirect or a HEAD not naming it", async () => {
+    settings = withAuthentication();
+    const secret = secretConfig();
+    const digest = await pushPrivate("private/app", secret);
+    const size = secret.byteLength;
+    // A CDN that describes the blob right and sends other bytes of its length.
+    elsewhere.answer = (asked) =>
+      new Response(asked.method === "HEAD" ? null : randomBytes(size), {
+        headers: { "Content-Length": String(size), "Docker-Content-Digest": digest },
+      });
+    const lies: Record<string, () => Response> = {
+      "a redirect": () => redirectTo(`${ELSEWHERE}/cdn/${digest}`),
+      "a 200 naming nothing": () => new Response(null, { status: 200 }),
+      "a 200 with another size": () =>
+        new Response(null, { headers: { "Docker-Content-Digest": digest, "Content-Length": String(size + 1) } }),
+      "a 200 without the digest": () => new Response(null, { headers: { "Content-Length": String(size) } }),
+    };
+    for (const [lie, answer] of Object.entries(lies)) {
+      upstream.intercept = (asked, url) => {
+        if (url.pathname !== `/v2/team/app/blobs/${digest}`) return undefined;
+        if (asked.method === "HEAD") return answer();
+        // It has no such bytes: a 404, or its CDN's other bytes.
+        return lie === "a redirect" ? redirectTo(`${ELSEWHERE}/cdn/${digest}`) : new Response(null, { status: 404 });
+      };
+      const got = await pull(`/v2/up.test/team/app/blobs/${digest}`);
+      if (lie === "a redirect") {
+        // The CDN's bytes, checked on the way: the answer fails before its end.
+        expect(got.response.status, lie).toBe(200);
+        expect(got.failed, lie).toBe(true);
+        expect(got.bytes.byteLength, lie).toBeLessThan(size);
+      } else {
+        await expectError(new Response(got.bytes, got.response), 404, "BLOB_UNKNOWN");
+      }
+      expect(await sha256(got.bytes), lie).not.toBe(digest);
+      const head = await pull(`/v2/up.test/team/app/blobs/${digest}`, { method: "HEAD" });
+      expect(head.bytes.byteLength, lie).toBe(0);
+      expect(await linked("up.test/team/app", digest), lie).toBe(false);
+    }
+    // Nothing was linked: with the upstream gone, the mirrored name has nothing to serve.
+    upstream.intercept = null;
+    upstream.fault = "down";
+    await expectError(await request(`/v2/up.test/team/app/blobs/${digest}`), 503, "UNAVAILABLE");
+    expect((await request(`/v2/up.test/team/app/blobs/${digest}`, { method: "HEAD" })).status).toBe(503);
+    expect(await linked("up.test/team/app", digest)).toBe(false);
+  });
+
+  it("links a stored blob on the upstream's own HEAD naming its digest and size, or once its bytes matched", async () => {
+    settings = withAuthentication();
+    const secret = secretConfig();
+    const digest = await pushPrivate("private/shared", secret);
+    const size = secret.byteLength;
+    const stored = await dataObjects();
+    // The upstream's own answer names the digest and the size: linked at once.
+    upstream.intercept = (asked, url) =>
+      url.pathname === `/v2/team/named/blobs/${digest}` && asked.method === "HEAD"
+        ? new Response(null, { headers: { "Docker-Content-Digest": digest, "Content-Length": String(size) } })
+        : undefined;
+    const named = await request(`/v2/up.test/team/named/blobs/${digest}`);
+    expect(upstreamCalls(named)).toBe(1);
+    expect(await bodyDigest(named)).toBe(digest);
+    expect(await linked("up.test/team/named", digest)).toBe(true);
+    // A HEAD redirected to its CDN proves nothing; the CDN's bytes do, once they hashed to the digest.
+    upstream.intercept = (_, url) =>
+      url.pathname === `/v2/team/shown/blobs/${digest}` ? redirectTo(`${ELSEWHERE}/cdn/${digest}`) : undefined;
+    elsewhere.answer = (asked) =>
+      new Response(asked.method === "HEAD" ? null : secret, { headers: { "Content-Length": String(size) } });
+    const shown = await pull(`/v2/up.test/team/shown/blobs/${digest}`);
+    expect([shown.response.status, shown.failed]).toEqual([200, false]);
+    expect(await sha256(shown.bytes)).toBe(digest);
+    expect(elsewhere.log).toEqual([`GET /cdn/${digest}`]);
+    expect(await linked("up.test/team/shown", digest)).toBe(true);
+    // Linked, not stored again; served from storage from now on.
+    expect(await dataObjects()).toBe(stored);
+    const again = await request(`/v2/up.test/team/shown/blobs/${digest}`);
+    expect(upstreamCalls(again)).toBe(0);
+    expect(await bodyDigest(again)).toBe(digest);
+  });
+
+  it("a fill that finds the blob stored meanwhile links it only once the upstream's bytes match", async () => {
+    settings = withAuthentication();
+    /**
+     * Pulls a blob through `repository` while it is pushed to a private one (after the
+     * mirror found it not stored, before its fill starts); the upstream then sends
+     * `bytes` (or the blob's own). Returns the digest and what the pull got.
+     */
+    const pullWhilePushed = async (repository: string, lie: boolean) => {
+      const secret = secretConfig();
+      const digest = await sha256(secret);
+      const bytes = lie ? randomBytes(secret.byteLength) : secret;
+      let asked: () => void = () => undefined;
+      const gotRequest = new Promise<void>((resolve) => (asked = resolve));
+      let release: () => void = () => undefined;
+      const released = new Promise<void>((resolve) => (release = resolve));
+      upstream.intercept = (outbound, url) => {
+        if (url.pathname !== `/v2/${repository}/blobs/${digest}` || outbound.method !== "GET") return undefined;
+        asked();
+        return released.then(() => new Response(bytes, { headers: { "Content-Length": String(bytes.byteLength) } }));
+      };
+      const pulling = pull(`/v2/up.test/${repository}/blobs/${digest}`);
+      await gotRequest;
+      await pushPrivate(`private/${repository}`, secret);
+      release();
+      return { digest, got: await pulling };
+    };
+    // Other bytes of the right length: nothing linked.
+    const lied = await pullWhilePushed("team/raced", true);
+    expect(lied.got.failed).toBe(true);
+    expect(await linked("up.test/team/raced", lied.digest)).toBe(false);
+    // The right bytes: linked to the stored blob, nothing stored but the push.
+    const stored = await dataObjects();
+    const right = await pullWhilePushed("team/honest", false);
+    expect([right.got.failed, await sha256(right.got.bytes)]).toEqual([false, right.digest]);
+    expect(await linked("up.test/team/honest", right.digest)).toBe(true);
+    expect(await dataObjects()).toBe(stored + 1);
+  });
+
+  it("sends a blob of unknown length with a length, so bytes that do not match end it short", async () => {
+    const layerBytes = randomBytes(2 * MiB);
+    const image = await upstream.addImage("team/chunky", "v1", [layerBytes]);
+    const layer = image.layers[1] ?? "";
+    // Chunked, not matching: the length comes from the upstream's HEAD, and the answer is cut short of it.
+    upstream.fault = "chunked-corrupt";
+    const cut = await pull(`/v2/up.test/team/chunky/blobs/${layer}`);
+    expect(cut.response.status).toBe(200);
+    expect(cut.response.headers.get("Content-Length")).toBe(String(layerBytes.byteLength));
+    expect(cut.failed).toBe(true);
+    expect(cut.bytes.byteLength).toBeLessThan(layerBytes.byteLength);
+    // Chunked and right: whole, with its length.
+    upstream.fault = "chunked";
+    const whole = await pull(`/v2/up.test/team/chunky/blobs/${layer}`);
+    expect(whole.response.headers.get("Content-Length")).toBe(String(layerBytes.byteLength));
+    expect([whole.failed, await sha256(whole.bytes)]).toEqual([false, layer]);
+    // No length anywhere (the HEAD names none either): refused before any byte, never sent chunked.
+    upstream.intercept = (asked) =>
+      asked.method === "HEAD" ? new Response(null, { headers: { "Docker-Content-Digest": layer } }) : undefined;
+    const refused = await pull(`/v2/up.test/team/chunky/blobs/${layer}`);
+    await expectError(new Response(refused.bytes, refused.response), 503, "UNAVAILABLE");
+  });
+
+  it("follows redirects only for a blob's bytes, to http(s), and passes no unchecked range on", async () => {
+    settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 0 }]);
+    const layerBytes = randomBytes(300_000);
+    const image = await upstream.addImage("team/redirected", "v1", [layerBytes]);
+    expect((await request("/v2/up.test/team/redirected/manifests/v1")).status).toBe(200);
+    const other = await upstream.addImage("team/redirected", "v2", [randomBytes(100)]);
+    // Tag lists, manifests and tokens come from the upstream itself: a redirect is a failure.
+    elsewhere.answer = () => Response.json({ name: "team/redirected", tags: ["planted"], token: "planted" });
+    upstream.intercept = (_, url) =>
+      /\/(tags\/list|manifests\/[^/]+)$/.test(url.pathname) ? redirectTo(`${ELSEWHERE}${url.pathname}`) : undefined;
+    const tags = (await (await request("/v2/up.test/team/redirected/tags/list")).json()) as { tags: string[] };
+    expect(tags.tags).toEqual(["v1"]);
+    const tagged = await request("/v2/up.test/team/redirected/manifests/v1");
+    expect(tagged.headers.get("Docker-Content-Digest")).toBe(image.digest);
+    await expectError(await request(`/v2/up.test/team/redirected/manifests/${other.digest}`), 503, "UNAVAILABLE");
+    upstream.intercept = (_, url) => (url.pathname === "/token" ? redirectTo(`${ELSEWHERE}/token`) : undefined);
+    upstream.auth = "bearer";
+    await expectError(await request(`/v2/up.test/team/redirected/manifests/${other.digest}`), 503, "UNAVAILABLE");
+    upstream.auth = "none";
+    expect(elsewhere.log).toEqual([]);
+
+    // A range of a blob not stored: the whole blob is fetched (no Range upstream), checked,
+    // stored, and sent whole; its CDN's 206 of other bytes is never asked for.
+    const layer = image.layers[1] ?? "";
+    upstream.intercept = (asked, url) =>
+      url.pathname === `/v2/team/redirected/blobs/${layer}` && asked.method === "GET"
+        ? redirectTo(`${ELSEWHERE}/cdn/${layer}`)
+        : undefined;
+    elsewhere.answer = (asked) =>
+      asked.headers.has("Range")
+        ? new Response(randomBytes(10), {
+            status: 206,
+            headers: { "Content-Range": `bytes 0-9/${layerBytes.byteLength}`, "Content-Length": "10" },
+          })
+        : new Response(layerBytes, { headers: { "Content-Length": String(layerBytes.byteLength) } });
+    const ranged = await pull(`/v2/up.test/team/redirected/blobs/${layer}`, { headers: { Range: "bytes=0-9" } });
+    expect([ranged.response.status, ranged.failed, await sha256(ranged.bytes)]).toEqual([200, false, layer]);
+    expect(elsewhere.log).toEqual([`GET /cdn/${layer}`]);
+    // Stored now: a range is served from what was checked.
+    const part = await request(`/v2/up.test/team/redirected/blobs/${layer}`, { headers: { Range: "bytes=0-9" } });
+    expect(part.status).toBe(206);
+    expect(new Uint8Array(await part.arrayBuffer())).toEqual(layerBytes.slice(0, 10));
+
+    // A redirect to anything but http(s) is not followed.
+    const config = image.layers[0] ?? "";
+    upstream.intercept = (_, url) =>
+      url.pathname === `/v2/team/redirected/blobs/${config}` ? redirectTo("gopher://elsewhere.test/config") : undefined;
+    await expectError(await request(`/v2/up.test/team/redirected/blobs/${config}`), 503, "UNAVAILABLE");
+    expect(elsewhere.log).toEqual([`GET /cdn/${layer}`]);
+  });
+
+  it("names the mirror's prefix in its errors, never the upstream's address", async () => {
+    settings = mirrorEnv([{ prefix: "up.test", url: UPSTREAM, tagTtlSeconds: 0, timeoutSeconds: 0.2 }]);
+    const image = await upstream.addImage("team/failing", "v1", [randomBytes(100)]);
+    const texts: string[] = [];
+    const failing = async (path: string, status: number) => {
+      const response = await request(path);
+      expect(response.status, path).toBe(status);
+      texts.push(await response.text());
+    };
+    for (const fault of ["down", "hang", "bad-realm"] as const) {
+      upstream.fault = fault;
+      await failing("/v2/up.test/team/failing/manifests/v1", 503);
+      await failing(`/v2/up.test/team/failing/blobs/${image.layers[1] ?? ""}`, 503);
+    }
+    upstream.fault = "none";
+    upstream.intercept = (_, url) => (url.pathname.includes("/blobs/") ? redirectTo("gopher://10.1.2.3/x") : undefined);
+    await failing(`/v2/up.test/team/failing/blobs/${image.layers[0] ?? ""}`, 503);
+    texts.push(await (await request("/v2/up.test/team/failing/blobs/uploads/", { method: "POST" })).text());
+    for (const text of texts) {
+      expect(text).toContain("up.test");
+      expect(text).not.toMatch(/upstream\.test|10\.1\.2\.3|gopher|not a url/i);
+    }
   });
 });
