@@ -1,17 +1,22 @@
 import { Hono, type MiddlewareHandler } from "hono";
 import { authorize } from "./auth/authorize";
 import { RegistryError } from "./oci/errors";
+import { mirrorResolver } from "./mirror/mirrored-repository";
 import { Meter, runMetered } from "./registry/meter";
+import { addRepositoryResolver } from "./registry/registry";
 import { adminRoutes } from "./routes/admin";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
 import { manifestRoutes } from "./routes/manifests";
-import { mirrorMiddleware } from "./routes/mirror";
 import { referrerRoutes } from "./routes/referrers";
 import { tokenRoutes } from "./routes/token";
 import { uploadRoutes } from "./routes/uploads";
 import { uiRoutes } from "./ui/routes";
+
+// The composition root: layers above the registry that serve some names with a
+// repository of their own register here (the mirror decorates mirrored names).
+addRepositoryResolver(mirrorResolver);
 
 export const app = new Hono<AppEnv>();
 
@@ -38,7 +43,7 @@ const apiHeaders: MiddlewareHandler<AppEnv> = async (c, next) => {
   await next();
 };
 app.use("/v2", apiHeaders, authorize);
-app.use("/v2/*", apiHeaders, authorize, mirrorMiddleware);
+app.use("/v2/*", apiHeaders, authorize);
 
 // API version check: 200 tells clients this is a v2 registry.
 app.get("/v2/", (c) => c.json({}));

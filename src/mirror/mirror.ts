@@ -10,6 +10,7 @@ import type { EdgeCache } from "../registry/edge-cache";
 import { EMBEDDED_CONTENT_MAX_BYTES, encodeContent } from "../registry/linked-blob-store";
 import type { Reference } from "../registry/manifests";
 import { openRepository, type Repository } from "../registry/registry";
+import type { PassThroughBlob } from "../registry/repository";
 import type { TagRecord } from "../registry/tags";
 import {
   BYTE_REQUEST_ARGS,
@@ -29,11 +30,7 @@ const MANIFEST_ACCEPT = [
 ].join(", ");
 
 /** An upstream blob answer passed on to the client: the whole blob, verified on the way. */
-export interface UpstreamBlob {
-  status: 200;
-  headers: Record<string, string>;
-  body: ReadableStream<Uint8Array> | null;
-}
+export type UpstreamBlob = PassThroughBlob;
 
 /**
  * A pull-through mirror of one upstream repository (docs/architecture.md, "Mirroring"):
@@ -400,7 +397,15 @@ export class Mirror {
    * The upstream's tag list (paginated as the client asked, the next page's link
    * pointing here), or null when the upstream cannot answer: the stored tags are served.
    */
-  async tags(query: string, requestedName: string): Promise<{ tags: string[]; link?: string } | null> {
+  async tags(
+    n: number | undefined,
+    last: string | undefined,
+    requestedName: string,
+  ): Promise<{ tags: string[]; next?: string } | null> {
+    const params = new URLSearchParams();
+    if (n !== undefined) params.set("n", String(n));
+    if (last !== undefined) params.set("last", last);
+    const query = params.size > 0 ? `?${params.toString()}` : "";
     let response: Response;
     try {
       response = await this.ask(
@@ -435,8 +440,9 @@ export class Mirror {
     if (!Array.isArray(tags)) return null;
     const names = tags.filter((tag): tag is string => typeof tag === "string");
     const link = response.headers.get("Link");
-    const next = link ? /<[^>?]*(\?[^>]*)>;\s*rel="?next"?/.exec(link)?.[1] : undefined;
-    return next ? { tags: names, link: `</v2/${requestedName}/tags/list${next}>; rel="next"` } : { tags: names };
+    const nextQuery = link ? /<[^>?]*(\?[^>]*)>;\s*rel="?next"?/.exec(link)?.[1] : undefined;
+    const next = nextQuery ? new URLSearchParams(nextQuery).get("last") : null;
+    return next ? { tags: names, next } : { tags: names };
   }
 
   /** One request to the upstream; one that could not be made is a 503 (`unreachable`). */

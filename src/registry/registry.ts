@@ -1,4 +1,5 @@
 import { readConfig } from "../config";
+import { validateName } from "../oci/names";
 import { BlobStore } from "./blob-store";
 import { Catalog } from "./catalog";
 import { ChangeSeam, changeHooks, SYSTEM_CONTEXT, type ChangeContext } from "./changes";
@@ -51,6 +52,43 @@ export function repositoryParts(env: Env, name: string, edge: EdgeCache = EdgeCa
 export function openRepository(env: Env, name: string, options: OpenOptions = {}): Repository {
   const parts = repositoryParts(env, name, options.edge);
   return new Repository(name, parts, changeSeamOf(), options.context ?? SYSTEM_CONTEXT);
+}
+
+/** How a requested name is resolved (routes/http.ts repositoryOf). */
+export interface ResolveOptions extends OpenOptions {
+  /** containerd's `?ns=<registry>`: the registry the client means. */
+  ns?: string;
+  /** The host the request came to (an `ns` naming this registry is no other's). */
+  host?: string;
+}
+
+/**
+ * A layer above the registry that serves some requested names with a repository of its
+ * own (the mirror decorates the repository a mirrored name is stored as). Null: not one of
+ * its names. Registered by the composition root (app.ts), so the registry layer imports
+ * none of them.
+ */
+export interface RepositoryResolver {
+  resolve(env: Env, name: string, options: ResolveOptions): Repository | null;
+}
+
+const resolvers: RepositoryResolver[] = [];
+
+export function addRepositoryResolver(resolver: RepositoryResolver): void {
+  if (!resolvers.includes(resolver)) resolvers.push(resolver);
+}
+
+/**
+ * The repository that serves a name as a client asked for it (validated): a registered
+ * resolver's (a mirrored name), else this registry's own repository of that name.
+ */
+export function openRequested(env: Env, name: string, options: ResolveOptions = {}): Repository {
+  const valid = validateName(name);
+  for (const resolver of resolvers) {
+    const repository = resolver.resolve(env, valid, options);
+    if (repository) return repository;
+  }
+  return openRepository(env, valid, options);
 }
 
 /** The registry's list of repositories. */

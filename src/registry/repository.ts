@@ -22,6 +22,28 @@ export interface RepositoryParts {
 }
 
 /**
+ * A blob answered from elsewhere than storage (a mirror's upstream, for a blob not stored
+ * yet): the answer's status, headers and body as they are to be sent.
+ */
+export interface PassThroughBlob {
+  status: 200;
+  headers: Record<string, string>;
+  body: ReadableStream<Uint8Array> | null;
+}
+
+/** Where a blob a pull asks for is: stored and linked here (its descriptor), or passed through. */
+export type LocatedBlob = { descriptor: BlobDescriptor } | { passThrough: PassThroughBlob };
+
+/** The pull asking for a blob: its method, and how to keep work going after the answer. */
+export interface BlobRequest {
+  method: string;
+  waitUntil: (work: Promise<unknown>) => void;
+}
+
+/** Most entries one page of a listing holds, whatever `n` asks for. */
+export const MAX_PAGE = 1000;
+
+/**
  * One repository, as everything above the registry layer sees it (docs/architecture.md,
  * "The repository seam"): reads, and every change a repository goes through. Each change
  * is described to the seam's policies before anything is written (any may refuse it) and
@@ -32,14 +54,22 @@ export interface RepositoryParts {
 export class Repository {
   constructor(
     readonly name: string,
-    private readonly parts: RepositoryParts,
-    private readonly seam: ChangeSeam,
+    protected readonly parts: RepositoryParts,
+    protected readonly seam: ChangeSeam,
     readonly context: ChangeContext,
   ) {}
 
-  /** This repository with the changes it makes attributed to `context` (the mirror's, the collector's). */
+  /** This repository with the changes it makes attributed to `context` (a viewer of the pages). */
   as(context: ChangeContext): Repository {
     return new Repository(this.name, this.parts, this.seam, context);
+  }
+
+  /**
+   * Why nothing may be written here (a mirrored repository's content is its upstream's),
+   * or null. Routes refuse every write to a read-only repository before it starts.
+   */
+  readOnlyReason(): string | null {
+    return null;
   }
 
   // ---- Reads ----
@@ -52,6 +82,15 @@ export class Repository {
   /** A blob this repository links, as a pull sees it (from the edge index first); BLOB_UNKNOWN otherwise. */
   async statBlob(digest: Digest): Promise<BlobDescriptor> {
     return (await this.parts.layers.stat(digest)).descriptor;
+  }
+
+  /**
+   * A blob a pull asks for (`method` GET or HEAD): its descriptor when linked here (else
+   * BLOB_UNKNOWN). A decorator (the mirror) may answer one that is not stored yet.
+   */
+  async locateBlob(digest: Digest, request: BlobRequest): Promise<LocatedBlob> {
+    void request; // what a decorator needs to fetch one; stored blobs need nothing of it
+    return { descriptor: await this.statBlob(digest) };
   }
 
   /** A manifest revision this repository links, with its link record and (small ones) its bytes. */
@@ -109,6 +148,20 @@ export class Repository {
 
   listTags(limit: number, last?: string): Promise<string[]> {
     return this.parts.tags.list(limit, last);
+  }
+
+  /**
+   * One page of the tag list, as `GET tags/list?n=&last=` asks (`n` undefined: MAX_PAGE,
+   * and never more): the tags, and the `last` to continue after when there are more.
+   */
+  async listTagsPage(n: number | undefined, last: string | undefined): Promise<{ tags: string[]; next?: string }> {
+    const limit = Math.min(MAX_PAGE, n ?? MAX_PAGE);
+    if (limit === 0) return { tags: [] };
+    // One more than the page holds: a next page exists exactly when it comes back.
+    const tags = await this.parts.tags.list(limit + 1, last);
+    if (tags.length <= limit) return { tags };
+    const page = tags.slice(0, limit);
+    return { tags: page, next: page[page.length - 1] ?? "" };
   }
 
   /** Tags with the summaries their records carry, newest first, from listings alone (the web pages). */

@@ -4,8 +4,7 @@ import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
 import { presignedUrl, redirectSettings } from "../registry/blob-redirect";
-import type { Repository } from "../registry/registry";
-import { edgeCacheOf, notModified, repositoryOf, type AppContext, type AppEnv } from "./http";
+import { edgeCacheOf, notModified, requestedRepository, waitUntil, type AppContext, type AppEnv } from "./http";
 
 export const blobRoutes = new Hono<AppEnv>();
 
@@ -49,21 +48,21 @@ function blobHeaders(c: AppContext, descriptor: BlobDescriptor): void {
   c.header("Cache-Control", "max-age=31536000, immutable");
 }
 
-async function statBlob(
-  c: AppContext,
-  digestText: string,
-): Promise<{ descriptor: BlobDescriptor; repository: Repository }> {
-  const repository = repositoryOf(c, undefined, { edge: false });
-  const digest = parseDigest(digestText);
-  // A mirrored blob: the mirror (routes/mirror.ts) read its link already.
-  const known = c.get("mirrorBlob");
-  if (known?.digest === digest.value) return { descriptor: known, repository };
-  return { descriptor: await repository.statBlob(digest), repository };
-}
-
-// A mirrored name's blob is read from the repository it is stored as (repositoryName).
+// A blob of the repository the request names; for a mirrored name one not stored yet may
+// come from the upstream (a pass-through answer: whole, verified on the way).
 blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
-  const { descriptor, repository } = await statBlob(c, c.req.param("digest"));
+  const repository = requestedRepository(c, { edge: false });
+  const located = await repository.locateBlob(parseDigest(c.req.param("digest")), {
+    method: c.req.method,
+    waitUntil: (work) => waitUntil(c, work),
+  });
+  if ("passThrough" in located) {
+    const { status, headers, body } = located.passThrough;
+    for (const [header, value] of Object.entries(headers)) c.header(header, value);
+    if (c.req.method === "HEAD" || !body) return c.body(null, status);
+    return c.body(body, status);
+  }
+  const { descriptor } = located;
   blobHeaders(c, descriptor);
   if (notModified(c, descriptor.digest)) return c.body(null, 304);
   const range = byteRange(c.req.header("Range"), descriptor.size);
@@ -98,6 +97,6 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
 
 blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {
   if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
-  await repositoryOf(c, undefined, { edge: false }).unlinkBlob(parseDigest(c.req.param("digest") ?? ""));
+  await requestedRepository(c, { edge: false }).unlinkBlob(parseDigest(c.req.param("digest") ?? ""));
   return c.body(null, 202);
 });

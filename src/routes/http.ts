@@ -6,31 +6,14 @@ import { validateName } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
 import type { ChangeContext } from "../registry/changes";
 import { EdgeCache } from "../registry/edge-cache";
-import { openRepository, type Repository } from "../registry/registry";
-import type { MirroredName } from "../settings/upstreams";
-import type { TagRecord } from "../registry/tags";
-import type { BlobDescriptor } from "../registry/blob-store";
+import { openRepository, openRequested, type Repository } from "../registry/registry";
+import { MAX_PAGE } from "../registry/repository";
 
-export type AppEnv = {
-  Bindings: AuthEnv["Bindings"];
-  Variables: AuthEnv["Variables"] & {
-    /** Set for a mirrored name (src/mirror): its upstream, and the repository it is stored as. */
-    mirror?: MirroredName;
-    /** For a mirrored manifest: the record to serve, once the mirror made sure it is stored and fresh. */
-    mirrorTag?: TagRecord;
-    /** For a mirrored blob: its descriptor, once the mirror found it linked (or linked it). */
-    mirrorBlob?: BlobDescriptor;
-  };
-};
+export type AppEnv = AuthEnv;
 export type AppContext = Context<AppEnv>;
 
-/**
- * The repository name from the route, validated against the spec's grammar; for a
- * mirrored name, the repository it is stored as (`library/alpine` → `docker.io/library/alpine`).
- */
+/** The repository name from the route, validated against the spec's grammar. */
 export function repositoryName(c: AppContext): string {
-  const mirror = c.get("mirror");
-  if (mirror) return mirror.local;
   return validateName(c.req.param("name") ?? "");
 }
 
@@ -86,20 +69,30 @@ export async function readLimited(
   return readAtMost(body, limit, tooLarge);
 }
 
-/** Largest page a listing returns, whatever `n` asks for. */
-export const MAX_PAGE = 1000;
-
-/** `n` and `last` of a paginated listing (tags, catalog). */
-export function pagination(c: AppContext): { limit: number; last?: string } {
+/** `n` of a paginated listing (undefined when not asked), and `last`. */
+export function pageQuery(c: AppContext): { n: number | undefined; last: string | undefined } {
   const n = c.req.query("n");
-  const last = c.req.query("last");
-  let limit = MAX_PAGE;
-  if (n !== undefined) {
-    if (!/^\d+$/.test(n))
-      throw new RegistryError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", { n });
-    limit = Math.min(MAX_PAGE, Number(n));
+  if (n !== undefined && !/^\d+$/.test(n)) {
+    throw new RegistryError("PAGINATION_NUMBER_INVALID", "n must be a non-negative integer", { n });
   }
-  return { limit, ...(last !== undefined ? { last } : {}) };
+  return { n: n === undefined ? undefined : Number(n), last: c.req.query("last") };
+}
+
+/** `n` and `last` of a paginated listing (tags, catalog), `n` at most MAX_PAGE. */
+export function pagination(c: AppContext): { limit: number; last?: string } {
+  const { n, last } = pageQuery(c);
+  return { limit: Math.min(MAX_PAGE, n ?? MAX_PAGE), ...(last !== undefined ? { last } : {}) };
+}
+
+/** The `Link` header of a listing's next page. */
+export function nextPageLink(
+  path: string,
+  limit: number,
+  last: string,
+  extraParams: Record<string, string> = {},
+): string {
+  const params = new URLSearchParams({ ...extraParams, n: String(limit), last });
+  return `<${path}?${params.toString()}>; rel="next"`;
 }
 
 /**
@@ -120,12 +113,7 @@ export async function paginate<T>(
   if (entries.length <= limit) return entries;
   const page = entries.slice(0, limit);
   const lastEntry = page[page.length - 1];
-  const params = new URLSearchParams({
-    ...extraParams,
-    n: String(limit),
-    last: lastEntry === undefined ? "" : keyOf(lastEntry),
-  });
-  c.header("Link", `<${path}?${params.toString()}>; rel="next"`);
+  c.header("Link", nextPageLink(path, limit, lastEntry === undefined ? "" : keyOf(lastEntry), extraParams));
   return page;
 }
 
@@ -182,10 +170,33 @@ export function changeContextOf(c: AppContext): ChangeContext {
 }
 
 /**
- * The repository a request names (or, for a mirrored name, the one it is stored as),
- * its changes attributed to the request. `edge`: whether pulls may use this location's cache.
+ * The repository that serves the name the request's route names (a mirrored name's is the
+ * mirror's decorator of the repository it is stored as: registry.ts openRequested), its
+ * changes attributed to the request. A write (any method but GET and HEAD) to a read-only
+ * repository is refused here, before anything starts. `edge`: whether pulls may use this
+ * location's cache.
  */
-export function repositoryOf(c: AppContext, name = repositoryName(c), { edge = true } = {}): Repository {
+export function requestedRepository(c: AppContext, { edge = true } = {}): Repository {
+  const url = new URL(c.req.url);
+  const ns = url.searchParams.get("ns");
+  const repository = openRequested(c.env, c.req.param("name") ?? "", {
+    ...(edge ? { edge: edgeCacheOf(c) } : {}),
+    context: changeContextOf(c),
+    ...(ns ? { ns } : {}),
+    host: url.host,
+  });
+  const readOnly = repository.readOnlyReason();
+  if (readOnly && c.req.method !== "GET" && c.req.method !== "HEAD") {
+    throw new RegistryError("DENIED", readOnly, { name: c.req.param("name") ?? "" });
+  }
+  return repository;
+}
+
+/**
+ * This registry's own repository `name` (the source of a mount, the web pages' view of what
+ * is stored), its changes attributed to the request.
+ */
+export function repositoryOf(c: AppContext, name: string, { edge = true } = {}): Repository {
   return openRepository(c.env, name, {
     ...(edge ? { edge: edgeCacheOf(c) } : {}),
     context: changeContextOf(c),

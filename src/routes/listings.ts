@@ -1,7 +1,8 @@
 import { Hono } from "hono";
 import { RegistryError } from "../oci/errors";
 import { catalogOf } from "../registry/registry";
-import { paginate, repositoryName, repositoryOf, type AppEnv } from "./http";
+import { MAX_PAGE } from "../registry/repository";
+import { nextPageLink, pageQuery, paginate, repositoryName, requestedRepository, type AppEnv } from "./http";
 
 export const listingRoutes = new Hono<AppEnv>();
 
@@ -17,14 +18,14 @@ listingRoutes.get("/_catalog", async (c) => {
 });
 
 listingRoutes.get("/:name{.+}/tags/list", async (c) => {
+  // Named as asked (a mirrored name's tags are listed under it, not the name stored as).
   const name = repositoryName(c);
-  const repository = repositoryOf(c, name, { edge: false });
+  const repository = requestedRepository(c, { edge: false });
   if (!(await repository.exists())) throw new RegistryError("NAME_UNKNOWN", undefined, { name });
-  const page = await paginate(
-    c,
-    `/v2/${name}/tags/list`,
-    (limit, last) => repository.listTags(limit, last),
-    (tag) => tag,
-  );
-  return c.json({ name, tags: page });
+  const { n, last } = pageQuery(c);
+  const page = await repository.listTagsPage(n, last);
+  if (page.next !== undefined) {
+    c.header("Link", nextPageLink(`/v2/${name}/tags/list`, Math.min(MAX_PAGE, n ?? MAX_PAGE), page.next));
+  }
+  return c.json({ name, tags: page.tags });
 });

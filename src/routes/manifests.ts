@@ -5,8 +5,7 @@ import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import { looksLikeDigest } from "../oci/digest";
 import { parseReference, type Reference } from "../registry/manifests";
-import type { TagRecord } from "../registry/tags";
-import { notModified, readLimited, repositoryName, repositoryOf, type AppContext, type AppEnv } from "./http";
+import { notModified, readLimited, requestedRepository, type AppContext, type AppEnv } from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();
 
@@ -34,16 +33,12 @@ function referenceToRead(text: string): Reference {
   }
 }
 
-/**
- * GET or HEAD of a manifest, of the repository the request names (or, for a mirrored
- * name, the one it is stored as). `resolved`: the reference's record, when the mirror
- * read it already (routes/mirror.ts).
- */
-async function serveManifest(c: AppContext, resolved?: TagRecord): Promise<Response> {
-  const repository = repositoryOf(c);
+/** GET or HEAD of a manifest, of the repository the request names. */
+async function serveManifest(c: AppContext): Promise<Response> {
+  const repository = requestedRepository(c);
   const reference = referenceToRead(c.req.param("reference") ?? "");
   if (c.req.method === "HEAD" || c.req.header("If-None-Match")) {
-    const { digest, mediaType, size } = await repository.statManifest(reference, resolved);
+    const { digest, mediaType, size } = await repository.statManifest(reference);
     manifestHeaders(c, digest.value, mediaType, size);
     if (notModified(c, digest.value)) {
       c.header("Content-Length", undefined);
@@ -51,16 +46,16 @@ async function serveManifest(c: AppContext, resolved?: TagRecord): Promise<Respo
     }
     if (c.req.method === "HEAD") return c.body(null, 200);
   }
-  const manifest = await repository.getManifest(reference, resolved);
+  const manifest = await repository.getManifest(reference);
   manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
   return c.body(manifest.bytes, 200);
 }
 
-manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) => serveManifest(c, c.get("mirrorTag")));
+manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) => serveManifest(c));
 
 manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
-  const name = repositoryName(c);
-  const repository = repositoryOf(c, name);
+  const repository = requestedRepository(c);
+  const name = repository.name;
   const reference = parseReference(c.req.param("reference"));
   const config = readConfig(c.env);
   // `?tag=` (distribution-spec main): tag the pushed manifest with each, in one request.
@@ -91,7 +86,7 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
 
 manifestRoutes.delete("/:name{.+}/manifests/:reference", async (c) => {
   if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
-  const repository = repositoryOf(c);
+  const repository = requestedRepository(c);
   await repository.deleteManifest(parseReference(c.req.param("reference")));
   return c.body(null, 202);
 });

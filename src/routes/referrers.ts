@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import { parseDigest } from "../oci/digest";
 import { MediaTypes } from "../oci/media-types";
-import { paginate, repositoryName, repositoryOf, type AppEnv } from "./http";
+import { paginate, repositoryName, requestedRepository, type AppEnv } from "./http";
 
 export const referrerRoutes = new Hono<AppEnv>();
 
@@ -13,7 +13,7 @@ export const referrerRoutes = new Hono<AppEnv>();
 referrerRoutes.get("/:name{.+}/referrers/:digest", async (c) => {
   const name = repositoryName(c);
   const subject = parseDigest(c.req.param("digest"));
-  const repository = repositoryOf(c, name, { edge: false });
+  const repository = requestedRepository(c, { edge: false });
   const artifactType = c.req.query("artifactType");
   const page = await paginate(
     c,

@@ -20,6 +20,7 @@ import {
   contentRange,
   repositoryName,
   repositoryOf,
+  requestedRepository,
   requestBody,
   type AppContext,
   type AppEnv,
@@ -112,7 +113,9 @@ function createdBlob(c: AppContext, name: string, digest: string): Response {
 
 // Start an upload; with ?digest= it is a monolithic upload; with ?mount= a cross-repository mount.
 uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"], async (c) => {
-  const name = repositoryName(c);
+  // A write: refused at once for a read-only (mirrored) name.
+  const target = requestedRepository(c, { edge: false });
+  const name = target.name;
   const mount = c.req.query("mount");
   if (mount !== undefined) {
     const digest = parseDigest(mount);
@@ -127,7 +130,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
         ? c.var.can({ type: "repository", name: validateName(from) }, "pull")
         : readConfig(c.env).mountWithoutFrom;
     const source = from !== undefined ? repositoryOf(c, from, { edge: false }) : undefined;
-    if (mayMount && (await repositoryOf(c, name, { edge: false }).mountBlob(digest, source))) {
+    if (mayMount && (await target.mountBlob(digest, source))) {
       return createdBlob(c, name, digest.value);
     }
   }
@@ -166,14 +169,14 @@ uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 });
 
 uploadRoutes.patch("/:name{.+}/blobs/uploads/:uuid", async (c) => {
-  const name = repositoryName(c);
+  const name = requestedRepository(c, { edge: false }).name;
   const id = uploadId(c);
   const status = await forwardBytes<SessionStatus>(c, id, { operation: "append", name, claim: chunkClaim(c) });
   return acceptedUpload(c, name, id, status.offset, 202);
 });
 
 uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
-  const name = repositoryName(c);
+  const name = requestedRepository(c, { edge: false }).name;
   const id = uploadId(c);
   const digestParam = c.req.query("digest");
   if (digestParam === undefined) throw new RegistryError("DIGEST_INVALID", "the digest query parameter is required");
@@ -183,7 +186,7 @@ uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 });
 
 uploadRoutes.delete("/:name{.+}/blobs/uploads/:uuid", async (c) => {
-  const name = repositoryName(c);
+  const name = requestedRepository(c, { edge: false }).name;
   const id = uploadId(c);
   unwrap(await reach(session(c, id).cancel(name)));
   return c.body(null, 204);
