@@ -23,7 +23,7 @@ export interface RetentionRule {
   removeUntaggedOlderThan?: number;
 }
 
-interface CompiledRule extends RetentionRule {
+export interface CompiledRule extends RetentionRule {
   pattern: RegExp;
   keepPatterns: RegExp[];
 }
