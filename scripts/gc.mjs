@@ -123,6 +123,13 @@ if (json) {
     `${verb} ${removed.tags} tags, ${removed.manifests} manifests, ${removed.links} links, ${report.blobsRemoved} blobs, ` +
       `${removed.orphans} orphaned objects: ${report.bytesReclaimed} bytes (${mib(report.bytesReclaimed)})`,
   );
+  const refused = report.refused ?? { tags: 0, manifests: 0, links: 0, blobs: 0 };
+  if (refused.tags + refused.manifests + refused.links + refused.blobs > 0) {
+    console.log(
+      `kept, a change policy refused their removal: ${refused.tags} tags, ${refused.manifests} manifests, ` +
+        `${refused.links} links, ${refused.blobs} blobs`,
+    );
+  }
   console.log(
     `${report.steps} steps; storage calls: ${report.operations.r2} R2 (${report.operations.r2ClassA} class A), ` +
       `${report.operations.kv} KV; at most ${report.maxStepOperations} in one step, longest step ${Math.round(report.maxStepMs)} ms`,

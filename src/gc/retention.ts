@@ -1,5 +1,7 @@
 import type { CompiledRule } from "../settings/retention";
 
+export type { CompiledRule } from "../settings/retention";
+
 /**
  * What retention rules (RETENTION, parsed by src/settings/retention.ts) remove: the rule
  * that applies to a repository, and the tags it removes.

@@ -136,3 +136,15 @@ export class ChangeSeam {
  * settings configure).
  */
 export const changeHooks: { policies: ChangePolicy[]; listeners: ChangeListener[] } = { policies: [], listeners: [] };
+
+const IDLE_SEAM = new ChangeSeam();
+
+/**
+ * The policies and listeners every change is checked by and told to: those the settings
+ * configure, then any a test registered (changeHooks). Idle (none) by default. The one
+ * place a seam is built: the repository API and the collector both take theirs from here.
+ */
+export function changeSeamOf(): ChangeSeam {
+  if (changeHooks.policies.length === 0 && changeHooks.listeners.length === 0) return IDLE_SEAM;
+  return new ChangeSeam([...changeHooks.policies], [...changeHooks.listeners]);
+}

@@ -3,7 +3,7 @@ import { parseManifest } from "../oci/manifest";
 import { BlobStore, type BlobDescriptor } from "./blob-store";
 import { Catalog } from "./catalog";
 import { linkCopyOf } from "./linked-blob-store";
-import { Paths } from "./paths";
+import { Paths, splitRepositoryKey } from "./paths";
 import { parseTagRecord } from "./tags";
 import type { Storage } from "./storage";
 
@@ -108,18 +108,6 @@ async function inBatches<T>(items: AsyncIterable<T> | Iterable<T>, work: (item: 
     }
   }
   await Promise.all(batch);
-}
-
-/**
- * A key under `repositories/` split into the repository name and the rest. Name
- * components never start with `_` (the name grammar), so the first `/_` ends the name.
- */
-export function splitRepositoryKey(key: string): { name: string; family: string; rest: string[] } | null {
-  const path = key.slice("repositories/".length);
-  const end = path.indexOf("/_");
-  if (end <= 0) return null;
-  const [family = "", ...rest] = path.slice(end + 1).split("/");
-  return { name: path.slice(0, end), family, rest };
 }
 
 export async function verifyStorage(storage: Storage, options: VerifyOptions = {}): Promise<VerifyReport> {

@@ -200,6 +200,24 @@ export class LinkedBlobStore {
     await this.kv.delete(this.kvKey(digest));
     return true;
   }
+
+  /** When the link was last written (R2 `uploaded`, ms), or null when there is none. One head. */
+  async writtenAt(digest: Digest): Promise<number | null> {
+    return (await this.bucket.head(this.key(digest)))?.uploaded.getTime() ?? null;
+  }
+
+  /**
+   * The garbage collector's removal of a link no kept manifest uses, once it has found it
+   * unchanged (CollectorStore); `present`: the link is still in R2 (a retried removal may
+   * find it gone). R2 first, then the KV copy: one KV write, not unlink's two (KV writes
+   * are the scarce quota: 1 000 a day on Free). A pull that writes the copy again after
+   * this finds the link gone and deletes it (checkCopy); a step failing in between is
+   * retried and deletes the copy then (the link counts as removed).
+   */
+  async removeUnused(digest: Digest, present: boolean): Promise<void> {
+    if (present) await this.bucket.delete(this.key(digest));
+    await this.kv.delete(this.kvKey(digest));
+  }
 }
 
 /** KV keys of link copies this isolate repaired lately, until when (see repairCopy). */

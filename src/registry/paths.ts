@@ -1,4 +1,4 @@
-import type { Digest } from "../oci/digest";
+import { digestOrNull, type Digest } from "../oci/digest";
 
 /**
  * The storage layout: every R2 key and KV key the registry uses, one function per
@@ -17,15 +17,22 @@ export const Paths = {
    * it already is, with no copy. Manifests use the same family with a fresh UUID.
    */
   uploadData: (uploadId: string): string => `data/${uploadId}`,
+  uploadDataPrefix: "data/",
 
   /** Descriptor record of a stored blob: `{digest, size, key}`. Existence means the blob exists. */
   blobDescriptor: (digest: Digest): string => `blobs/${digest.algorithm}/${digest.hex}`,
+  blobDescriptorPrefix: "blobs/",
+
+  /** Everything repositories hold (links, tags, referrers) is under this prefix. */
+  repositoriesPrefix: "repositories/",
 
   /** A repository's link to a layer or config blob (the linked-blob-store rule). */
   layerLink: (name: string, digest: Digest): string => `repositories/${name}/_layers/${digest.algorithm}/${digest.hex}`,
   /** A repository's link to a manifest revision; body `{mediaType}`. */
   manifestRevision: (name: string, digest: Digest): string =>
     `repositories/${name}/_manifests/revisions/${digest.algorithm}/${digest.hex}`,
+  /** Prefix under which a repository's revision links are listed. */
+  revisionPrefix: (name: string): string => `repositories/${name}/_manifests/revisions/`,
   /** Prefix under which a repository's tag records are listed, sorted. */
   tagPrefix: (name: string): string => `repositories/${name}/_manifests/tags/`,
   /** A tag; body is the digest it points at. */
@@ -90,3 +97,52 @@ export const Paths = {
   /** The record a tag had, kept EDGE_TAG_TTL_SECONDS at a location. */
   cacheTag: (origin: string, name: string, tag: string): string => `${origin}/_edge-cache/tags/${name}/${tag}`,
 } as const;
+
+// ---- reading keys back (listings) ----
+
+/**
+ * A key under `repositories/` split into the repository name, the family (`_layers`,
+ * `_manifests`, …) and the rest. Name components never start with `_` (the name
+ * grammar), so the first `/_` ends the name.
+ */
+export function splitRepositoryKey(key: string): { name: string; family: string; rest: string[] } | null {
+  const path = key.slice(Paths.repositoriesPrefix.length);
+  const end = path.indexOf("/_");
+  if (end <= 0) return null;
+  const [family = "", ...rest] = path.slice(end + 1).split("/");
+  return { name: path.slice(0, end), family, rest };
+}
+
+/** A key of a repository's links or tags, read back (repositoryEntryOf). */
+export interface RepositoryEntryKey {
+  name: string;
+  link?: { kind: "layer" | "revision"; digest: Digest };
+  tag?: string;
+}
+
+/**
+ * A key of a repository's links or tags (the `_layers` and `_manifests` families), read
+ * back: its repository, and the link (layer link or revision) or the tag it is. Neither
+ * when the key is of those families but names no digest or tag; null for other keys.
+ */
+export function repositoryEntryOf(key: string): RepositoryEntryKey | null {
+  const parts = splitRepositoryKey(key);
+  if (!parts || (parts.family !== "_layers" && parts.family !== "_manifests")) return null;
+  const [first = "", second = "", third = ""] = parts.rest;
+  if (parts.family === "_layers") {
+    const digest = digestOrNull(`${first}:${second}`);
+    return digest ? { name: parts.name, link: { kind: "layer", digest } } : { name: parts.name };
+  }
+  if (first === "revisions") {
+    const digest = digestOrNull(`${second}:${third}`);
+    return digest ? { name: parts.name, link: { kind: "revision", digest } } : { name: parts.name };
+  }
+  if (first === "tags" && parts.rest.length === 2) return { name: parts.name, tag: second };
+  return { name: parts.name };
+}
+
+/** The digest a blob descriptor's key (Paths.blobDescriptor) names, or null. */
+export function descriptorDigestOf(key: string): Digest | null {
+  const [algorithm = "", hex = ""] = key.slice(Paths.blobDescriptorPrefix.length).split("/");
+  return digestOrNull(`${algorithm}:${hex}`);
+}

@@ -2,7 +2,9 @@ import { readConfig } from "../config";
 import { validateName } from "../oci/names";
 import { BlobStore } from "./blob-store";
 import { Catalog } from "./catalog";
-import { ChangeSeam, changeHooks, SYSTEM_CONTEXT, type ChangeContext } from "./changes";
+import { changeSeamOf, SYSTEM_CONTEXT, type ChangeContext } from "./changes";
+
+export { changeSeamOf } from "./changes";
 import { EdgeCache } from "./edge-cache";
 import { LinkedBlobStore } from "./linked-blob-store";
 import { Manifests } from "./manifests";
@@ -12,17 +14,6 @@ import { storageOf } from "./storage";
 import { Tags } from "./tags";
 
 export { Repository } from "./repository";
-
-/**
- * The policies and listeners every change is checked by and told to: those the settings
- * configure, then any a test registered (changeHooks). Idle (none) by default.
- */
-export function changeSeamOf(): ChangeSeam {
-  if (changeHooks.policies.length === 0 && changeHooks.listeners.length === 0) return IDLE_SEAM;
-  return new ChangeSeam([...changeHooks.policies], [...changeHooks.listeners]);
-}
-
-const IDLE_SEAM = new ChangeSeam();
 
 export interface OpenOptions {
   /** The request's location cache (routes/http.ts edgeCacheOf); without one, pulls read R2 for bytes and tags. */

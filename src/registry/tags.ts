@@ -159,6 +159,19 @@ export class Tags {
     return true;
   }
 
+  /** When the tag was last written (R2 `uploaded`, ms), or null when there is none. One head. */
+  async writtenAt(tag: string): Promise<number | null> {
+    return (await this.bucket.head(Paths.tag(this.name, tag)))?.uploaded.getTime() ?? null;
+  }
+
+  /**
+   * Removes the tag's record without reading it, and leaves the edge alone: the garbage
+   * collector's removal, once it has found the tag unchanged (CollectorStore.removeTag).
+   */
+  async removeRecord(tag: string): Promise<void> {
+    await this.bucket.delete(Paths.tag(this.name, tag));
+  }
+
   /** Every tag that points at `digest` (reads each tag record; used by DELETE by digest). */
   async pointingAt(digest: Digest): Promise<string[]> {
     const matches: string[] = [];
