@@ -1,7 +1,6 @@
 import { app } from "./app";
 import { collectorOf } from "./gc/collector";
-import { RevokedSessions } from "./registry/revoked-sessions";
-import { storageOf } from "./registry/storage";
+import { revokedSessionsOf } from "./registry/registry";
 
 export { LoginLimiter } from "./auth/login-limiter";
 export { GarbageCollector } from "./gc/collector";
@@ -15,6 +14,6 @@ export default {
    */
   async scheduled(_controller, env, ctx) {
     ctx.waitUntil(collectorOf(env).start({ trigger: "cron" }));
-    ctx.waitUntil(new RevokedSessions(storageOf(env)).prune(Math.floor(Date.now() / 1000)));
+    ctx.waitUntil(revokedSessionsOf(env).prune(Math.floor(Date.now() / 1000)));
   },
 } satisfies ExportedHandler<Env>;

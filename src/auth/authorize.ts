@@ -2,22 +2,14 @@ import type { Context, MiddlewareHandler } from "hono";
 import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
-import { formatScope, needOf, resourceKey, type Action, type Resource } from "./access";
+import { formatScope, needOf, resourceKey, type Action, type Resource } from "../oci/access";
+import type { AuthEnv } from "./context";
 import { verifyLogin } from "./logins";
+
+export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
 import { allowedActions, policyOf, type Policy } from "./policy";
 import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
-
-/** What the request's credentials allow, for routes that check more than the middleware did (mount's `from`). */
-export type AccessCheck = (resource: Resource, action: Action) => boolean;
-
-/** Who the request's credentials name: whom the changes it makes are attributed to. */
-export interface RequestActor {
-  kind: "user" | "anonymous";
-  name: string;
-}
-
-export type AuthEnv = { Bindings: Env; Variables: { can: AccessCheck; actor?: RequestActor } };
 
 /** Who is asking: nobody in particular, a user by password, or the holder of a token. */
 type Identity =

@@ -3,7 +3,7 @@ import { RegistryError, unavailable } from "../oci/errors";
 import { settingsOf } from "../settings/settings";
 import { metered } from "../registry/meter";
 import { storageHooks, withTimeout } from "../registry/storage";
-import type { AuthEnv } from "./authorize";
+import type { AuthEnv } from "./context";
 import type { LockoutSettings } from "./login-limiter";
 import { checkPassword, isRemembered, remember } from "./passwords";
 import type { Policy } from "./policy";

@@ -1,7 +1,7 @@
 import type { AccessSettings } from "../settings/access";
 import type { Settings } from "../settings/settings";
 import { mirroredName } from "../settings/upstreams";
-import { ACTIONS, type Action, type Resource } from "./access";
+import { ACTIONS, type Action, type Resource } from "../oci/access";
 
 /**
  * What the access settings (AUTH_USERS, AUTH_ACCESS, AUTH_MODE: src/settings/access.ts)

@@ -1,7 +1,7 @@
 import { sign, verify } from "hono/jwt";
 import { toHex } from "../oci/digest";
 import { settingsOf } from "../settings/settings";
-import type { Grant } from "./access";
+import type { Grant } from "../oci/access";
 
 /**
  * The registry's tokens: JWTs signed with HS256 (Hono's JWT helpers over WebCrypto).

@@ -6,6 +6,8 @@ import { changeSeamOf, SYSTEM_CONTEXT, type ChangeContext } from "./changes";
 
 export { changeSeamOf } from "./changes";
 import { EdgeCache } from "./edge-cache";
+import { verifyStorage, type VerifyOptions, type VerifyReport } from "./integrity";
+import { RevokedSessions } from "./revoked-sessions";
 import { LinkedBlobStore } from "./linked-blob-store";
 import { Manifests } from "./manifests";
 import { Referrers } from "./referrers";
@@ -14,6 +16,17 @@ import { storageOf } from "./storage";
 import { Tags } from "./tags";
 
 export { Repository } from "./repository";
+
+// The registry's API for the layers above it (routes, pages): what they may name of it.
+export type { BlobDescriptor, ByteRange } from "./blob-store";
+export type { Catalog } from "./catalog";
+export { EdgeCache } from "./edge-cache";
+export { decodeContent } from "./linked-blob-store";
+export { parseReference, type Reference } from "./manifests";
+export type { ReferrerDescriptor } from "./referrers";
+export { MAX_PAGE, type LocatedBlob, type PassThroughBlob } from "./repository";
+export type { TagRecord, TagRow, TagSummary } from "./tags";
+export type { VerifyOptions, VerifyReport } from "./integrity";
 
 export interface OpenOptions {
   /** The request's location cache (routes/http.ts edgeCacheOf); without one, pulls read R2 for bytes and tags. */
@@ -80,6 +93,16 @@ export function openRequested(env: Env, name: string, options: ResolveOptions = 
     if (repository) return repository;
   }
   return openRepository(env, valid, options);
+}
+
+/** The integrity check of everything stored (`npm run verify`; docs/operations.md). */
+export function verifyRegistry(env: Env, options: VerifyOptions): Promise<VerifyReport> {
+  return verifyStorage(storageOf(env), options);
+}
+
+/** Web sessions ended by a logout (the pages' login cookie). */
+export function revokedSessionsOf(env: Env): RevokedSessions {
+  return new RevokedSessions(storageOf(env));
 }
 
 /** The registry's list of repositories. */

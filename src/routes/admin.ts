@@ -3,8 +3,7 @@ import { Hono } from "hono";
 import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { collectorOf } from "../gc/collector";
-import { verifyStorage } from "../registry/integrity";
-import { storageOf } from "../registry/storage";
+import { verifyRegistry } from "../registry/registry";
 import type { AppContext, AppEnv } from "./http";
 
 /**
@@ -34,7 +33,7 @@ function requireAdmin(c: AppContext): void {
 // POST /_admin/verify[?rehash=0][&repair=1]: the integrity check (scripts/verify.mjs).
 adminRoutes.post("/verify", async (c) => {
   requireAdmin(c);
-  const report = await verifyStorage(storageOf(c.env), {
+  const report = await verifyRegistry(c.env, {
     rehash: c.req.query("rehash") !== "0",
     repair: c.req.query("repair") === "1",
     orphanAgeMs: readConfig(c.env).uploadTtlSeconds * 1000,

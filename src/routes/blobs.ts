@@ -2,7 +2,7 @@ import { Hono } from "hono";
 import { readConfig } from "../config";
 import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
-import type { BlobDescriptor, ByteRange } from "../registry/blob-store";
+import type { BlobDescriptor, ByteRange } from "../registry/registry";
 import { presignedUrl, redirectSettings } from "../registry/blob-redirect";
 import { edgeCacheOf, notModified, requestedRepository, waitUntil, type AppContext, type AppEnv } from "./http";
 

@@ -5,9 +5,7 @@ import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
 import type { ChangeContext } from "../registry/changes";
-import { EdgeCache } from "../registry/edge-cache";
-import { openRepository, openRequested, type Repository } from "../registry/registry";
-import { MAX_PAGE } from "../registry/repository";
+import { EdgeCache, MAX_PAGE, openRepository, openRequested, type Repository } from "../registry/registry";
 
 export type AppEnv = AuthEnv;
 export type AppContext = Context<AppEnv>;

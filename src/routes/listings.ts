@@ -1,7 +1,7 @@
 import { Hono } from "hono";
 import { RegistryError } from "../oci/errors";
 import { catalogOf } from "../registry/registry";
-import { MAX_PAGE } from "../registry/repository";
+import { MAX_PAGE } from "../registry/registry";
 import { nextPageLink, pageQuery, paginate, repositoryName, requestedRepository, type AppEnv } from "./http";
 
 export const listingRoutes = new Hono<AppEnv>();

@@ -4,7 +4,7 @@ import { RegistryError } from "../oci/errors";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import { looksLikeDigest } from "../oci/digest";
-import { parseReference, type Reference } from "../registry/manifests";
+import { parseReference, type Reference } from "../registry/registry";
 import { notModified, readLimited, requestedRepository, type AppContext, type AppEnv } from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();

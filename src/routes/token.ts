@@ -1,5 +1,5 @@
 import { Hono, type Context } from "hono";
-import { parseScope, type Grant } from "../auth/access";
+import { parseScope, type Grant } from "../oci/access";
 import { loadPolicy, serviceOf, tokenSettings, type AuthEnv } from "../auth/authorize";
 import { verifyLogin } from "../auth/logins";
 import { basicCredentials } from "../auth/passwords";

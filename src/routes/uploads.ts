@@ -3,7 +3,7 @@ import { readConfig } from "../config";
 import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
 import { validateName } from "../oci/names";
-import type { BlobDescriptor } from "../registry/blob-store";
+import type { BlobDescriptor } from "../registry/registry";
 import { metered } from "../registry/meter";
 import {
   BYTE_REQUEST_ARGS,

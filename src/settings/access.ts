@@ -1,4 +1,4 @@
-import { ACTIONS, type Action } from "../auth/access";
+import { ACTIONS, type Action } from "../oci/access";
 import { json, namePattern, SettingsError } from "./values";
 
 /**

@@ -1,10 +1,13 @@
 import type { Digest } from "../oci/digest";
 import { parseManifest, parseManifestOrNull, type Descriptor, type ParsedManifest } from "../oci/manifest";
-import type { Catalog } from "../registry/catalog";
-import { decodeContent } from "../registry/linked-blob-store";
-import type { ReferrerDescriptor } from "../registry/referrers";
-import type { Repository } from "../registry/registry";
-import type { TagRow, TagSummary } from "../registry/tags";
+import {
+  decodeContent,
+  type Catalog,
+  type ReferrerDescriptor,
+  type Repository,
+  type TagRow,
+  type TagSummary,
+} from "../registry/registry";
 
 /**
  * What the web pages show, read from the same storage the API serves (src/ui). Every

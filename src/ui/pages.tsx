@@ -2,7 +2,7 @@
 import type { Child, FC } from "hono/jsx";
 import { raw } from "hono/html";
 import type { Descriptor } from "../oci/manifest";
-import type { TagRow } from "../registry/tags";
+import type { TagRow } from "../registry/registry";
 import type { ImageDetails } from "./data";
 
 /**

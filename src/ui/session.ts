@@ -1,6 +1,6 @@
 import type { Context } from "hono";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
-import type { Action } from "../auth/access";
+import type { Action } from "../oci/access";
 import { loadPolicy, tokenSettings, type AuthEnv, type RequestActor } from "../auth/authorize";
 import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
@@ -10,8 +10,7 @@ import { readConfig } from "../config";
 import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
-import { RevokedSessions } from "../registry/revoked-sessions";
-import { storageOf } from "../registry/storage";
+import { revokedSessionsOf } from "../registry/registry";
 
 /**
  * Who is looking at the web pages (src/ui), and what they may do: the same users and
@@ -57,7 +56,7 @@ export async function viewerOf(c: UiContext): Promise<Viewer> {
       (name) => policy.users.get(name),
       "session",
     );
-    if (session && (await new RevokedSessions(storageOf(c.env)).isRevoked(session.jti, session.exp))) session = null;
+    if (session && (await revokedSessionsOf(c.env).isRevoked(session.jti, session.exp))) session = null;
   }
   const user = session?.user ?? null;
   // The CSRF token is bound to this browser: to its session when logged in (a session
@@ -135,6 +134,6 @@ export async function logIn(c: UiContext, user: string, password: string): Promi
 
 /** Ends the viewer's session: revoked server-side (a kept copy of the cookie is refused), and the cookie removed. */
 export async function logOut(c: UiContext, viewer: Viewer): Promise<void> {
-  if (viewer.session) await new RevokedSessions(storageOf(c.env)).revoke(viewer.session.jti, viewer.session.exp);
+  if (viewer.session) await revokedSessionsOf(c.env).revoke(viewer.session.jti, viewer.session.exp);
   deleteCookie(c, SESSION_COOKIE, { path: "/", secure: new URL(c.req.url).protocol === "https:" });
 }
