@@ -425,9 +425,16 @@ async function startServer({ name, command, args, env, cwd, dir, port, readyTime
  * edge-registry as `npm start` runs it, with a fresh --persist-to dir, logging errors only.
  * `settings`: Worker settings passed through the environment (EDGE_CACHE=off, …);
  * `root`: another checkout to run (a worktree of an older commit, for before/after
- * figures), by default this one; `accessLog`: a file for the front's access log.
+ * figures), by default this one; `accessLog`: a file for the front's access log; `args`:
+ * more options for scripts/dev.mjs (`--header-timeout 10`, …).
  */
-export async function startEdgeRegistry({ readyTimeoutMs = 120_000, settings = {}, root = ROOT, accessLog } = {}) {
+export async function startEdgeRegistry({
+  readyTimeoutMs = 120_000,
+  settings = {},
+  root = ROOT,
+  accessLog,
+  args: extraArgs = [],
+} = {}) {
   try {
     await stat(join(root, "build", "sha256.wasm"));
   } catch {
@@ -446,6 +453,7 @@ export async function startEdgeRegistry({ readyTimeoutMs = 120_000, settings = {
     join(dir, "state"),
     "--quiet",
     ...(accessLog ? ["--access-log", accessLog] : []),
+    ...extraArgs,
   ];
   const env = {
     ...process.env,

@@ -18,14 +18,20 @@
 // given before a body was read reach the client, malformed requests get an OCI 400).
 //
 // Usage: node scripts/dev.mjs [--port 5000] [--persist-to .wrangler/state] [--quiet] [--access-log FILE]
-//                             [--body-limit SIZE]
+//                             [--body-limit SIZE] [--header-timeout SECONDS]
+//                             [--body-idle-timeout SECONDS] [--max-connections-per-address N]
 //
 // --body-limit SIZE (100MB, 32MiB, or bytes) refuses any request whose body is larger with
 // an HTML 413 before the Worker sees it, as Cloudflare's edge does for the plan's limit:
 // how the limit, and the relay that gets layers past it, are shown and tested locally.
+//
+// --header-timeout (10 s), --body-idle-timeout (60 s) and --max-connections-per-address
+// (256) bound what slow clients may hold of the front (scripts/lib/connection-limits.mjs;
+// docs/configuration.md, "The local front and the relay").
 import { resolve } from "node:path";
 import { freePort } from "./lib/free-port.mjs";
 import { startLocalWorker } from "./lib/local-worker.mjs";
+import { connectionLimitsFrom } from "./lib/connection-limits.mjs";
 import { startFront } from "./lib/front.mjs";
 import { formatBytes, parseSize } from "./lib/sizes.mjs";
 
@@ -47,11 +53,29 @@ try {
   console.error(`--body-limit: ${error.message}`);
   process.exit(2);
 }
+let limits;
+try {
+  limits = connectionLimitsFrom({
+    "header-timeout": option("--header-timeout", undefined),
+    "body-idle-timeout": option("--body-idle-timeout", undefined),
+    "max-connections-per-address": option("--max-connections-per-address", undefined),
+  });
+} catch (error) {
+  console.error(error.message);
+  process.exit(2);
+}
 
 const innerPort = await freePort();
-const { authenticated, stop: stopWorker } = await startLocalWorker({ persistTo, port: innerPort, quiet });
+const { authenticated, frontSecret, stop: stopWorker } = await startLocalWorker({ persistTo, port: innerPort, quiet });
 
-const front = await startFront({ port, targetPort: innerPort, accessLog: accessLog && resolve(accessLog), bodyLimit });
+const front = await startFront({
+  port,
+  targetPort: innerPort,
+  accessLog: accessLog && resolve(accessLog),
+  bodyLimit,
+  limits,
+  frontSecret,
+});
 const auth = authenticated
   ? "authentication enforced (AUTH_USERS)"
   : "OPEN: no authentication, anyone on this machine may push (set AUTH_USERS to require logins)";

@@ -4,22 +4,27 @@
 // deployed registry").
 //
 //   npm run relay -- --to https://registry.example.com [--listen 127.0.0.1:5001] [--chunk 95MB]
-//                    [--spool-dir DIR] [--quiet]
+//                    [--spool-dir DIR] [--header-timeout SECONDS] [--body-idle-timeout SECONDS]
+//                    [--max-connections-per-address N] [--quiet]
 //   npx edge-registry-relay --to https://registry.example.com
 //
 // Then push to 127.0.0.1:5001/<name>:<tag> with any client (docker treats 127.0.0.0/8 as
 // an insecure registry; docs/operations.md has the flags for the others).
 import { parseArgs } from "node:util";
+import { CONNECTION_LIMIT_OPTIONS, CONNECTION_LIMITS_USAGE, connectionLimitsFrom } from "./lib/connection-limits.mjs";
 import { DEFAULT_CHUNK_BYTES, startRelay } from "./lib/relay.mjs";
 import { formatBytes, parseSize } from "./lib/sizes.mjs";
 
 const usage = `usage: npm run relay -- --to URL [--listen HOST:PORT] [--chunk SIZE] [--quiet]
   --to URL            the registry to push to (https://registry.example.com)
-  --listen HOST:PORT  where clients reach the relay (default 127.0.0.1:5001)
+  --listen HOST:PORT  where clients reach the relay (default 127.0.0.1:5001; :PORT or PORT
+                      alone is 127.0.0.1 too; every interface only when named:
+                      0.0.0.0:PORT or [::]:PORT)
   --chunk SIZE        the largest request body sent on (default 95MB; the plan's limit is
                       100 MB on Free and Pro, 200 MB on Business, 500 MB on Enterprise)
   --spool-dir DIR     where chunks are spooled on their way (default: the system's
                       temporary directory; two chunks per layer being pushed)
+${CONNECTION_LIMITS_USAGE}
   --quiet             no progress lines`;
 
 let options;
@@ -30,6 +35,7 @@ try {
       listen: { type: "string", default: "127.0.0.1:5001" },
       chunk: { type: "string" },
       "spool-dir": { type: "string" },
+      ...CONNECTION_LIMIT_OPTIONS,
       quiet: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
@@ -51,14 +57,28 @@ try {
   console.error(`--chunk: ${error.message}`);
   process.exit(2);
 }
+let limits;
+try {
+  limits = connectionLimitsFrom(options);
+} catch (error) {
+  console.error(error.message);
+  process.exit(2);
+}
 
-const relay = await startRelay({ to: options.to, listen: options.listen, chunk, quiet: options.quiet }).catch(
-  (error) => {
-    console.error(`relay: ${error.message}`);
-    process.exit(1);
-  },
-);
-console.error(`relay ready: ${relay.url} → ${options.to} (bodies of at most ${formatBytes(chunk)})`);
+const relay = await startRelay({
+  to: options.to,
+  listen: options.listen,
+  chunk,
+  limits,
+  quiet: options.quiet,
+}).catch((error) => {
+  console.error(`relay: ${error.message}`);
+  process.exit(1);
+});
+const reach = relay.allInterfaces
+  ? `listening on every interface (${relay.host}): anyone who can reach port ${relay.port} can use it`
+  : `listening on ${relay.host} only`;
+console.error(`relay ready: ${relay.url} → ${options.to} (${reach}; bodies of at most ${formatBytes(chunk)})`);
 
 async function stop() {
   await relay.close();

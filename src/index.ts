@@ -1,4 +1,5 @@
 import { app } from "./app";
+import { withVerifiedClientAddress } from "./auth/client-address";
 import { collectorOf } from "./gc/collector";
 import { revokedSessionsOf } from "./registry/registry";
 
@@ -7,7 +8,9 @@ export { GarbageCollector } from "./gc/collector";
 export { UploadSession } from "./uploads/upload-session";
 
 export default {
-  fetch: app.fetch,
+  // Locally, a client address is believed only when the front sent it (auth/client-address.ts).
+  fetch: (request: Request, env: Env, ctx: ExecutionContext) =>
+    app.fetch(withVerifiedClientAddress(request, env), env, ctx),
   /**
    * The Cron Trigger (wrangler.toml [triggers]): starts a garbage collection run unless one
    * is running, and drops the records of revoked web sessions that have expired anyway.

@@ -27,5 +27,10 @@ declare namespace Cloudflare {
     /** An R2 API token's access key (read access to the bucket is enough). */
     R2_ACCESS_KEY_ID?: string;
     R2_SECRET_ACCESS_KEY?: string;
+    /**
+     * Set by `npm start` only (a random value per start): CF-Connecting-IP is trusted only
+     * on requests carrying it (auth/client-address.ts). Never set on Cloudflare.
+     */
+    LOCAL_FRONT_SECRET?: string;
   }
 }

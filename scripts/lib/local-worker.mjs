@@ -59,8 +59,16 @@ const SECRETS = [
  * variables (the verify command passes a one-off ADMIN_TOKEN). Settings come from
  * wrangler.toml, then `.dev.vars`, then the environment (any of those names, and SECRETS), then
  * `bindings`. Without AUTH_USERS the local registry runs open (AUTH_MODE=open): a
- * deployed Worker without users is read-only instead. Returns the Miniflare instance,
- * whether authentication is enforced, and stop() (disposes it and removes its bundle).
+ * deployed Worker without users is read-only instead.
+ *
+ * Every start makes a new random `frontSecret`, bound as LOCAL_FRONT_SECRET: the Worker
+ * then trusts `CF-Connecting-IP` only on requests that carry it, which only the front
+ * (startFront's `frontSecret`) sends. workerd's own port is on 127.0.0.1 and visible in
+ * `ps`; without the secret, anything on the machine could send it requests with a chosen
+ * address and so dodge the failed-login limit per address (src/auth/client-address.ts).
+ *
+ * Returns the Miniflare instance, whether authentication is enforced, the front's secret,
+ * and stop() (disposes it and removes its bundle).
  */
 export async function startLocalWorker({ persistTo, port = 0, quiet = false, bindings = {} }) {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
@@ -83,7 +91,8 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   const fromEnvironment = Object.fromEntries(
     [...settable].filter((name) => process.env[name] !== undefined).map((name) => [name, process.env[name]]),
   );
-  const settings = { ...workerOptions.bindings, ...fromEnvironment, ...bindings };
+  const frontSecret = randomBytes(32).toString("hex");
+  const settings = { ...workerOptions.bindings, ...fromEnvironment, LOCAL_FRONT_SECRET: frontSecret, ...bindings };
   const authenticated = typeof settings.AUTH_USERS === "string" && settings.AUTH_USERS.trim() !== "";
   if (!authenticated) settings.AUTH_MODE = "open";
   if (authenticated && !settings.TOKEN_SECRET) settings.TOKEN_SECRET = localTokenSecret(persistTo);
@@ -113,5 +122,5 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     await miniflare.dispose();
     removeBundle();
   };
-  return { miniflare, authenticated, stop };
+  return { miniflare, authenticated, frontSecret, stop };
 }

@@ -23,9 +23,13 @@
 //   registry's own token endpoint: token requests then pass through the relay (to the
 //   registry, unchanged), and the relay keeps in memory what the client logged in with,
 //   so that when the client's short-lived token expires in the middle of a long upload
-//   the relay gets a fresh one for the rest of it, as the client itself would.
+//   the relay gets a fresh one for the rest of it, as the client itself would, for
+//   exactly the scopes the expired token carried (never more).
 // - `Location` headers naming the registry are rewritten to name the relay.
 // - Pulls and everything else pass through, streamed.
+// - It listens on 127.0.0.1 unless every interface is asked for by name (parseListen),
+//   and bounds what slow clients may hold as the local front does
+//   (scripts/lib/connection-limits.mjs).
 import { createReadStream, createWriteStream } from "node:fs";
 import { mkdtemp, rm, stat } from "node:fs/promises";
 import http from "node:http";
@@ -33,6 +37,7 @@ import https from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
+import zlib from "node:zlib";
 import { HOP_BY_HOP as FRONT_HOP_BY_HOP, listenRefusingTls } from "./front.mjs";
 import { formatBytes } from "./sizes.mjs";
 
@@ -52,6 +57,69 @@ const UPLOAD_PATH = /^\/v2\/(.+)\/blobs\/uploads\/?([^/?]*)(\?.*)?$/;
 /** Logins remembered for refreshing tokens (see the header comment), and for how long. */
 const LOGINS_MAX = 10_000;
 const LOGIN_TTL_MS = 24 * 60 * 60 * 1000;
+/** The most a token answer may hold once decompressed (they are a few KiB). */
+const TOKEN_ANSWER_MAX = 1024 * 1024;
+/** Hosts that mean every interface: listened on only when named. */
+const ALL_INTERFACES = new Set(["0.0.0.0", "::"]);
+/** A Host header a client may name the relay by: a name or address, and a port. */
+const HOST_HEADER = /^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+
+/**
+ * `--listen`'s value: `HOST:PORT`, `[IPV6]:PORT`, `:PORT` or `PORT`. Without a host the
+ * relay listens on 127.0.0.1 only: it pushes with whatever credentials its clients send,
+ * so being reachable from elsewhere must be asked for (`0.0.0.0:PORT`, `[::]:PORT`).
+ */
+export function parseListen(text) {
+  const colon = text.lastIndexOf(":");
+  let host = colon < 0 ? "" : text.slice(0, colon);
+  const portText = colon < 0 ? text : text.slice(colon + 1);
+  if (host.startsWith("[") && host.endsWith("]")) host = host.slice(1, -1);
+  const port = Number(portText);
+  if (!/^\d+$/.test(portText) || port > 65_535) {
+    throw new Error(`--listen: expected HOST:PORT, :PORT or PORT, got ${JSON.stringify(text)}`);
+  }
+  if (host === "") host = "127.0.0.1";
+  return { host, port, allInterfaces: ALL_INTERFACES.has(host) };
+}
+
+/** A token endpoint's answer body as JSON, whatever its Content-Encoding; null when it is not JSON. */
+function tokenAnswerJson(answer) {
+  const options = { maxOutputLength: TOKEN_ANSWER_MAX };
+  try {
+    const encoding = String(answer.headers["content-encoding"] ?? "identity")
+      .trim()
+      .toLowerCase();
+    let body = answer.body;
+    if (encoding === "gzip" || encoding === "x-gzip") body = zlib.gunzipSync(body, options);
+    else if (encoding === "deflate") body = zlib.inflateSync(body, options);
+    else if (encoding === "br") body = zlib.brotliDecompressSync(body, options);
+    else if (encoding !== "identity" && encoding !== "") return null;
+    const parsed = JSON.parse(body.toString("utf8"));
+    return typeof parsed === "object" && parsed !== null ? parsed : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The scopes an issued token carries, exactly: the answer's `scope` (what the registry
+ * granted, space-separated), else the token's own `access` claim (its payload is read,
+ * not verified: the relay got it from the registry itself). Empty when neither says.
+ */
+function grantedScopes(issued, token) {
+  if (typeof issued.scope === "string") return issued.scope.split(" ").filter((scope) => scope !== "");
+  try {
+    const payload = JSON.parse(Buffer.from(token.split(".")[1] ?? "", "base64url").toString("utf8"));
+    if (!Array.isArray(payload.access)) return [];
+    return payload.access
+      .filter(
+        (grant) => typeof grant?.type === "string" && typeof grant.name === "string" && Array.isArray(grant.actions),
+      )
+      .map((grant) => `${grant.type}:${grant.name}:${grant.actions.join(",")}`);
+  } catch {
+    return [];
+  }
+}
 
 class RelayError extends Error {
   constructor(status, code, message, answer) {
@@ -74,10 +142,12 @@ function transient(status) {
 
 /**
  * Starts a relay to the registry at `to` (an http(s) URL), listening on `listen`
- * (host:port). `chunk`: the largest body sent upstream, in bytes. `log`: where progress
- * and errors go (stderr by default); `quiet` keeps progress out of it. `spoolDir`: where
- * chunks are spooled (the system's temporary directory by default).
- * Returns { url, port, close() }.
+ * (parseListen: 127.0.0.1 unless another host is named). `chunk`: the largest body sent
+ * upstream, in bytes. `log`: where progress and errors go (stderr by default); `quiet`
+ * keeps progress out of it. `spoolDir`: where chunks are spooled (the system's temporary
+ * directory by default). `limits`: what slow clients may hold
+ * (scripts/lib/connection-limits.mjs).
+ * Returns { url, port, host, allInterfaces, limits(), close() }.
  */
 export async function startRelay({
   to,
@@ -85,18 +155,19 @@ export async function startRelay({
   chunk = DEFAULT_CHUNK_BYTES,
   quiet = false,
   spoolDir = tmpdir(),
+  limits,
   log = (line) => process.stderr.write(`${line}\n`),
 }) {
   const target = new URL(to);
   if (target.protocol !== "http:" && target.protocol !== "https:") throw new Error(`--to must be http(s): ${to}`);
   const transport = target.protocol === "https:" ? https : http;
   const agent = new transport.Agent({ keepAlive: true, maxSockets: 64 });
-  const [host, portText] = listen.includes(":") ? listen.split(/:(?=[^:]*$)/) : ["127.0.0.1", listen];
+  const { host, port: listenPort, allInterfaces } = parseListen(listen);
   /** What the registry told us about chunks (POST answers). */
   const advertised = { min: 0, max: Infinity };
   /** The registry's token endpoint path when the relay passes it through (realm rewritten), else null. */
   let tokenPath = null;
-  /** access token → { authorization (Basic), refreshToken, service, until } */
+  /** access token → { authorization (Basic), refreshToken, service, scopes (what the token carried), until } */
   const logins = new Map();
   /** Spool directories of uploads in flight, removed on close. */
   const spools = new Set();
@@ -127,8 +198,19 @@ export async function startRelay({
     return headers;
   }
 
-  /** A challenge whose realm is the registry's own token endpoint points at the relay's instead. */
-  function rewriteChallenge(value) {
+  /**
+   * The relay's origin as `request`'s client reaches it: the listening address, or, when
+   * listening on all interfaces (where 0.0.0.0 names no reachable host), the Host the
+   * client used.
+   */
+  function originOf(request) {
+    const named = request?.headers.host;
+    if (allInterfaces && typeof named === "string" && HOST_HEADER.test(named)) return `http://${named}`;
+    return relayOrigin;
+  }
+
+  /** A challenge whose realm is the registry's own token endpoint points at the relay's (`origin`) instead. */
+  function rewriteChallenge(value, origin) {
     return value.replace(/realm="([^"]*)"/, (whole, realm) => {
       let url;
       try {
@@ -138,19 +220,21 @@ export async function startRelay({
       }
       if (url.origin !== target.origin) return whole;
       tokenPath = url.pathname;
-      return `realm="${relayOrigin}${url.pathname}${url.search}"`;
+      return `realm="${origin}${url.pathname}${url.search}"`;
     });
   }
 
-  /** The registry's answer headers as the client should see them: Location and realm name the relay. */
-  function answerHeaders(headers) {
+  /** The registry's answer headers as `request`'s client should see them: Location and realm name the relay. */
+  function answerHeaders(headers, request) {
+    const origin = originOf(request);
     const result = {};
     for (const [name, value] of Object.entries(headers)) {
       if (HOP_BY_HOP.has(name)) continue;
       if (name === "location" && typeof value === "string" && value.startsWith(target.origin)) {
-        result[name] = relayOrigin + value.slice(target.origin.length);
+        result[name] = origin + value.slice(target.origin.length);
       } else if (name === "www-authenticate") {
-        result[name] = Array.isArray(value) ? value.map(rewriteChallenge) : rewriteChallenge(value);
+        const rewrite = (challenge) => rewriteChallenge(challenge, origin);
+        result[name] = Array.isArray(value) ? value.map(rewrite) : rewrite(value);
       } else {
         result[name] = value;
       }
@@ -220,7 +304,7 @@ export async function startRelay({
       reply(
         response,
         error.answer.status,
-        { ...answerHeaders(error.answer.headers), ...extraHeaders },
+        { ...answerHeaders(error.answer.headers, response.req), ...extraHeaders },
         error.answer.body,
       );
       return;
@@ -272,41 +356,44 @@ export async function startRelay({
         }
         if (form.get("grant_type") === "refresh_token") login.refreshToken = form.get("refresh_token");
       }
-      try {
-        const issued = JSON.parse(answer.body.toString("utf8"));
-        if (issued.refresh_token) login.refreshToken = issued.refresh_token;
-        if (login.authorization || login.refreshToken) {
+      // Clients that accept gzip (docker does) get the answer compressed, and passed on so.
+      const issued = tokenAnswerJson(answer);
+      if (issued !== null) {
+        if (typeof issued.refresh_token === "string") login.refreshToken = issued.refresh_token;
+        const token = issued.token ?? issued.access_token;
+        // Renewed later with exactly what it carries: never more than the client had.
+        login.scopes = typeof token === "string" ? grantedScopes(issued, token) : [];
+        if ((login.authorization || login.refreshToken) && login.scopes.length > 0) {
           remember(issued.token, login);
           remember(issued.access_token, login);
         }
-      } catch {
-        // Not JSON: nothing to remember.
       }
     }
-    reply(response, answer.status, answerHeaders(answer.headers), answer.body);
+    reply(response, answer.status, answerHeaders(answer.headers, request), answer.body);
   }
 
   /**
    * A fresh Authorization for an upload whose token was refused (401), from what its client
-   * logged in with through the relay; null when the relay cannot (no remembered login, or
-   * the login is refused now).
+   * logged in with through the relay, for exactly the scopes the expired token carried (a
+   * pull-only token is renewed pull-only); null when the relay cannot (no remembered
+   * login, or the login is refused now).
    */
   async function refreshed(authorization, name, challenge) {
     const token = /^bearer (\S+)/i.exec(authorization ?? "")?.[1];
     const login = token ? logins.get(token) : undefined;
-    if (!login || login.until < Date.now() || !tokenPath) return null;
+    if (!login || login.until < Date.now() || !tokenPath || login.scopes.length === 0) return null;
     const service = /service="([^"]*)"/.exec(challenge ?? "")?.[1] ?? login.service;
-    const scope = `repository:${name}:pull,push`;
     let answer;
     if (login.authorization) {
-      const query = new URLSearchParams({ service, scope });
+      const query = new URLSearchParams({ service });
+      for (const scope of login.scopes) query.append("scope", scope);
       answer = await upstream("GET", `${tokenPath}?${query}`, { Authorization: login.authorization });
     } else {
       const form = new URLSearchParams({
         grant_type: "refresh_token",
         refresh_token: login.refreshToken,
         service,
-        scope,
+        scope: login.scopes.join(" "),
         client_id: "edge-registry-relay",
       });
       answer = await upstream(
@@ -316,12 +403,14 @@ export async function startRelay({
         form.toString(),
       );
     }
-    if (answer.status !== 200) return null;
-    const issued = JSON.parse(answer.body.toString("utf8"));
-    const fresh = issued.token ?? issued.access_token;
-    if (!fresh) return null;
+    const issued = answer.status === 200 ? tokenAnswerJson(answer) : null;
+    const fresh = issued?.token ?? issued?.access_token;
+    if (typeof fresh !== "string" || fresh === "") return null;
     remember(fresh, login);
-    log(`relay: ${name}: the client's token expired during the upload; continuing with a fresh one`);
+    log(
+      `relay: ${name}: the client's token expired during the upload; continuing with a fresh one ` +
+        `(${login.scopes.join(" ")})`,
+    );
     return `Bearer ${fresh}`;
   }
 
@@ -336,7 +425,7 @@ export async function startRelay({
     upstream(request.method, request.url, headers, hasBody ? request : undefined, { stream: true }).then(
       ({ answer, outgoing }) => {
         if (request.method === "POST") learn(answer.headers);
-        response.writeHead(answer.statusCode ?? 502, answerHeaders(answer.headers));
+        response.writeHead(answer.statusCode ?? 502, answerHeaders(answer.headers, request));
         answer.pipe(response);
         answer.on("aborted", () => response.destroy());
         // The client went away: so does the request to the registry.
@@ -536,7 +625,7 @@ export async function startRelay({
         sent.answer ??
         (await step(upload, "asking for the upload's state", (headers) => upstream("GET", sent.location, headers)));
       const answerStatus = answered.status === 204 ? 202 : answered.status;
-      reply(response, answerStatus, { ...answerHeaders(answered.headers), "content-length": "0" });
+      reply(response, answerStatus, { ...answerHeaders(answered.headers, request), "content-length": "0" });
       return;
     }
     const commit = new URL(sent.location, target.origin);
@@ -546,7 +635,7 @@ export async function startRelay({
     const committed = await step(upload, "committing", (headers) =>
       upstream("PUT", `${commit.pathname}${commit.search}`, { ...headers, "Content-Length": "0" }, ""),
     );
-    reply(response, committed.status, answerHeaders(committed.headers), committed.body);
+    reply(response, committed.status, answerHeaders(committed.headers, request), committed.body);
   }
 
   /**
@@ -572,9 +661,28 @@ export async function startRelay({
     });
   }
 
-  const server = http.createServer({ requestTimeout: 0, headersTimeout: 60_000, maxHeaderSize: 64 * 1024 });
+  // No headersTimeout or requestTimeout: this server never listens, so Node never enforces
+  // them; the listener does (limits).
+  const server = http.createServer({ maxHeaderSize: 64 * 1024 });
   server.on("request", (request, response) => {
-    const path = new URL(request.url ?? "/", "http://relay").pathname;
+    if (!request.url.startsWith("/")) {
+      // An absolute-form (`GET http://host/v2/`) or asterisk-form target: it would be sent
+      // on as it is, and the registry cannot route it.
+      request.resume();
+      const body = ociError("UNSUPPORTED", "the request target must be a path (`GET /v2/ HTTP/1.1`)");
+      reply(
+        response,
+        400,
+        {
+          "Content-Type": "application/json",
+          "Content-Length": Buffer.byteLength(body),
+          Connection: "close",
+        },
+        body,
+      );
+      return;
+    }
+    const path = new URL(request.url, "http://relay").pathname;
     if (tokenPath !== null && path === tokenPath) {
       passToken(request, response).catch((error) => replyError(response, error));
       return;
@@ -593,11 +701,14 @@ export async function startRelay({
     passThrough(request, response);
   });
   server.on("clientError", (_error, socket) => socket.destroy());
-  const listener = await listenRefusingTls(server, { port: Number(portText), host });
+  const listener = await listenRefusingTls(server, { port: listenPort, host, limits });
   relayOrigin = `http://${host.includes(":") ? `[${host}]` : host}:${listener.port}`;
   return {
     url: relayOrigin,
     port: listener.port,
+    host,
+    allInterfaces,
+    limits: listener.limits,
     close: async () => {
       agent.destroy();
       await listener.close();

@@ -27,7 +27,9 @@ export function lockoutSettings(env: Env): LockoutSettings & { maxFailuresPerAdd
 
 /**
  * The client's address as Cloudflare's edge reports it (`CF-Connecting-IP`, which
- * clients cannot set through the edge). An IPv6 client is counted by its /64: one
+ * clients cannot set through the edge; locally only the front may set it, and a request
+ * without its proof arrives here without one: client-address.ts). An IPv6 client is
+ * counted by its /64: one
  * subscriber usually holds a whole /64, so counting single addresses would let it rotate
  * through them.
  */

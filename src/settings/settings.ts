@@ -52,6 +52,11 @@ export interface Settings {
   access: AccessSettings;
   tokens: TokenSettingsBase;
   logins: LoginSettings;
+  /**
+   * Locally (`npm start`): the secret only the front sends, without which a request's
+   * `CF-Connecting-IP` is not believed (auth/client-address.ts). Unset on Cloudflare.
+   */
+  localFrontSecret: string | undefined;
   /** Bearer token of the /_admin endpoints; undefined: they are off. */
   adminToken: string | undefined;
   /** Redirects of large blobs to presigned R2 URLs; null: off. */
@@ -130,6 +135,7 @@ export const SETTING_NAMES = [
   "LOGIN_LOCKOUT_SECONDS",
   "LOGIN_LOCKOUT_MAX_SECONDS",
   "ADMIN_TOKEN",
+  "LOCAL_FRONT_SECRET",
   "BLOB_REDIRECT_MIN_BYTES",
   "BLOB_REDIRECT_TTL_SECONDS",
   "R2_ENDPOINT",
@@ -216,6 +222,7 @@ export function parseSettings(env: Env): Settings {
     },
     logins: parseLogins(env),
     adminToken: present(env.ADMIN_TOKEN),
+    localFrontSecret: present(env.LOCAL_FRONT_SECRET),
     blobRedirect: parseBlobRedirect(env),
     gc: {
       graceSeconds: integer("GC_GRACE_SECONDS", env.GC_GRACE_SECONDS, 86_400),

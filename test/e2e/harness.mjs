@@ -477,12 +477,15 @@ export async function startRegistry({
 
 /**
  * Starts `node scripts/relay.mjs --to <to> --listen 127.0.0.1:<port> [--chunk <chunk>]`
- * (port: a free one unless given, so a test can start it again on the same port) and waits
- * for its ready line. Returns { port, host, url, output(), kill(), stop() }.
+ * (port: a free one unless given, so a test can start it again on the same port; `listen`:
+ * the --listen value as typed, `{port}` standing for the port, by default
+ * `127.0.0.1:{port}`) and waits for its ready line. Returns { port, host, url, output(),
+ * kill(), stop() }.
  */
-export async function startRelayProcess({ to, port, chunk, spoolDir, readyTimeoutMs = 30_000 }) {
+export async function startRelayProcess({ to, port, chunk, spoolDir, listen, readyTimeoutMs = 30_000 }) {
   const listenPort = port ?? (await freePort());
-  const args = [join(ROOT, "scripts", "relay.mjs"), "--to", to, "--listen", `127.0.0.1:${listenPort}`];
+  const listenArgument = (listen ?? "127.0.0.1:{port}").replace("{port}", String(listenPort));
+  const args = [join(ROOT, "scripts", "relay.mjs"), "--to", to, "--listen", listenArgument];
   if (chunk !== undefined) args.push("--chunk", String(chunk));
   if (spoolDir !== undefined) args.push("--spool-dir", spoolDir);
   const child = spawn(process.execPath, args, { cwd: ROOT, detached: true, stdio: ["ignore", "ignore", "pipe"] });

@@ -5,16 +5,21 @@
 // ctr fails with 413; through the relay each succeeds, the image pulls back byte for byte,
 // and no request that reached the Worker carried a body over the limit (the front's
 // access log). Authentication passes through the relay; a relay killed mid-push and
-// started again lets the client's retry finish.
+// started again lets the client's retry finish. Tokens the relay renews carry exactly the
+// scope the client's had. Slow clients cannot hold the relay (limits injected at 1 s,
+// before a stand-in registry: no registry needed).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import http from "node:http";
+import net from "node:net";
 import { Readable } from "node:stream";
 import { join } from "node:path";
+import { gunzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
 import bcrypt from "bcryptjs";
+import { parseListen, startRelay } from "../../scripts/lib/relay.mjs";
 import {
   buildOciImage,
   blobPath,
@@ -373,18 +378,33 @@ describe(
       });
     }
 
-    it("a token that expires in the middle of a long push is renewed by the relay from the client's login", async () => {
-      // Log in as docker does: /v2/ challenges, its realm names the relay, the token comes through it.
+    /** An answer's body as JSON, gunzipped when the registry compressed it (for a client that accepts gzip). */
+    function json(answer) {
+      const body = answer.headers["content-encoding"] === "gzip" ? gunzipSync(answer.body) : answer.body;
+      return JSON.parse(body.toString("utf8"));
+    }
+
+    /** A token for `scope` through the relay, asked for as docker asks (Basic, Accept-Encoding: gzip). */
+    async function tokenThroughRelay(scope) {
+      // /v2/ challenges, its realm names the relay, the token comes through it.
       const challenge = await send("GET", "/v2/", {});
       assert.equal(challenge.status, 401);
-      const realm = /realm="([^"]*)"/.exec(challenge.headers["www-authenticate"])[1];
-      assert.equal(new URL(realm).origin, ownRelay.url, "the realm names the relay");
+      const realm = new URL(/realm="([^"]*)"/.exec(challenge.headers["www-authenticate"])[1]);
+      assert.equal(realm.origin, ownRelay.url, "the realm names the relay");
       const service = /service="([^"]*)"/.exec(challenge.headers["www-authenticate"])[1];
       const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
-      const query = new URLSearchParams({ service, scope: "repository:relay/slow:pull,push" });
-      const issued = await send("GET", `${new URL(realm).pathname}?${query}`, { Authorization: basic });
+      const query = new URLSearchParams({ service, scope });
+      const issued = await send("GET", `${realm.pathname}?${query}`, {
+        Authorization: basic,
+        "Accept-Encoding": "gzip",
+      });
       assert.equal(issued.status, 200);
-      const bearer = { Authorization: `Bearer ${JSON.parse(issued.body).token}` };
+      assert.equal(issued.headers["content-encoding"], "gzip", "the registry compressed the token answer");
+      return { bearer: { Authorization: `Bearer ${json(issued).token}` }, again: () => tokenThroughRelay(scope) };
+    }
+
+    it("a token that expires in the middle of a long push is renewed by the relay from the client's login", async () => {
+      const { bearer, again: anotherToken } = await tokenThroughRelay("repository:relay/slow:pull,push");
       const started = await send("POST", "/v2/relay/slow/blobs/uploads/", bearer);
       assert.equal(started.status, 202);
       // 40 MiB at ~8 MiB/s: three chunks over ~5 s, with a token that lives 2 s.
@@ -398,12 +418,39 @@ describe(
         expected.update(Buffer.alloc(Math.min(MiB, size - sent), sent % 251));
       const digest = `sha256:${expected.digest("hex")}`;
       // The client's own token has expired too: it gets a new one, as clients do, and commits.
-      const again = await send("GET", `${new URL(realm).pathname}?${query}`, { Authorization: basic });
+      const again = await anotherToken();
       const committed = await send("PUT", `${patched.headers.location}?digest=${digest}`, {
-        Authorization: `Bearer ${JSON.parse(again.body).token}`,
+        ...again.bearer,
         "Content-Length": "0",
       });
       assert.equal(committed.status, 201, committed.body.toString());
+    });
+
+    it("an expired pull-only token is renewed pull-only: the renewed token cannot push", async () => {
+      const { bearer } = await tokenThroughRelay("repository:relay/pull-only:pull");
+      // Expired (tokens live 2 s here).
+      await delay(3000);
+      const body = Buffer.alloc(MiB, 7);
+      const digest = `sha256:${createHash("sha256").update(body).digest("hex")}`;
+      // A monolithic upload of unknown length: the relay re-cuts it, its first step meets the
+      // expired token, and it renews the token before going on.
+      const pushed = await send(
+        "POST",
+        `/v2/relay/pull-only/blobs/uploads/?digest=${digest}`,
+        bearer,
+        Readable.from([body.subarray(0, MiB / 2), body.subarray(MiB / 2)]),
+      );
+      assert.ok([401, 403].includes(pushed.status), `the push got ${pushed.status}: ${pushed.body}`);
+      assert.match(
+        ownRelay.output(),
+        /relay\/pull-only: the client's token expired during the upload; continuing with a fresh one \(repository:relay\/pull-only:pull\)/,
+      );
+      const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
+      const stored = await fetch(`${shortLived.url}/v2/relay/pull-only/blobs/${digest}`, {
+        method: "HEAD",
+        headers: { Authorization: basic },
+      });
+      assert.equal(stored.status, 404, "nothing was pushed");
     });
 
     it("an upload the registry refuses is answered at once, the rest of the body dropped, and the spool removed", async () => {
@@ -424,3 +471,130 @@ describe(
     });
   },
 );
+
+describe("the relay and slow clients, bind address, request targets", { timeout: 120_000 }, () => {
+  const LIMITS = { headerTimeoutMs: 1000, bodyIdleTimeoutMs: 1000, maxConnectionsPerAddress: 60 };
+  let registry;
+  let relay;
+  const seen = [];
+
+  before(async () => {
+    // A stand-in registry: answers every request 200 once its body has arrived, and notes it.
+    registry = http.createServer((request, response) => {
+      seen.push(`${request.method} ${request.url}`);
+      request.resume();
+      request.on("end", () => {
+        response.writeHead(200, { "Content-Type": "application/json", "Content-Length": "2" });
+        response.end("{}");
+      });
+    });
+    await new Promise((resolveListen) => registry.listen(0, "127.0.0.1", resolveListen));
+    relay = await startRelay({
+      to: `http://127.0.0.1:${registry.address().port}`,
+      listen: "127.0.0.1:0",
+      limits: LIMITS,
+      quiet: true,
+      log: () => undefined,
+    });
+  });
+  after(async () => {
+    await relay?.close();
+    registry?.closeAllConnections();
+    registry?.close();
+  });
+
+  /** A raw connection to the relay writing `text`; `closed` resolves the ms it stayed open. */
+  function rawConnection(text, { localAddress } = {}) {
+    const socket = net.connect({ port: relay.port, host: "127.0.0.1", localAddress });
+    const opened = performance.now();
+    let received = "";
+    socket.on("data", (data) => (received += data.toString("latin1")));
+    socket.on("error", () => undefined);
+    const closed = new Promise((resolveClose) => socket.once("close", () => resolveClose(performance.now() - opened)));
+    socket.write(text);
+    return { socket, closed, received: () => received };
+  }
+
+  /** How long each connection stayed open (ms), or null for those still open after `deadlineMs`. */
+  async function closeTimes(connections, deadlineMs) {
+    const timeout = delay(deadlineMs).then(() => null);
+    const times = await Promise.all(connections.map((connection) => Promise.race([connection.closed, timeout])));
+    for (const connection of connections) connection.socket.destroy();
+    return times;
+  }
+
+  async function getV2(localAddress) {
+    const response = await fetchFrom(`${relay.url}/v2/`, localAddress);
+    return response.status;
+  }
+
+  /** GET with node's client from `localAddress` (fetch cannot choose one). */
+  function fetchFrom(url, localAddress) {
+    return new Promise((resolveGet, rejectGet) => {
+      const outgoing = http.get(url, { agent: false, localAddress, timeout: 10_000 }, (response) => {
+        response.resume();
+        response.on("end", () => resolveGet({ status: response.statusCode }));
+      });
+      outgoing.on("timeout", () => outgoing.destroy(new Error("no answer in 10 s")));
+      outgoing.on("error", rejectGet);
+    });
+  }
+
+  it("50 connections sending one byte each are closed after the header timeout; GET /v2/ beside them is answered", async () => {
+    const slow = Array.from({ length: 50 }, () => rawConnection("G"));
+    await delay(200);
+    const started = performance.now();
+    assert.equal(await getV2(), 200);
+    assert.ok(performance.now() - started < 500, "answered at once");
+    const times = await closeTimes(slow, 5000);
+    assert.equal(times.filter((ms) => ms === null).length, 0, "every slow connection was closed");
+    assert.ok(Math.min(...times) >= 900, `none before the timeout (${Math.min(...times)} ms)`);
+    assert.ok(Math.max(...times) <= 2500, `all soon after it (${Math.max(...times)} ms)`);
+  });
+
+  it("connections over the per-address cap are closed at once; other addresses are still served", async () => {
+    const held = Array.from({ length: 70 }, () => rawConnection("G", { localAddress: "127.0.0.5" }));
+    await delay(500);
+    const early = await closeTimes(held, 1);
+    assert.equal(early.filter((ms) => ms !== null).length, 10, "the 10 over the cap were closed at once");
+    assert.equal(await getV2("127.0.0.6"), 200);
+    assert.ok(relay.limits().refused >= 10);
+  });
+
+  it("a trickled body is cut after the body idle timeout", async () => {
+    const stalled = rawConnection("PUT /v2/x/manifests/y HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789");
+    const [open] = await closeTimes([stalled], 6000);
+    assert.ok(open !== null && open >= 900 && open <= 2500, `closed after ${open} ms`);
+    assert.equal(relay.limits().bodyTimeouts, 1);
+  });
+
+  it("an absolute-form target gets a 400 with an OCI error and is not sent on", async () => {
+    const before = seen.length;
+    const connection = rawConnection("GET http://example.com/v2/ HTTP/1.1\r\nHost: example.com\r\n\r\n");
+    await closeTimes([connection], 5000);
+    const [head, body] = connection.received().split("\r\n\r\n");
+    assert.match(head, /^HTTP\/1\.1 400 /);
+    assert.equal(JSON.parse(body).errors[0].code, "UNSUPPORTED");
+    assert.equal(seen.length, before);
+  });
+
+  it("--listen :PORT and PORT mean 127.0.0.1, and say so; every interface only when named", async () => {
+    assert.deepEqual(parseListen(":5001"), { host: "127.0.0.1", port: 5001, allInterfaces: false });
+    assert.deepEqual(parseListen("5001"), { host: "127.0.0.1", port: 5001, allInterfaces: false });
+    assert.deepEqual(parseListen("0.0.0.0:5001"), { host: "0.0.0.0", port: 5001, allInterfaces: true });
+    assert.deepEqual(parseListen("[::]:5001"), { host: "::", port: 5001, allInterfaces: true });
+    assert.throws(() => parseListen("127.0.0.1:http"));
+    const loopback = await startRelayProcess({ to: `http://127.0.0.1:${registry.address().port}`, listen: ":{port}" });
+    try {
+      assert.match(
+        loopback.output(),
+        new RegExp(`relay ready: http://127\\.0\\.0\\.1:${loopback.port} .*listening on 127\\.0\\.0\\.1 only`),
+      );
+      // Bound to 127.0.0.1 alone: another loopback address of this machine is not listened on.
+      assert.equal(await fetchFrom(`http://127.0.0.1:${loopback.port}/v2/`).then((answer) => answer.status), 200);
+      await assert.rejects(fetchFrom(`http://127.0.0.2:${loopback.port}/v2/`), /ECONNREFUSED/);
+    } finally {
+      await loopback.stop();
+    }
+  });
+});

@@ -1,8 +1,10 @@
-import { env } from "cloudflare:test";
+import { createExecutionContext, env } from "cloudflare:test";
 import bcrypt from "bcryptjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { app } from "../../src/app";
+import { FRONT_SECRET_HEADER, withVerifiedClientAddress } from "../../src/auth/client-address";
 import { clientAddress } from "../../src/auth/logins";
+import worker from "../../src/index";
 
 /**
  * Failed logins are limited per user name and per client address on every path that
@@ -19,12 +21,17 @@ let authEnv: Env;
 const MAX_FAILURES_PER_ADDRESS = 8;
 const GUESSED = Array.from({ length: MAX_FAILURES_PER_ADDRESS }, (_, index) => `g${index + 1}`);
 const USERS = ["victim", "spread", "bystander", "paths", "burst", "cleared", "slow", "alice", "bob", "carol", "eve"];
+/** Users of the local-front tests: guessed at from forged addresses, and one who logs in. */
+const FORGED = Array.from({ length: MAX_FAILURES_PER_ADDRESS }, (_, index) => `f${index + 1}`);
+const FRONTED = ["frank", "grace"];
 
 beforeAll(() => {
   authEnv = {
     ...env,
     AUTH_MODE: undefined,
-    AUTH_USERS: [...USERS, ...GUESSED].map((user) => `${user}:${bcrypt.hashSync(`${user}-pw`, 4)}`).join("\n"),
+    AUTH_USERS: [...USERS, ...GUESSED, ...FORGED, ...FRONTED]
+      .map((user) => `${user}:${bcrypt.hashSync(`${user}-pw`, 4)}`)
+      .join("\n"),
     TOKEN_SECRET: "a test key of the registry, long and random in production",
     LOGIN_MAX_FAILURES: String(MAX_FAILURES),
     LOGIN_MAX_FAILURES_PER_ADDRESS: String(MAX_FAILURES_PER_ADDRESS),
@@ -164,5 +171,52 @@ describe("client addresses", () => {
     expect(clientAddress("2001:db8::1")).toBe("2001:db8:0:0::/64");
     expect(clientAddress("::ffff:192.0.2.1")).toBe("192.0.2.1");
     expect(clientAddress(undefined)).toBe("unknown");
+  });
+});
+
+describe("client addresses under npm start (LOCAL_FRONT_SECRET)", () => {
+  const SECRET = "the front's secret, random per start";
+  const local = () => ({ ...authEnv, LOCAL_FRONT_SECRET: SECRET }) as Env;
+
+  /** A login through the Worker's own entry point (src/index.ts), headers as sent to workerd's port. */
+  async function loginAt(user: string, password: string, headers: Record<string, string>, bindings: Env) {
+    const request = new Request(`${BASE}/token?service=${SERVICE}`, {
+      headers: { ...headers, Authorization: `Basic ${btoa(`${user}:${password}`)}` },
+    });
+    return (await worker.fetch(request, bindings, createExecutionContext())).status;
+  }
+
+  it("a CF-Connecting-IP sent without the front's secret picks no bucket: forged addresses count as one client", async () => {
+    // Each guess from an address of its own, some with a wrong secret: all land in one bucket.
+    for (const [index, user] of FORGED.entries()) {
+      const headers: Record<string, string> = { "CF-Connecting-IP": `198.51.100.${200 + index}` };
+      if (index % 2 === 1) headers[FRONT_SECRET_HEADER] = "a guess at the secret";
+      expect(await loginAt(user, "not-the-password", headers, local())).toBe(401);
+    }
+    expect(await loginAt("frank", "frank-pw", { "CF-Connecting-IP": "198.51.100.250" }, local())).toBe(429);
+    expect(await loginAt("frank", "frank-pw", {}, local())).toBe(429);
+  });
+
+  it("an address sent with the front's secret is believed; without LOCAL_FRONT_SECRET (Cloudflare) as sent", async () => {
+    const fromFront = { "CF-Connecting-IP": "203.0.113.90", [FRONT_SECRET_HEADER]: SECRET };
+    expect(await loginAt("frank", "frank-pw", fromFront, local())).toBe(200);
+    expect(await loginAt("grace", "grace-pw", { "CF-Connecting-IP": "203.0.113.91" }, authEnv)).toBe(200);
+  });
+
+  it("the secret never reaches the routes, and a request without it loses its address", () => {
+    const vouched = withVerifiedClientAddress(
+      new Request(BASE, { headers: { "CF-Connecting-IP": "203.0.113.92", [FRONT_SECRET_HEADER]: SECRET } }),
+      local(),
+    );
+    expect(vouched.headers.get(FRONT_SECRET_HEADER)).toBeNull();
+    expect(vouched.headers.get("CF-Connecting-IP")).toBe("203.0.113.92");
+    const forged = withVerifiedClientAddress(
+      new Request(BASE, { headers: { "CF-Connecting-IP": "203.0.113.93", [FRONT_SECRET_HEADER]: "wrong" } }),
+      local(),
+    );
+    expect(forged.headers.get(FRONT_SECRET_HEADER)).toBeNull();
+    expect(forged.headers.get("CF-Connecting-IP")).toBeNull();
+    const onCloudflare = new Request(BASE, { headers: { "CF-Connecting-IP": "203.0.113.94" } });
+    expect(withVerifiedClientAddress(onCloudflare, authEnv)).toBe(onCloudflare);
   });
 });
