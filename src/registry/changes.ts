@@ -52,8 +52,11 @@ export type Change =
     }
   /** A manifest's revision link was removed, with the tags that named it. */
   | { action: "manifest.delete"; repository: string; digest: Digest; tags: string[] }
-  /** A tag now names `digest` (set by a manifest push, or moved by the mirror's refresh). */
-  | { action: "tag.put"; repository: string; tag: string; digest: Digest }
+  /**
+   * A tag that named another manifest (`previous`) now names `digest`: told besides the
+   * push's `manifest.put`. Known only while someone listens or judges (it costs a read).
+   */
+  | { action: "tag.move"; repository: string; tag: string; digest: Digest; previous: Digest }
   /** A tag was removed (`DELETE /v2/<name>/manifests/<tag>`). */
   | { action: "tag.delete"; repository: string; tag: string }
   /** The mirror stored what it fetched from an upstream (a manifest, with its tag, or a blob). */
@@ -123,9 +126,14 @@ export class ChangeSeam {
 
   /** Checks `change`, runs `write`, and, when it returns true (or nothing), tells the listeners. */
   async apply<T>(change: Change, context: ChangeContext, write: () => Promise<T>): Promise<T> {
-    await this.check(change, context);
+    return this.applyAll([change], context, write);
+  }
+
+  /** `apply` for one write that makes several changes at once (a push that moves tags). */
+  async applyAll<T>(changes: readonly Change[], context: ChangeContext, write: () => Promise<T>): Promise<T> {
+    for (const change of changes) await this.check(change, context);
     const result = await write();
-    if (result !== false) await this.committed(change, context);
+    if (result !== false) for (const change of changes) await this.committed(change, context);
     return result;
   }
 }

@@ -2,7 +2,7 @@ import type { Digest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, BlobStore, ByteRange, CachedCopy } from "./blob-store";
 import { Catalog } from "./catalog";
-import type { ChangeContext, ChangeSeam } from "./changes";
+import type { Change, ChangeContext, ChangeSeam } from "./changes";
 import type { EdgeCache } from "./edge-cache";
 import type { LinkCopy, LinkedBlobStore } from "./linked-blob-store";
 import type { Manifests, PutManifestOptions, PutManifestResult, Reference, StoredManifest } from "./manifests";
@@ -277,7 +277,17 @@ export class Repository {
             tags,
             ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
           } as const);
-    return this.seam.apply(change, this.context, () => this.parts.manifests.store(prepared));
+    // A tag that named another manifest moves: told as such, when anyone listens.
+    const moves: Change[] = [];
+    if (!this.seam.idle) {
+      const previous = await Promise.all(tags.map((tag) => this.parts.tags.resolve(tag)));
+      tags.forEach((tag, index) => {
+        const before = previous[index]?.digest;
+        if (before && before.value !== digest.value)
+          moves.push({ action: "tag.move", repository: this.name, tag, digest, previous: before });
+      });
+    }
+    return this.seam.applyAll([change, ...moves], this.context, () => this.parts.manifests.store(prepared));
   }
 
   /**
