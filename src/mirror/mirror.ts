@@ -56,7 +56,7 @@ export class Mirror {
       edge,
       context: { ...context, actor: { kind: "mirror", name: name.upstream.prefix } },
     });
-    this.client = new UpstreamClient(env, name.upstream);
+    this.client = new UpstreamClient(name.upstream);
     this.scope = `repository:${name.remote}:pull`;
   }
 

@@ -52,12 +52,8 @@ export function parseChallenge(header: string | null): { scheme: string; params:
   return { scheme: (match[1] ?? "").toLowerCase(), params };
 }
 
-function credentialsOf(env: Env, upstream: Upstream): { basic?: string; token?: string } {
-  if (!upstream.credentials) return {};
-  const value = (env as unknown as Record<string, unknown>)[upstream.credentials];
-  if (typeof value !== "string" || value.trim() === "") return {};
-  const text = value.trim();
-  return text.includes(":") ? { basic: `Basic ${btoa(text)}` } : { token: `Bearer ${text}` };
+function credentialsOf(upstream: Upstream): { basic?: string; token?: string } {
+  return upstream.login ?? {};
 }
 
 export interface UpstreamRequest {
@@ -76,10 +72,7 @@ export interface UpstreamRequest {
 }
 
 export class UpstreamClient {
-  constructor(
-    private readonly env: Env,
-    readonly upstream: Upstream,
-  ) {}
+  constructor(readonly upstream: Upstream) {}
 
   private tokenKey(scope: string): string {
     return `${this.upstream.prefix} ${this.upstream.url} ${scope}`;
@@ -91,7 +84,7 @@ export class UpstreamClient {
    */
   async fetch(request: UpstreamRequest): Promise<Response> {
     return metered("upstream", request.method, async () => {
-      const credentials = credentialsOf(this.env, this.upstream);
+      const credentials = credentialsOf(this.upstream);
       const cached = tokens.get(this.tokenKey(request.scope));
       let authorization =
         credentials.token ?? (cached && cached.expires > Date.now() ? `Bearer ${cached.value}` : undefined);

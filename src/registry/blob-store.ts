@@ -5,7 +5,6 @@ import { Paths } from "./paths";
 import type { Storage } from "./storage";
 import { emptyChunks, hashOfStream, pump, READ_CHUNK_BYTES, type ChunkSource } from "./streams";
 
-
 /** What the registry knows of a stored blob. */
 export interface BlobDescriptor {
   digest: string;

@@ -228,7 +228,8 @@ export function parseSettings(env: Env): Settings {
       graceSeconds: integer("GC_GRACE_SECONDS", env.GC_GRACE_SECONDS, 86_400),
       retention: parseRetention(env.RETENTION),
     },
-    mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT),
+    // An upstream's `credentials` names a secret of any name: read from the environment here.
+    mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
   };
 }
 

@@ -22,6 +22,12 @@ export interface Upstream {
   tagTtlSeconds: number;
   /** Name of the secret holding the credentials, if any. */
   credentials?: string;
+  /**
+   * What that secret holds, as an Authorization value: `Basic …` for `user:password`
+   * (Basic, or the token endpoint's login), `Bearer …` for a bare token. Absent when the
+   * secret is unset or blank.
+   */
+  login?: { basic: string } | { token: string };
   library: boolean;
   /** How long to wait for an upstream's answer (its headers) before serving what is stored. */
   timeoutMs: number;
@@ -88,14 +94,26 @@ export interface Mirrors {
 }
 
 /** Parses UPSTREAMS and UPSTREAM_DEFAULT; throws a SettingsError naming what is wrong. */
-export function parseUpstreams(text: string | undefined, defaultPrefix: string | undefined): Mirrors {
+export function parseUpstreams(
+  text: string | undefined,
+  defaultPrefix: string | undefined,
+  secrets: Record<string, unknown> = {},
+): Mirrors {
   if (text === undefined || text.trim() === "") {
     if (defaultPrefix?.trim()) throw new SettingsError("UPSTREAM_DEFAULT is set but UPSTREAMS is empty");
     return { upstreams: [] };
   }
   const value = json("UPSTREAMS", text);
   if (!Array.isArray(value)) throw new SettingsError("UPSTREAMS must be a JSON list");
-  const upstreams = value.map(parseOne);
+  const upstreams = value.map((entry: unknown, index) => {
+    const upstream = parseOne(entry, index);
+    const secret = upstream.credentials === undefined ? undefined : secrets[upstream.credentials];
+    if (typeof secret === "string" && secret.trim() !== "") {
+      const text = secret.trim();
+      upstream.login = text.includes(":") ? { basic: `Basic ${btoa(text)}` } : { token: `Bearer ${text}` };
+    }
+    return upstream;
+  });
   const prefixes = new Set<string>();
   for (const upstream of upstreams) {
     if (prefixes.has(upstream.prefix)) throw new SettingsError(`UPSTREAMS: prefix "${upstream.prefix}" appears twice`);
