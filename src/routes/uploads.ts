@@ -8,14 +8,11 @@ import { metered } from "../registry/meter";
 import { openRepository } from "../registry/registry";
 import {
   BYTE_REQUEST_ARGS,
-  chunkTooLarge,
-  rangeHeader,
   type ByteRequestArgs,
-  type ChunkClaim,
   type SessionResult,
-  type SessionStatus,
   type UploadSession,
 } from "../uploads/upload-session";
+import type { ChunkDeclaration, SessionStatus } from "../uploads/upload-state";
 import { contentLength, contentRange, repositoryName, requestBody, type AppContext, type AppEnv } from "./http";
 
 export const uploadRoutes = new Hono<AppEnv>();
@@ -57,12 +54,47 @@ async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequest
 }
 
 function unwrap<T>(result: SessionResult<T>): T {
-  if (!result.ok) throw fromErrorRecord(result.error);
+  if (!result.ok) throw answerOf(fromErrorRecord(result.error));
   return result.value;
 }
 
-/** How the request's body claims to fit the upload, from Content-Range and Content-Length. */
-function chunkClaim(c: AppContext): ChunkClaim {
+/**
+ * The session speaks in numbers; its client reads headers and advice. A chunk that does
+ * not start at the offset is answered with the offset as `Range`; a body over the chunk
+ * limit with the same 413 as a declared one.
+ */
+function answerOf(error: RegistryError): RegistryError {
+  const detail = (error.detail ?? {}) as { offset?: unknown; limit?: unknown };
+  if (error.code === "RANGE_INVALID" && typeof detail.offset === "number") {
+    const headers = { ...error.headers, Range: rangeHeader(detail.offset) };
+    return new RegistryError(error.code, error.message, error.detail, headers, error.status);
+  }
+  if (error.status === 413 && typeof detail.limit === "number") return chunkTooLarge(detail.limit);
+  return error;
+}
+
+/** The Range header value for an upload holding `offset` bytes (`0-0` when empty, as distribution does). */
+function rangeHeader(offset: number): string {
+  return `0-${Math.max(0, offset - 1)}`;
+}
+
+/**
+ * A request body over MAX_CHUNK_LENGTH: 413 with what to do about it (the same answer
+ * whether the Worker saw the declared length or the session counted the bytes).
+ */
+function chunkTooLarge(limit: number): RegistryError {
+  return new RegistryError(
+    "SIZE_INVALID",
+    `request bodies over ${limit} bytes are refused (MAX_CHUNK_LENGTH, the plan's limit): upload in chunks ` +
+      `of at most that (OCI-Chunk-Max-Length), for example through the relay (npm run relay)`,
+    { limit },
+    {},
+    413,
+  );
+}
+
+/** How the request's body declares it fits the upload, from Content-Range and Content-Length. */
+function chunkDeclaration(c: AppContext): ChunkDeclaration {
   const range = contentRange(c);
   const length = contentLength(c);
   const { maxChunkLength } = readConfig(c.env);
@@ -74,14 +106,14 @@ function chunkClaim(c: AppContext): ChunkClaim {
   if (range && length !== undefined && length !== range.end - range.start + 1) {
     throw new RegistryError("RANGE_INVALID", "Content-Range and Content-Length disagree", { range, length });
   }
-  const claim: ChunkClaim = {};
+  const declared: ChunkDeclaration = {};
   if (range) {
-    claim.start = range.start;
-    claim.length = range.end - range.start + 1;
+    declared.start = range.start;
+    declared.length = range.end - range.start + 1;
   }
-  if (length !== undefined) claim.length = length;
-  if (maxChunkLength !== undefined) claim.limit = maxChunkLength;
-  return claim;
+  if (length !== undefined) declared.length = length;
+  if (maxChunkLength !== undefined) declared.limit = maxChunkLength;
+  return declared;
 }
 
 function uploadLocation(name: string, id: string): string {
@@ -130,7 +162,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   // Refuse a malformed digest, or a body over MAX_CHUNK_LENGTH, before a session exists for it.
   const digestParam = c.req.query("digest");
   const digest = digestParam === undefined ? undefined : parseDigest(digestParam);
-  const claim = digest === undefined ? undefined : chunkClaim(c);
+  const declared = digest === undefined ? undefined : chunkDeclaration(c);
   const id = crypto.randomUUID();
   const stub = session(c, id);
   await reach(stub.start(id, name));
@@ -139,7 +171,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
       operation: "commit",
       name,
       digest: digest.value,
-      claim: claim ?? {},
+      declared: declared ?? {},
       once: true,
     });
     return createdBlob(c, name, digest.value);
@@ -164,7 +196,7 @@ uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 uploadRoutes.patch("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = repositoryName(c);
   const id = uploadId(c);
-  const status = await forwardBytes<SessionStatus>(c, id, { operation: "append", name, claim: chunkClaim(c) });
+  const status = await forwardBytes<SessionStatus>(c, id, { operation: "append", name, declared: chunkDeclaration(c) });
   return acceptedUpload(c, name, id, status.offset, 202);
 });
 
@@ -174,7 +206,12 @@ uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const digestParam = c.req.query("digest");
   if (digestParam === undefined) throw new RegistryError("DIGEST_INVALID", "the digest query parameter is required");
   const digest = parseDigest(digestParam);
-  await forwardBytes<BlobDescriptor>(c, id, { operation: "commit", name, digest: digest.value, claim: chunkClaim(c) });
+  await forwardBytes<BlobDescriptor>(c, id, {
+    operation: "commit",
+    name,
+    digest: digest.value,
+    declared: chunkDeclaration(c),
+  });
   return createdBlob(c, name, digest.value);
 });
 
