@@ -54,10 +54,16 @@ export function refuseChunk(machine: Machine, error: unknown): Step {
 export function rollingBack(machine: Machine, phase: Extract<Phase, { at: "rolling-back" }>, event: UploadEvent): Step {
   if (phase.step === "restoring") return fail(machine, event.type === "failed" ? event.error : phase.error, []);
   const before = required(pending(machine).beforeRequest);
-  const cleared = event.type === "failed" ? machine : aborted(machine);
-  const upload = restored({ ...loaded(cleared), multipartUploadId: undefined }, before);
-  const effects: UploadEffect[] = event.type === "failed" ? [] : [{ type: "forget-multipart" }];
-  return next(withUpload(cleared, upload), { ...phase, step: "restoring" }, [...effects, { type: "save", upload }]);
+  if (event.type === "failed") {
+    // The multipart upload may still be there: the state before names it, as it did.
+    const upload = restored({ ...loaded(machine), multipartUploadId: undefined }, before);
+    return next(withUpload(machine, upload), { ...phase, step: "restoring" }, [{ type: "save", upload }]);
+  }
+  // Aborted: the state before may name that very multipart upload (one a refused chunk
+  // created and kept); it must not, or every later part would go to an upload R2 no longer has.
+  const upload = { ...restored(loaded(aborted(machine)), before), multipartUploadId: undefined };
+  const effects: UploadEffect[] = [{ type: "forget-multipart" }, { type: "save", upload }];
+  return next(withUpload(aborted(machine), upload), { ...phase, step: "restoring" }, effects);
 }
 
 /**

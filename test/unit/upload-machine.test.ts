@@ -377,6 +377,25 @@ describe("commit", () => {
     expect(saves(run)[0]?.upload).toEqual(state);
   });
 
+  it("a failed whole body leaves no name of the multipart upload it aborted, even one the state before had", () => {
+    // A refused chunk at offset 0 keeps the multipart upload it created; a whole body that
+    // then fails aborts it. The state that comes back must not name it.
+    const state = upload({ multipartUploadId: "mp-kept" });
+    const run = drive(machineOf(state, { key: KEY, uploadId: "mp-kept" }), put(DIGEST, true), {
+      body: { parts: 1, end: ended(PART + 1, null) },
+      computed: OTHER.value,
+    });
+    expect(run.effects).toContainEqual({ type: "abort-multipart", multipart: { key: KEY, uploadId: "mp-kept" } });
+    expect(saves(run).at(-1)?.upload).toEqual({ ...state, multipartUploadId: undefined });
+    // If the abort fails, the upload may still be there, and the state keeps naming it.
+    const kept = drive(machineOf(state), put(DIGEST, true), {
+      body: { end: ended(300, null) },
+      computed: OTHER.value,
+      fail: [{ when: (effect) => effect.type === "abort-multipart", error: new Error("r2 down") }],
+    });
+    expect(saves(kept).at(-1)?.upload).toEqual(state);
+  });
+
   it("POST ?digest= (once): a failure purges the session it made for itself", () => {
     const run = drive(machineOf(upload()), put(DIGEST, true, {}, true), {
       body: { end: ended(300, null) },
