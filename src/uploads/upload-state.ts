@@ -95,6 +95,7 @@ export type PartBytes = { part: Uint8Array } | { tail: { from: number; size: num
 
 /** What a request is doing between two events (upload-machine.ts keeps it in `Machine.request`). */
 export interface Pending {
+  /** Which request it is (for the messages of an unexpected answer; decisions go by `mode`). */
   kind: "append" | "commit" | "fill" | "cancel" | "expire";
   name: string;
   digest?: Digest;
@@ -125,8 +126,11 @@ export interface Pending {
  */
 export type AfterPurge = { raise: unknown } | { end: Outcome } | { next: { phase: Phase; effects: UploadEffect[] } };
 
+/** Where a pending request is: the answer it waits for, and what it must remember until then. */
 export type Phase =
+  /** Not waiting yet: the request's first step is being taken. */
   | { at: "start" }
+  /** The body is streaming (`part-full`, then `body-ended` or `body-failed`). */
   | { at: "receiving" }
   /** The digest of the bytes received (`hashed`) is awaited. */
   | { at: "verifying" }
@@ -148,13 +152,17 @@ export type Phase =
   | { at: "verifying-object"; key: string }
   /** A finished object of the wrong digest is being deleted. */
   | { at: "dropping-object"; error: unknown }
+  /** The registry's `commitBlob` answer (`committed`) is awaited. */
   | { at: "publishing" }
+  /** Aborting the multipart uploads, then wiping the session; `after`: what follows. */
   | { at: "purging"; step: "aborting" | "wiping"; after: AfterPurge; bestEffort: boolean }
   /** A whole-blob request failed before its object was finished: its multipart upload goes, its state returns. */
   | { at: "rolling-back"; step: "aborting" | "restoring"; error: unknown }
   /** A fill: whether its digest is stored meanwhile (`found`). */
   | { at: "fill-lookup" }
+  /** A fill's digest is stored: the stored blob is being linked. */
   | { at: "fill-linking" }
+  /** A fill's new upload is being saved before its bytes are read. */
   | { at: "fill-starting" };
 
 /** The phases a commit waits in (upload-commit.ts answers them). */
