@@ -1,4 +1,4 @@
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { digestOrNull, parseDigest } from "../oci/digest";
 import type { CollectOutcome, CollectorStore } from "../registry/collection";
 import type { ManifestReferences } from "../registry/inventory";
@@ -213,7 +213,7 @@ export async function orphans(step: Step): Promise<void> {
     ...(state.cursor ? { cursor: state.cursor } : {}),
   });
   // The upload TTL and an hour: a session's retried commit may publish its object until then.
-  const oldest = Date.now() - readConfig(step.env).uploadTtlSeconds * 1000 - ORPHAN_MARGIN_MS;
+  const oldest = Date.now() - settingsOf(step.env).uploadTtlSeconds * 1000 - ORPHAN_MARGIN_MS;
   const keys: string[] = [];
   for (const object of listing.items) {
     state.scanned.dataObjects++;

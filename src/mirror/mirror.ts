@@ -1,4 +1,4 @@
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { digestOf, digestOrNull, type Digest } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
 import { MAX_MANIFEST_BYTES, type ParsedManifest } from "../oci/manifest";
@@ -167,7 +167,7 @@ export class Mirror {
     try {
       ({ manifest } = await this.repository.putManifest(tag ? { tag } : { digest }, bytes, contentType, {
         mirroredAt: Date.now(),
-        maxReferences: readConfig(this.env).manifestMaxReferences,
+        maxReferences: settingsOf(this.env).manifestMaxReferences,
       }));
     } catch (error) {
       // The upstream's manifest, not the client's: one this registry cannot serve (schema 1,
@@ -328,8 +328,8 @@ export class Mirror {
   }
 
   /**
-   * Streams an upstream body to the client and, when this pull wins the digest's claim
-   * (UploadSession.claimFill: one fill per digest at a time), in step to the fill object,
+   * Streams an upstream body to the client and, when this pull wins the digest's fill lease
+   * (UploadSession.reserveFill: one fill per digest at a time), in step to the fill object,
    * which stores it through the upload engine. The two advance together (pump), so memory
    * stays at a chunk or two whatever their speeds; the fill failing or falling behind drops
    * it and the client's stream goes on. Either way the bytes are hashed on the way: bytes
@@ -343,11 +343,11 @@ export class Mirror {
   ): Promise<ReadableStream<Uint8Array>> {
     const stub = this.env.UPLOADS.get(this.env.UPLOADS.idFromName(fillSessionName(digest.value)));
     // Not reaching the fill object only means not storing this time.
-    const claimToken = await metered("do", "call", () => stub.claimFill()).catch(() => null);
+    const fillLease = await metered("do", "call", () => stub.reserveFill()).catch(() => null);
     const client = new FixedLengthStream(size);
     const writers = [client.writable.getWriter()];
     let filled: Promise<SessionResult<BlobDescriptor> | null> = Promise.resolve(null);
-    if (claimToken) {
+    if (fillLease) {
       const store = new FixedLengthStream(size);
       const storeWriter = store.writable.getWriter();
       writers.push(storeWriter);
@@ -355,9 +355,11 @@ export class Mirror {
         operation: "fill",
         name: this.name.local,
         digest: digest.value,
-        claim: { length: size },
-        claimToken,
+        declared: { length: size },
+        fillLease,
         hasBody: true,
+        // What the fill stores is the mirror's, within the request that made it fetch.
+        context: this.repository.context,
       };
       const request = new Request("https://upload-session/", {
         method: "POST",

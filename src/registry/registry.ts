@@ -1,4 +1,4 @@
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { validateName } from "../oci/names";
 import { BlobStore } from "./blob-store";
 import { Catalog } from "./catalog";
@@ -42,7 +42,7 @@ export interface OpenOptions {
 export function repositoryParts(env: Env, name: string, edge: EdgeCache = EdgeCache.bypass()): RepositoryParts {
   const storage = storageOf(env);
   const blobs = new BlobStore(storage);
-  const { edgeLinkTtlSeconds } = readConfig(env);
+  const { edgeLinkTtlSeconds } = settingsOf(env);
   const layers = new LinkedBlobStore(storage, blobs, name, "layer", edgeLinkTtlSeconds);
   const revisions = new LinkedBlobStore(storage, blobs, name, "revision", edgeLinkTtlSeconds);
   const tags = new Tags(storage.bucket, name, edge);

@@ -1,6 +1,7 @@
 import type { Digest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, BlobStore, ByteRange, CachedCopy } from "./blob-store";
+import { finishedSize, storeFinishedBlob, type FinishedBlob } from "./blob-commit";
 import { Catalog } from "./catalog";
 import type { Change, ChangeContext, ChangeSeam } from "./changes";
 import type { EdgeCache } from "./edge-cache";
@@ -185,21 +186,19 @@ export class Repository {
   // ---- Changes ----
 
   /**
-   * An upload finished and its blob is stored (`descriptor`, published by the upload
-   * engine): links it here. Told as a mirror store when the mirror filled it.
+   * An upload finished (the upload engine verified its bytes): the blob is stored under its
+   * digest, if it was not already, and linked here. Told as a mirror store when the mirror
+   * filled it. The one call the upload engine makes into the registry.
    */
-  async commitBlob(digest: Digest, descriptor: BlobDescriptor): Promise<void> {
+  async commitBlob(digest: Digest, blob: FinishedBlob): Promise<BlobDescriptor> {
+    const size = finishedSize(blob);
     const change =
       this.context.actor.kind === "mirror"
-        ? ({
-            action: "mirror.store",
-            repository: this.name,
-            digest,
-            kind: "blob",
-            size: descriptor.size,
-          } as const)
-        : ({ action: "blob.commit", repository: this.name, digest, size: descriptor.size } as const);
-    await this.seam.apply(change, this.context, () => this.parts.layers.link(digest, descriptor));
+        ? ({ action: "mirror.store", repository: this.name, digest, kind: "blob", size } as const)
+        : ({ action: "blob.commit", repository: this.name, digest, size } as const);
+    return this.seam.apply(change, this.context, () =>
+      storeFinishedBlob(this.parts.blobs, this.parts.layers, digest, blob),
+    );
   }
 
   /**

@@ -1,6 +1,5 @@
 import { settingsOf } from "../settings/settings";
 import { Hono } from "hono";
-import { readConfig } from "../config";
 import { RegistryError } from "../oci/errors";
 import { collectorOf } from "../gc/collector";
 import { verifyRegistry } from "../registry/registry";
@@ -36,7 +35,7 @@ adminRoutes.post("/verify", async (c) => {
   const report = await verifyRegistry(c.env, {
     rehash: c.req.query("rehash") !== "0",
     repair: c.req.query("repair") === "1",
-    orphanAgeMs: readConfig(c.env).uploadTtlSeconds * 1000,
+    orphanAgeMs: settingsOf(c.env).uploadTtlSeconds * 1000,
   });
   return c.json(report);
 });

@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/registry";
@@ -96,7 +96,7 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
 });
 
 blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {
-  if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
+  if (!settingsOf(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
   await requestedRepository(c, { edge: false }).unlinkBlob(parseDigest(c.req.param("digest") ?? ""));
   return c.body(null, 202);
 });

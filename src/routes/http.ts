@@ -1,6 +1,6 @@
 import type { Context } from "hono";
 import type { AuthEnv } from "../auth/authorize";
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
@@ -139,7 +139,7 @@ export function waitUntil(c: AppContext, work: Promise<unknown>): void {
  * `*.workers.dev` (where the Cache API does nothing) and with EDGE_CACHE=off.
  */
 export function edgeCacheOf(c: AppContext): EdgeCache {
-  const config = readConfig(c.env);
+  const config = settingsOf(c.env);
   const url = new URL(c.req.url);
   const usable = config.edgeCacheEnabled && !url.hostname.endsWith(".workers.dev");
   return new EdgeCache({

@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
@@ -57,7 +57,7 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const repository = requestedRepository(c);
   const name = repository.name;
   const reference = parseReference(c.req.param("reference"));
-  const config = readConfig(c.env);
+  const config = settingsOf(c.env);
   // `?tag=` (distribution-spec main): tag the pushed manifest with each, in one request.
   // Checked before the body is read: each tag is a write and an `OCI-Tag` header.
   const extraTags = (c.req.queries("tag") ?? []).map(validateTag);
@@ -85,7 +85,7 @@ manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
 });
 
 manifestRoutes.delete("/:name{.+}/manifests/:reference", async (c) => {
-  if (!readConfig(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
+  if (!settingsOf(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");
   const repository = requestedRepository(c);
   await repository.deleteManifest(parseReference(c.req.param("reference")));
   return c.body(null, 202);

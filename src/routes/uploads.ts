@@ -1,5 +1,5 @@
 import { Hono } from "hono";
-import { readConfig } from "../config";
+import { settingsOf } from "../settings/settings";
 import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
 import { validateName } from "../oci/names";
@@ -7,16 +7,14 @@ import type { BlobDescriptor } from "../registry/registry";
 import { metered } from "../registry/meter";
 import {
   BYTE_REQUEST_ARGS,
-  chunkTooLarge,
-  rangeHeader,
   type ByteRequestArgs,
-  type ChunkClaim,
   type SessionResult,
-  type SessionStatus,
   type UploadSession,
 } from "../uploads/upload-session";
+import type { ChunkDeclaration, SessionStatus } from "../uploads/upload-state";
 import {
   contentLength,
+  changeContextOf,
   contentRange,
   repositoryName,
   repositoryOf,
@@ -56,6 +54,8 @@ function uploadId(c: AppContext): string {
 
 /** Forwards the request's body to the upload's object (see UploadSession.fetch). */
 async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequestArgs, "hasBody">): Promise<T> {
+  // A commit is a change: who made it goes with it (the session tells the change seam).
+  if (args.operation === "commit") args = { ...args, context: changeContextOf(c) };
   const body = requestBody(c);
   const forwarded = new Request("https://upload-session/", c.req.raw);
   forwarded.headers.set(BYTE_REQUEST_ARGS, JSON.stringify({ ...args, hasBody: body !== null }));
@@ -65,15 +65,50 @@ async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequest
 }
 
 function unwrap<T>(result: SessionResult<T>): T {
-  if (!result.ok) throw fromErrorRecord(result.error);
+  if (!result.ok) throw answerOf(fromErrorRecord(result.error));
   return result.value;
 }
 
-/** How the request's body claims to fit the upload, from Content-Range and Content-Length. */
-function chunkClaim(c: AppContext): ChunkClaim {
+/**
+ * The session speaks in numbers; its client reads headers and advice. A chunk that does
+ * not start at the offset is answered with the offset as `Range`; a body over the chunk
+ * limit with the same 413 as a declared one.
+ */
+function answerOf(error: RegistryError): RegistryError {
+  const detail = (error.detail ?? {}) as { offset?: unknown; limit?: unknown };
+  if (error.code === "RANGE_INVALID" && typeof detail.offset === "number") {
+    const headers = { ...error.headers, Range: rangeHeader(detail.offset) };
+    return new RegistryError(error.code, error.message, error.detail, headers, error.status);
+  }
+  if (error.status === 413 && typeof detail.limit === "number") return chunkTooLarge(detail.limit);
+  return error;
+}
+
+/** The Range header value for an upload holding `offset` bytes (`0-0` when empty, as distribution does). */
+function rangeHeader(offset: number): string {
+  return `0-${Math.max(0, offset - 1)}`;
+}
+
+/**
+ * A request body over MAX_CHUNK_LENGTH: 413 with what to do about it (the same answer
+ * whether the Worker saw the declared length or the session counted the bytes).
+ */
+function chunkTooLarge(limit: number): RegistryError {
+  return new RegistryError(
+    "SIZE_INVALID",
+    `request bodies over ${limit} bytes are refused (MAX_CHUNK_LENGTH, the plan's limit): upload in chunks ` +
+      `of at most that (OCI-Chunk-Max-Length), for example through the relay (npm run relay)`,
+    { limit },
+    {},
+    413,
+  );
+}
+
+/** How the request's body declares it fits the upload, from Content-Range and Content-Length. */
+function chunkDeclaration(c: AppContext): ChunkDeclaration {
   const range = contentRange(c);
   const length = contentLength(c);
-  const { maxChunkLength } = readConfig(c.env);
+  const { maxChunkLength } = settingsOf(c.env);
   // Refused before anything is read when the declared length says so; a body of unknown
   // length is counted by the session as it arrives.
   if (maxChunkLength !== undefined && length !== undefined && length > maxChunkLength) {
@@ -82,14 +117,14 @@ function chunkClaim(c: AppContext): ChunkClaim {
   if (range && length !== undefined && length !== range.end - range.start + 1) {
     throw new RegistryError("RANGE_INVALID", "Content-Range and Content-Length disagree", { range, length });
   }
-  const claim: ChunkClaim = {};
+  const declared: ChunkDeclaration = {};
   if (range) {
-    claim.start = range.start;
-    claim.length = range.end - range.start + 1;
+    declared.start = range.start;
+    declared.length = range.end - range.start + 1;
   }
-  if (length !== undefined) claim.length = length;
-  if (maxChunkLength !== undefined) claim.limit = maxChunkLength;
-  return claim;
+  if (length !== undefined) declared.length = length;
+  if (maxChunkLength !== undefined) declared.limit = maxChunkLength;
+  return declared;
 }
 
 function uploadLocation(name: string, id: string): string {
@@ -128,7 +163,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
     const mayMount =
       from !== undefined
         ? c.var.can({ type: "repository", name: validateName(from) }, "pull")
-        : readConfig(c.env).mountWithoutFrom;
+        : settingsOf(c.env).mountWithoutFrom;
     const source = from !== undefined ? repositoryOf(c, from, { edge: false }) : undefined;
     if (mayMount && (await target.mountBlob(digest, source))) {
       return createdBlob(c, name, digest.value);
@@ -137,7 +172,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   // Refuse a malformed digest, or a body over MAX_CHUNK_LENGTH, before a session exists for it.
   const digestParam = c.req.query("digest");
   const digest = digestParam === undefined ? undefined : parseDigest(digestParam);
-  const claim = digest === undefined ? undefined : chunkClaim(c);
+  const declared = digest === undefined ? undefined : chunkDeclaration(c);
   const id = crypto.randomUUID();
   const stub = session(c, id);
   await reach(stub.start(id, name));
@@ -146,14 +181,14 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
       operation: "commit",
       name,
       digest: digest.value,
-      claim: claim ?? {},
+      declared: declared ?? {},
       once: true,
     });
     return createdBlob(c, name, digest.value);
   }
   // Any chunk size works (the session re-cuts chunks into parts), but chunks of at
   // least one part size never need their tail staged and re-read between requests.
-  const config = readConfig(c.env);
+  const config = settingsOf(c.env);
   c.header("OCI-Chunk-Min-Length", String(config.uploadPartSize));
   // The largest request body this deployment takes (the plan's limit), for clients and
   // relays that cut uploads to fit.
@@ -171,7 +206,7 @@ uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 uploadRoutes.patch("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = requestedRepository(c, { edge: false }).name;
   const id = uploadId(c);
-  const status = await forwardBytes<SessionStatus>(c, id, { operation: "append", name, claim: chunkClaim(c) });
+  const status = await forwardBytes<SessionStatus>(c, id, { operation: "append", name, declared: chunkDeclaration(c) });
   return acceptedUpload(c, name, id, status.offset, 202);
 });
 
@@ -181,7 +216,12 @@ uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const digestParam = c.req.query("digest");
   if (digestParam === undefined) throw new RegistryError("DIGEST_INVALID", "the digest query parameter is required");
   const digest = parseDigest(digestParam);
-  await forwardBytes<BlobDescriptor>(c, id, { operation: "commit", name, digest: digest.value, claim: chunkClaim(c) });
+  await forwardBytes<BlobDescriptor>(c, id, {
+    operation: "commit",
+    name,
+    digest: digest.value,
+    declared: chunkDeclaration(c),
+  });
   return createdBlob(c, name, digest.value);
 });
 

@@ -6,9 +6,8 @@ import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
 import { allowedActions, type Policy } from "../auth/policy";
 import { hmacHex, issueRefreshToken, refreshTokenClaims, signingKey, type RefreshClaims } from "../auth/tokens";
-import { readConfig } from "../config";
-import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
+import { mirroredName } from "../settings/upstreams";
 import { RegistryError } from "../oci/errors";
 import { revokedSessionsOf } from "../registry/registry";
 
@@ -94,7 +93,7 @@ export function may(viewer: Viewer, name: string, action: Action): boolean {
 
 /** Whether the viewer may delete from `name` here: the rules, the setting, and not a mirrored name. */
 export function mayDelete(c: UiContext, viewer: Viewer, name: string): boolean {
-  if (!readConfig(c.env).deleteEnabled) return false;
+  if (!settingsOf(c.env).deleteEnabled) return false;
   if (mirroredName(settingsOf(c.env).mirrors, name)) return false;
   return may(viewer, name, "delete");
 }

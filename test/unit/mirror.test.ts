@@ -1,6 +1,7 @@
 import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import worker from "../../src/index";
+import { changeHooks, type Change, type ChangeContext } from "../../src/registry/changes";
 import { parseChallenge, upstreamError } from "../../src/mirror/upstream-client";
 import { mirroredName, parseUpstreams } from "../../src/settings/upstreams";
 import { settingsOf } from "../../src/settings/settings";
@@ -379,6 +380,43 @@ describe("pull-through mirroring", () => {
     expect(upstream.log.length).toBe(before);
     const catalog = (await (await request("/v2/_catalog")).json()) as { repositories: string[] };
     expect(catalog.repositories).toContain("up.test/team/app");
+  });
+
+  it("tells the change seam of each manifest and blob it stores, once, as the mirror, within the pull's request", async () => {
+    const heard: { change: Change; context: ChangeContext }[] = [];
+    changeHooks.listeners.push({ name: "test", changed: (change, context) => void heard.push({ change, context }) });
+    try {
+      const image = await upstream.addImage("team/seam", "v1", [randomBytes(1000)]);
+      expect((await request("/v2/up.test/team/seam/manifests/v1", { headers: { "CF-Ray": "ray-pull" } })).status).toBe(
+        200,
+      );
+      for (const digest of image.layers) {
+        expect(
+          (await request(`/v2/up.test/team/seam/blobs/${digest}`, { headers: { "CF-Ray": "ray-pull" } })).status,
+        ).toBe(200);
+      }
+      // Served from storage afterwards: nothing more is stored, nobody told.
+      await request("/v2/up.test/team/seam/manifests/v1");
+      for (const digest of image.layers) await request(`/v2/up.test/team/seam/blobs/${digest}`);
+      expect(
+        heard.map(({ change }) => [
+          change.action,
+          "kind" in change ? change.kind : "",
+          "digest" in change ? change.digest.value : "",
+        ]),
+      ).toEqual([
+        ["mirror.store", "manifest", image.digest],
+        ...image.layers.map((digest) => ["mirror.store", "blob", digest]),
+      ]);
+      for (const { change, context } of heard) {
+        expect(context.actor).toEqual({ kind: "mirror", name: "up.test" });
+        expect(context.requestId).toBe("ray-pull");
+        expect("repository" in change && change.repository).toBe("up.test/team/seam");
+      }
+      expect(heard[0]?.change).toMatchObject({ tag: "v1", mediaType: MediaTypes.ociManifest });
+    } finally {
+      changeHooks.listeners.length = 0;
+    }
   });
 
   it("serves names without a prefix from the default upstream, one-component names under library/", async () => {

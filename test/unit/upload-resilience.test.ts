@@ -147,6 +147,33 @@ describe("a PATCH whose connection drops mid-stream", () => {
   });
 });
 
+describe("a whole-blob PUT of the wrong digest after a refused chunk", () => {
+  it("leaves the upload usable: the multipart upload the chunk kept was aborted, and the next PATCH starts another", async () => {
+    const name = "resilience/rollback";
+    const { location } = await startUpload(name);
+    const bytes = randomBytes(PART_SIZE + MiB);
+    // One byte short of its Content-Range, refused after its first part went up: the upload
+    // stays at 0 and keeps that multipart upload (its parts get overwritten).
+    const refused = await registry(location, {
+      method: "PATCH",
+      headers: { "Content-Range": `0-${bytes.byteLength}` },
+      body: streamed(bytes),
+      duplex: "half",
+    } as RequestInit);
+    await expectError(refused, 400, "SIZE_INVALID");
+    // The whole blob under a wrong digest: refused, and its multipart upload aborted.
+    const wrong = await registry(withDigest(location, await sha256(randomBytes(10))), { method: "PUT", body: bytes });
+    await expectError(wrong, 400, "DIGEST_INVALID");
+    // Nothing kept (an empty upload's Range is 0-0, as distribution answers).
+    expect(header(await registry(location), "Range")).toBe("0-0");
+    expect((await registry(location, { method: "PATCH", body: bytes })).status).toBe(202);
+    const digest = await sha256(bytes);
+    expect((await registry(withDigest(location, digest), { method: "PUT" })).status).toBe(201);
+    const pulled = await registry(`/v2/${name}/blobs/${digest}`);
+    expect(await digestStream(pulled.body as ReadableStream<Uint8Array>)).toEqual({ digest, size: bytes.byteLength });
+  });
+});
+
 describe("an upload survives its Durable Object restarting between chunks", () => {
   it("continues the hash and the parts from storage after every object is reset", async () => {
     const name = "resilience/restart";

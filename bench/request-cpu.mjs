@@ -1,0 +1,880 @@
+#!/usr/bin/env node
+// workerd CPU per small request, with authentication on: what one pull-side request costs
+// the Worker, per registry checkout, side by side.
+//
+//   node bench/request-cpu.mjs                                  this checkout, 2 rounds of 3000 requests per kind
+//   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts, rounds alternating between them
+//   node bench/request-cpu.mjs --peer /tmp/peer-sr              and cloudflare/serverless-registry as a column
+//   node bench/request-cpu.mjs --dir ../before --dir . --profile   and where the CPU goes (top self time)
+//
+// Each --dir (default: the checkout this file is in) is a registry checkout with its own
+// node_modules and `npm run build:wasm` done. Per round, every target in turn (the order
+// of --dir, then --peer), so that other load on a shared machine falls on all of them:
+//
+//  1. Start it as `npm start` runs it: `node <dir>/scripts/dev.mjs --port P --persist-to
+//     <fresh temp dir> --quiet` (the Worker bundled by wrangler, served by Miniflare's
+//     workerd behind the node front), with AUTH_USERS one user (bcrypt, cost 5) and a
+//     random TOKEN_SECRET; ready once GET /v2/ answers the Bearer challenge.
+//  2. Push a tiny image through the HTTP API (token with pull,push from /token): a config
+//     and a 4 KiB layer (POST, then PUT ?digest= with the bytes), the manifest as
+//     `bench/tiny:v1`. The Server-Timing of the layer's POST and PUT and of the manifest
+//     PUT are kept.
+//  3. A pull token (scope pull, from GET /token with Basic credentials, fresh per kind:
+//     tokens live 300 s). Per kind, one request with node:http (status and answer checked,
+//     Server-Timing kept: the first after the push), `hey` --warmup requests (not
+//     counted), then workerd's CPU (utime + stime of the workerd processes of the
+//     server's process tree, /proc/<pid>/stat, clock ticks) read around `hey -n
+//     --requests -c --concurrency`; every answer must be 200. Last, one more checked
+//     request per kind (its Server-Timing: warm).
+//  4. Stop it and remove its state.
+//
+// The kinds: HEAD manifest by tag, GET manifest by digest (both with an OCI Accept),
+// HEAD blob (the layer), GET tags/list. Reported per kind, round and target: workerd CPU
+// µs per request, hey's requests/s, and the node process's (the front's) CPU µs per
+// request; then the median over rounds, the ratio to the first target, and the
+// Server-Timing storage calls (`desc` of r2, kv, cache, do, ...) per request and target.
+//
+// --peer DIR adds cloudflare/serverless-registry (SR): a copy of /work/shared/peer-sr with
+// `npm ci` done and wrangler.example.jsonc copied to wrangler.jsonc, started as its
+// PEER.md says (`node runner/serve-mf.mjs --port P --persist-to DIR`: one workerd behind a
+// copy of our front). SR has no token service: every request carries Basic hello:world
+// (its env `dev`), and it sends no Server-Timing.
+//
+// --profile: per round, target and kind, one more hey run (not counted) with V8's sampling
+// profiler on in the Worker's isolate: workerd is started with an inspector port through
+// MINIFLARE_WORKERD_PATH (a wrapper that adds `--inspector-addr`; nothing in the checkout
+// changes), Profiler.start/stop over the Chrome DevTools Protocol (the `ws` package that
+// wrangler and miniflare bring), and the top self-time functions per kind are reported as
+// µs per request (summed over rounds), each with the source file the bundle's
+// `// src/...` markers name. The counted runs of a profiled server have the inspector
+// listening (idle).
+//
+// Markdown report on stdout, progress on stderr. Needs `hey` (Debian: apt-get install
+// hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
+// servers and temp dirs are removed at the end (BENCH_KEEP_TMP=1 keeps the dirs).
+import { spawn, spawnSync } from "node:child_process";
+import { createHash, randomBytes } from "node:crypto";
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  statSync,
+  writeFileSync,
+  chmodSync,
+} from "node:fs";
+import { createRequire } from "node:module";
+import { loadavg } from "node:os";
+import { basename, join, resolve } from "node:path";
+import { setTimeout as delay } from "node:timers/promises";
+import bcrypt from "bcryptjs";
+import { freePort } from "../scripts/lib/free-port.mjs";
+import { processKeeper } from "../scripts/lib/process-groups.mjs";
+import {
+  ROOT,
+  commandLine,
+  expectStatus,
+  markdownTable,
+  parseCommandLine,
+  parseTiming,
+  reportFacts,
+  request,
+  run,
+  tailFile,
+  treeCpuSeconds,
+} from "./lib.mjs";
+
+const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG = "application/vnd.oci.image.config.v1+json";
+const LAYER = "application/vnd.oci.image.layer.v1.tar";
+const REPOSITORY = "bench/tiny";
+const TAG = "v1";
+const LAYER_BYTES = 4096;
+const READY_TIMEOUT_MS = 120_000;
+const REQUEST_TIMEOUT_MS = 30_000;
+/** hey's own per-request timeout, seconds. */
+const HEY_REQUEST_TIMEOUT_S = 30;
+/** Profiler sampling interval, µs (V8's default is 1000). */
+const SAMPLING_INTERVAL_US = 200;
+const PROFILE_TOP = 15;
+/** Settings in this process's environment that scripts/dev.mjs would pass on to the Worker and the bench does not want. */
+const IGNORED_SETTINGS = new Set([
+  "AUTH_ACCESS",
+  "AUTH_MODE",
+  "AUTH_SERVICE",
+  "AUTH_REALM",
+  "ADMIN_TOKEN",
+  "UPSTREAMS",
+]);
+
+function usage() {
+  return [
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct]",
+    "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
+    "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
+    "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
+    "                   wrangler.example.jsonc copied to wrangler.jsonc)",
+    "  --rounds N       rounds (default 2): each starts every target afresh and measures every kind",
+    "  --requests N     requests per kind and round, counted (default 3000)",
+    "  --concurrency C  hey's concurrent clients (default 10)",
+    "  --warmup N       requests per kind before the counted ones (default 200)",
+    "  --profile        per round, target and kind, one more run with V8's sampling profiler on: top self time",
+    "  --direct         every request to workerd's own port, not through the node front",
+    "  env BENCH_KEEP_TMP=1 keeps the temp dirs",
+  ].join("\n");
+}
+
+function parseOptions() {
+  const v = parseCommandLine(
+    {
+      dir: { type: "string", multiple: true },
+      peer: { type: "string" },
+      rounds: { type: "string" },
+      requests: { type: "string" },
+      concurrency: { type: "string" },
+      warmup: { type: "string" },
+      profile: { type: "boolean", default: false },
+      direct: { type: "boolean", default: false },
+    },
+    usage,
+  );
+  const number = (name, fallback, min, max) => {
+    const value = Number(v[name] ?? fallback);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      console.error(`--${name} must be an integer from ${min} to ${max}\n${usage()}`);
+      process.exit(2);
+    }
+    return value;
+  };
+  return {
+    dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
+    peer: v.peer === undefined ? undefined : resolve(v.peer),
+    rounds: number("rounds", 2, 1, 20),
+    requests: number("requests", 3000, 10, 1_000_000),
+    concurrency: number("concurrency", 10, 1, 256),
+    warmup: number("warmup", 200, 0, 100_000),
+    profile: v.profile,
+    direct: v.direct,
+  };
+}
+
+const progress = (message) => process.stderr.write(`# ${message}\n`);
+const sha256 = (bytes) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+const basic = (user, password) => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
+
+// Servers get a keeper of their own: lib.mjs's starts only servers that answer GET /v2/
+// with 200, and with authentication on ours answers 401.
+const keeper = processKeeper({ tempPrefix: "edge-bench-cpu", keepTmpVariable: "BENCH_KEEP_TMP" });
+
+// ---------------------------------------------------------------------------------------
+// Targets: a registry to start, how to authenticate to it, where its bundle is.
+
+/**
+ * Spawns a server in its own process group, logging to <dir>/server.log, and waits until
+ * `ready(url)` says so. Returns { url, port, pid, dir, startedAt, logTail, stop() }.
+ */
+async function startServer({ name, command, args, env, cwd, ready }) {
+  const dir = await keeper.makeTempDir(name.replace(/[^a-z0-9]+/gi, "-").toLowerCase());
+  const port = await freePort();
+  const logFile = join(dir, "server.log");
+  const startedAt = Date.now();
+  const logFd = openSync(logFile, "a");
+  const child = spawn(command, args(dir, port), {
+    cwd,
+    env: env(dir),
+    detached: true,
+    stdio: ["ignore", logFd, logFd],
+  });
+  closeSync(logFd);
+  if (child.pid === undefined) throw new Error(`could not start ${name}`);
+  keeper.track(child.pid, `${name} :${port}`);
+  let exited = null;
+  child.once("exit", (code, signal) => (exited = { code, signal }));
+  child.once("error", (error) => (exited = { error: error.message }));
+  const url = `http://127.0.0.1:${port}`;
+  const logTail = () => `--- ${name} log (${logFile}):\n${tailFile(logFile, 40)}`;
+  let stopped = false;
+  const server = {
+    url,
+    port,
+    pid: child.pid,
+    dir,
+    startedAt,
+    logTail,
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await keeper.stopGroup(child.pid);
+      await keeper.removeTempDir(dir);
+    },
+  };
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let lastError = "";
+  for (;;) {
+    if (exited || Date.now() > deadline) {
+      const tail = logTail();
+      await server.stop();
+      throw new Error(
+        `${name} ${exited ? `exited: ${JSON.stringify(exited)}` : `not ready within ${READY_TIMEOUT_MS} ms (${lastError})`}\n${tail}`,
+      );
+    }
+    try {
+      const answer = await ready(url);
+      if (answer === true) break;
+      lastError = answer;
+    } catch (error) {
+      lastError = error.message;
+    }
+    await delay(250);
+  }
+  return server;
+}
+
+/** A script that runs the real workerd with an inspector port added (MINIFLARE_WORKERD_PATH). */
+function workerdWithInspector(checkout, dir, inspectorPort) {
+  const fromMiniflare = createRequire(join(checkout, "node_modules", "miniflare", "package.json"));
+  const workerd = fromMiniflare("workerd");
+  const binary = typeof workerd === "string" ? workerd : workerd.default;
+  if (typeof binary !== "string" || binary.includes("'")) throw new Error(`cannot find workerd from ${checkout}`);
+  const wrapper = join(dir, "workerd-with-inspector");
+  writeFileSync(wrapper, `#!/bin/sh\nexec '${binary}' "$@" --inspector-addr=127.0.0.1:${inspectorPort}\n`);
+  chmodSync(wrapper, 0o755);
+  return wrapper;
+}
+
+/**
+ * The URL of workerd's own HTTP socket in the server's process group (Miniflare passes it
+ * as `--socket-addr=entry=HOST:PORT`), to reach the Worker without the node front.
+ */
+function workerdEntryUrl(server) {
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, "latin1");
+      const command = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const group = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+      if (command !== "workerd" || group !== server.pid) continue;
+      const args = readFileSync(`/proc/${name}/cmdline`, "latin1").split("\0");
+      const entry = args.find((arg) => arg.startsWith("--socket-addr=entry="))?.slice("--socket-addr=entry=".length);
+      if (entry) return `http://${entry}`;
+    } catch {
+      // The process ended meanwhile.
+    }
+  }
+  throw new Error(`no workerd with an entry socket in process group ${server.pid}`);
+}
+
+function shortCommit(dir) {
+  const commit = commandLine("git", ["-C", dir, "rev-parse", "--short", "HEAD"]) || "?";
+  const dirty = commandLine("git", ["-C", dir, "status", "--porcelain", "--", "src"]);
+  return `${commit}${dirty ? "+dirty" : ""}`;
+}
+
+function checkCheckout(dir, needs) {
+  for (const [path, hint] of needs)
+    if (!existsSync(join(dir, path))) throw new Error(`${join(dir, path)} is missing: ${hint}`);
+}
+
+/** edge-registry from checkout `dir`, as `npm start` runs it, with one user. */
+function edgeTarget(dir) {
+  checkCheckout(dir, [
+    ["scripts/dev.mjs", "not an edge-registry checkout"],
+    ["node_modules/miniflare", "run `npm ci` there (or copy node_modules)"],
+    ["build/sha256.wasm", "run `npm run build:wasm` there"],
+  ]);
+  if (existsSync(join(dir, ".dev.vars"))) progress(`note: ${dir}/.dev.vars exists; its settings apply too`);
+  const user = "bench";
+  const password = randomBytes(12).toString("hex");
+  const users = `${user}:${bcrypt.hashSync(password, 5)}`;
+  return {
+    label: `${basename(dir)}@${shortCommit(dir)}`,
+    dir,
+    timed: true,
+    async start({ inspectorPort }) {
+      const server = await startServer({
+        name: "edge-registry",
+        command: process.execPath,
+        cwd: dir,
+        args: (state, port) => [
+          join(dir, "scripts", "dev.mjs"),
+          "--port",
+          String(port),
+          "--persist-to",
+          join(state, "state"),
+          "--quiet",
+        ],
+        env: (state) => {
+          // Only the one user and its token key: no access rules, upstreams or other auth
+          // settings from this environment.
+          mkdirSync(join(state, "config"), { recursive: true });
+          const inherited = Object.entries(process.env).filter(([name]) => !IGNORED_SETTINGS.has(name));
+          const env = {
+            ...Object.fromEntries(inherited),
+            CLOUDFLARE_CF_FETCH_ENABLED: "false",
+            WRANGLER_SEND_METRICS: "false",
+            WRANGLER_SEND_ERROR_REPORTS: "false",
+            WRANGLER_HIDE_BANNER: "true",
+            WRANGLER_LOG_PATH: join(state, "wrangler-logs"),
+            XDG_CONFIG_HOME: join(state, "config"),
+            NO_COLOR: "1",
+            FORCE_COLOR: "0",
+            AUTH_USERS: users,
+            TOKEN_SECRET: randomBytes(32).toString("hex"),
+          };
+          if (inspectorPort) env.MINIFLARE_WORKERD_PATH = workerdWithInspector(dir, state, inspectorPort);
+          return env;
+        },
+        ready: async (url) => {
+          const answer = await request(`${url}/v2/`, { timeoutMs: 2000 });
+          if (answer.status === 401 && /^Bearer /.test(answer.headers["www-authenticate"] ?? "")) return true;
+          return `GET /v2/ answered ${answer.status} ${answer.headers["www-authenticate"] ?? ""}`;
+        },
+      });
+      return server;
+    },
+    /** An Authorization header value for `actions` on the bench repository: a token from /token. */
+    async authorization(server, actions) {
+      const service = new URL(server.url).host;
+      const scope = `repository:${REPOSITORY}:${actions}`;
+      const answer = await request(
+        `${server.url}/token?service=${encodeURIComponent(service)}&scope=${encodeURIComponent(scope)}`,
+        { headers: { Authorization: basic(user, password) }, timeoutMs: REQUEST_TIMEOUT_MS },
+      );
+      expectStatus("GET /token", answer, 200);
+      const { token } = JSON.parse(answer.body.toString("utf8"));
+      if (typeof token !== "string") throw new Error("GET /token: no token in the answer");
+      return `Bearer ${token}`;
+    },
+    /** The bundle workerd runs (for the profile's source files): the newest build/worker-* since the start. */
+    bundle(server) {
+      const build = join(dir, "build");
+      const candidates = readdirSync(build)
+        .filter((name) => name.startsWith("worker-"))
+        .map((name) => ({ path: join(build, name, "index.js"), time: statSync(join(build, name)).mtimeMs }))
+        .filter((entry) => entry.time >= server.startedAt - 1000 && existsSync(entry.path))
+        .sort((a, b) => b.time - a.time);
+      return candidates[0]?.path;
+    },
+  };
+}
+
+/** cloudflare/serverless-registry from a prepared copy (PEER.md): Basic hello:world on every request. */
+function peerTarget(dir) {
+  checkCheckout(dir, [
+    ["runner/serve-mf.mjs", "not a copy of /work/shared/peer-sr"],
+    ["node_modules/miniflare", "run `npm ci` there"],
+    ["wrangler.jsonc", "copy wrangler.example.jsonc to wrangler.jsonc there"],
+  ]);
+  const authorization = basic("hello", "world");
+  return {
+    label: "serverless-registry",
+    dir,
+    timed: false,
+    async start({ inspectorPort }) {
+      return startServer({
+        name: "serverless-registry",
+        command: process.execPath,
+        cwd: dir,
+        args: (state, port) => [join(dir, "runner", "serve-mf.mjs"), "--port", String(port), "--persist-to", state],
+        env: (state) => {
+          mkdirSync(join(state, "config"), { recursive: true });
+          const env = { ...process.env, WRANGLER_SEND_METRICS: "false", XDG_CONFIG_HOME: join(state, "config") };
+          if (inspectorPort) env.MINIFLARE_WORKERD_PATH = workerdWithInspector(dir, state, inspectorPort);
+          return env;
+        },
+        ready: async (url) => {
+          const answer = await request(`${url}/v2/`, { headers: { Authorization: authorization }, timeoutMs: 2000 });
+          return answer.status === 200 || `GET /v2/ answered ${answer.status}`;
+        },
+      });
+    },
+    async authorization() {
+      return authorization;
+    },
+    bundle() {
+      return join(dir, "build-mf", "index.js");
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// The image and the request kinds.
+
+async function pushBlob(server, authorization, bytes) {
+  const post = await request(`${server.url}/v2/${REPOSITORY}/blobs/uploads/`, {
+    method: "POST",
+    headers: { Authorization: authorization, "Content-Length": "0" },
+    timeoutMs: REQUEST_TIMEOUT_MS,
+  });
+  expectStatus("POST upload", post, 202);
+  const location = new URL(post.headers.location, server.url);
+  location.searchParams.set("digest", sha256(bytes));
+  const put = await request(location.toString(), {
+    method: "PUT",
+    headers: {
+      Authorization: authorization,
+      "Content-Length": String(bytes.length),
+      "Content-Type": "application/octet-stream",
+    },
+    body: bytes,
+    timeoutMs: REQUEST_TIMEOUT_MS,
+  });
+  expectStatus("PUT upload", put, 201);
+  return { digest: sha256(bytes), size: bytes.length, timings: { post: timingOf(post), put: timingOf(put) } };
+}
+
+/** Pushes bench/tiny:v1 (a config and one 4 KiB layer); the Server-Timing of the layer's upload and the manifest PUT. */
+async function pushImage(server, authorization) {
+  const config = await pushBlob(server, authorization, Buffer.from(JSON.stringify({ os: "linux", rootfs: {} })));
+  const layer = await pushBlob(server, authorization, randomBytes(LAYER_BYTES));
+  const manifest = Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_MANIFEST,
+      config: { mediaType: CONFIG, digest: config.digest, size: config.size },
+      layers: [{ mediaType: LAYER, digest: layer.digest, size: layer.size }],
+    }),
+  );
+  const put = await request(`${server.url}/v2/${REPOSITORY}/manifests/${TAG}`, {
+    method: "PUT",
+    headers: { Authorization: authorization, "Content-Type": OCI_MANIFEST },
+    body: manifest,
+    timeoutMs: REQUEST_TIMEOUT_MS,
+  });
+  expectStatus("PUT manifest", put, 201);
+  return {
+    manifest: { digest: sha256(manifest), bytes: manifest },
+    layer,
+    timings: {
+      "blob upload: POST": layer.timings.post,
+      "blob upload: PUT ?digest=": layer.timings.put,
+      "manifest PUT (by tag)": timingOf(put),
+    },
+  };
+}
+
+/** The four kinds, each: method, path, headers, and a check of one answer. */
+function requestKinds(image) {
+  const accept = { Accept: OCI_MANIFEST };
+  return [
+    {
+      name: "HEAD manifest by tag",
+      method: "HEAD",
+      path: `/v2/${REPOSITORY}/manifests/${TAG}`,
+      headers: accept,
+      check: (answer) => {
+        const digest = answer.headers["docker-content-digest"];
+        if (digest !== image.manifest.digest) throw new Error(`HEAD manifest: digest ${digest}`);
+      },
+    },
+    {
+      name: "GET manifest by digest",
+      method: "GET",
+      path: `/v2/${REPOSITORY}/manifests/${image.manifest.digest}`,
+      headers: accept,
+      check: (answer) => {
+        if (!answer.body.equals(image.manifest.bytes)) throw new Error("GET manifest: other bytes");
+      },
+    },
+    {
+      name: "HEAD blob",
+      method: "HEAD",
+      path: `/v2/${REPOSITORY}/blobs/${image.layer.digest}`,
+      headers: {},
+      check: (answer) => {
+        const length = Number(answer.headers["content-length"]);
+        if (length !== image.layer.size) throw new Error(`HEAD blob: Content-Length ${length}`);
+      },
+    },
+    {
+      name: "GET tags/list",
+      method: "GET",
+      path: `/v2/${REPOSITORY}/tags/list`,
+      headers: {},
+      check: (answer) => {
+        const tags = JSON.parse(answer.body.toString("utf8")).tags;
+        if (!Array.isArray(tags) || !tags.includes(TAG)) throw new Error(`tags/list: ${JSON.stringify(tags)}`);
+      },
+    },
+  ];
+}
+
+/** The storage calls a Server-Timing header names (`desc` of each metric, durations left out), or "–". */
+function timingOf(answer) {
+  const timing = parseTiming(answer.headers["server-timing"]);
+  const text = Object.entries(timing)
+    .map(([name, desc]) => `${name}=${desc}`)
+    .join(" ");
+  return text || "–";
+}
+
+async function checkedRequest(server, kind, authorization) {
+  const answer = await request(`${server.url}${kind.path}`, {
+    method: kind.method,
+    headers: { ...kind.headers, Authorization: authorization },
+    timeoutMs: REQUEST_TIMEOUT_MS,
+  });
+  expectStatus(kind.name, answer, 200);
+  kind.check(answer);
+  return timingOf(answer);
+}
+
+/** `hey` against one kind; resolves its requests/s, or throws unless every answer was 200. */
+async function hey(server, kind, authorization, count, concurrency) {
+  const args = ["-n", String(count), "-c", String(Math.min(concurrency, count)), "-t", String(HEY_REQUEST_TIMEOUT_S)];
+  args.push("-H", `Authorization: ${authorization}`);
+  for (const [name, value] of Object.entries(kind.headers)) args.push("-H", `${name}: ${value}`);
+  if (kind.method !== "GET") args.push("-m", kind.method);
+  args.push(`${server.url}${kind.path}`);
+  // hey's requests time out after HEY_REQUEST_TIMEOUT_S; the whole run after 10 minutes or 20 ms a request.
+  const result = await run("hey", args, { timeoutMs: Math.max(600_000, count * 20) });
+  const rate = Number(/Requests\/sec:\s+([\d.]+)/.exec(result.stdout)?.[1]);
+  const statuses = [...result.stdout.matchAll(/\[(\d{3})\]\s+(\d+) responses/g)].map(([, status, n]) => [
+    status,
+    Number(n),
+  ]);
+  const ok = statuses.length === 1 && statuses[0][0] === "200" && statuses[0][1] === count;
+  if (!ok || !Number.isFinite(rate) || /Error distribution/.test(result.stdout))
+    throw new Error(
+      `${kind.name}: hey did not get ${count} × 200:\n${result.stdout.slice(-3000)}\n${server.logTail()}`,
+    );
+  return rate;
+}
+
+// ---------------------------------------------------------------------------------------
+// The profiler: V8's sampling profiler in the Worker's isolate, over the inspector.
+
+function webSocketClass() {
+  try {
+    return createRequire(join(ROOT, "package.json"))("ws");
+  } catch {
+    throw new Error("--profile needs the `ws` package (wrangler and miniflare depend on it): run `npm ci`");
+  }
+}
+
+/** A Chrome DevTools Protocol session with the user Worker's isolate of the workerd listening on `port`. */
+async function inspectWorker(port) {
+  const list = await request(`http://127.0.0.1:${port}/json/list`, { timeoutMs: 5000 });
+  expectStatus("inspector /json/list", list, 200);
+  const target = JSON.parse(list.body.toString("utf8")).find((entry) => entry.id.startsWith("core:user:"));
+  if (!target) throw new Error(`no user Worker among the inspector's targets: ${list.body.toString("utf8")}`);
+  const WebSocket = webSocketClass();
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/${target.id}`);
+  await new Promise((resolveOpen, rejectOpen) => {
+    const timer = setTimeout(() => rejectOpen(new Error("inspector: no connection within 10 s")), 10_000);
+    socket.once("open", () => (clearTimeout(timer), resolveOpen()));
+    socket.once("error", (error) => (clearTimeout(timer), rejectOpen(error)));
+  });
+  let nextId = 0;
+  const pending = new Map();
+  socket.on("message", (data) => {
+    const message = JSON.parse(data.toString("utf8"));
+    const waiting = pending.get(message.id);
+    if (!waiting) return;
+    pending.delete(message.id);
+    if (message.error) waiting.reject(new Error(`inspector: ${JSON.stringify(message.error)}`));
+    else waiting.resolve(message.result);
+  });
+  return {
+    send(method, params = {}, timeoutMs = 30_000) {
+      const id = ++nextId;
+      return new Promise((resolveSend, rejectSend) => {
+        const timer = setTimeout(() => {
+          pending.delete(id);
+          rejectSend(new Error(`inspector: ${method} unanswered after ${timeoutMs} ms`));
+        }, timeoutMs);
+        pending.set(id, {
+          resolve: (result) => (clearTimeout(timer), resolveSend(result)),
+          reject: (error) => (clearTimeout(timer), rejectSend(error)),
+        });
+        socket.send(JSON.stringify({ id, method, params }));
+      });
+    },
+    close: () => socket.close(),
+  };
+}
+
+/** [line, source file] of every `// src/…` or `// node_modules/…` marker of a wrangler bundle, by line. */
+function bundleSections(path) {
+  const sections = [];
+  if (!path || !existsSync(path)) return sections;
+  readFileSync(path, "utf8")
+    .split("\n")
+    .forEach((line, index) => {
+      const marker = /^\/\/ ((?:src|node_modules|\.\.)\/\S+)$/.exec(line);
+      if (marker) sections.push([index, marker[1].replace(/^(\.\.\/)+/, "").replace(/^.*node_modules\//, "")]);
+    });
+  return sections;
+}
+
+function sourceOf(sections, line) {
+  let low = 0;
+  let high = sections.length - 1;
+  let found = "";
+  while (low <= high) {
+    const middle = (low + high) >> 1;
+    if (sections[middle][0] <= line) {
+      found = sections[middle][1];
+      low = middle + 1;
+    } else high = middle - 1;
+  }
+  return found;
+}
+
+/** Adds a profile's self time per function (µs) into `into` (Map name -> µs); returns the profile's µs (idle left out). */
+function addSelfTimes(profile, sections, into) {
+  const nodes = new Map(profile.nodes.map((node) => [node.id, node]));
+  let time = profile.startTime;
+  const stamps = profile.timeDeltas.map((delta) => (time += delta));
+  let busy = 0;
+  for (let i = 0; i < profile.samples.length; i++) {
+    const spent = (i + 1 < stamps.length ? stamps[i + 1] : profile.endTime) - stamps[i];
+    const frame = nodes.get(profile.samples[i])?.callFrame;
+    if (!frame || frame.functionName === "(idle)") continue;
+    const file = frame.url ? sourceOf(sections, frame.lineNumber) || frame.url : "";
+    const name = `${frame.functionName || "(anonymous)"}${file ? ` (${file})` : frame.functionName.startsWith("(") ? "" : " (native)"}`;
+    into.set(name, (into.get(name) ?? 0) + spent);
+    busy += spent;
+  }
+  return busy;
+}
+
+// ---------------------------------------------------------------------------------------
+// A round: every target started, seeded and measured in turn.
+
+async function measureTarget(target, options, results) {
+  const inspectorPort = options.profile ? await freePort() : undefined;
+  progress(`${target.label}: starting`);
+  const server = await target.start({ inspectorPort });
+  try {
+    // Past the front: no proxy hop, and requests without the front's secret header, which
+    // a Worker that binds LOCAL_FRONT_SECRET checks (and then rebuilds the request).
+    if (options.direct) server.url = workerdEntryUrl(server);
+    const pushAuthorization = await target.authorization(server, "pull,push");
+    const image = await pushImage(server, pushAuthorization);
+    for (const [name, timing] of Object.entries(image.timings)) results.timing(target, name, timing);
+    const sections = options.profile ? bundleSections(target.bundle(server)) : [];
+    for (const kind of requestKinds(image)) {
+      const authorization = await target.authorization(server, "pull");
+      results.timing(target, `${kind.name} (first)`, await checkedRequest(server, kind, authorization));
+      if (options.warmup > 0) await hey(server, kind, authorization, options.warmup, options.concurrency);
+      progress(`${target.label}: ${kind.name}, ${options.requests} requests`);
+      const workerdBefore = treeCpuSeconds(server.pid, "workerd");
+      const nodeBefore = treeCpuSeconds(server.pid, "node");
+      const rate = await hey(server, kind, authorization, options.requests, options.concurrency);
+      const workerd = treeCpuSeconds(server.pid, "workerd") - workerdBefore;
+      const node = treeCpuSeconds(server.pid, "node") - nodeBefore;
+      results.run(target, kind.name, {
+        workerdUs: (workerd / options.requests) * 1e6,
+        nodeUs: (node / options.requests) * 1e6,
+        rate,
+      });
+      if (options.profile) {
+        progress(`${target.label}: ${kind.name}, profiled`);
+        const inspector = await inspectWorker(inspectorPort);
+        try {
+          await inspector.send("Profiler.enable");
+          await inspector.send("Profiler.setSamplingInterval", { interval: SAMPLING_INTERVAL_US });
+          await inspector.send("Profiler.start");
+          await hey(server, kind, authorization, options.requests, options.concurrency);
+          const { profile } = await inspector.send("Profiler.stop", {}, 120_000);
+          await inspector.send("Profiler.disable");
+          results.profile(target, kind.name, profile, sections, options.requests);
+        } finally {
+          inspector.close();
+        }
+      }
+      results.timing(target, `${kind.name} (warm)`, await checkedRequest(server, kind, authorization));
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
+function collector(targets) {
+  const runs = new Map(); // target label -> kind -> [{ workerdUs, nodeUs, rate }]
+  const timings = new Map(); // request -> target label -> Set of Server-Timing texts
+  const profiles = new Map(); // target label -> kind -> { self: Map, busy, requests }
+  const order = [];
+  return {
+    targets,
+    runs,
+    timings,
+    profiles,
+    timingOrder: order,
+    run(target, kind, figures) {
+      if (!runs.has(target.label)) runs.set(target.label, new Map());
+      const byKind = runs.get(target.label);
+      if (!byKind.has(kind)) byKind.set(kind, []);
+      byKind.get(kind).push(figures);
+    },
+    timing(target, name, text) {
+      if (!timings.has(name)) {
+        timings.set(name, new Map());
+        order.push(name);
+      }
+      const byTarget = timings.get(name);
+      if (!byTarget.has(target.label)) byTarget.set(target.label, new Set());
+      byTarget.get(target.label).add(text);
+    },
+    profile(target, kind, profile, sections, requests) {
+      if (!profiles.has(target.label)) profiles.set(target.label, new Map());
+      const byKind = profiles.get(target.label);
+      if (!byKind.has(kind)) byKind.set(kind, { self: new Map(), busy: 0, requests: 0 });
+      const entry = byKind.get(kind);
+      entry.busy += addSelfTimes(profile, sections, entry.self);
+      entry.requests += requests;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// The report.
+
+const median = (values) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+};
+
+function report(results, options, kinds) {
+  const { targets, runs } = results;
+  const lines = [];
+  lines.push(
+    `### workerd CPU per request (µs), requests/s; hey -n ${options.requests} -c ${options.concurrency} after ${options.warmup} warm-up requests, ${options.direct ? "to workerd's own port (--direct)" : "through the node front"}\n`,
+  );
+  const header = ["request", "round"];
+  for (const target of targets) header.push(`${target.label} µs`, `${target.label} req/s`, `${target.label} front µs`);
+  const rows = [];
+  for (const kind of kinds)
+    for (let round = 0; round < options.rounds; round++) {
+      const row = [kind, String(round + 1)];
+      for (const target of targets) {
+        const figures = runs.get(target.label)?.get(kind)?.[round];
+        row.push(
+          figures ? figures.workerdUs.toFixed(0) : "–",
+          figures ? figures.rate.toFixed(0) : "–",
+          figures ? figures.nodeUs.toFixed(0) : "–",
+        );
+      }
+      rows.push(row);
+    }
+  lines.push(markdownTable(header, rows));
+
+  lines.push(`\n### Median over ${options.rounds} round(s); ratio to ${targets[0].label}\n`);
+  const summaryHeader = ["request"];
+  for (const [index, target] of targets.entries()) {
+    summaryHeader.push(`${target.label} µs`, `${target.label} req/s`);
+    if (index > 0) summaryHeader.push(`${target.label} µs ÷ first`, `${target.label} req/s ÷ first`);
+  }
+  const summaryRows = kinds.map((kind) => {
+    const row = [kind];
+    const first = runs.get(targets[0].label)?.get(kind) ?? [];
+    const firstUs = median(first.map((figures) => figures.workerdUs));
+    const firstRate = median(first.map((figures) => figures.rate));
+    for (const [index, target] of targets.entries()) {
+      const all = runs.get(target.label)?.get(kind) ?? [];
+      const us = median(all.map((figures) => figures.workerdUs));
+      const rate = median(all.map((figures) => figures.rate));
+      row.push(us.toFixed(0), rate.toFixed(0));
+      if (index > 0) row.push((us / firstUs).toFixed(2), (rate / firstRate).toFixed(2));
+    }
+    return row;
+  });
+  lines.push(markdownTable(summaryHeader, summaryRows));
+
+  lines.push("\n### Server-Timing per request (storage calls: `desc` of each metric; every round's, if they differ)\n");
+  const timed = targets.filter((target) => target.timed);
+  const timingRows = results.timingOrder.map((name) => [
+    name,
+    ...timed.map((target) => [...(results.timings.get(name).get(target.label) ?? [])].join(" / ") || "–"),
+  ]);
+  lines.push(markdownTable(["request", ...timed.map((target) => target.label)], timingRows));
+  if (timed.length > 1) {
+    const differing = timingRows.filter((row) => new Set(row.slice(1)).size > 1);
+    lines.push(
+      differing.length === 0
+        ? `\nServer-Timing: identical for all ${timed.length} checkouts.`
+        : `\nServer-Timing differs for: ${differing.map((row) => row[0]).join("; ")}.`,
+    );
+  }
+
+  if (results.profiles.size > 0) {
+    lines.push(
+      `\n### Top self time in the Worker's isolate, µs per request (V8 sampling profiler every ${SAMPLING_INTERVAL_US} µs, idle left out, summed over rounds)\n`,
+    );
+    for (const kind of kinds) {
+      lines.push(`#### ${kind}\n`);
+      const header = [];
+      const columns = [];
+      for (const target of targets) {
+        const entry = results.profiles.get(target.label)?.get(kind);
+        if (!entry) continue;
+        header.push(`${target.label} (${((entry.busy / entry.requests) | 0).toString()} µs busy)`, "µs");
+        columns.push(
+          [...entry.self]
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, PROFILE_TOP)
+            .map(([name, us]) => [name, (us / entry.requests).toFixed(1)]),
+        );
+      }
+      const depth = Math.max(0, ...columns.map((column) => column.length));
+      const profileRows = Array.from({ length: depth }, (_, i) => columns.flatMap((column) => column[i] ?? ["", ""]));
+      lines.push(markdownTable(header, profileRows), "");
+    }
+  }
+  return lines.join("\n");
+}
+
+// ---------------------------------------------------------------------------------------
+
+const options = parseOptions();
+if (spawnSync("hey", ["-h"]).error) {
+  console.error("needs `hey` (Debian: apt-get install -y hey)");
+  process.exit(2);
+}
+
+const targets = [];
+try {
+  for (const dir of options.dirs) targets.push(edgeTarget(dir));
+  if (options.peer) targets.push(peerTarget(options.peer));
+} catch (error) {
+  console.error(error.message);
+  process.exit(2);
+}
+for (const [index, target] of targets.entries())
+  if (targets.findIndex((other) => other.label === target.label) !== index) target.label += ` #${index + 1}`;
+
+const facts = reportFacts([
+  `- hey ${commandLine("dpkg-query", ["-W", "-f=${Version}", "hey"]) || "?"}; targets: ${targets.map((target) => `${target.label} (${target.dir})`).join(", ")}`,
+]);
+const results = collector(targets);
+let kinds = [];
+let failed = false;
+try {
+  for (let round = 0; round < options.rounds; round++)
+    for (const target of targets) {
+      progress(`round ${round + 1}/${options.rounds}`);
+      await measureTarget(target, options, results);
+    }
+  kinds = [...(results.runs.get(targets[0].label)?.keys() ?? [])];
+} catch (error) {
+  console.error(error.stack ?? error.message);
+  failed = true;
+}
+if (!failed) {
+  const [one, five, fifteen] = loadavg().map((x) => x.toFixed(2));
+  console.log(
+    [
+      "## Request CPU, authentication on",
+      "",
+      ...facts,
+      `- load average at end ${one} ${five} ${fifteen}`,
+      "",
+      report(results, options, kinds),
+    ].join("\n"),
+  );
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,208 @@
+import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
+import bcrypt from "bcryptjs";
+import { afterEach, beforeAll, describe, expect, it } from "vitest";
+import worker from "../../src/index";
+import { RegistryError } from "../../src/oci/errors";
+import { changeHooks, type Change, type ChangeContext } from "../../src/registry/changes";
+import { MediaTypes, sha256, utf8 } from "./helpers";
+
+// The change seam (src/registry/changes.ts): every change a repository goes through is asked
+// of the policies before anything is written and told to the listeners once committed,
+// exactly once, with who made it. The collector's removals: gc-seam.test.ts; the mirror's
+// stores: mirror.test.ts.
+
+let authEnv: Env;
+
+beforeAll(() => {
+  authEnv = {
+    ...env,
+    AUTH_MODE: undefined,
+    AUTH_USERS: [`alice:${bcrypt.hashSync("alice-pw", 4)}`, `bob:${bcrypt.hashSync("bob-pw", 4)}`].join("\n"),
+    TOKEN_SECRET: "a test key of the registry, long and random in production",
+    AUTH_ACCESS: JSON.stringify([{ repositories: ["**"], users: ["*"], actions: ["pull", "push", "delete"] }]),
+  } as Env;
+});
+
+afterEach(() => {
+  changeHooks.listeners.length = 0;
+  changeHooks.policies.length = 0;
+});
+
+/** What a listener heard: each change with the actor and request id it came with. */
+function listen(): { heard: { change: Change; context: ChangeContext }[] } {
+  const log = { heard: [] as { change: Change; context: ChangeContext }[] };
+  changeHooks.listeners.push({ name: "test", changed: (change, context) => void log.heard.push({ change, context }) });
+  return log;
+}
+
+/** A request as `user` (Basic auth), through the Worker's fetch handler, with its background work done. */
+async function as(user: "alice" | "bob", path: string, init: RequestInit = {}): Promise<Response> {
+  const headers = new Headers(init.headers);
+  headers.set("Authorization", `Basic ${btoa(`${user}:${user}-pw`)}`);
+  headers.set("CF-Ray", `ray-${user}-${crypto.randomUUID().slice(0, 8)}`);
+  const ctx = createExecutionContext();
+  const response = await worker.fetch(
+    new Request(new URL(path, "http://registry.test"), { ...init, headers }),
+    authEnv,
+    ctx,
+  );
+  await waitOnExecutionContext(ctx);
+  return response;
+}
+
+async function upload(user: "alice" | "bob", name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = await sha256(bytes);
+  const response = await as(user, `/v2/${name}/blobs/uploads/?digest=${digest}`, { method: "POST", body: bytes });
+  expect(response.status).toBe(201);
+  return digest;
+}
+
+async function image(user: "alice" | "bob", name: string, tag: string, seed: string) {
+  const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed }));
+  const layer = utf8(`layer ${seed}`);
+  const configDigest = await upload(user, name, config);
+  const layerDigest = await upload(user, name, layer);
+  const bytes = utf8(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociManifest,
+      config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
+      layers: [{ mediaType: MediaTypes.ociLayer, digest: layerDigest, size: layer.byteLength }],
+    }),
+  );
+  const response = await as(user, `/v2/${name}/manifests/${tag}`, {
+    method: "PUT",
+    headers: { "Content-Type": MediaTypes.ociManifest },
+    body: bytes,
+  });
+  expect(response.status).toBe(201);
+  return { digest: await sha256(bytes), configDigest, layerDigest, size: bytes.byteLength };
+}
+
+function summary(heard: { change: Change; context: ChangeContext }[]) {
+  return heard.map(({ change, context }) => {
+    const described: Record<string, unknown> = { action: change.action, actor: context.actor.name };
+    if ("repository" in change) described.repository = change.repository;
+    if ("digest" in change) described.digest = change.digest.value;
+    if ("tag" in change && change.tag !== undefined) described.tag = change.tag;
+    if ("tags" in change) described.tags = change.tags;
+    if ("previous" in change) described.previous = change.previous.value;
+    if ("from" in change) described.from = change.from;
+    return described;
+  });
+}
+
+describe("the change seam", () => {
+  it("a push tells its blob commits and its manifest with its tag, once each, with the user and the request", async () => {
+    const log = listen();
+    const pushed = await image("alice", "seam/push", "v1", "push");
+    expect(summary(log.heard)).toEqual([
+      { action: "blob.commit", actor: "alice", repository: "seam/push", digest: pushed.configDigest },
+      { action: "blob.commit", actor: "alice", repository: "seam/push", digest: pushed.layerDigest },
+      { action: "manifest.put", actor: "alice", repository: "seam/push", digest: pushed.digest, tags: ["v1"] },
+    ]);
+    for (const { context } of log.heard) {
+      expect(context.actor).toEqual({ kind: "user", name: "alice" });
+      expect(context.requestId).toMatch(/^ray-alice-/);
+    }
+    // Three requests, three ids.
+    expect(new Set(log.heard.map(({ context }) => context.requestId)).size).toBe(3);
+  });
+
+  it("a mount, a tag move, a tag delete, a manifest delete and a blob unlink are told once each", async () => {
+    const first = await image("alice", "seam/source", "v1", "moves");
+    const log = listen();
+    const mounted = await as("bob", `/v2/seam/target/blobs/uploads/?mount=${first.layerDigest}&from=seam/source`, {
+      method: "POST",
+    });
+    expect(mounted.status).toBe(201);
+    const second = await image("bob", "seam/source", "v1", "moves again");
+    expect((await as("bob", "/v2/seam/source/manifests/v1", { method: "DELETE" })).status).toBe(202);
+    const tagged = await as("bob", `/v2/seam/source/manifests/keep`, {
+      method: "PUT",
+      headers: { "Content-Type": MediaTypes.ociManifest },
+      body: await (await as("bob", `/v2/seam/source/manifests/${first.digest}`)).arrayBuffer(),
+    });
+    expect(tagged.status).toBe(201);
+    expect((await as("bob", `/v2/seam/source/manifests/${first.digest}`, { method: "DELETE" })).status).toBe(202);
+    expect((await as("bob", `/v2/seam/target/blobs/${first.layerDigest}`, { method: "DELETE" })).status).toBe(202);
+    expect(summary(log.heard)).toEqual([
+      { action: "blob.mount", actor: "bob", repository: "seam/target", digest: first.layerDigest, from: "seam/source" },
+      { action: "blob.commit", actor: "bob", repository: "seam/source", digest: second.configDigest },
+      { action: "blob.commit", actor: "bob", repository: "seam/source", digest: second.layerDigest },
+      { action: "manifest.put", actor: "bob", repository: "seam/source", digest: second.digest, tags: ["v1"] },
+      {
+        action: "tag.move",
+        actor: "bob",
+        repository: "seam/source",
+        digest: second.digest,
+        tag: "v1",
+        previous: first.digest,
+      },
+      { action: "tag.delete", actor: "bob", repository: "seam/source", tag: "v1" },
+      { action: "manifest.put", actor: "bob", repository: "seam/source", digest: first.digest, tags: ["keep"] },
+      { action: "manifest.delete", actor: "bob", repository: "seam/source", digest: first.digest, tags: ["keep"] },
+      { action: "blob.unlink", actor: "bob", repository: "seam/target", digest: first.layerDigest },
+    ]);
+  });
+
+  it("a delete of nothing is no change: nobody is told", async () => {
+    const log = listen();
+    const missing = `sha256:${"0".repeat(64)}`;
+    expect((await as("alice", `/v2/seam/none/manifests/${missing}`, { method: "DELETE" })).status).toBe(404);
+    expect((await as("alice", "/v2/seam/none/manifests/nope", { method: "DELETE" })).status).toBe(404);
+    expect((await as("alice", `/v2/seam/none/blobs/${missing}`, { method: "DELETE" })).status).toBe(404);
+    expect(log.heard).toEqual([]);
+  });
+
+  it("a policy that refuses a change stops it before anything is written", async () => {
+    const first = await image("alice", "seam/guarded", "v1", "guarded");
+    const log = listen();
+    changeHooks.policies.push({
+      name: "no moving v1",
+      check: (change) => {
+        if (change.action === "tag.move" && change.tag === "v1") throw new RegistryError("DENIED", "v1 is immutable");
+      },
+    });
+    changeHooks.policies.push({
+      name: "no deleting",
+      check: (change) => {
+        if (change.action === "manifest.delete" || change.action === "tag.delete") {
+          throw new RegistryError("DENIED", "nothing is deleted here");
+        }
+      },
+    });
+    const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed: "refused" }));
+    const configDigest = await upload("alice", "seam/guarded", config);
+    const other = utf8(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: MediaTypes.ociManifest,
+        config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
+        layers: [],
+      }),
+    );
+    const refused = await as("alice", "/v2/seam/guarded/manifests/v1", {
+      method: "PUT",
+      headers: { "Content-Type": MediaTypes.ociManifest },
+      body: other,
+    });
+    expect(refused.status).toBe(403);
+    expect(await refused.text()).toMatch(/v1 is immutable/);
+    // Nothing of the refused push was written: the tag, and no revision of the other manifest.
+    const current = await as("alice", "/v2/seam/guarded/manifests/v1", { method: "HEAD" });
+    expect(current.headers.get("Docker-Content-Digest")).toBe(first.digest);
+    expect((await as("alice", `/v2/seam/guarded/manifests/${await sha256(other)}`, { method: "HEAD" })).status).toBe(
+      404,
+    );
+    expect((await env.BLOBS.list({ prefix: "repositories/seam/guarded/_manifests/revisions/" })).objects).toHaveLength(
+      1,
+    );
+    // Deletes refused, and the manifest still there.
+    expect((await as("alice", "/v2/seam/guarded/manifests/v1", { method: "DELETE" })).status).toBe(403);
+    expect((await as("alice", `/v2/seam/guarded/manifests/${first.digest}`, { method: "DELETE" })).status).toBe(403);
+    expect((await as("alice", "/v2/seam/guarded/manifests/v1", { method: "HEAD" })).status).toBe(200);
+    // Listeners heard the blob commit only: no refused change is told.
+    expect(summary(log.heard).map((entry) => entry.action)).toEqual(["blob.commit"]);
+  });
+});
