@@ -131,7 +131,7 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
     return next();
   }
   // The rules apply to what is read: containerd's `?ns=` can make a name a mirrored one,
-  // stored under another name (src/mirror/upstreams.ts); the token's grant is for the name asked.
+  // stored under another name (src/settings/upstreams.ts); the token's grant is for the name asked.
   const subject = nsSubject(c, need.resource);
   const allowed = permitted(policy, identity, need.resource, subject);
   if (need.actions.every((action) => allowed.has(action))) return next();

@@ -167,7 +167,7 @@ export function upstreamOfNs(mirrors: Mirrors, ns: string): Upstream | undefined
  * - with a default upstream, any other name (`library/alpine`, `alpine`).
  * Null: a repository of this registry's own. Throws NAME_INVALID when the name it would be
  * stored as breaks the grammar. (An `ns` naming no upstream is the caller's to refuse:
- * routes/mirror.ts.)
+ * mirror/mirrored-repository.ts.)
  */
 export function mirroredName(mirrors: Mirrors, name: string, ns?: string): MirroredName | null {
   if (mirrors.upstreams.length === 0) return null;

@@ -28,8 +28,8 @@ export function tailStart(upload: UploadState): number {
 
 /**
  * A new upload. Its part size is fixed for its life (every part but the last is that
- * size, as R2 multipart requires) and never under R2's minimum (config.ts clamps the
- * setting; this holds it for any caller).
+ * size, as R2 multipart requires) and never under R2's minimum (the settings refuse a
+ * smaller UPLOAD_PART_SIZE; this holds it for any caller).
  */
 export function freshUpload(event: {
   uploadId: string;
