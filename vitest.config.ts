@@ -1,5 +1,9 @@
-import { cloudflareTest } from "@cloudflare/vitest-pool-workers";
+import { cloudflareTest, readD1Migrations } from "@cloudflare/vitest-pool-workers";
 import { defineConfig } from "vitest/config";
+
+// The D1 tables (migrations/, as `npm run deploy` applies them), applied in each test
+// file's storage by test/unit/setup.ts.
+const migrations = await readD1Migrations("migrations");
 
 export default defineConfig({
   plugins: [
@@ -13,6 +17,7 @@ export default defineConfig({
       // Retention applies to gc-retention/**, gc-race/index/** and gc-seam/** only (test/unit/gc*.test.ts).
       miniflare: {
         bindings: {
+          TEST_MIGRATIONS: migrations,
           AUTH_MODE: "open",
           UPLOAD_PART_SIZE: String(5 * 1024 * 1024),
           RETENTION: JSON.stringify([
@@ -26,6 +31,7 @@ export default defineConfig({
   ],
   test: {
     include: ["test/unit/**/*.test.ts"],
+    setupFiles: ["test/unit/setup.ts"],
     // CI machines are slower than this one and shared: tests moving MiBs through the
     // local simulators must not fail on a loaded machine for taking 5 s.
     testTimeout: 30_000,

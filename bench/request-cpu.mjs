@@ -49,6 +49,11 @@
 // `// src/...` markers name. The counted runs of a profiled server have the inspector
 // listening (idle).
 //
+// --direct sends every request (token, push, hey) to workerd's own port instead of the
+// node front: no proxy hop, and no front secret on the requests, so a Worker that binds
+// LOCAL_FRONT_SECRET (npm start since 02c4812) skips its local-only check of it. The
+// difference to a run through the front is what npm start adds; neither is production.
+//
 // Markdown report on stdout, progress on stderr. Needs `hey` (Debian: apt-get install
 // hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
 // servers and temp dirs are removed at the end (BENCH_KEEP_TMP=1 keeps the dirs).

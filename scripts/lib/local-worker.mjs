@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { Log, LogLevel, Miniflare } from "miniflare";
+import { applyMigrations } from "./d1-migrations.mjs";
 
 const CONFIG = "wrangler.toml";
 
@@ -114,6 +115,8 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     logRequests: !quiet,
   });
   await miniflare.ready;
+  // The audit log's and the deliveries' tables (D1), as `npm run deploy` migrates them.
+  await applyMigrations(await miniflare.getD1Database("AUDIT"));
   // Miniflare's own signal handling may end the process before an async stop finishes:
   // remove the bundle on exit, synchronously, however the process ends.
   const removeBundle = () => rmSync(bundleDir, { recursive: true, force: true });

@@ -144,7 +144,7 @@ export class GarbageCollector extends DurableObject<Env> {
       state,
       tables: this.tables,
       inventory: new Inventory(storage),
-      store: new CollectorStore(storage, collectorSeam(), collectorContext(state.id)),
+      store: new CollectorStore(storage, collectorSeam(this.env), collectorContext(state.id)),
       env: this.env,
     };
     try {

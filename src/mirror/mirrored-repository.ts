@@ -141,7 +141,7 @@ export const mirrorResolver: RepositoryResolver = {
     const context = options.context ?? SYSTEM_CONTEXT;
     return new MirroredRepository(
       repositoryParts(env, mirrored.local, edge),
-      changeSeamOf(),
+      changeSeamOf(env),
       context,
       new Mirror(env, mirrored, edge, context),
       name,

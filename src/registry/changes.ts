@@ -147,12 +147,43 @@ export const changeHooks: { policies: ChangePolicy[]; listeners: ChangeListener[
 
 const IDLE_SEAM = new ChangeSeam();
 
+/** What a layer above the registry adds to the seam for an environment: policies and listeners. */
+export interface SeamExtension {
+  readonly name: string;
+  policies?(env: Env): readonly ChangePolicy[];
+  listeners?(env: Env): readonly ChangeListener[];
+}
+
+const extensions: SeamExtension[] = [];
+
 /**
- * The policies and listeners every change is checked by and told to: those the settings
- * configure, then any a test registered (changeHooks). Idle (none) by default. The one
- * place a seam is built: the repository API and the collector both take theirs from here.
+ * Registers the policies and listeners of a layer above the registry (events, audit,
+ * quotas, immutable tags): the composition root (app.ts) does, so the registry imports
+ * none of them. Each builds what its settings ask for (none: nothing is added).
  */
-export function changeSeamOf(): ChangeSeam {
-  if (changeHooks.policies.length === 0 && changeHooks.listeners.length === 0) return IDLE_SEAM;
-  return new ChangeSeam([...changeHooks.policies], [...changeHooks.listeners]);
+export function addSeamExtension(extension: SeamExtension): void {
+  if (!extensions.some((known) => known.name === extension.name)) extensions.push(extension);
+}
+
+/** The seam each environment object gets, built once (the Worker's env is one object per isolate). */
+const seams = new WeakMap<object, ChangeSeam>();
+
+/**
+ * The policies and listeners every change is checked by and told to: those the registered
+ * extensions build from the settings, then any a test registered (changeHooks). Idle (none)
+ * by default. The one place a seam is built: the repository API, the upload engine and the
+ * collector all take theirs from here.
+ */
+export function changeSeamOf(env: Env): ChangeSeam {
+  const hooked = changeHooks.policies.length > 0 || changeHooks.listeners.length > 0;
+  const known = hooked ? undefined : seams.get(env);
+  if (known) return known;
+  const policies = extensions.flatMap((extension) => extension.policies?.(env) ?? []);
+  const listeners = extensions.flatMap((extension) => extension.listeners?.(env) ?? []);
+  const seam =
+    policies.length === 0 && listeners.length === 0 && !hooked
+      ? IDLE_SEAM
+      : new ChangeSeam([...policies, ...changeHooks.policies], [...listeners, ...changeHooks.listeners]);
+  if (!hooked) seams.set(env, seam);
+  return seam;
 }

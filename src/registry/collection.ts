@@ -30,8 +30,8 @@ export interface Listed {
 }
 
 /** The seam a run's removals go through: the same policies and listeners as every change (changeSeamOf). */
-export function collectorSeam(): ChangeSeam {
-  return changeSeamOf();
+export function collectorSeam(env: Env): ChangeSeam {
+  return changeSeamOf(env);
 }
 
 /** The collector as an actor: `requestId` is the run's id. */

@@ -55,7 +55,7 @@ export function repositoryParts(env: Env, name: string, edge: EdgeCache = EdgeCa
 /** One repository over the Worker's bindings, its changes going through the change seam. */
 export function openRepository(env: Env, name: string, options: OpenOptions = {}): Repository {
   const parts = repositoryParts(env, name, options.edge);
-  return new Repository(name, parts, changeSeamOf(), options.context ?? SYSTEM_CONTEXT);
+  return new Repository(name, parts, changeSeamOf(env), options.context ?? SYSTEM_CONTEXT);
 }
 
 /** How a requested name is resolved (routes/http.ts repositoryOf). */

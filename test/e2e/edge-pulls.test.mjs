@@ -29,9 +29,14 @@ const REPOSITORY = "edge/app";
 /** The reference clients pull. */
 const reference = () => `${registry.clientHost}/${REPOSITORY}:v1`;
 
-/** What a pull asked of the registry, from the access log since `mark`. */
-function requestsSince(mark) {
-  const entries = registry.accessLog.since(mark).filter((entry) => entry.path.startsWith(`/v2/${REPOSITORY}/`));
+/**
+ * What a pull asked of the registry, from the access log since `mark`, once it settled (a
+ * client's last answer is logged after the client got it: on a loaded machine, after it exited).
+ */
+async function requestsSince(mark) {
+  const entries = (await registry.accessLog.settledSince(mark)).filter((entry) =>
+    entry.path.startsWith(`/v2/${REPOSITORY}/`),
+  );
   const blobGets = entries.filter((entry) => entry.method === "GET" && entry.path.includes("/blobs/sha256:"));
   const manifestsByDigest = entries.filter((entry) => /\/manifests\/sha256:/.test(entry.path));
   const manifestsByTag = entries.filter((entry) => /\/manifests\/(?!sha256:)/.test(entry.path));
@@ -99,7 +104,7 @@ describe("pulls from the edge", { timeout: 600_000 }, () => {
     const mark = registry.accessLog.mark();
     await pull(join(work, "skopeo-second"));
     // The config and three layers.
-    assertWarm(requestsSince(mark), 4);
+    assertWarm(await requestsSince(mark), 4);
   });
 
   it("podman: the second pull (after removing the image) reads nothing by digest from R2", async () => {
@@ -108,7 +113,7 @@ describe("pulls from the edge", { timeout: 600_000 }, () => {
     await clients.podman("rmi", "--all", "--force");
     const mark = registry.accessLog.mark();
     await pull();
-    assertWarm(requestsSince(mark), 4);
+    assertWarm(await requestsSince(mark), 4);
   });
 
   it("containerd: a second pull into another namespace reads nothing by digest from R2", async (context) => {
@@ -126,7 +131,7 @@ describe("pulls from the edge", { timeout: 600_000 }, () => {
       await containerd.ctr("--namespace", "first", "content", "prune", "references").catch(() => undefined);
       const mark = registry.accessLog.mark();
       await pull("second");
-      assertWarm(requestsSince(mark), 4);
+      assertWarm(await requestsSince(mark), 4);
     } finally {
       await containerd.stop();
     }
