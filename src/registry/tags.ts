@@ -196,6 +196,25 @@ export class Tags {
   }
 
   /**
+   * The tag objects with their custom metadata, page by page, at most `maxPages` pages;
+   * `truncated` on a page: more follow.
+   */
+  private async *listingPages(maxPages: number): AsyncGenerator<{ objects: R2Object[]; truncated: boolean }> {
+    let cursor: string | undefined;
+    for (let page = 0; page < maxPages; page++) {
+      const listing = await this.bucket.list({
+        prefix: Paths.tagPrefix(this.name),
+        limit: R2_LIST_MAX,
+        include: ["customMetadata"],
+        ...(cursor ? { cursor } : {}),
+      });
+      yield { objects: listing.objects, truncated: listing.truncated };
+      if (!listing.truncated) return;
+      cursor = listing.cursor;
+    }
+  }
+
+  /**
    * The tags, newest first (by when each was last written), from listings alone: each tag
    * object's custom metadata holds its digest and summary (tags written before summaries
    * existed have none). At most TAGS_SORTED_MAX are sorted (10 to 100 listing pages, as R2
@@ -204,14 +223,7 @@ export class Tags {
   async listWithSummaries(): Promise<TagListing> {
     const prefix = Paths.tagPrefix(this.name);
     const rows: TagRow[] = [];
-    let cursor: string | undefined;
-    for (;;) {
-      const page = await this.bucket.list({
-        prefix,
-        limit: R2_LIST_MAX,
-        include: ["customMetadata"],
-        ...(cursor ? { cursor } : {}),
-      });
+    for await (const page of this.listingPages(Number.MAX_SAFE_INTEGER)) {
       for (const object of page.objects) {
         const row: TagRow = {
           tag: object.key.slice(prefix.length),
@@ -222,9 +234,7 @@ export class Tags {
         if (summary) row.summary = summary;
         rows.push(row);
       }
-      if (!page.truncated) break;
-      if (rows.length >= TAGS_SORTED_MAX) return { rows, truncated: true };
-      cursor = page.cursor;
+      if (page.truncated && rows.length >= TAGS_SORTED_MAX) return { rows, truncated: true };
     }
     rows.sort((a, b) => b.pushedAt.getTime() - a.pushedAt.getTime() || a.tag.localeCompare(b.tag));
     return { rows, truncated: false };
@@ -237,21 +247,13 @@ export class Tags {
   async naming(digest: string, limit: number, maxPages: number): Promise<{ tags: string[]; more: boolean }> {
     const prefix = Paths.tagPrefix(this.name);
     const tags: string[] = [];
-    let cursor: string | undefined;
-    for (let page = 0; page < maxPages; page++) {
-      const listing = await this.bucket.list({
-        prefix,
-        limit: R2_LIST_MAX,
-        include: ["customMetadata"],
-        ...(cursor ? { cursor } : {}),
-      });
-      for (const object of listing.objects) {
+    for await (const page of this.listingPages(maxPages)) {
+      for (const object of page.objects) {
         if (object.customMetadata?.digest !== digest) continue;
         if (tags.length === limit) return { tags, more: true };
         tags.push(object.key.slice(prefix.length));
       }
-      if (!listing.truncated) return { tags, more: false };
-      cursor = listing.cursor;
+      if (!page.truncated) return { tags, more: false };
     }
     return { tags, more: true };
   }
