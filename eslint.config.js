@@ -48,7 +48,14 @@ const storageInternals = [
 ].map((name) => `./src/registry/${name}.ts`);
 const routeZones = ["src/routes", "src/ui"].map((layer) => ({
   target: `./${layer}`,
-  from: [...storageInternals, "./src/mirror", "./src/gc/run-tables.ts", "./src/gc/sweep.ts"],
+  from: [
+    ...storageInternals,
+    "./src/mirror",
+    "./src/gc/run-tables.ts",
+    "./src/gc/sweep.ts",
+    // The audit log's table: routes and pages use src/audit/audit.ts.
+    "./src/audit/audit-log.ts",
+  ],
   message:
     "routes and pages use the repository API (src/registry/registry.ts, repository.ts), never storage or the mirror",
 }));

@@ -15,10 +15,7 @@
 // collected by starting the Worker on it; do not point --state at the state of a
 // registry that is running: use --url for that.
 // Exit status: 0 when the run finished, 1 when it failed, 2 when it could not be run.
-import { randomUUID } from "node:crypto";
-import { existsSync } from "node:fs";
-import { resolve } from "node:path";
-import { startLocalWorker } from "./lib/local-worker.mjs";
+import { adminConnection } from "./lib/admin-connection.mjs";
 
 const args = process.argv.slice(2);
 function option(name) {
@@ -38,36 +35,6 @@ const query = new URLSearchParams();
 if (dryRun) query.set("dry-run", "1");
 if (grace !== undefined) query.set("grace", grace);
 
-/** How the registry is reached: `call(method, path)` → { status, body }. */
-async function connect() {
-  const url = option("--url");
-  if (url) {
-    const token = process.env.ADMIN_TOKEN;
-    if (!token) fail("set ADMIN_TOKEN to the registry's admin token (the ADMIN_TOKEN Worker secret)");
-    const call = async (method, path) => {
-      const response = await fetch(new URL(path, url), { method, headers: { Authorization: `Bearer ${token}` } });
-      return { status: response.status, body: await response.text() };
-    };
-    return { call, stop: async () => undefined };
-  }
-  const stateDir = resolve(option("--state") ?? ".wrangler/state");
-  if (!existsSync(stateDir)) fail(`no state at ${stateDir}`);
-  const token = randomUUID();
-  const { miniflare, stop } = await startLocalWorker({
-    persistTo: stateDir,
-    quiet: true,
-    bindings: { ADMIN_TOKEN: token },
-  });
-  const call = async (method, path) => {
-    const response = await miniflare.dispatchFetch(new URL(path, "http://gc.local").toString(), {
-      method,
-      headers: { Authorization: `Bearer ${token}` },
-    });
-    return { status: response.status, body: await response.text() };
-  };
-  return { call, stop };
-}
-
 const tty = process.stderr.isTTY && !json;
 
 function progress(run) {
@@ -85,7 +52,7 @@ function mib(bytes) {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
-const { call, stop } = await connect();
+const { call, stop } = await adminConnection({ url: option("--url"), state: option("--state"), fail });
 let report;
 try {
   const started = await call("POST", `/_admin/gc?${query}`);

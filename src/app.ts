@@ -1,10 +1,13 @@
 import { Hono, type MiddlewareHandler } from "hono";
+import { auditExtension } from "./audit/audit";
 import { authorize } from "./auth/authorize";
 import { RegistryError } from "./oci/errors";
 import { mirrorResolver } from "./mirror/mirrored-repository";
 import { Meter, runMetered } from "./registry/meter";
+import { addSeamExtension } from "./registry/changes";
 import { addRepositoryResolver } from "./registry/registry";
 import { adminRoutes } from "./routes/admin";
+import { adminAuditRoutes } from "./routes/admin-audit";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
@@ -17,6 +20,8 @@ import { uiRoutes } from "./ui/routes";
 // The composition root: layers above the registry that serve some names with a
 // repository of their own register here (the mirror decorates mirrored names).
 addRepositoryResolver(mirrorResolver);
+// The audit log hears every committed change (src/audit).
+addSeamExtension(auditExtension);
 
 export const app = new Hono<AppEnv>();
 
@@ -57,6 +62,7 @@ v2.route("/", manifestRoutes);
 v2.route("/", referrerRoutes);
 app.route("/v2", v2);
 app.route("/_admin", adminRoutes);
+app.route("/_admin", adminAuditRoutes);
 // The web pages (src/ui): after the API's routes, at the paths they leave free.
 app.route("/", uiRoutes);
 app.route("/token", tokenRoutes);

@@ -1,4 +1,5 @@
 import { app } from "./app";
+import { pruneAudit } from "./audit/audit";
 import { withVerifiedClientAddress } from "./auth/client-address";
 import { collectorOf } from "./gc/collector";
 import { revokedSessionsOf } from "./registry/registry";
@@ -13,10 +14,12 @@ export default {
     app.fetch(withVerifiedClientAddress(request, env), env, ctx),
   /**
    * The Cron Trigger (wrangler.toml [triggers]): starts a garbage collection run unless one
-   * is running, and drops the records of revoked web sessions that have expired anyway.
+   * is running, drops the records of revoked web sessions that have expired anyway, and
+   * the audit log's rows older than AUDIT_RETENTION_DAYS.
    */
   async scheduled(_controller, env, ctx) {
     ctx.waitUntil(collectorOf(env).start({ trigger: "cron" }));
     ctx.waitUntil(revokedSessionsOf(env).prune(Math.floor(Date.now() / 1000)));
+    ctx.waitUntil(pruneAudit(env));
   },
 } satisfies ExportedHandler<Env>;

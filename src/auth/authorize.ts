@@ -73,7 +73,7 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants };
   }
   const credentials = basicCredentials(header);
-  if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password))) {
+  if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password, "basic"))) {
     throw unauthorized(c, "incorrect username or password", scope);
   }
   return { kind: "user", user: credentials.user };

@@ -1,4 +1,5 @@
 import type { Context } from "hono";
+import { recordLogin, type LoginVia } from "../audit/audit";
 import { RegistryError, unavailable } from "../oci/errors";
 import { settingsOf } from "../settings/settings";
 import { metered } from "../registry/meter";
@@ -105,24 +106,49 @@ async function judge(c: Context<AuthEnv>, key: string, correct: boolean, setting
  * refused by its address does not clear the user's failures). A lock known in this
  * isolate refuses at once, before the memory of successful logins is consulted: a
  * remembered password must not tell a guesser "right" while the user is locked.
+ *
+ * The outcome goes to the audit log (`via`: where the password came): every failure, the
+ * limiters' refusals included, and every success but Basic auth's on /v2, which a client
+ * may send with each request (its changes name the user anyway). A refusal by a lock known
+ * in this isolate is not recorded: it costs nothing, and hammering a locked key must not
+ * cost a D1 write each time either.
  */
 export async function verifyLogin(
   c: Context<AuthEnv>,
   policy: Policy,
   user: string,
   password: string,
+  via: LoginVia,
 ): Promise<boolean> {
   const address = `address:${clientAddress(c.req.header("CF-Connecting-IP"))}`;
   const name = `user:${user}`;
   const locked = knownLock([address, name]);
   if (locked > 0) throw tooManyFailures(locked);
-  if (await isRemembered(policy, user, password)) return true;
+  const record = (success: boolean, reason?: "password" | "locked") => {
+    if (success && via === "basic") return;
+    recordLogin(c.env, {
+      user,
+      success,
+      via,
+      ...(reason ? { reason } : {}),
+      address: c.req.header("CF-Connecting-IP"),
+      userAgent: c.req.header("User-Agent"),
+      requestId: c.req.header("CF-Ray"),
+    });
+  };
+  if (await isRemembered(policy, user, password)) {
+    record(true);
+    return true;
+  }
   const correct = await checkPassword(policy, user, password);
   const settings = lockoutSettings(c.env);
   const addressWait = await judge(c, address, correct, { ...settings, maxFailures: settings.maxFailuresPerAddress });
-  if (addressWait > 0) throw tooManyFailures(addressWait);
-  const nameWait = await judge(c, name, correct, settings);
-  if (nameWait > 0) throw tooManyFailures(nameWait);
+  const nameWait = addressWait > 0 ? 0 : await judge(c, name, correct, settings);
+  if (addressWait > 0 || nameWait > 0) {
+    record(false, "locked");
+    throw tooManyFailures(Math.max(addressWait, nameWait));
+  }
   if (correct) await remember(policy, user, password);
+  record(correct, correct ? undefined : "password");
   return correct;
 }

@@ -87,7 +87,7 @@ tokenRoutes.get("/", async (c) => {
   if (c.req.header("Authorization") && !credentials) throw badCredentials();
   let user: string | null = null;
   if (credentials) {
-    if (!(await verifyLogin(c, policy, credentials.user, credentials.password))) throw badCredentials();
+    if (!(await verifyLogin(c, policy, credentials.user, credentials.password, "token"))) throw badCredentials();
     user = credentials.user;
   }
   const offline = c.req.query("offline_token") === "true";
@@ -143,7 +143,7 @@ tokenRoutes.post("/", async (c) => {
   const grantType = field("grant_type");
   if (grantType === "password") {
     const user = field("username") ?? "";
-    if (!(await verifyLogin(c, policy, user, field("password") ?? ""))) throw badCredentials();
+    if (!(await verifyLogin(c, policy, user, field("password") ?? "", "token"))) throw badCredentials();
     const refresh = field("access_type") === "offline" ? await refreshTokenFor(c, policy, user) : null;
     return answer(c, user, scopes, refresh);
   }

@@ -63,6 +63,8 @@ export interface Settings {
   blobRedirect: BlobRedirectSettings | null;
   gc: { graceSeconds: number; retention: CompiledRule[] };
   mirrors: Mirrors;
+  /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
+  audit: { retentionDays: number };
 }
 
 export interface TokenSettingsBase {
@@ -146,6 +148,7 @@ export const SETTING_NAMES = [
   "RETENTION",
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
+  "AUDIT_RETENTION_DAYS",
 ] as const;
 
 function parseBlobRedirect(env: Env): BlobRedirectSettings | null {
@@ -230,6 +233,7 @@ export function parseSettings(env: Env): Settings {
     },
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
+    audit: { retentionDays: integer("AUDIT_RETENTION_DAYS", env.AUDIT_RETENTION_DAYS, 90, { min: 1, max: 36_500 }) },
   };
 }
 

@@ -1,6 +1,7 @@
 /** @jsxImportSource hono/jsx */
 import type { Child, FC } from "hono/jsx";
 import { raw } from "hono/html";
+import type { RegistryEvent } from "../events/event";
 import type { Descriptor } from "../oci/manifest";
 import type { TagRow } from "../registry/registry";
 import type { ImageDetails } from "./data";
@@ -160,7 +161,9 @@ export const RepositoryPage: FC<{
   total: number;
   canDelete: boolean;
   truncated: boolean;
-}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated }) => (
+  /** The repository's latest audit rows; null: the audit log could not be read. */
+  activity: RegistryEvent[] | null;
+}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated, activity }) => (
   <Layout chrome={chrome}>
     <h1>{name}</h1>
     <p class="muted">
@@ -218,7 +221,51 @@ export const RepositoryPage: FC<{
         {page < pages ? <a href={`${repositoryPath(name)}?page=${page + 1}`}>Older</a> : null}
       </nav>
     ) : null}
+    <Activity events={activity} />
   </Layout>
+);
+
+/** Who did what to a repository lately, from the audit log (src/audit), newest first. */
+const Activity: FC<{ events: RegistryEvent[] | null }> = ({ events }) => (
+  <section class="activity">
+    <h2>Recent activity</h2>
+    {events === null ? (
+      <p class="muted">The activity cannot be read just now.</p>
+    ) : events.length === 0 ? (
+      <p class="muted">Nothing recorded.</p>
+    ) : (
+      <table class="activity">
+        <thead>
+          <tr>
+            <th>When</th>
+            <th>Who</th>
+            <th>What</th>
+            <th>Tags</th>
+            <th class="optional">Digest</th>
+          </tr>
+        </thead>
+        <tbody>
+          {events.map((event) => (
+            <tr data-action={event.action}>
+              <td>
+                <time datetime={new Date(event.time).toISOString()}>
+                  {new Date(event.time).toISOString().replace("T", " ").slice(0, 19)}
+                </time>
+              </td>
+              <td class="actor">{event.actor.name === "" ? event.actor.kind : event.actor.name}</td>
+              <td>
+                <code>{event.action}</code>
+              </td>
+              <td class="tags">{event.tags?.join(", ") ?? ""}</td>
+              <td class="optional">
+                <code title={event.digest}>{event.digest ? shortDigest(event.digest) : ""}</code>
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    )}
+  </section>
 );
 
 const Annotations: FC<{ annotations?: Record<string, string> | undefined }> = ({ annotations }) =>

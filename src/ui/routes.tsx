@@ -1,5 +1,6 @@
 /** @jsxImportSource hono/jsx */
 import { Hono, type Context } from "hono";
+import { recentActivity } from "../audit/audit";
 import { digestOrNull, parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import { validateName, validateTag } from "../oci/names";
@@ -49,6 +50,8 @@ async function readForm(c: UiContext): Promise<URLSearchParams> {
 const TAGS_PER_PAGE = 100;
 /** Repositories per catalog page. */
 const REPOSITORIES_PER_PAGE = 100;
+/** Audit rows a repository page shows (one D1 query). */
+const ACTIVITY_SHOWN = 20;
 
 function chrome(viewer: Viewer, title: string): Chrome {
   return { title: `${title} · edge-registry`, user: viewer.user, canLogIn: viewer.canLogIn, csrf: viewer.csrf };
@@ -235,7 +238,11 @@ uiRoutes.post("/repositories/:name{.+}/-/delete", (c) =>
 uiRoutes.get("/repositories/:name{.+}", (c) =>
   render(c, async (viewer) => {
     const { name, repository } = visibleRepository(c, viewer);
-    const [exists, { rows, truncated }] = await Promise.all([repository.exists(), repository.listTagSummaries()]);
+    const [exists, { rows, truncated }, activity] = await Promise.all([
+      repository.exists(),
+      repository.listTagSummaries(),
+      recentActivity(c.env, name, ACTIVITY_SHOWN),
+    ]);
     if (!exists) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
     const pages = Math.max(1, Math.ceil(rows.length / TAGS_PER_PAGE));
     const requested = Number(c.req.query("page") ?? "1");
@@ -253,6 +260,7 @@ uiRoutes.get("/repositories/:name{.+}", (c) =>
         total={rows.length}
         canDelete={mayDelete(c, viewer, name)}
         truncated={truncated}
+        activity={activity}
       />,
     );
   }),

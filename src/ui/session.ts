@@ -116,7 +116,7 @@ export function checkForm(c: UiContext, viewer: Viewer, form: URLSearchParams): 
 /** Checks a login; sets the session cookie and returns true, or returns false. */
 export async function logIn(c: UiContext, user: string, password: string): Promise<boolean> {
   const policy = loadPolicy(c.env);
-  if (policy.mode !== "enforced" || !(await verifyLogin(authContext(c), policy, user, password))) return false;
+  if (policy.mode !== "enforced" || !(await verifyLogin(authContext(c), policy, user, password, "web"))) return false;
   const token = await issueRefreshToken(await tokenSettings(authContext(c)), user, policy.users.get(user) ?? "", {
     use: "session",
     ttlSeconds: SESSION_TTL_SECONDS,

@@ -1,0 +1,44 @@
+// How the operator commands (npm run gc, npm run audit) reach the registry's /_admin
+// endpoints: a running registry by its URL, with the ADMIN_TOKEN environment variable as
+// the bearer token; or the local state (.wrangler/state, or another directory) by starting
+// the Worker on it with a one-off admin token. Do not point the latter at the state of a
+// registry that is running: use its URL.
+import { randomUUID } from "node:crypto";
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { startLocalWorker } from "./local-worker.mjs";
+
+/**
+ * `url`: the running registry's, or undefined for the local state in `state` (default
+ * .wrangler/state). `fail(message)` reports what is missing and exits. Returns { call(method,
+ * path) → { status, body }, stop() }.
+ */
+export async function adminConnection({ url, state, fail }) {
+  if (url) {
+    const token = process.env.ADMIN_TOKEN;
+    if (!token) fail("set ADMIN_TOKEN to the registry's admin token (the ADMIN_TOKEN Worker secret)");
+    const call = async (method, path) => {
+      const response = await fetch(new URL(path, url), { method, headers: { Authorization: `Bearer ${token}` } });
+      return { status: response.status, body: await response.text() };
+    };
+    return { call, stop: async () => undefined };
+  }
+  const stateDir = resolve(state ?? ".wrangler/state");
+  if (!existsSync(stateDir)) fail(`no state at ${stateDir}`);
+  // The Worker's bundle imports build/sha256.wasm (what `npm run build:wasm` writes; silent).
+  await import("../build-wasm.mjs");
+  const token = randomUUID();
+  const { miniflare, stop } = await startLocalWorker({
+    persistTo: stateDir,
+    quiet: true,
+    bindings: { ADMIN_TOKEN: token },
+  });
+  const call = async (method, path) => {
+    const response = await miniflare.dispatchFetch(new URL(path, "http://admin.local").toString(), {
+      method,
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    return { status: response.status, body: await response.text() };
+  };
+  return { call, stop };
+}
