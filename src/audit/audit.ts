@@ -104,7 +104,13 @@ function writerOf(env: Env): AuditWriter | null {
 export const auditExtension: SeamExtension = {
   name: "audit",
   listeners: (env): ChangeListener[] => [
-    { name: "audit", changed: (change, context) => writerOf(env)?.record(eventOf(change, context)) },
+    {
+      name: "audit",
+      // A push's manifest.put names the tags it set: who moved a tag, and when, is in the
+      // log without the read of each tag a `tag.move` costs.
+      wants: (action) => action !== "tag.move",
+      changed: (change, context) => writerOf(env)?.record(eventOf(change, context)),
+    },
   ],
 };
 

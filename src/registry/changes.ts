@@ -93,6 +93,11 @@ export interface ChangePolicy {
  */
 export interface ChangeListener {
   readonly name: string;
+  /**
+   * Which changes it wants told (absent: all). A change nobody wants is not described at
+   * all where describing it costs something (a `tag.move` costs a read of each tag).
+   */
+  wants?(action: ChangeAction): boolean;
   changed(change: Change, context: ChangeContext): void | Promise<void>;
 }
 
@@ -108,14 +113,20 @@ export class ChangeSeam {
     return this.policies.length === 0 && this.listeners.length === 0;
   }
 
+  /** Whether a policy judges, or a listener wants told, changes of `action` (policies judge every change). */
+  wants(action: ChangeAction): boolean {
+    return this.policies.length > 0 || this.listeners.some((listener) => listener.wants?.(action) ?? true);
+  }
+
   /** Asks every policy, in order; the first refusal stops the change. */
   async check(change: Change, context: ChangeContext): Promise<void> {
     for (const policy of this.policies) await policy.check(change, context);
   }
 
-  /** Tells every listener of a committed change. */
+  /** Tells every listener (that wants it) of a committed change. */
   async committed(change: Change, context: ChangeContext): Promise<void> {
     for (const listener of this.listeners) {
+      if (listener.wants && !listener.wants(change.action)) continue;
       try {
         await listener.changed(change, context);
       } catch (error) {

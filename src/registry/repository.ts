@@ -276,9 +276,10 @@ export class Repository {
             tags,
             ...(manifest.subject ? { subject: manifest.subject.digest } : {}),
           } as const);
-    // A tag that named another manifest moves: told as such, when anyone listens.
+    // A tag that named another manifest moves: told as such, when anyone wants to know
+    // (it costs a read of each tag the push sets).
     const moves: Change[] = [];
-    if (!this.seam.idle) {
+    if (this.seam.wants("tag.move")) {
       const previous = await Promise.all(tags.map((tag) => this.parts.tags.resolve(tag)));
       tags.forEach((tag, index) => {
         const before = previous[index]?.digest;

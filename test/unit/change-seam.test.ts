@@ -146,6 +146,41 @@ describe("the change seam", () => {
     ]);
   });
 
+  it("a push costs what it did unless someone wants tag moves: only then is each tag read first", async () => {
+    await image("alice", "seam/cost", "v1", "cost one");
+    const r2Calls = async (seed: string) => {
+      const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed }));
+      const configDigest = await upload("alice", "seam/cost", config);
+      const response = await as("alice", "/v2/seam/cost/manifests/v1", {
+        method: "PUT",
+        headers: { "Content-Type": MediaTypes.ociManifest },
+        body: utf8(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: MediaTypes.ociManifest,
+            config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
+            layers: [],
+          }),
+        ),
+      });
+      expect(response.status).toBe(201);
+      return Number(/r2;dur=[\d.]+;desc="(\d+)"/.exec(response.headers.get("Server-Timing") ?? "")?.[1]);
+    };
+    const idle = await r2Calls("idle");
+    const heard: string[] = [];
+    changeHooks.listeners.push({
+      name: "no moves",
+      wants: (action) => action !== "tag.move",
+      changed: (change) => void heard.push(change.action),
+    });
+    expect(await r2Calls("not moves")).toBe(idle);
+    expect(heard).toEqual(["blob.commit", "manifest.put"]);
+    changeHooks.listeners.push({ name: "moves", wants: (action) => action === "tag.move", changed: () => undefined });
+    expect(await r2Calls("moves")).toBe(idle + 1);
+    // The first listener is still not told of what it does not want.
+    expect(heard.filter((action) => action === "tag.move")).toEqual([]);
+  });
+
   it("a delete of nothing is no change: nobody is told", async () => {
     const log = listen();
     const missing = `sha256:${"0".repeat(64)}`;
