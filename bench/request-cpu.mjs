@@ -50,9 +50,13 @@
 // listening (idle).
 //
 // --direct sends every request (token, push, hey) to workerd's own port instead of the
-// node front: no proxy hop, and no front secret on the requests, so a Worker that binds
-// LOCAL_FRONT_SECRET (npm start since 02c4812) skips its local-only check of it. The
-// difference to a run through the front is what npm start adds; neither is production.
+// node front: no proxy hop (the front's node process competes for the same cores). It
+// does not skip a Worker's local-only check of the front's secret (LOCAL_FRONT_SECRET,
+// since 02c4812): Miniflare's entry worker sets CF-Connecting-IP on every request, so
+// the Worker still rebuilds each request, without the address.
+//
+// --only KINDS measures a subset (head-manifest, get-manifest, head-blob, tags-list): more
+// and shorter rounds of one kind alternate the targets more finely on a noisy machine.
 //
 // Markdown report on stdout, progress on stderr. Needs `hey` (Debian: apt-get install
 // hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
@@ -104,6 +108,8 @@ const HEY_REQUEST_TIMEOUT_S = 30;
 /** Profiler sampling interval, µs (V8's default is 1000). */
 const SAMPLING_INTERVAL_US = 200;
 const PROFILE_TOP = 15;
+/** The request kinds, as --only names them (requestKinds below, in this order). */
+const KIND_KEYS = ["head-manifest", "get-manifest", "head-blob", "tags-list"];
 /** Settings in this process's environment that scripts/dev.mjs would pass on to the Worker and the bench does not want. */
 const IGNORED_SETTINGS = new Set([
   "AUTH_ACCESS",
@@ -116,7 +122,7 @@ const IGNORED_SETTINGS = new Set([
 
 function usage() {
   return [
-    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct]",
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct] [--only KINDS]",
     "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
     "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
     "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
@@ -127,8 +133,21 @@ function usage() {
     "  --warmup N       requests per kind before the counted ones (default 200)",
     "  --profile        per round, target and kind, one more run with V8's sampling profiler on: top self time",
     "  --direct         every request to workerd's own port, not through the node front",
+    `  --only KINDS     comma-separated subset of ${KIND_KEYS.join(", ")} (default: all)`,
     "  env BENCH_KEEP_TMP=1 keeps the temp dirs",
   ].join("\n");
+}
+
+/** --only's list of kind keys (KIND_KEYS), or all of them. */
+function onlyKinds(text) {
+  if (text === undefined) return new Set(KIND_KEYS);
+  const keys = text.split(",").map((key) => key.trim());
+  const unknown = keys.filter((key) => !KIND_KEYS.includes(key));
+  if (unknown.length > 0 || keys.length === 0) {
+    console.error(`--only: unknown ${unknown.join(", ")}; the kinds are ${KIND_KEYS.join(", ")}\n${usage()}`);
+    process.exit(2);
+  }
+  return new Set(keys);
 }
 
 function parseOptions() {
@@ -142,6 +161,7 @@ function parseOptions() {
       warmup: { type: "string" },
       profile: { type: "boolean", default: false },
       direct: { type: "boolean", default: false },
+      only: { type: "string" },
     },
     usage,
   );
@@ -162,6 +182,7 @@ function parseOptions() {
     warmup: number("warmup", 200, 0, 100_000),
     profile: v.profile,
     direct: v.direct,
+    only: onlyKinds(v.only),
   };
 }
 
@@ -296,7 +317,7 @@ function edgeTarget(dir) {
   return {
     label: `${basename(dir)}@${shortCommit(dir)}`,
     dir,
-    timed: true,
+    sendsServerTiming: true,
     async start({ inspectorPort }) {
       const server = await startServer({
         name: "edge-registry",
@@ -376,7 +397,7 @@ function peerTarget(dir) {
   return {
     label: "serverless-registry",
     dir,
-    timed: false,
+    sendsServerTiming: false,
     async start({ inspectorPort }) {
       return startServer({
         name: "serverless-registry",
@@ -465,6 +486,7 @@ function requestKinds(image) {
   const accept = { Accept: OCI_MANIFEST };
   return [
     {
+      key: "head-manifest",
       name: "HEAD manifest by tag",
       method: "HEAD",
       path: `/v2/${REPOSITORY}/manifests/${TAG}`,
@@ -475,6 +497,7 @@ function requestKinds(image) {
       },
     },
     {
+      key: "get-manifest",
       name: "GET manifest by digest",
       method: "GET",
       path: `/v2/${REPOSITORY}/manifests/${image.manifest.digest}`,
@@ -484,6 +507,7 @@ function requestKinds(image) {
       },
     },
     {
+      key: "head-blob",
       name: "HEAD blob",
       method: "HEAD",
       path: `/v2/${REPOSITORY}/blobs/${image.layer.digest}`,
@@ -494,6 +518,7 @@ function requestKinds(image) {
       },
     },
     {
+      key: "tags-list",
       name: "GET tags/list",
       method: "GET",
       path: `/v2/${REPOSITORY}/tags/list`,
@@ -654,14 +679,13 @@ async function measureTarget(target, options, results) {
   progress(`${target.label}: starting`);
   const server = await target.start({ inspectorPort });
   try {
-    // Past the front: no proxy hop, and requests without the front's secret header, which
-    // a Worker that binds LOCAL_FRONT_SECRET checks (and then rebuilds the request).
+    // Past the front: no proxy hop (see --direct above).
     if (options.direct) server.url = workerdEntryUrl(server);
     const pushAuthorization = await target.authorization(server, "pull,push");
     const image = await pushImage(server, pushAuthorization);
     for (const [name, timing] of Object.entries(image.timings)) results.timing(target, name, timing);
     const sections = options.profile ? bundleSections(target.bundle(server)) : [];
-    for (const kind of requestKinds(image)) {
+    for (const kind of requestKinds(image).filter((candidate) => options.only.has(candidate.key))) {
       const authorization = await target.authorization(server, "pull");
       results.timing(target, `${kind.name} (first)`, await checkedRequest(server, kind, authorization));
       if (options.warmup > 0) await hey(server, kind, authorization, options.warmup, options.concurrency);
@@ -791,7 +815,7 @@ function report(results, options, kinds) {
   lines.push(markdownTable(summaryHeader, summaryRows));
 
   lines.push("\n### Server-Timing per request (storage calls: `desc` of each metric; every round's, if they differ)\n");
-  const timed = targets.filter((target) => target.timed);
+  const timed = targets.filter((target) => target.sendsServerTiming);
   const timingRows = results.timingOrder.map((name) => [
     name,
     ...timed.map((target) => [...(results.timings.get(name).get(target.label) ?? [])].join(" / ") || "–"),
@@ -853,7 +877,7 @@ for (const [index, target] of targets.entries())
   if (targets.findIndex((other) => other.label === target.label) !== index) target.label += ` #${index + 1}`;
 
 const facts = reportFacts([
-  `- hey ${commandLine("dpkg-query", ["-W", "-f=${Version}", "hey"]) || "?"}; targets: ${targets.map((target) => `${target.label} (${target.dir})`).join(", ")}`,
+  `- hey ${commandLine("dpkg-query", ["-W", "-f=${Version}", "hey"]) || "?"}; targets (the commit above is the bench script's): ${targets.map((target) => `${target.label} (${target.dir})`).join(", ")}`,
 ]);
 const results = collector(targets);
 let kinds = [];
