@@ -4,7 +4,10 @@ import { RegistryError } from "./oci/errors";
 import { mirrorResolver } from "./mirror/mirrored-repository";
 import { Meter, runMetered } from "./registry/meter";
 import { addRepositoryResolver } from "./registry/registry";
+import { addSeamExtension } from "./registry/changes";
+import { eventsExtension } from "./events/sender";
 import { adminRoutes } from "./routes/admin";
+import { adminDeliveryRoutes } from "./routes/admin-deliveries";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
@@ -17,6 +20,9 @@ import { uiRoutes } from "./ui/routes";
 // The composition root: layers above the registry that serve some names with a
 // repository of their own register here (the mirror decorates mirrored names).
 addRepositoryResolver(mirrorResolver);
+// Every committed change (and, for endpoints that asked, every pull) becomes an event on
+// the EVENTS queue when WEBHOOKS names an endpoint (src/events/sender.ts).
+addSeamExtension(eventsExtension);
 
 export const app = new Hono<AppEnv>();
 
@@ -57,6 +63,7 @@ v2.route("/", manifestRoutes);
 v2.route("/", referrerRoutes);
 app.route("/v2", v2);
 app.route("/_admin", adminRoutes);
+app.route("/_admin", adminDeliveryRoutes);
 // The web pages (src/ui): after the API's routes, at the paths they leave free.
 app.route("/", uiRoutes);
 app.route("/token", tokenRoutes);

@@ -1,5 +1,6 @@
 import { app } from "./app";
 import { withVerifiedClientAddress } from "./auth/client-address";
+import { consumeQueue, eventsMaintenance } from "./events/consumer";
 import { collectorOf } from "./gc/collector";
 import { revokedSessionsOf } from "./registry/registry";
 
@@ -13,10 +14,14 @@ export default {
     app.fetch(withVerifiedClientAddress(request, env), env, ctx),
   /**
    * The Cron Trigger (wrangler.toml [triggers]): starts a garbage collection run unless one
-   * is running, and drops the records of revoked web sessions that have expired anyway.
+   * is running, drops the records of revoked web sessions that have expired anyway, and
+   * sends the events the outbox kept (src/events).
    */
   async scheduled(_controller, env, ctx) {
     ctx.waitUntil(collectorOf(env).start({ trigger: "cron" }));
     ctx.waitUntil(revokedSessionsOf(env).prune(Math.floor(Date.now() / 1000)));
+    ctx.waitUntil(eventsMaintenance(env));
   },
+  /** The EVENTS queue and its dead-letter queue (wrangler.toml): webhook deliveries (src/events/consumer.ts). */
+  queue: (batch, env) => consumeQueue(batch, env),
 } satisfies ExportedHandler<Env>;

@@ -22,7 +22,7 @@ function sameText(a: string, b: string): boolean {
   return difference === 0;
 }
 
-function requireAdmin(c: AppContext): void {
+export function requireAdmin(c: AppContext): void {
   const token = settingsOf(c.env).adminToken;
   if (!token) throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);
   const presented = /^Bearer (.+)$/.exec(c.req.header("Authorization") ?? "")?.[1] ?? "";

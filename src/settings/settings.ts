@@ -3,6 +3,7 @@ import { parseAccess, type AccessSettings } from "./access";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
 import { flag, integer, present, SettingsError } from "./values";
+import { parseWebhooks, type WebhookSettings } from "./webhooks";
 
 /**
  * Every setting of the registry, parsed and checked once per isolate (per `env` object)
@@ -63,6 +64,8 @@ export interface Settings {
   blobRedirect: BlobRedirectSettings | null;
   gc: { graceSeconds: number; retention: CompiledRule[] };
   mirrors: Mirrors;
+  /** Webhook endpoints events are delivered to (none: events are off), and how deliveries retry. */
+  webhooks: WebhookSettings;
 }
 
 export interface TokenSettingsBase {
@@ -146,6 +149,10 @@ export const SETTING_NAMES = [
   "RETENTION",
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
+  "WEBHOOKS",
+  "WEBHOOK_RETRY_BASE_SECONDS",
+  "WEBHOOK_RETRY_MAX_SECONDS",
+  "WEBHOOK_TIMEOUT_SECONDS",
 ] as const;
 
 function parseBlobRedirect(env: Env): BlobRedirectSettings | null {
@@ -230,6 +237,16 @@ export function parseSettings(env: Env): Settings {
     },
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
+    // An endpoint's `secret` may name a secret of any name, read from the environment here.
+    webhooks: parseWebhooks(
+      env.WEBHOOKS,
+      {
+        retryBaseSeconds: env.WEBHOOK_RETRY_BASE_SECONDS,
+        retryMaxSeconds: env.WEBHOOK_RETRY_MAX_SECONDS,
+        timeoutSeconds: env.WEBHOOK_TIMEOUT_SECONDS,
+      },
+      env as unknown as Record<string, unknown>,
+    ),
   };
 }
 
