@@ -78,8 +78,11 @@ const METHODS: Record<string, string> = {
 /** distribution's media type for blobs: it does not know what a blob holds. */
 const BLOB_MEDIA_TYPE = "application/octet-stream";
 
-/** Identifies this running instance (distribution's `source.instanceID`: new after each restart). */
-const INSTANCE_ID = crypto.randomUUID();
+/**
+ * Identifies this running instance (distribution's `source.instanceID`: new after each
+ * restart), made on first use: a Worker may not make random values at startup.
+ */
+let instanceId: string | undefined;
 
 interface DistributionTarget {
   mediaType?: string;
@@ -168,7 +171,7 @@ export function distributionEvents(event: RegistryEvent): Record<string, unknown
     },
     // distribution names a user, or nobody (`{}`); the registry's own work names its component.
     actor: event.actor.name !== "" ? { name: event.actor.name } : {},
-    source: { ...(host !== undefined ? { addr: host } : {}), instanceID: INSTANCE_ID },
+    source: { ...(host !== undefined ? { addr: host } : {}), instanceID: (instanceId ??= crypto.randomUUID()) },
   }));
 }
 
