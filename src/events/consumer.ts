@@ -39,9 +39,26 @@ function eventMessages(batch: MessageBatch): { message: Message; body: EventMess
   return messages;
 }
 
+/** How long a batch waits when the settings cannot be read (a broken WEBHOOKS): time to fix them. */
+const BROKEN_SETTINGS_DELAY_SECONDS = 300;
+
+/** The webhook settings, or null (logged) when they do not parse. */
+function webhooksOf(env: Env): WebhookSettings | null {
+  try {
+    return settingsOf(env).webhooks;
+  } catch (error) {
+    console.error("events: the settings do not parse; deliveries wait", String(error));
+    return null;
+  }
+}
+
 /** Delivers a batch of the EVENTS queue (see above). */
 export async function consumeEvents(batch: MessageBatch, env: Env): Promise<void> {
-  const webhooks = settingsOf(env).webhooks;
+  const webhooks = webhooksOf(env);
+  if (!webhooks) {
+    batch.retryAll({ delaySeconds: BROKEN_SETTINGS_DELAY_SECONDS });
+    return;
+  }
   const log = deliveryLogOf(env);
   const messages = eventMessages(batch);
   // Who had a retried message already (a first attempt has been delivered nowhere).
@@ -101,10 +118,10 @@ export async function consumeEvents(batch: MessageBatch, env: Env): Promise<void
  * redrive them. What cannot be recorded is retried, and logged in full.
  */
 export async function consumeDeadLetters(batch: MessageBatch, env: Env): Promise<void> {
-  const webhooks = settingsOf(env).webhooks;
   const log = deliveryLogOf(env);
   const messages = eventMessages(batch);
   try {
+    const webhooks = settingsOf(env).webhooks;
     const delivered = await log.delivered(messages.map(({ body }) => body.event.id));
     const updates: DeliveryUpdate[] = messages.flatMap(({ body }) =>
       endpointsFor(webhooks, body)
@@ -122,7 +139,7 @@ export async function consumeDeadLetters(batch: MessageBatch, env: Env): Promise
   } catch (error) {
     for (const { message, body } of messages) {
       console.error(`events: FAILED DELIVERY NOT RECORDED: ${JSON.stringify(body.event)}`, String(error));
-      message.retry();
+      message.retry({ delaySeconds: 60 });
     }
   }
 }

@@ -20,6 +20,7 @@ import { changeHooks, changeSeamOf, type Change, type ChangeContext, type Pull }
 import { parseSettings, settingsOf } from "../../src/settings/settings";
 import { parseWebhooks } from "../../src/settings/webhooks";
 import { SettingsError } from "../../src/settings/values";
+import { collect } from "./gc-helpers";
 import { MediaTypes, sha256, utf8 } from "./helpers";
 
 // Events and webhooks (src/events): the formats, the signatures, the listener that queues
@@ -175,6 +176,8 @@ function batchOf(
 interface QueueResult {
   explicitAcks: string[];
   retryMessages: { msgId: string; delaySeconds?: number }[];
+  /** The delay of a retry of the whole batch, if there was one. */
+  retryAll?: number;
 }
 
 /** Runs the Worker's queue() handler on a batch: which messages it acknowledged, and which it retried with what delay. */
@@ -191,10 +194,16 @@ async function consume(testEnv: Env, batch: MessageBatch<EventMessage>): Promise
       retry(options);
     });
   }
+  let retryAll: number | undefined;
+  const retryBatch = batch.retryAll.bind(batch);
+  vi.spyOn(batch, "retryAll").mockImplementation((options) => {
+    retryAll = options?.delaySeconds ?? 0;
+    retryBatch(options);
+  });
   const ctx = createExecutionContext();
   await worker.queue(batch as MessageBatch<unknown>, testEnv);
   const result = (await getQueueResult(batch as MessageBatch<unknown>, ctx)) as unknown as QueueResult;
-  return { explicitAcks: result.explicitAcks, retryMessages };
+  return { explicitAcks: result.explicitAcks, retryMessages, ...(retryAll !== undefined ? { retryAll } : {}) };
 }
 
 /** Verified the way a receiver would, with the standardwebhooks package; returns the body parsed. */
@@ -479,6 +488,26 @@ describe("the events listener", () => {
     }
   });
 
+  it("the collector's removals are events too, told as the collector", async () => {
+    const image = await pushImage(env, "events-gc/app", "v1");
+    expect((await request(env, `/v2/events-gc/app/manifests/${image.digest}`, { method: "DELETE" })).status).toBe(202);
+    // The collector runs in its Durable Object, with the pool's bindings: the sender is hooked.
+    const testEnv = webhookEnv([endpoint("gc", { repositories: ["events-gc/**"], events: ["collect"] })]);
+    changeHooks.listeners.push(new EventSender(testEnv, settingsOf(testEnv).webhooks));
+    try {
+      await collect({});
+    } finally {
+      changeHooks.listeners.length = 0;
+    }
+    const collected = queue.sent.map(({ event }) => event);
+    expect(collected.map((event) => `${String(event.detail?.kind)} ${event.digest}`).sort()).toEqual(
+      [`layer ${image.configDigest}`, `layer ${image.layerDigest}`].sort(),
+    );
+    for (const event of collected) {
+      expect(event).toMatchObject({ action: "collect", repository: "events-gc/app", actor: { kind: "collector" } });
+    }
+  });
+
   it("tag moves and deletes are queued too; nothing for a repository no endpoint wants", async () => {
     const testEnv = webhookEnv([endpoint("team", { repositories: ["team/**"] })]);
     const first = await pushImage(testEnv, "team/moves", "v1");
@@ -535,6 +564,7 @@ describe("the events listener", () => {
   it("a send that fails keeps the event in the outbox; the next queue batch sends it", async () => {
     const testEnv = webhookEnv([endpoint("all")]);
     queue.failing = true;
+    vi.spyOn(console, "warn").mockImplementation(() => undefined);
     const { put, digest } = await pushImage(testEnv, "outbox/app", "v1");
     expect(put.status).toBe(201);
     const kept = await env.AUDIT.prepare("SELECT id, message FROM outbox").all<{ id: string; message: string }>();
@@ -556,6 +586,7 @@ describe("the events listener", () => {
     } as unknown as D1Database;
     const testEnv = { ...webhookEnv([endpoint("all")]), AUDIT: failingDb } as Env;
     queue.failing = true;
+    vi.spyOn(console, "warn").mockImplementation(() => undefined);
     const logged = vi.spyOn(console, "error").mockImplementation(() => undefined);
     const { put, digest } = await pushImage(testEnv, "lost/app", "v1");
     expect(put.status).toBe(201);
@@ -685,5 +716,16 @@ describe("the queue consumer", () => {
     expect(((await after.json()) as { deliveries: unknown[] }).deliveries).toHaveLength(2);
     const failed = await request(testEnv, "/_admin/deliveries?status=failed", { headers: admin });
     expect(((await failed.json()) as { deliveries: unknown[] }).deliveries).toEqual([]);
+  });
+  it("a WEBHOOKS that does not parse holds deliveries back; dead letters that cannot be recorded are kept and logged", async () => {
+    const broken = { ...webhookEnv([endpoint("all")]), WEBHOOKS: "[{" } as Env;
+    const logged = vi.spyOn(console, "error").mockImplementation(() => undefined);
+    const held = await consume(broken, batchOf([{ body: { event: pushed("held/app") } }]));
+    expect(held).toMatchObject({ explicitAcks: [], retryAll: 300 });
+    expect(receivers.received).toEqual([]);
+    const message = { event: pushed("held/app") };
+    const dead = await consume(broken, batchOf([{ body: message }], "edge-registry-events-dlq"));
+    expect(dead).toMatchObject({ explicitAcks: [], retryMessages: [{ msgId: message.event.id, delaySeconds: 60 }] });
+    expect(logged.mock.calls.some((call) => String(call[0]).includes(message.event.id))).toBe(true);
   });
 });
