@@ -6,8 +6,10 @@ import { mirrorResolver } from "./mirror/mirrored-repository";
 import { Meter, runMetered } from "./registry/meter";
 import { addSeamExtension } from "./registry/changes";
 import { addRepositoryResolver } from "./registry/registry";
+import { eventsExtension } from "./events/sender";
 import { adminRoutes } from "./routes/admin";
 import { adminAuditRoutes } from "./routes/admin-audit";
+import { adminDeliveryRoutes } from "./routes/admin-deliveries";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
@@ -22,6 +24,9 @@ import { uiRoutes } from "./ui/routes";
 addRepositoryResolver(mirrorResolver);
 // The audit log hears every committed change (src/audit).
 addSeamExtension(auditExtension);
+// Every committed change (and, for endpoints that asked, every pull) becomes an event on
+// the EVENTS queue when WEBHOOKS names an endpoint (src/events/sender.ts).
+addSeamExtension(eventsExtension);
 
 export const app = new Hono<AppEnv>();
 
@@ -63,6 +68,7 @@ v2.route("/", referrerRoutes);
 app.route("/v2", v2);
 app.route("/_admin", adminRoutes);
 app.route("/_admin", adminAuditRoutes);
+app.route("/_admin", adminDeliveryRoutes);
 // The web pages (src/ui): after the API's routes, at the paths they leave free.
 app.route("/", uiRoutes);
 app.route("/token", tokenRoutes);

@@ -32,5 +32,15 @@ declare namespace Cloudflare {
      * on requests carrying it (auth/client-address.ts). Never set on Cloudflare.
      */
     LOCAL_FRONT_SECRET?: string;
+    /**
+     * Webhook endpoints, JSON (src/settings/webhooks.ts; docs/configuration.md, "Events and
+     * webhooks"). An endpoint's `secret` may name another secret holding its `whsec_` key.
+     */
+    WEBHOOKS?: string;
+    /** A failed delivery's first retry delay (seconds; doubled per attempt), and the longest. */
+    WEBHOOK_RETRY_BASE_SECONDS?: string;
+    WEBHOOK_RETRY_MAX_SECONDS?: string;
+    /** How long one delivery may wait for the endpoint's answer (seconds). */
+    WEBHOOK_TIMEOUT_SECONDS?: string;
   }
 }

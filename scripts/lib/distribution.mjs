@@ -9,9 +9,23 @@ import { join } from "node:path";
 /**
  * Writes `dir`/config.yml (storage in `dir`/root, listening on 127.0.0.1:`port`) and returns
  * how to start it: { command, args, env }. `env` is this process's environment without
- * REGISTRY_* variables (they would override the config file).
+ * REGISTRY_* variables (they would override the config file). `notify`: a URL its
+ * notifications (distribution's webhook events) are posted to, flushed at once.
  */
-export async function distributionCommand(dir, port) {
+export async function distributionCommand(dir, port, { notify } = {}) {
+  const notifications = notify
+    ? [
+        "notifications:",
+        "  events:",
+        "    includereferences: false",
+        "  endpoints:",
+        "    - name: capture",
+        `      url: ${notify}`,
+        "      timeout: 2s",
+        "      threshold: 5",
+        "      backoff: 1s",
+      ]
+    : [];
   const config = join(dir, "config.yml");
   await writeFile(
     config,
@@ -29,6 +43,7 @@ export async function distributionCommand(dir, port) {
       "http:",
       `  addr: 127.0.0.1:${port}`,
       `  secret: ${randomBytes(16).toString("hex")}`,
+      ...notifications,
       "",
     ].join("\n"),
   );

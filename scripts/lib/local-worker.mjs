@@ -87,8 +87,11 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
       .filter(([, value]) => typeof value === "string")
       .map(([name]) => name),
   ]);
-  // Upstream credentials (UPSTREAMS' "credentials") are secrets of any name: UPSTREAM_* ones pass.
-  for (const name of Object.keys(process.env)) if (name.startsWith("UPSTREAM_")) settable.add(name);
+  // Upstream credentials (UPSTREAMS' "credentials") are secrets of any name: UPSTREAM_* ones pass;
+  // so do the webhook settings and the secrets their endpoints name (WEBHOOK*).
+  for (const name of Object.keys(process.env)) {
+    if (name.startsWith("UPSTREAM_") || name.startsWith("WEBHOOK")) settable.add(name);
+  }
   const fromEnvironment = Object.fromEntries(
     [...settable].filter((name) => process.env[name] !== undefined).map((name) => [name, process.env[name]]),
   );

@@ -1,4 +1,4 @@
-import type { Change, ChangeContext } from "../registry/changes";
+import type { Change, ChangeContext, Pull } from "../registry/changes";
 
 /**
  * What the registry tells other systems and its audit log (docs/architecture.md, "Events"):
@@ -25,6 +25,8 @@ export interface RegistryEvent {
   address?: string;
   userAgent?: string;
   requestId?: string;
+  /** The registry's origin as the client addressed it (links in webhook payloads). */
+  origin?: string;
 }
 
 /** Whoever authenticated the request (or the registry's own component). */
@@ -35,8 +37,8 @@ export interface EventActor {
   name: string;
 }
 
-/** The event of a committed change, as its listener saw it. */
-export function eventOf(change: Change, context: ChangeContext, now = Date.now()): RegistryEvent {
+/** The event of a committed change (or of a pull, for those who asked), as its listener saw it. */
+export function eventOf(change: Change | Pull, context: ChangeContext, now = Date.now()): RegistryEvent {
   const event: RegistryEvent = {
     id: crypto.randomUUID(),
     time: now,
@@ -46,6 +48,7 @@ export function eventOf(change: Change, context: ChangeContext, now = Date.now()
   if (context.address) event.address = context.address;
   if (context.userAgent) event.userAgent = context.userAgent;
   if (context.requestId) event.requestId = context.requestId;
+  if (context.origin) event.origin = context.origin;
   if ("repository" in change && change.repository !== undefined) event.repository = change.repository;
   if ("digest" in change) event.digest = change.digest.value;
   if ("mediaType" in change && change.mediaType !== undefined) event.mediaType = change.mediaType;

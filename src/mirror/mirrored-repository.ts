@@ -4,7 +4,13 @@ import type { PutManifestResult, Reference, StoredManifest } from "../registry/m
 import { SYSTEM_CONTEXT, type ChangeContext, type ChangeSeam } from "../registry/changes";
 import { EdgeCache } from "../registry/edge-cache";
 import { changeSeamOf, repositoryParts, type RepositoryResolver, type ResolveOptions } from "../registry/registry";
-import { Repository, type BlobRequest, type LocatedBlob, type RepositoryParts } from "../registry/repository";
+import {
+  Repository,
+  type BlobRequest,
+  type LocatedBlob,
+  type PullRequest,
+  type RepositoryParts,
+} from "../registry/repository";
 import type { TagRecord } from "../registry/tags";
 import { settingsOf } from "../settings/settings";
 import { mirroredName, upstreamOfNs, type MirroredName } from "../settings/upstreams";
@@ -50,15 +56,15 @@ export class MirroredRepository extends Repository {
     return super.statManifest(reference, await this.fresh(reference, resolved));
   }
 
-  override async getManifest(reference: Reference, resolved?: TagRecord): Promise<StoredManifest> {
-    return super.getManifest(reference, await this.fresh(reference, resolved));
+  override async getManifest(reference: Reference, resolved?: TagRecord, pull?: PullRequest): Promise<StoredManifest> {
+    return super.getManifest(reference, await this.fresh(reference, resolved), pull);
   }
 
   /**
    * Linked here: served as stored. Otherwise fetched: linked when stored already and the
    * upstream proved it has it, or streamed from the upstream (and stored on the way).
    */
-  override async locateBlob(digest: Digest, request: BlobRequest): Promise<LocatedBlob> {
+  protected override async findBlob(digest: Digest, request: BlobRequest): Promise<LocatedBlob> {
     try {
       return { descriptor: await this.statBlob(digest) };
     } catch (error) {

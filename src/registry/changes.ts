@@ -28,6 +28,8 @@ export interface ChangeContext {
   /** The client's address, when a client made the change. */
   address?: string;
   userAgent?: string;
+  /** The registry's origin (`https://registry.example.com`) as the client addressed it. */
+  origin?: string;
 }
 
 export const SYSTEM_CONTEXT: ChangeContext = { actor: { kind: "system", name: "registry" }, requestId: "" };
@@ -81,6 +83,15 @@ export type Change =
 
 export type ChangeAction = Change["action"];
 
+/**
+ * A client read what a repository holds (a GET of a manifest or a blob): no change, told
+ * only to the pull listeners, and only when one is registered (webhook endpoints that
+ * asked for pull events). A HEAD, which transfers nothing, is no pull.
+ */
+export type Pull =
+  | { action: "manifest.pull"; repository: string; digest: Digest; mediaType: string; size: number; tag?: string }
+  | { action: "blob.pull"; repository: string; digest: Digest; size: number };
+
 /** Asked before a change is made; refuses it by throwing (a RegistryError, usually DENIED). */
 export interface ChangePolicy {
   readonly name: string;
@@ -101,12 +112,38 @@ export interface ChangeListener {
   changed(change: Change, context: ChangeContext): void | Promise<void>;
 }
 
+/**
+ * Told of a pull after the answer is under way (the request's waitUntil): it must never
+ * slow a pull down. Its failure is its own (logged).
+ */
+export interface PullListener {
+  readonly name: string;
+  pulled(pull: Pull, context: ChangeContext): void | Promise<void>;
+}
+
 /** The policies and listeners a repository API consults. */
 export class ChangeSeam {
   constructor(
     readonly policies: readonly ChangePolicy[] = [],
     readonly listeners: readonly ChangeListener[] = [],
+    readonly pullListeners: readonly PullListener[] = [],
   ) {}
+
+  /** Whether anyone asked to hear of pulls: when not, a pull costs nothing more. */
+  get watchesPulls(): boolean {
+    return this.pullListeners.length > 0;
+  }
+
+  /** Tells every pull listener of `pull`, after the answer (`waitUntil`); never delays it. */
+  observe(pull: Pull, context: ChangeContext, waitUntil: (work: Promise<unknown>) => void): void {
+    for (const listener of this.pullListeners) {
+      waitUntil(
+        (async () => listener.pulled(pull, context))().catch((error: unknown) =>
+          console.error(`pull listener ${listener.name} failed`, pull.action, String(error)),
+        ),
+      );
+    }
+  }
 
   /** Whether anyone is listening or judging: when not, callers may skip describing changes. */
   get idle(): boolean {
@@ -154,7 +191,11 @@ export class ChangeSeam {
  * every repository API built afterwards in this isolate consults it (after the ones the
  * settings configure).
  */
-export const changeHooks: { policies: ChangePolicy[]; listeners: ChangeListener[] } = { policies: [], listeners: [] };
+export const changeHooks: { policies: ChangePolicy[]; listeners: ChangeListener[]; pullListeners: PullListener[] } = {
+  policies: [],
+  listeners: [],
+  pullListeners: [],
+};
 
 const IDLE_SEAM = new ChangeSeam();
 
@@ -163,6 +204,8 @@ export interface SeamExtension {
   readonly name: string;
   policies?(env: Env): readonly ChangePolicy[];
   listeners?(env: Env): readonly ChangeListener[];
+  /** Who hears of pulls (none unless asked for: a pull then costs what it did). */
+  pullListeners?(env: Env): readonly PullListener[];
 }
 
 const extensions: SeamExtension[] = [];
@@ -186,15 +229,21 @@ const seams = new WeakMap<object, ChangeSeam>();
  * collector all take theirs from here.
  */
 export function changeSeamOf(env: Env): ChangeSeam {
-  const hooked = changeHooks.policies.length > 0 || changeHooks.listeners.length > 0;
+  const hooked =
+    changeHooks.policies.length > 0 || changeHooks.listeners.length > 0 || changeHooks.pullListeners.length > 0;
   const known = hooked ? undefined : seams.get(env);
   if (known) return known;
   const policies = extensions.flatMap((extension) => extension.policies?.(env) ?? []);
   const listeners = extensions.flatMap((extension) => extension.listeners?.(env) ?? []);
+  const pullListeners = extensions.flatMap((extension) => extension.pullListeners?.(env) ?? []);
   const seam =
-    policies.length === 0 && listeners.length === 0 && !hooked
+    policies.length === 0 && listeners.length === 0 && pullListeners.length === 0 && !hooked
       ? IDLE_SEAM
-      : new ChangeSeam([...policies, ...changeHooks.policies], [...listeners, ...changeHooks.listeners]);
+      : new ChangeSeam(
+          [...policies, ...changeHooks.policies],
+          [...listeners, ...changeHooks.listeners],
+          [...pullListeners, ...changeHooks.pullListeners],
+        );
   if (!hooked) seams.set(env, seam);
   return seam;
 }

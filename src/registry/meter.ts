@@ -10,9 +10,10 @@ import { AsyncLocalStorage } from "node:async_hooks";
  * summed milliseconds (calls in parallel add up). More metrics appear when not zero:
  * `r2-class-a` (R2 operations billed as class A: writes, lists, multipart steps; the rest
  * of `r2` are class B reads and free deletes) and `kv-write` (KV puts and deletes),
- * `upstream`: requests a mirrored name made to its upstream registry (src/mirror), and `d1`:
- * queries to D1 (the audit log, src/audit) the request waited for; the audit log's writes
- * run after the answer (waitUntil) and are not in it.
+ * `upstream`: requests a mirrored name made to its upstream registry (src/mirror), `d1`:
+ * queries to D1 (the audit log, src/audit) the request waited for (the audit log's writes
+ * run after the answer, waitUntil, and are not in it), and `queue`: messages sent to a
+ * Queue (events: at most one per change, src/events).
  * Storage calls a response body makes after the headers went out (the slices of a large
  * blob read from R2) are counted when the body is set up, as they will be made.
  *
@@ -20,7 +21,7 @@ import { AsyncLocalStorage } from "node:async_hooks";
  * storage seam (storage.ts), the edge cache and the Durable Object calls record into it
  * without every function passing it along.
  */
-export type Store = "r2" | "kv" | "cache" | "do" | "upstream" | "d1";
+export type Store = "r2" | "kv" | "cache" | "do" | "upstream" | "d1" | "queue";
 export type CacheOutcome = "hit" | "miss" | "bypass";
 
 /** R2 operations billed as class A (docs: R2 pricing); get and head are class B, delete and abort are free. */
@@ -28,8 +29,16 @@ const R2_CLASS_A = new Set(["put", "list", "createMultipartUpload", "uploadPart"
 const KV_WRITES = new Set(["put", "delete"]);
 
 export class Meter {
-  private readonly calls: Record<Store, number> = { r2: 0, kv: 0, cache: 0, do: 0, upstream: 0, d1: 0 };
-  private readonly milliseconds: Record<Store, number> = { r2: 0, kv: 0, cache: 0, do: 0, upstream: 0, d1: 0 };
+  private readonly calls: Record<Store, number> = { r2: 0, kv: 0, cache: 0, do: 0, upstream: 0, d1: 0, queue: 0 };
+  private readonly milliseconds: Record<Store, number> = {
+    r2: 0,
+    kv: 0,
+    cache: 0,
+    do: 0,
+    upstream: 0,
+    d1: 0,
+    queue: 0,
+  };
   private r2ClassA = 0;
   private kvWrites = 0;
   private cacheOutcome: CacheOutcome | undefined;
@@ -63,6 +72,8 @@ export class Meter {
     if (this.calls.upstream > 0) parts.push(metric("upstream"));
     // D1 queries (the audit log's reads): only when there were any.
     if (this.calls.d1 > 0) parts.push(metric("d1"));
+    // Queue sends (events): only when there were any.
+    if (this.calls.queue > 0) parts.push(metric("queue"));
     if (this.r2ClassA > 0) parts.push(`r2-class-a;desc="${this.r2ClassA}"`);
     if (this.kvWrites > 0) parts.push(`kv-write;desc="${this.kvWrites}"`);
     return parts.join(", ");

@@ -3,7 +3,7 @@ import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, BlobStore, ByteRange, CachedCopy } from "./blob-store";
 import { finishedSize, storeFinishedBlob, type FinishedBlob } from "./blob-commit";
 import { Catalog } from "./catalog";
-import type { Change, ChangeContext, ChangeSeam } from "./changes";
+import type { Change, ChangeContext, ChangeSeam, Pull } from "./changes";
 import type { EdgeCache } from "./edge-cache";
 import type { LinkCopy, LinkedBlobStore } from "./linked-blob-store";
 import type { Manifests, PutManifestOptions, PutManifestResult, Reference, StoredManifest } from "./manifests";
@@ -35,11 +35,17 @@ export interface PassThroughBlob {
 /** Where a blob a pull asks for is: stored and linked here (its descriptor), or passed through. */
 export type LocatedBlob = { descriptor: BlobDescriptor } | { passThrough: PassThroughBlob };
 
-/** The pull asking for a blob: its method, and how to keep work going after the answer. */
-export interface BlobRequest {
+/**
+ * The client's request reading a blob or a manifest: its method, and how to keep work
+ * going after the answer (a mirror's fill; telling the pull listeners, when any asked).
+ */
+export interface PullRequest {
   method: string;
   waitUntil: (work: Promise<unknown>) => void;
 }
+
+/** The pull asking for a blob. */
+export type BlobRequest = PullRequest;
 
 /** Most entries one page of a listing holds, whatever `n` asks for. */
 export const MAX_PAGE = 1000;
@@ -87,11 +93,27 @@ export class Repository {
 
   /**
    * A blob a pull asks for (`method` GET or HEAD): its descriptor when linked here (else
-   * BLOB_UNKNOWN). A decorator (the mirror) may answer one that is not stored yet.
+   * BLOB_UNKNOWN), told to the pull listeners (a GET, when any asked).
    */
   async locateBlob(digest: Digest, request: BlobRequest): Promise<LocatedBlob> {
+    const located = await this.findBlob(digest, request);
+    if (this.seam.watchesPulls && request.method === "GET") {
+      const size =
+        "descriptor" in located ? located.descriptor.size : Number(located.passThrough.headers["Content-Length"] ?? 0);
+      this.observe({ action: "blob.pull", repository: this.name, digest, size }, request);
+    }
+    return located;
+  }
+
+  /** Where a pulled blob is: linked here. A decorator (the mirror) may answer one not stored yet. */
+  protected async findBlob(digest: Digest, request: BlobRequest): Promise<LocatedBlob> {
     void request; // what a decorator needs to fetch one; stored blobs need nothing of it
     return { descriptor: await this.statBlob(digest) };
+  }
+
+  /** Tells the pull listeners, after the answer. */
+  private observe(pull: Pull, request: PullRequest): void {
+    this.seam.observe(pull, this.context, request.waitUntil);
   }
 
   /** A manifest revision this repository links, with its link record and (small ones) its bytes. */
@@ -133,8 +155,26 @@ export class Repository {
     return this.parts.manifests.stat(reference, resolved);
   }
 
-  getManifest(reference: Reference, resolved?: TagRecord): Promise<StoredManifest> {
-    return this.parts.manifests.get(reference, resolved);
+  /**
+   * A manifest by tag or digest. `pull`: the client's GET reading it, told to the pull
+   * listeners when any asked (the pages' reads are no pulls).
+   */
+  async getManifest(reference: Reference, resolved?: TagRecord, pull?: PullRequest): Promise<StoredManifest> {
+    const manifest = await this.parts.manifests.get(reference, resolved);
+    if (pull && this.seam.watchesPulls && pull.method === "GET") {
+      this.observe(
+        {
+          action: "manifest.pull",
+          repository: this.name,
+          digest: manifest.digest,
+          mediaType: manifest.mediaType,
+          size: manifest.bytes.byteLength,
+          ...("tag" in reference ? { tag: reference.tag } : {}),
+        },
+        pull,
+      );
+    }
+    return manifest;
   }
 
   /** A tag's record as this location sees it (EDGE_TAG_TTL_SECONDS), or null. */

@@ -164,6 +164,10 @@ export function changeContextOf(c: AppContext): ChangeContext {
   if (address) context.address = address;
   const userAgent = c.req.header("User-Agent");
   if (userAgent) context.userAgent = userAgent;
+  // The origin the client addressed (for the links events carry), without parsing the URL.
+  const url = c.req.url;
+  const pathStart = url.indexOf("/", url.indexOf("//") + 2);
+  context.origin = pathStart < 0 ? url : url.slice(0, pathStart);
   return context;
 }
 

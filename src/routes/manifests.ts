@@ -5,7 +5,7 @@ import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import { looksLikeDigest } from "../oci/digest";
 import { parseReference, type Reference } from "../registry/registry";
-import { notModified, readLimited, requestedRepository, type AppContext, type AppEnv } from "./http";
+import { notModified, readLimited, requestedRepository, waitUntil, type AppContext, type AppEnv } from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();
 
@@ -46,7 +46,11 @@ async function serveManifest(c: AppContext): Promise<Response> {
     }
     if (c.req.method === "HEAD") return c.body(null, 200);
   }
-  const manifest = await repository.getManifest(reference);
+  // A GET is a pull: told to the pull listeners, after the answer, when any asked.
+  const manifest = await repository.getManifest(reference, undefined, {
+    method: c.req.method,
+    waitUntil: (work) => waitUntil(c, work),
+  });
   manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
   return c.body(manifest.bytes, 200);
 }

@@ -3,6 +3,7 @@ import { parseAccess, type AccessSettings } from "./access";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
 import { flag, integer, present, SettingsError } from "./values";
+import { parseWebhooks, type WebhookSettings } from "./webhooks";
 
 /**
  * Every setting of the registry, parsed and checked once per isolate (per `env` object)
@@ -65,6 +66,8 @@ export interface Settings {
   mirrors: Mirrors;
   /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
   audit: { retentionDays: number };
+  /** Webhook endpoints events are delivered to (none: events are off), and how deliveries retry. */
+  webhooks: WebhookSettings;
 }
 
 export interface TokenSettingsBase {
@@ -149,6 +152,10 @@ export const SETTING_NAMES = [
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
   "AUDIT_RETENTION_DAYS",
+  "WEBHOOKS",
+  "WEBHOOK_RETRY_BASE_SECONDS",
+  "WEBHOOK_RETRY_MAX_SECONDS",
+  "WEBHOOK_TIMEOUT_SECONDS",
 ] as const;
 
 function parseBlobRedirect(env: Env): BlobRedirectSettings | null {
@@ -234,6 +241,16 @@ export function parseSettings(env: Env): Settings {
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
     audit: { retentionDays: integer("AUDIT_RETENTION_DAYS", env.AUDIT_RETENTION_DAYS, 90, { min: 1, max: 36_500 }) },
+    // An endpoint's `secret` may name a secret of any name, read from the environment here.
+    webhooks: parseWebhooks(
+      env.WEBHOOKS,
+      {
+        retryBaseSeconds: env.WEBHOOK_RETRY_BASE_SECONDS,
+        retryMaxSeconds: env.WEBHOOK_RETRY_MAX_SECONDS,
+        timeoutSeconds: env.WEBHOOK_TIMEOUT_SECONDS,
+      },
+      env as unknown as Record<string, unknown>,
+    ),
   };
 }
 

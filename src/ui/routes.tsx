@@ -21,6 +21,7 @@ import {
   type Chrome,
 } from "./pages";
 import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
+import { deliveriesOf, DeliveriesPage } from "./deliveries";
 
 /**
  * The web pages at `/` (docs/operations.md, "Web pages"): the catalog, a repository's
@@ -142,6 +143,14 @@ uiRoutes.get("/", (c) =>
         exhausted={page.exhausted === true}
       />,
     );
+  }),
+);
+
+// Webhook deliveries, for administrators (src/ui/deliveries.tsx).
+uiRoutes.get("/deliveries", (c) =>
+  render(c, async (viewer) => {
+    const { status, records } = await deliveriesOf(c.env, viewer, c.req.query("status"));
+    return c.html(<DeliveriesPage chrome={chrome(viewer, "Deliveries")} status={status} records={records} />);
   }),
 );
 

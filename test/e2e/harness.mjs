@@ -952,14 +952,15 @@ export async function writeBlob(layout, bytes) {
 /**
  * docker/distribution (`docker-registry serve`, Debian's docker-registry) on a free
  * 127.0.0.1 port with a fresh filesystem root, deletes enabled, logging errors only (its
- * config: scripts/lib/distribution.mjs, as bench/lib.mjs startDistribution's). Stopping
- * it (`stop()`) kills it and removes its storage. Returns { port, host, url, logTail(), stop() }.
+ * config: scripts/lib/distribution.mjs, as bench/lib.mjs startDistribution's; `notify`: a URL
+ * its notifications go to). Stopping it (`stop()`) kills it and removes its storage.
+ * Returns { port, host, url, logTail(), stop() }.
  */
-export async function startDistribution({ readyTimeoutMs = 60_000 } = {}) {
+export async function startDistribution({ readyTimeoutMs = 60_000, notify } = {}) {
   const dir = await makeTempDir("distribution");
   const port = await freePort();
   const logFile = join(dir, "distribution.log");
-  const { command, args, env } = await distributionCommand(dir, port);
+  const { command, args, env } = await distributionCommand(dir, port, { notify });
   const logFd = openSync(logFile, "a");
   const child = spawn(command, args, {
     cwd: dir,
