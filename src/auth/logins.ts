@@ -1,6 +1,7 @@
 import type { Context } from "hono";
 import { recordLogin, type LoginVia } from "../audit/audit";
 import { RegistryError, unavailable } from "../oci/errors";
+import { clientAddressOf } from "./client-address";
 import { settingsOf } from "../settings/settings";
 import { metered } from "../registry/meter";
 import { storageHooks, withTimeout } from "../registry/storage";
@@ -120,7 +121,7 @@ export async function verifyLogin(
   password: string,
   via: LoginVia,
 ): Promise<boolean> {
-  const address = `address:${clientAddress(c.req.header("CF-Connecting-IP"))}`;
+  const address = `address:${clientAddress(clientAddressOf(c.req.raw))}`;
   const name = `user:${user}`;
   const locked = knownLock([address, name]);
   if (locked > 0) throw tooManyFailures(locked);
@@ -131,7 +132,7 @@ export async function verifyLogin(
       success,
       via,
       ...(reason ? { reason } : {}),
-      address: c.req.header("CF-Connecting-IP"),
+      address: clientAddressOf(c.req.raw),
       userAgent: c.req.header("User-Agent"),
       requestId: c.req.header("CF-Ray"),
     });

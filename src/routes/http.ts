@@ -1,5 +1,6 @@
 import type { Context } from "hono";
 import type { AuthEnv } from "../auth/authorize";
+import { clientAddressOf } from "../auth/client-address";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
@@ -160,7 +161,7 @@ export function changeContextOf(c: AppContext): ChangeContext {
     actor: c.get("actor") ?? { kind: "anonymous", name: "" },
     requestId: c.req.header("CF-Ray") ?? crypto.randomUUID(),
   };
-  const address = c.req.header("CF-Connecting-IP");
+  const address = clientAddressOf(c.req.raw);
   if (address) context.address = address;
   const userAgent = c.req.header("User-Agent");
   if (userAgent) context.userAgent = userAgent;

@@ -1,4 +1,5 @@
 import { Hono } from "hono";
+import { FRONT_SECRET_HEADER } from "../auth/client-address";
 import { settingsOf } from "../settings/settings";
 import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
@@ -58,6 +59,7 @@ async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequest
   if (args.operation === "commit") args = { ...args, context: changeContextOf(c) };
   const body = requestBody(c);
   const forwarded = new Request("https://upload-session/", c.req.raw);
+  forwarded.headers.delete(FRONT_SECRET_HEADER);
   forwarded.headers.set(BYTE_REQUEST_ARGS, JSON.stringify({ ...args, hasBody: body !== null }));
   const response = await reach(session(c, id).fetch(forwarded));
   // Reading the object's answer is part of the same call.
