@@ -151,6 +151,20 @@ export function edgeCacheOf(c: AppContext): EdgeCache {
   });
 }
 
+/** Ids made up for requests that came without a `CF-Ray` (locally): one per request, however often asked. */
+const madeUpIds = new WeakMap<Request, string>();
+
+function requestIdOf(request: Request): string {
+  const ray = request.headers.get("CF-Ray");
+  if (ray) return ray;
+  let id = madeUpIds.get(request);
+  if (!id) {
+    id = crypto.randomUUID();
+    madeUpIds.set(request, id);
+  }
+  return id;
+}
+
 /**
  * Who made the request's changes, for the change seam's policies and listeners: the
  * authenticated user (or anonymous), the request's id (Cloudflare's `CF-Ray`, else one
@@ -159,7 +173,7 @@ export function edgeCacheOf(c: AppContext): EdgeCache {
 export function changeContextOf(c: AppContext): ChangeContext {
   const context: ChangeContext = {
     actor: c.get("actor") ?? { kind: "anonymous", name: "" },
-    requestId: c.req.header("CF-Ray") ?? crypto.randomUUID(),
+    requestId: requestIdOf(c.req.raw),
   };
   const address = clientAddressOf(c.req.raw);
   if (address) context.address = address;
