@@ -1,6 +1,7 @@
 import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:test";
 import { exportJWK, generateKeyPair, SignJWT, type CryptoKey, type JWK } from "jose";
 import { afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
+import { auditSettled } from "../../src/audit/audit";
 import { AuditLog } from "../../src/audit/audit-log";
 import { forgetIssuerKeys, matchingRules, oidcHooks } from "../../src/auth/oidc";
 import type { OidcClaims } from "../../src/auth/tokens";
@@ -242,6 +243,7 @@ describe("OIDC logins", () => {
   it("Basic oidc:<token> straight on /v2 pushes, and the actor is the issuer and subject", async () => {
     const idToken = await github.token({ sub: "basic-subject" });
     expect((await push("team/basic", "v1", basic("oidc", idToken))).status).toBe(201);
+    await auditSettled();
     const page = await new AuditLog(env.AUDIT).query({ repository: "team/basic", limit: 10 });
     expect(page.events.length).toBeGreaterThan(0);
     for (const event of page.events) expect(event.actor).toEqual({ kind: "oidc", name: `${GITHUB}#basic-subject` });
@@ -347,6 +349,45 @@ describe("OIDC logins", () => {
     );
   });
 
+  it("records OIDC logins in the audit log as kind oidc: the subject and issuer, or `oidc` when refused", async () => {
+    expect((await tokenGet(await github.token({ sub: "audited" }), "repository:team/app:pull")).status).toBe(200);
+    address = newAddress();
+    expect((await tokenGet(await github.token({ aud: "nope" }), "repository:team/app:pull")).status).toBe(401);
+    await auditSettled();
+    const log = new AuditLog(env.AUDIT);
+    const success = await log.query({ actor: `${GITHUB}#audited`, action: "login.success", limit: 10 });
+    expect(success.events).toHaveLength(1);
+    expect(success.events[0]?.actor).toEqual({ kind: "oidc", name: `${GITHUB}#audited` });
+    const failures = await log.query({ actor: "oidc", action: "login.failure", limit: 100 });
+    expect(failures.events.map((event) => [event.address, event.actor.kind])).toContainEqual([address, "oidc"]);
+  });
+
+  it("an issuer that cannot be reached is a 503, not a failed login", async () => {
+    forgetIssuerKeys();
+    vi.restoreAllMocks();
+    vi.spyOn(globalThis, "fetch").mockImplementation(() => Promise.reject(new Error("connection refused")));
+    const idToken = await github.token({ sub: "unreachable" });
+    await expectCode(await tokenGet(idToken, "repository:team/app:pull"), 503, "UNAVAILABLE");
+    forgetIssuerKeys();
+  });
+
+  it("an access token shrinks with the rules: its claims are matched again on every request", async () => {
+    const response = await tokenGet(await github.token({ sub: "shrinks" }), "repository:team/app:pull,push");
+    const { token } = (await response.json()) as { token: string };
+    expect((await call("/v2/team/app/tags/list", { headers: { Authorization: `Bearer ${token}` } })).status).toBe(200);
+    const before = authEnv;
+    authEnv = { ...authEnv, OIDC_TRUST: JSON.stringify(TRUST.slice(1)) } as Env;
+    try {
+      await expectCode(
+        await call("/v2/team/app/tags/list", { headers: { Authorization: `Bearer ${token}` } }),
+        403,
+        "DENIED",
+      );
+    } finally {
+      authEnv = before;
+    }
+  });
+
   it("failed OIDC logins count toward the address's login limit", async () => {
     const statuses: number[] = [];
     for (let attempt = 0; attempt < MAX_FAILURES_PER_ADDRESS + 2; attempt++) {
@@ -377,9 +418,9 @@ describe("OIDC trust rules", () => {
     expect(matchingRules(rules, { ...claims({}, ["es-aud"]), iss: ES })).toHaveLength(1);
   });
 
-  function refusal(text: string): string {
+  function refusal(text: string, more: Record<string, string> = {}): string {
     try {
-      parseSettings({ ...env, OIDC_TRUST: text, TOKEN_SECRET: "k" } as Env);
+      parseSettings({ ...env, OIDC_TRUST: text, TOKEN_SECRET: "k", ...more } as Env);
     } catch (error) {
       expect(error).toBeInstanceOf(SettingsError);
       return (error as Error).message;
@@ -410,5 +451,8 @@ describe("OIDC trust rules", () => {
     expect(() => parseSettings({ ...env, OIDC_TRUST: JSON.stringify([rule]), TOKEN_SECRET: undefined } as Env)).toThrow(
       /TOKEN_SECRET/,
     );
+    // A user named `oidc` would be shadowed by the OIDC login: refused.
+    const users = `oidc:$2y$04$${"a".repeat(53)}`;
+    expect(refusal(JSON.stringify([rule]), { AUTH_USERS: users })).toMatch(/OIDC_TRUST.*"oidc"/);
   });
 });
