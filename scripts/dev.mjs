@@ -77,7 +77,7 @@ const front = await startFront({
   frontSecret,
 });
 const auth = authenticated
-  ? "authentication enforced (AUTH_USERS)"
+  ? "authentication enforced (AUTH_USERS or OIDC_TRUST)"
   : "OPEN: no authentication, anyone on this machine may push (set AUTH_USERS to require logins)";
 const limit = bodyLimit === undefined ? "" : `; request bodies over ${formatBytes(bodyLimit)} refused with 413`;
 console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; ${auth}${limit})`);

@@ -43,6 +43,7 @@ function localTokenSecret(persistTo) {
 const SECRETS = [
   "AUTH_USERS",
   "AUTH_ACCESS",
+  "OIDC_TRUST",
   "TOKEN_SECRET",
   "ADMIN_TOKEN",
   "AUTH_SERVICE",
@@ -97,7 +98,10 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   );
   const frontSecret = randomBytes(32).toString("hex");
   const settings = { ...workerOptions.bindings, ...fromEnvironment, LOCAL_FRONT_SECRET: frontSecret, ...bindings };
-  const authenticated = typeof settings.AUTH_USERS === "string" && settings.AUTH_USERS.trim() !== "";
+  // Users, or trusted OIDC issuers (OIDC_TRUST): authentication is enforced.
+  const authenticated = ["AUTH_USERS", "OIDC_TRUST"].some(
+    (name) => typeof settings[name] === "string" && settings[name].trim() !== "",
+  );
   if (!authenticated) settings.AUTH_MODE = "open";
   if (authenticated && !settings.TOKEN_SECRET) settings.TOKEN_SECRET = localTokenSecret(persistTo);
   const miniflare = new Miniflare({

@@ -118,8 +118,10 @@ export const auditExtension: SeamExtension = {
 export type LoginVia = "token" | "basic" | "web";
 
 export interface LoginAttempt {
-  /** The user name presented (maybe no user's). */
+  /** The user name presented (maybe no user's); an OIDC login's issuer#subject (`oidc` when it failed). */
   user: string;
+  /** `oidc`: an OIDC login (auth/oidc.ts); default `user`. */
+  kind?: "user" | "oidc";
   success: boolean;
   via: LoginVia;
   /** Why a failure failed: a wrong password, or a locked user name or address. */
@@ -135,7 +137,7 @@ export function recordLogin(env: Env, attempt: LoginAttempt): void {
     id: crypto.randomUUID(),
     time: Date.now(),
     action: attempt.success ? "login.success" : "login.failure",
-    actor: { kind: "user", name: attempt.user },
+    actor: { kind: attempt.kind ?? "user", name: attempt.user },
     detail: { via: attempt.via, ...(attempt.reason ? { reason: attempt.reason } : {}) },
   };
   if (attempt.address) event.address = attempt.address;

@@ -3,8 +3,11 @@ import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { formatScope, needOf, resourceKey, type Action, type Resource } from "../oci/access";
-import type { AuthEnv } from "./context";
+import type { AuthEnv, RequestActor } from "./context";
 import { verifyLogin } from "./logins";
+import { isOidcLogin, oidcActorName, oidcAllowed, oidcLogin, matchingRules } from "./oidc";
+import type { OidcTrustRule } from "../settings/oidc";
+import type { OidcClaims } from "./tokens";
 
 export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
@@ -15,7 +18,9 @@ import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 type Identity =
   | { kind: "anonymous" }
   | { kind: "user"; user: string }
-  | { kind: "token"; user: string | null; grants: Map<string, Set<string>> };
+  | { kind: "token"; user: string | null; grants: Map<string, Set<string>> }
+  // An OIDC login (oidc.ts): by its ID token (Basic), or its access token's grants.
+  | { kind: "oidc"; oidc: OidcClaims; rules: OidcTrustRule[]; grants: Map<string, Set<string>> | null };
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
@@ -70,9 +75,16 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     for (const grant of claims.access) {
       grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
     }
+    if (claims.oidc)
+      return { kind: "oidc", oidc: claims.oidc, rules: matchingRules(settingsOf(c.env).oidc, claims.oidc), grants };
     return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants };
   }
   const credentials = basicCredentials(header);
+  if (credentials && isOidcLogin(c, credentials.user)) {
+    const login = await oidcLogin(c, credentials.password, "basic");
+    if (!login) throw unauthorized(c, "the ID token is invalid or expired, or no OIDC_TRUST rule matches it", scope);
+    return { kind: "oidc", oidc: login.oidc, rules: login.rules, grants: null };
+  }
   if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password, "basic"))) {
     throw unauthorized(c, "incorrect username or password", scope);
   }
@@ -84,11 +96,23 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
  * read again: a token outliving a user's rights (or the user) shrinks with them.
  */
 function permitted(policy: Policy, identity: Identity, resource: Resource, subject = resource): Set<Action> {
-  const user = identity.kind === "anonymous" ? null : identity.user;
-  const allowed = allowedActions(policy, user, subject);
-  if (identity.kind !== "token") return allowed;
-  const granted = identity.grants.get(resourceKey(resource));
+  const allowed = couldDo(policy, identity, subject);
+  const grants = identity.kind === "token" || identity.kind === "oidc" ? identity.grants : null;
+  if (grants === null) return allowed;
+  const granted = grants.get(resourceKey(resource));
   return new Set([...allowed].filter((action) => granted?.has(action) || granted?.has("*")));
+}
+
+/** What the identity's user (or OIDC login) may do now, whatever a token grants. */
+function couldDo(policy: Policy, identity: Identity, subject: Resource): Set<Action> {
+  if (identity.kind === "oidc") return oidcAllowed(policy, identity.rules, subject);
+  return allowedActions(policy, identity.kind === "anonymous" ? null : identity.user, subject);
+}
+
+function actorOf(identity: Identity): RequestActor {
+  if (identity.kind === "oidc") return { kind: "oidc", name: oidcActorName(identity.oidc) };
+  if (identity.kind === "anonymous" || identity.user === null) return { kind: "anonymous", name: "" };
+  return { kind: "user", name: identity.user };
 }
 
 /** The resource the rules judge: with `?ns=` naming an upstream, the mirrored name's stored one. */
@@ -120,8 +144,7 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   const scope = typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
   const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
   c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
-  const user = identity.kind === "anonymous" ? null : identity.user;
-  c.set("actor", user === null ? { kind: "anonymous", name: "" } : { kind: "user", name: user });
+  c.set("actor", actorOf(identity));
   if (need === "nothing") return next();
   if (need === "base") {
     // `docker login` learns where to get a token here.
@@ -142,8 +165,8 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   // Nobody in particular (no credentials, or an anonymous token): logging in may help.
   const anonymous = identity.kind === "anonymous" || (identity.kind === "token" && identity.user === null);
   if (anonymous) throw unauthorized(c, "authentication required", scope);
-  if (identity.kind === "token") {
-    const couldHave = allowedActions(policy, identity.user, subject);
+  if (identity.kind === "token" || (identity.kind === "oidc" && identity.grants !== null)) {
+    const couldHave = couldDo(policy, identity, subject);
     if (need.actions.every((action) => couldHave.has(action))) {
       throw unauthorized(c, "the token does not grant this", scope, "insufficient_scope");
     }

@@ -10,7 +10,8 @@ export type AccessCheck = (resource: Resource, action: Action) => boolean;
 
 /** Who the request's credentials name: whom the changes it makes are attributed to. */
 export interface RequestActor {
-  kind: "user" | "anonymous";
+  kind: "user" | "anonymous" | "oidc";
+  /** The user name; an OIDC login's `<issuer>#<subject>`; "" for anonymous. */
   name: string;
 }
 

@@ -153,3 +153,31 @@ export async function verifyLogin(
   record(correct, correct ? undefined : "password");
   return correct;
 }
+
+/**
+ * A login checked elsewhere (an OIDC ID token: oidc.ts) under the client address's
+ * failed-login limit, as verifyLogin checks passwords: 429 when the address is locked, and
+ * every failure counted. Only the address: an ID token cannot be guessed, and a count per
+ * name would let anyone lock out every OIDC login. A result `remembered` in this isolate
+ * (a token verified before) costs no limiter call. `record` writes the audit log.
+ */
+export async function limitedLogin<T>(
+  c: Context<AuthEnv>,
+  check: () => Promise<T | null>,
+  remembered: (result: T) => boolean,
+  record: (result: T | null, reason?: "password" | "locked") => void,
+): Promise<T | null> {
+  const address = `address:${clientAddress(clientAddressOf(c.req.raw))}`;
+  const locked = knownLock([address]);
+  if (locked > 0) throw tooManyFailures(locked);
+  const result = await check();
+  if (result !== null && remembered(result)) return result;
+  const settings = lockoutSettings(c.env);
+  const wait = await judge(c, address, result !== null, { ...settings, maxFailures: settings.maxFailuresPerAddress });
+  if (wait > 0) {
+    record(null, "locked");
+    throw tooManyFailures(wait);
+  }
+  record(result, result === null ? "password" : undefined);
+  return result;
+}

@@ -27,6 +27,39 @@ export interface TokenSettings {
 export interface AccessClaims {
   sub: string;
   access: Grant[];
+  /**
+   * An OIDC login's token (auth/oidc.ts): `sub` is then `oidc:<issuer>#<subject>` (no user
+   * name has a colon), it has no password binding, and this is what the ID token said.
+   */
+  oidc?: OidcClaims;
+}
+
+/** What an OIDC login's ID token said, as far as trust rules can ask (auth/oidc.ts). */
+export interface OidcClaims {
+  iss: string;
+  sub: string;
+  aud: string[];
+  /** The claims any rule of the issuer names, as text. */
+  claims: Record<string, string>;
+}
+
+/** The `sub` of an OIDC login's access token: never a user's (user names have no colon). */
+export function oidcTokenSubject(oidc: { iss: string; sub: string }): string {
+  return `oidc:${oidc.iss}#${oidc.sub}`;
+}
+
+function isOidcClaims(value: unknown): value is OidcClaims {
+  if (typeof value !== "object" || value === null) return false;
+  const record = value as Record<string, unknown>;
+  return (
+    typeof record.iss === "string" &&
+    typeof record.sub === "string" &&
+    Array.isArray(record.aud) &&
+    record.aud.every((item) => typeof item === "string") &&
+    typeof record.claims === "object" &&
+    record.claims !== null &&
+    Object.values(record.claims).every((item) => typeof item === "string")
+  );
 }
 
 const ALGORITHM = "HS256";
@@ -102,8 +135,11 @@ export async function issueAccessToken(
   settings: TokenSettings,
   claims: AccessClaims,
   passwordHash?: string,
+  /** The latest expiry (seconds): an OIDC login's token lives no longer than its ID token. */
+  notAfter?: number,
 ): Promise<{ token: string; expiresIn: number; issuedAt: string }> {
   const issued = now();
+  const expires = Math.min(issued + settings.accessTtlSeconds, notAfter ?? Number.MAX_SAFE_INTEGER);
   const token = await sign(
     {
       iss: settings.issuer,
@@ -111,17 +147,18 @@ export async function issueAccessToken(
       aud: settings.service,
       iat: issued,
       nbf: issued - 5,
-      exp: issued + settings.accessTtlSeconds,
+      exp: expires,
       jti: crypto.randomUUID(),
       access: claims.access,
-      ...(claims.sub !== "" && passwordHash !== undefined
+      ...(claims.oidc ? { oidc: claims.oidc } : {}),
+      ...(claims.sub !== "" && !claims.oidc && passwordHash !== undefined
         ? { pwb: await passwordBinding(settings.key, claims.sub, passwordHash) }
         : {}),
     },
     settings.key,
     ALGORITHM,
   );
-  return { token, expiresIn: settings.accessTtlSeconds, issuedAt: new Date(issued * 1000).toISOString() };
+  return { token, expiresIn: Math.max(0, expires - issued), issuedAt: new Date(issued * 1000).toISOString() };
 }
 
 /**
@@ -183,6 +220,11 @@ export async function verifyAccessToken(
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
     if (typeof payload.exp !== "number") return null;
     if (payload.use !== undefined || typeof payload.sub !== "string" || !isGrantList(payload.access)) return null;
+    if (payload.oidc !== undefined) {
+      // An OIDC login's: no password to bind to, and never taken for a user's.
+      if (!isOidcClaims(payload.oidc) || payload.sub !== oidcTokenSubject(payload.oidc)) return null;
+      return { sub: payload.sub, access: payload.access, oidc: payload.oidc };
+    }
     if (payload.sub !== "" && !(await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf))) return null;
     return { sub: payload.sub, access: payload.access };
   } catch {

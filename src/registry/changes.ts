@@ -13,10 +13,14 @@ import type { Digest } from "../oci/digest";
 export interface Actor {
   /**
    * `user`: a password (htpasswd) user, through Basic or a token; `anonymous`: nobody
-   * logged in; `collector` and `mirror`: the registry's own work.
+   * logged in; `oidc`: an OIDC login (an issuer's ID token); `collector` and `mirror`: the
+   * registry's own work.
    */
-  kind: "user" | "anonymous" | "collector" | "mirror" | "system";
-  /** The user name; the component's name for the registry's own actors; "" for anonymous. */
+  kind: "user" | "anonymous" | "oidc" | "collector" | "mirror" | "system";
+  /**
+   * The user name; for `oidc`, `<issuer>#<subject>` (both identities); the component's name
+   * for the registry's own actors; "" for anonymous.
+   */
   name: string;
 }
 

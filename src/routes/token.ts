@@ -4,7 +4,8 @@ import { loadPolicy, serviceOf, tokenSettings, type AuthEnv } from "../auth/auth
 import { verifyLogin } from "../auth/logins";
 import { basicCredentials } from "../auth/passwords";
 import { allowedActions, type Policy } from "../auth/policy";
-import { issueAccessToken, issueRefreshToken, verifyRefreshToken } from "../auth/tokens";
+import { isOidcLogin, oidcAllowed, oidcLogin, type OidcLogin } from "../auth/oidc";
+import { issueAccessToken, oidcTokenSubject, issueRefreshToken, verifyRefreshToken } from "../auth/tokens";
 import { RegistryError } from "../oci/errors";
 import { readLimited } from "./http";
 
@@ -23,12 +24,14 @@ import { readLimited } from "./http";
  */
 export const tokenRoutes = new Hono<AuthEnv>();
 
-function grantsFor(policy: Policy, user: string | null, scopes: string[]): Grant[] {
+function grantsFor(policy: Policy, user: string | null, scopes: string[], login?: OidcLogin): Grant[] {
   const grants = new Map<string, Grant>();
   for (const text of scopes.flatMap((scope) => scope.split(" ")).filter((scope) => scope !== "")) {
     const requested = parseScope(text);
     if (!requested) continue;
-    const allowed = allowedActions(policy, user, requested.resource);
+    const allowed = login
+      ? oidcAllowed(policy, login.rules, requested.resource)
+      : allowedActions(policy, user, requested.resource);
     const actions = requested.actions.filter((action) => allowed.has(action));
     if (actions.length === 0) continue;
     const key = `${requested.resource.type}:${requested.resource.name}`;
@@ -60,15 +63,25 @@ function badCredentials(): RegistryError {
   });
 }
 
-async function answer(c: Context<AuthEnv>, user: string | null, scopes: string[], refresh: string | null) {
+async function answer(
+  c: Context<AuthEnv>,
+  user: string | null,
+  scopes: string[],
+  refresh: string | null,
+  login?: OidcLogin,
+) {
   const policy = loadPolicy(c.env);
   const settings = await tokenSettings(c);
-  const access = grantsFor(policy, user, scopes);
-  const { token, expiresIn, issuedAt } = await issueAccessToken(
-    settings,
-    { sub: user ?? "", access },
-    user === null ? undefined : policy.users.get(user),
-  );
+  const access = grantsFor(policy, user, scopes, login);
+  const { token, expiresIn, issuedAt } = login
+    ? // An OIDC login's token: its grants, no refresh token, and no longer-lived than the ID token.
+      await issueAccessToken(
+        settings,
+        { sub: oidcTokenSubject(login.oidc), access, oidc: login.oidc },
+        undefined,
+        login.exp,
+      )
+    : await issueAccessToken(settings, { sub: user ?? "", access }, user === null ? undefined : policy.users.get(user));
   c.header("Cache-Control", "no-store");
   return c.json({
     token,
@@ -85,6 +98,11 @@ tokenRoutes.get("/", async (c) => {
   const policy = loadPolicy(c.env);
   const credentials = basicCredentials(c.req.header("Authorization"));
   if (c.req.header("Authorization") && !credentials) throw badCredentials();
+  if (credentials && isOidcLogin(c, credentials.user)) {
+    const login = await oidcLogin(c, credentials.password, "token");
+    if (!login) throw badCredentials();
+    return answer(c, null, c.req.queries("scope") ?? [], null, login);
+  }
   let user: string | null = null;
   if (credentials) {
     if (!(await verifyLogin(c, policy, credentials.user, credentials.password, "token"))) throw badCredentials();
@@ -143,6 +161,11 @@ tokenRoutes.post("/", async (c) => {
   const grantType = field("grant_type");
   if (grantType === "password") {
     const user = field("username") ?? "";
+    if (isOidcLogin(c, user)) {
+      const login = await oidcLogin(c, field("password") ?? "", "token");
+      if (!login) throw badCredentials();
+      return answer(c, null, scopes, null, login);
+    }
     if (!(await verifyLogin(c, policy, user, field("password") ?? "", "token"))) throw badCredentials();
     const refresh = field("access_type") === "offline" ? await refreshTokenFor(c, policy, user) : null;
     return answer(c, user, scopes, refresh);

@@ -82,11 +82,13 @@ function parseRules(text: string | undefined): AccessRule[] {
 /** Parses AUTH_MODE, AUTH_USERS and AUTH_ACCESS (and checks TOKEN_SECRET is there when it must be). */
 export function parseAccess(env: Env): AccessSettings {
   const users = parseUsers(env.AUTH_USERS);
-  const mode: AuthMode = users.size > 0 ? "enforced" : env.AUTH_MODE === "open" ? "open" : "read-only";
+  // Trusted OIDC issuers (OIDC_TRUST: settings/oidc.ts) log in too: authentication is enforced.
+  const federated = env.OIDC_TRUST !== undefined && env.OIDC_TRUST.trim() !== "";
+  const mode: AuthMode = users.size > 0 || federated ? "enforced" : env.AUTH_MODE === "open" ? "open" : "read-only";
   if (mode === "enforced" && !env.TOKEN_SECRET) {
     // A key derived from AUTH_USERS would let anyone who saw the bcrypt hashes (which
     // people treat as safe to show) sign tokens: the key must be a secret of its own.
-    throw new SettingsError("TOKEN_SECRET must be set (a long random value) when AUTH_USERS is");
+    throw new SettingsError("TOKEN_SECRET must be set (a long random value) when AUTH_USERS or OIDC_TRUST is");
   }
   const explicitRules = env.AUTH_ACCESS !== undefined && env.AUTH_ACCESS.trim() !== "";
   return { mode, users, rules: parseRules(env.AUTH_ACCESS), explicitRules };

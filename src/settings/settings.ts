@@ -2,6 +2,7 @@ import { RegistryError } from "../oci/errors";
 import { parseAccess, type AccessSettings } from "./access";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
+import { parseOidcTrust, type OidcTrustRule } from "./oidc";
 import { flag, integer, present, SettingsError } from "./values";
 import { parseWebhooks, type WebhookSettings } from "./webhooks";
 
@@ -51,6 +52,8 @@ export interface Settings {
   maxChunkLength: number | undefined;
   /** Users, access rules and the mode they put the registry in. */
   access: AccessSettings;
+  /** OIDC_TRUST: the issuers whose ID tokens log in as `oidc`, and what they grant (none: OIDC is off). */
+  oidc: OidcTrustRule[];
   tokens: TokenSettingsBase;
   logins: LoginSettings;
   /**
@@ -130,6 +133,7 @@ export const SETTING_NAMES = [
   "AUTH_MODE",
   "AUTH_USERS",
   "AUTH_ACCESS",
+  "OIDC_TRUST",
   "TOKEN_SECRET",
   "AUTH_SERVICE",
   "AUTH_REALM",
@@ -204,6 +208,13 @@ function parseLogins(env: Env): LoginSettings {
 /** Parses every setting; throws a SettingsError naming the first that does not parse. */
 export function parseSettings(env: Env): Settings {
   const maxChunkLength = integer("MAX_CHUNK_LENGTH", env.MAX_CHUNK_LENGTH, 0);
+  const access = parseAccess(env);
+  const oidc = parseOidcTrust(env.OIDC_TRUST);
+  if (oidc.length > 0 && access.users.has("oidc")) {
+    throw new SettingsError(
+      'OIDC_TRUST: the user name "oidc" is the OIDC login; AUTH_USERS must not have a user of that name',
+    );
+  }
   return {
     uploadTtlSeconds: integer("UPLOAD_TTL_SECONDS", env.UPLOAD_TTL_SECONDS, 7 * 24 * 60 * 60, { min: 1 }),
     uploadPartSize: integer("UPLOAD_PART_SIZE", env.UPLOAD_PART_SIZE, 16 * 1024 * 1024, {
@@ -220,7 +231,8 @@ export function parseSettings(env: Env): Settings {
     edgeCacheMaxBytes: integer("EDGE_CACHE_MAX_BYTES", env.EDGE_CACHE_MAX_BYTES, 500_000_000),
     edgeCacheEnabled: flag("EDGE_CACHE", env.EDGE_CACHE, true),
     maxChunkLength: maxChunkLength === 0 ? undefined : maxChunkLength,
-    access: parseAccess(env),
+    access,
+    oidc,
     tokens: {
       secret: present(env.TOKEN_SECRET),
       service: present(env.AUTH_SERVICE),
