@@ -120,6 +120,8 @@ export type LoginVia = "token" | "basic" | "web";
 export interface LoginAttempt {
   /** The user name presented (maybe no user's). */
   user: string;
+  /** A robot's login (src/auth/robots.ts): the actor is the robot. */
+  robot?: boolean;
   success: boolean;
   via: LoginVia;
   /** Why a failure failed: a wrong password, or a locked user name or address. */
@@ -135,7 +137,7 @@ export function recordLogin(env: Env, attempt: LoginAttempt): void {
     id: crypto.randomUUID(),
     time: Date.now(),
     action: attempt.success ? "login.success" : "login.failure",
-    actor: { kind: "user", name: attempt.user },
+    actor: { kind: attempt.robot ? "robot" : "user", name: attempt.user },
     detail: { via: attempt.via, ...(attempt.reason ? { reason: attempt.reason } : {}) },
   };
   if (attempt.address) event.address = attempt.address;

@@ -9,13 +9,24 @@ import { verifyLogin } from "./logins";
 export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
 import { allowedActions, policyOf, type Policy } from "./policy";
+import { checkRobotSecret, isRobotLogin, robotActions, robotNamed, touchRobot, type Robot } from "./robots";
 import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 
 /** Who is asking: nobody in particular, a user by password, or the holder of a token. */
 type Identity =
   | { kind: "anonymous" }
-  | { kind: "user"; user: string }
-  | { kind: "token"; user: string | null; grants: Map<string, Set<string>> };
+  | { kind: "user"; user: string; robot?: Robot }
+  | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot };
+
+/** The request's waitUntil, where there is an execution context (not in every test). */
+function waitUntilOf(c: Context<AuthEnv>): ((promise: Promise<unknown>) => void) | undefined {
+  try {
+    const context = c.executionCtx;
+    return (promise) => context.waitUntil(promise);
+  } catch {
+    return undefined;
+  }
+}
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
@@ -70,11 +81,21 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     for (const grant of claims.access) {
       grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
     }
-    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants };
+    // A robot's token holds while its robot does: revoked or expired, it is refused (robots.ts).
+    const robot = claims.robot ? await robotNamed(c.env, claims.sub) : undefined;
+    if (robot === null) throw unauthorized(c, "the robot token was revoked or has expired", scope, "invalid_token");
+    if (robot) touchRobot(c.env, robot, waitUntilOf(c));
+    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, ...(robot ? { robot } : {}) };
   }
   const credentials = basicCredentials(header);
   if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password, "basic"))) {
     throw unauthorized(c, "incorrect username or password", scope);
+  }
+  if (isRobotLogin(policy, credentials.user, credentials.password)) {
+    const robot = await checkRobotSecret(c.env, credentials.user, credentials.password);
+    if (!robot) throw unauthorized(c, "incorrect username or password", scope);
+    touchRobot(c.env, robot, waitUntilOf(c));
+    return { kind: "user", user: credentials.user, robot };
   }
   return { kind: "user", user: credentials.user };
 }
@@ -85,7 +106,10 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
  */
 function permitted(policy: Policy, identity: Identity, resource: Resource, subject = resource): Set<Action> {
   const user = identity.kind === "anonymous" ? null : identity.user;
-  const allowed = allowedActions(policy, user, subject);
+  const allowed =
+    identity.kind !== "anonymous" && identity.robot
+      ? robotActions(policy, identity.robot, subject)
+      : allowedActions(policy, user, subject);
   if (identity.kind !== "token") return allowed;
   const granted = identity.grants.get(resourceKey(resource));
   return new Set([...allowed].filter((action) => granted?.has(action) || granted?.has("*")));
@@ -121,7 +145,8 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
   c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
   const user = identity.kind === "anonymous" ? null : identity.user;
-  c.set("actor", user === null ? { kind: "anonymous", name: "" } : { kind: "user", name: user });
+  const robot = identity.kind !== "anonymous" && identity.robot !== undefined;
+  c.set("actor", user === null ? { kind: "anonymous", name: "" } : { kind: robot ? "robot" : "user", name: user });
   if (need === "nothing") return next();
   if (need === "base") {
     // `docker login` learns where to get a token here.
@@ -143,7 +168,9 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   const anonymous = identity.kind === "anonymous" || (identity.kind === "token" && identity.user === null);
   if (anonymous) throw unauthorized(c, "authentication required", scope);
   if (identity.kind === "token") {
-    const couldHave = allowedActions(policy, identity.user, subject);
+    const couldHave = identity.robot
+      ? robotActions(policy, identity.robot, subject)
+      : allowedActions(policy, identity.user, subject);
     if (need.actions.every((action) => couldHave.has(action))) {
       throw unauthorized(c, "the token does not grant this", scope, "insufficient_scope");
     }

@@ -10,7 +10,7 @@ export type AccessCheck = (resource: Resource, action: Action) => boolean;
 
 /** Who the request's credentials name: whom the changes it makes are attributed to. */
 export interface RequestActor {
-  kind: "user" | "anonymous";
+  kind: "user" | "robot" | "anonymous";
   name: string;
 }
 

@@ -27,6 +27,8 @@ export interface TokenSettings {
 export interface AccessClaims {
   sub: string;
   access: Grant[];
+  /** A robot's token (`rbt`): not bound to a password; its robot is checked on each use (robots.ts). */
+  robot?: boolean;
 }
 
 const ALGORITHM = "HS256";
@@ -114,6 +116,7 @@ export async function issueAccessToken(
       exp: issued + settings.accessTtlSeconds,
       jti: crypto.randomUUID(),
       access: claims.access,
+      ...(claims.robot ? { rbt: true } : {}),
       ...(claims.sub !== "" && passwordHash !== undefined
         ? { pwb: await passwordBinding(settings.key, claims.sub, passwordHash) }
         : {}),
@@ -183,6 +186,7 @@ export async function verifyAccessToken(
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
     if (typeof payload.exp !== "number") return null;
     if (payload.use !== undefined || typeof payload.sub !== "string" || !isGrantList(payload.access)) return null;
+    if (payload.rbt === true && payload.sub !== "") return { sub: payload.sub, access: payload.access, robot: true };
     if (payload.sub !== "" && !(await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf))) return null;
     return { sub: payload.sub, access: payload.access };
   } catch {

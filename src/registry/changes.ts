@@ -13,9 +13,10 @@ import type { Digest } from "../oci/digest";
 export interface Actor {
   /**
    * `user`: a password (htpasswd) user, through Basic or a token; `anonymous`: nobody
-   * logged in; `collector` and `mirror`: the registry's own work.
+   * logged in; `robot`: a robot token (src/auth/robots.ts); `collector` and `mirror`: the
+   * registry's own work.
    */
-  kind: "user" | "anonymous" | "collector" | "mirror" | "system";
+  kind: "user" | "robot" | "anonymous" | "collector" | "mirror" | "system";
   /** The user name; the component's name for the registry's own actors; "" for anonymous. */
   name: string;
 }

@@ -4,6 +4,7 @@ import { loadPolicy, serviceOf, tokenSettings, type AuthEnv } from "../auth/auth
 import { verifyLogin } from "../auth/logins";
 import { basicCredentials } from "../auth/passwords";
 import { allowedActions, type Policy } from "../auth/policy";
+import { robotLoggedIn, robotTokenTerms, type Robot } from "../auth/robots";
 import { issueAccessToken, issueRefreshToken, verifyRefreshToken } from "../auth/tokens";
 import { RegistryError } from "../oci/errors";
 import { readLimited } from "./http";
@@ -23,12 +24,14 @@ import { readLimited } from "./http";
  */
 export const tokenRoutes = new Hono<AuthEnv>();
 
-function grantsFor(policy: Policy, user: string | null, scopes: string[]): Grant[] {
+function grantsFor(policy: Policy, user: string | null, scopes: string[], robot?: Robot): Grant[] {
   const grants = new Map<string, Grant>();
   for (const text of scopes.flatMap((scope) => scope.split(" ")).filter((scope) => scope !== "")) {
     const requested = parseScope(text);
     if (!requested) continue;
-    const allowed = allowedActions(policy, user, requested.resource);
+    const allowed = robot
+      ? robotTokenTerms(policy, robot).actions(requested.resource)
+      : allowedActions(policy, user, requested.resource);
     const actions = requested.actions.filter((action) => allowed.has(action));
     if (actions.length === 0) continue;
     const key = `${requested.resource.type}:${requested.resource.name}`;
@@ -60,13 +63,20 @@ function badCredentials(): RegistryError {
   });
 }
 
-async function answer(c: Context<AuthEnv>, user: string | null, scopes: string[], refresh: string | null) {
+async function answer(
+  c: Context<AuthEnv>,
+  user: string | null,
+  scopes: string[],
+  refresh: string | null,
+  robot?: Robot,
+) {
   const policy = loadPolicy(c.env);
   const settings = await tokenSettings(c);
-  const access = grantsFor(policy, user, scopes);
+  if (robot) settings.accessTtlSeconds = robotTokenTerms(policy, robot).ttlSeconds(settings.accessTtlSeconds);
+  const access = grantsFor(policy, user, scopes, robot);
   const { token, expiresIn, issuedAt } = await issueAccessToken(
     settings,
-    { sub: user ?? "", access },
+    { sub: user ?? "", access, ...(robot ? { robot: true } : {}) },
     user === null ? undefined : policy.users.get(user),
   );
   c.header("Cache-Control", "no-store");
@@ -86,13 +96,16 @@ tokenRoutes.get("/", async (c) => {
   const credentials = basicCredentials(c.req.header("Authorization"));
   if (c.req.header("Authorization") && !credentials) throw badCredentials();
   let user: string | null = null;
+  let robot: Robot | undefined;
   if (credentials) {
     if (!(await verifyLogin(c, policy, credentials.user, credentials.password, "token"))) throw badCredentials();
     user = credentials.user;
+    robot = await robotLoggedIn(c.env, policy, credentials.user, credentials.password);
   }
-  const offline = c.req.query("offline_token") === "true";
+  // A robot gets no refresh token: its secret is what it logs in with again.
+  const offline = c.req.query("offline_token") === "true" && !robot;
   const refresh = offline && user !== null ? await refreshTokenFor(c, policy, user) : null;
-  return answer(c, user, c.req.queries("scope") ?? [], refresh);
+  return answer(c, user, c.req.queries("scope") ?? [], refresh, robot);
 });
 
 /**
@@ -144,8 +157,9 @@ tokenRoutes.post("/", async (c) => {
   if (grantType === "password") {
     const user = field("username") ?? "";
     if (!(await verifyLogin(c, policy, user, field("password") ?? "", "token"))) throw badCredentials();
-    const refresh = field("access_type") === "offline" ? await refreshTokenFor(c, policy, user) : null;
-    return answer(c, user, scopes, refresh);
+    const robot = await robotLoggedIn(c.env, policy, user, field("password") ?? "");
+    const refresh = field("access_type") === "offline" && !robot ? await refreshTokenFor(c, policy, user) : null;
+    return answer(c, user, scopes, refresh, robot);
   }
   if (grantType === "refresh_token") {
     const presented = field("refresh_token") ?? "";
