@@ -22,6 +22,7 @@ import {
 } from "./pages";
 import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
 import { deliveriesOf, DeliveriesPage } from "./deliveries";
+import { revokeFor, robotsFor, RobotsPage } from "./tokens";
 
 /**
  * The web pages at `/` (docs/operations.md, "Web pages"): the catalog, a repository's
@@ -151,6 +152,23 @@ uiRoutes.get("/deliveries", (c) =>
   render(c, async (viewer) => {
     const { status, records } = await deliveriesOf(c.env, viewer, c.req.query("status"));
     return c.html(<DeliveriesPage chrome={chrome(viewer, "Deliveries")} status={status} records={records} />);
+  }),
+);
+
+// Robot tokens, for administrators (src/ui/tokens.tsx): listed, and revoked by a form.
+uiRoutes.get("/robots", (c) =>
+  render(c, async (viewer) => {
+    const robots = await robotsFor(c.env, viewer);
+    return c.html(<RobotsPage chrome={chrome(viewer, "Robot tokens")} robots={robots} />);
+  }),
+);
+
+uiRoutes.post("/robots/revoke", (c) =>
+  render(c, async (viewer) => {
+    const form = await readForm(c);
+    checkForm(c, viewer, form);
+    await revokeFor(c.env, viewer, String(form.get("name") ?? ""));
+    return c.redirect("/robots", 303);
   }),
 );
 

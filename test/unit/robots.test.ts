@@ -257,4 +257,41 @@ describe("robot tokens", () => {
     expect((await request("/_admin/tokens")).status).toBe(403);
     expect((await request("/_admin/tokens", {}, "Bearer wrong")).status).toBe(403);
   });
+
+  it("are listed on an administrator's page, with a revoke button behind the CSRF token", async () => {
+    address++;
+    const { body } = await create("paged-bot", ["p/**:pull"]);
+    expect((await request("/robots")).status).toBe(403);
+
+    const form = await request("/login");
+    const browser = /registry_csrf=[0-9a-f]{32}/.exec(form.headers.get("Set-Cookie") ?? "")?.[0] ?? "";
+    const loginCsrf = /name="csrf" value="([0-9a-f]+)"/.exec(await form.text())?.[1] ?? "";
+    const login = await request("/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", Cookie: browser },
+      body: new URLSearchParams({ username: "alice", password: "alice-pw", csrf: loginCsrf }).toString(),
+      redirect: "manual",
+    });
+    expect(login.status).toBe(303);
+    const cookie = `${browser}; ${(login.headers.get("Set-Cookie") ?? "").split(";")[0]}`;
+    const page = await request("/robots", { headers: { Cookie: cookie } });
+    expect(page.status).toBe(200);
+    const html = await page.text();
+    expect(html).toContain("paged-bot");
+    expect(html).toContain("p/**:pull");
+    expect(html).not.toContain(body.secret);
+    const csrf = /name="csrf" value="([0-9a-f]+)"/.exec(html)?.[1] ?? "";
+    const revoke = (token: string) =>
+      request("/robots/revoke", {
+        method: "POST",
+        headers: { "Content-Type": "application/x-www-form-urlencoded", Cookie: cookie },
+        body: new URLSearchParams({ name: "paged-bot", csrf: token }).toString(),
+        redirect: "manual",
+      });
+    expect((await revoke("0".repeat(64))).status).toBe(403);
+    expect((await request("/v2/", {}, basic("paged-bot", body.secret))).status).toBe(200);
+    expect((await revoke(csrf)).status).toBe(303);
+    expect((await list()).some((robot) => robot.name === "paged-bot")).toBe(false);
+    expect((await request("/v2/", {}, basic("paged-bot", body.secret))).status).toBe(401);
+  });
 });
