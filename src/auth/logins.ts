@@ -9,7 +9,7 @@ import type { AuthEnv } from "./context";
 import type { LockoutSettings } from "./login-limiter";
 import { checkPassword, isRemembered, remember } from "./passwords";
 import type { Policy } from "./policy";
-import { checkRobotSecret, isRobotLogin } from "./robots";
+import { checkRobotSecret, isRobotLogin, isRobotRemembered, rememberRobot } from "./robots";
 
 /**
  * Every password check goes through here (GET and POST /token, Basic auth on /v2), so
@@ -141,7 +141,7 @@ export async function verifyLogin(
       requestId: c.req.header("CF-Ray"),
     });
   };
-  if (!robot && (await isRemembered(policy, user, password))) {
+  if (robot ? await isRobotRemembered(c.env, user, password) : await isRemembered(policy, user, password)) {
     record(true);
     return true;
   }
@@ -155,7 +155,7 @@ export async function verifyLogin(
     record(false, "locked");
     throw tooManyFailures(Math.max(addressWait, nameWait));
   }
-  if (correct) await remember(policy, user, password);
+  if (correct) await (robot ? rememberRobot(user, password) : remember(policy, user, password));
   record(correct, correct ? undefined : "password");
   return correct;
 }

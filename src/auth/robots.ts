@@ -1,6 +1,8 @@
 import { ACTIONS, type Action, type Resource } from "../oci/access";
 import { toHex } from "../oci/digest";
-import { RegistryError } from "../oci/errors";
+import { RegistryError, unavailable } from "../oci/errors";
+import { metered } from "../registry/meter";
+import { withTimeout } from "../registry/storage";
 import { namePattern } from "../settings/values";
 import type { Policy } from "./policy";
 
@@ -24,6 +26,7 @@ import type { Policy } from "./policy";
  */
 
 export const ROBOT_SECRET_PREFIX = "ert_";
+const D1_TIMEOUT_MS = 10_000;
 /** How long an isolate may answer "this robot exists" without asking D1 again. */
 export const ROBOT_CACHE_MS = 1000;
 /** How often `last_used` is written at most, per robot. */
@@ -52,6 +55,24 @@ interface RobotRow {
   created: number;
   expires: number | null;
   last_used: number | null;
+}
+
+/**
+ * One D1 call, counted in the request's Server-Timing (`d1`), never waited on forever: a
+ * robot that cannot be looked up is refused with a retryable 503, never let through.
+ */
+function d1<T>(operation: string, work: () => Promise<T>): Promise<T> {
+  return metered("d1", `robots.${operation}`, () =>
+    withTimeout(work(), `robots.${operation}`, D1_TIMEOUT_MS).catch((error: unknown) => {
+      throw error instanceof RegistryError
+        ? error
+        : unavailable(`the robot tokens could not be read or written (${operation})`, String(error));
+    }),
+  );
+}
+
+function readRow(env: Env, name: string): Promise<RobotRow | null> {
+  return d1("read", () => env.AUDIT.prepare("SELECT * FROM robots WHERE name = ?").bind(name).first<RobotRow>());
 }
 
 function robotOf(row: RobotRow): Robot {
@@ -156,7 +177,7 @@ function live(robot: Robot | null): Robot | null {
 export async function robotNamed(env: Env, name: string): Promise<Robot | null> {
   const known = cache.get(name);
   if (known && known.until > Date.now()) return live(known.robot);
-  const row = await env.AUDIT.prepare("SELECT * FROM robots WHERE name = ?").bind(name).first<RobotRow>();
+  const row = await readRow(env, name);
   return live(remembered(name, row ? robotOf(row) : null, row?.secret_hash));
 }
 
@@ -170,10 +191,31 @@ export async function checkRobotSecret(env: Env, name: string, secret: string): 
   if (known && known.until > Date.now() && known.hash !== undefined) {
     return sameText(known.hash, hash) ? live(known.robot) : null;
   }
-  const row = await env.AUDIT.prepare("SELECT * FROM robots WHERE name = ?").bind(name).first<RobotRow>();
+  const row = await readRow(env, name);
   remembered(name, row ? robotOf(row) : null, row?.secret_hash);
   if (!row || !sameText(row.secret_hash, hash)) return null;
   return live(robotOf(row));
+}
+
+const approved = new Map<string, number>();
+const APPROVED_MS = 60_000;
+
+/**
+ * Whether this robot login succeeded, let through by the failed-login limits, in this
+ * isolate within the last minute (as passwords.ts remembers passwords), and the robot still
+ * holds (checkRobotSecret: D1 at most once a ROBOT_CACHE_MS): a client sending its secret
+ * with every request then costs no limiter call each time.
+ */
+export async function isRobotRemembered(env: Env, name: string, secret: string): Promise<boolean> {
+  const until = approved.get(`${name}\0${await sha256Hex(secret)}`);
+  if (until === undefined || until <= Date.now()) return false;
+  return (await checkRobotSecret(env, name, secret)) !== null;
+}
+
+/** Remembers a robot login the limits let through (isRobotRemembered). */
+export async function rememberRobot(name: string, secret: string): Promise<void> {
+  if (approved.size >= CACHE_MAX) approved.clear();
+  approved.set(`${name}\0${await sha256Hex(secret)}`, Date.now() + APPROVED_MS);
 }
 
 /**
@@ -239,11 +281,14 @@ export async function createRobot(
     lastUsed: null,
   };
   const secret = newSecret();
-  const result = await env.AUDIT.prepare(
-    "INSERT INTO robots (name, secret_hash, access, created, expires) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
-  )
-    .bind(name, await sha256Hex(secret), JSON.stringify(access), created, robot.expires)
-    .run();
+  const secretHash = await sha256Hex(secret);
+  const result = await d1("create", () =>
+    env.AUDIT.prepare(
+      "INSERT INTO robots (name, secret_hash, access, created, expires) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+    )
+      .bind(name, secretHash, JSON.stringify(access), created, robot.expires)
+      .run(),
+  );
   if (result.meta.changes !== 1) {
     throw new RegistryError("DENIED", "a robot of this name exists; revoke it first", { name }, {}, 409);
   }
@@ -252,13 +297,13 @@ export async function createRobot(
 }
 
 export async function listRobots(env: Env): Promise<Robot[]> {
-  const { results } = await env.AUDIT.prepare("SELECT * FROM robots ORDER BY name").all<RobotRow>();
+  const { results } = await d1("list", () => env.AUDIT.prepare("SELECT * FROM robots ORDER BY name").all<RobotRow>());
   return results.map(robotOf);
 }
 
 /** Revokes (deletes) a robot: true when there was one. */
 export async function revokeRobot(env: Env, name: string): Promise<boolean> {
-  const result = await env.AUDIT.prepare("DELETE FROM robots WHERE name = ?").bind(name).run();
+  const result = await d1("revoke", () => env.AUDIT.prepare("DELETE FROM robots WHERE name = ?").bind(name).run());
   remembered(name, null);
   return result.meta.changes === 1;
 }

@@ -294,4 +294,29 @@ describe("robot tokens", () => {
     expect((await list()).some((robot) => robot.name === "paged-bot")).toBe(false);
     expect((await request("/v2/", {}, basic("paged-bot", body.secret))).status).toBe(401);
   });
+
+  it("costs a robot's requests at most one D1 read a second per isolate (Server-Timing)", async () => {
+    address++;
+    const { body } = await create("metered-bot", ["m/**:pull"]);
+    const bearer = `Bearer ${(await token(basic("metered-bot", body.secret), "repository:m/app:pull")).body.token}`;
+    const d1Calls = (response: Response) =>
+      Number(/d1;dur=[\d.]+;desc="(\d+)"/.exec(response.headers.get("Server-Timing") ?? "")?.[1] ?? "0");
+    await new Promise((resolve) => setTimeout(resolve, ROBOT_CACHE_MS + 50));
+    const first = await request("/v2/m/app/tags/list", {}, bearer);
+    expect(first.status).toBe(404);
+    expect(d1Calls(first)).toBe(1);
+    for (let index = 0; index < 5; index++) {
+      expect(d1Calls(await request("/v2/m/app/tags/list", {}, bearer))).toBe(0);
+    }
+    // Basic with the secret on each request: the same, and no limiter call once a login was let through.
+    const credentials = basic("metered-bot", body.secret);
+    const doCalls = (response: Response) =>
+      Number(/do;dur=[\d.]+;desc="(\d+)"/.exec(response.headers.get("Server-Timing") ?? "")?.[1] ?? "0");
+    expect((await request("/v2/m/app/tags/list", {}, credentials)).status).toBe(404);
+    for (let index = 0; index < 5; index++) {
+      const response = await request("/v2/m/app/tags/list", {}, credentials);
+      expect(d1Calls(response)).toBe(0);
+      expect(doCalls(response)).toBe(0);
+    }
+  });
 });
