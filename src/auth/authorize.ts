@@ -9,7 +9,15 @@ import { verifyLogin } from "./logins";
 export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
 import { allowedActions, policyOf, type Policy } from "./policy";
-import { checkRobotSecret, isRobotLogin, robotActions, robotNamed, touchRobot, type Robot } from "./robots";
+import {
+  checkRobotSecret,
+  isRobotLogin,
+  robotActions,
+  robotNamed,
+  touchRobot,
+  waitUntilOf,
+  type Robot,
+} from "./robots";
 import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 
 /** Who is asking: nobody in particular, a user by password, or the holder of a token. */
@@ -17,16 +25,6 @@ type Identity =
   | { kind: "anonymous" }
   | { kind: "user"; user: string; robot?: Robot }
   | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot };
-
-/** The request's waitUntil, where there is an execution context (not in every test). */
-function waitUntilOf(c: Context<AuthEnv>): ((promise: Promise<unknown>) => void) | undefined {
-  try {
-    const context = c.executionCtx;
-    return (promise) => context.waitUntil(promise);
-  } catch {
-    return undefined;
-  }
-}
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {

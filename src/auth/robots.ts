@@ -1,3 +1,4 @@
+import type { Context } from "hono";
 import { ACTIONS, type Action, type Resource } from "../oci/access";
 import { toHex } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
@@ -216,6 +217,16 @@ export async function isRobotRemembered(env: Env, name: string, secret: string):
 export async function rememberRobot(name: string, secret: string): Promise<void> {
   if (approved.size >= CACHE_MAX) approved.clear();
   approved.set(`${name}\0${await sha256Hex(secret)}`, Date.now() + APPROVED_MS);
+}
+
+/** The request's waitUntil, where there is an execution context (not in every test). */
+export function waitUntilOf(c: Context): ((promise: Promise<unknown>) => void) | undefined {
+  try {
+    const context = c.executionCtx;
+    return (promise) => context.waitUntil(promise);
+  } catch {
+    return undefined;
+  }
 }
 
 /**

@@ -273,6 +273,14 @@ describe("robot tokens", () => {
       redirect: "manual",
     });
     expect(login.status).toBe(303);
+    // A robot cannot log in to the pages.
+    const robotLogin = await request("/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/x-www-form-urlencoded", Cookie: browser },
+      body: new URLSearchParams({ username: "paged-bot", password: body.secret, csrf: loginCsrf }).toString(),
+      redirect: "manual",
+    });
+    expect(robotLogin.status).toBe(401);
     const cookie = `${browser}; ${(login.headers.get("Set-Cookie") ?? "").split(";")[0]}`;
     const page = await request("/robots", { headers: { Cookie: cookie } });
     expect(page.status).toBe(200);
