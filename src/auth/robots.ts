@@ -304,6 +304,7 @@ export async function createRobot(
     throw new RegistryError("DENIED", "a robot of this name exists; revoke it first", { name }, {}, 409);
   }
   cache.delete(name);
+  touched.delete(name);
   return { robot, secret };
 }
 
