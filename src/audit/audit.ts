@@ -146,6 +146,31 @@ export function recordLogin(env: Env, attempt: LoginAttempt): void {
   writerOf(env)?.record(event);
 }
 
+/**
+ * Records an operator's change to the robot tokens (src/auth/robots.ts): `robot.create`
+ * or `robot.revoke`, the robot in `detail`; by the admin token (actor `system`/`admin`),
+ * or by an administrator of the web pages (`by`).
+ */
+export function recordRobotChange(
+  env: Env,
+  action: "robot.create" | "robot.revoke",
+  detail: Record<string, string>,
+  client: { address?: string | undefined; userAgent?: string | undefined; requestId?: string | undefined },
+  by: RegistryEvent["actor"] = { kind: "system", name: "admin" },
+): void {
+  const event: RegistryEvent = {
+    id: crypto.randomUUID(),
+    time: Date.now(),
+    action,
+    actor: by,
+    detail,
+  };
+  if (client.address) event.address = client.address;
+  if (client.userAgent) event.userAgent = client.userAgent;
+  if (client.requestId) event.requestId = client.requestId;
+  writerOf(env)?.record(event);
+}
+
 /** Most rows one query returns. */
 export const AUDIT_MAX_LIMIT = 1000;
 

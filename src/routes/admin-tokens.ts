@@ -1,10 +1,12 @@
 import { Hono } from "hono";
+import { recordRobotChange } from "../audit/audit";
 import { loadPolicy } from "../auth/authorize";
+import { clientAddressOf } from "../auth/client-address";
 import { createRobot, listedRobot, listRobots, revokeRobot } from "../auth/robots";
 import { RegistryError } from "../oci/errors";
 import { requireAdmin } from "./admin";
 import { readLimited } from "./http";
-import type { AppEnv } from "./http";
+import type { AppContext, AppEnv } from "./http";
 
 /**
  * Robot tokens (src/auth/robots.ts, `npm run token`), behind the admin token like the
@@ -18,6 +20,15 @@ import type { AppEnv } from "./http";
 export const adminTokenRoutes = new Hono<AppEnv>();
 
 const MAX_BODY_BYTES = 16 * 1024;
+
+/** Who asked, for the audit log's row of the change (the admin token names nobody). */
+function client(c: AppContext) {
+  return {
+    address: clientAddressOf(c.req.raw),
+    userAgent: c.req.header("User-Agent"),
+    requestId: c.req.header("CF-Ray"),
+  };
+}
 
 adminTokenRoutes.post("/tokens", async (c) => {
   requireAdmin(c);
@@ -37,8 +48,19 @@ adminTokenRoutes.post("/tokens", async (c) => {
     access: body.access as string[],
     expiresIn: body.expiresIn as number | undefined,
   });
+  const listed = listedRobot(robot);
+  recordRobotChange(
+    c.env,
+    "robot.create",
+    {
+      robot: robot.name,
+      access: listed.access.map((grant) => `${grant.repositories}:${grant.actions.join(",")}`).join(" "),
+      ...(listed.expires ? { expires: listed.expires } : {}),
+    },
+    client(c),
+  );
   c.header("Cache-Control", "no-store");
-  return c.json({ ...listedRobot(robot), secret }, 201);
+  return c.json({ ...listed, secret }, 201);
 });
 
 adminTokenRoutes.get("/tokens", async (c) => {
@@ -53,5 +75,6 @@ adminTokenRoutes.delete("/tokens/:name", async (c) => {
   if (!(await revokeRobot(c.env, name))) {
     throw new RegistryError("UNSUPPORTED", "no robot token of this name", { name }, {}, 404);
   }
+  recordRobotChange(c.env, "robot.revoke", { robot: name }, client(c));
   return c.body(null, 204);
 });

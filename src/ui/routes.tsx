@@ -23,6 +23,7 @@ import {
 import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
 import { deliveriesOf, DeliveriesPage } from "./deliveries";
 import { revokeFor, robotsFor, RobotsPage } from "./tokens";
+import { clientAddressOf } from "../auth/client-address";
 
 /**
  * The web pages at `/` (docs/operations.md, "Web pages"): the catalog, a repository's
@@ -167,7 +168,11 @@ uiRoutes.post("/robots/revoke", (c) =>
   render(c, async (viewer) => {
     const form = await readForm(c);
     checkForm(c, viewer, form);
-    await revokeFor(c.env, viewer, String(form.get("name") ?? ""));
+    await revokeFor(c.env, viewer, String(form.get("name") ?? ""), {
+      address: clientAddressOf(c.req.raw),
+      userAgent: c.req.header("User-Agent"),
+      requestId: c.req.header("CF-Ray"),
+    });
     return c.redirect("/robots", 303);
   }),
 );

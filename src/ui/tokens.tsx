@@ -1,5 +1,6 @@
 /** @jsxImportSource hono/jsx */
 import type { FC } from "hono/jsx";
+import { recordRobotChange } from "../audit/audit";
 import { listedRobot, listRobots, revokeRobot } from "../auth/robots";
 import { RegistryError } from "../oci/errors";
 import { isAdministrator } from "./deliveries";
@@ -14,6 +15,7 @@ import type { Viewer } from "./session";
  */
 
 type ListedRobot = ReturnType<typeof listedRobot>;
+type RobotChangeClient = Parameters<typeof recordRobotChange>[3];
 
 function administratorOnly(viewer: Viewer): void {
   if (!isAdministrator(viewer)) {
@@ -31,10 +33,14 @@ export async function robotsFor(env: Env, viewer: Viewer): Promise<ListedRobot[]
 }
 
 /** Revokes a robot for an administrator (the form checked by the caller); DENIED otherwise. */
-export async function revokeFor(env: Env, viewer: Viewer, name: string): Promise<void> {
+export async function revokeFor(env: Env, viewer: Viewer, name: string, client: RobotChangeClient): Promise<void> {
   administratorOnly(viewer);
-  if (!(await revokeRobot(env, name)))
+  if (!(await revokeRobot(env, name))) {
     throw new RegistryError("UNSUPPORTED", "no robot token of this name", {}, {}, 404);
+  }
+  const by =
+    viewer.user === null ? { kind: "anonymous" as const, name: "" } : { kind: "user" as const, name: viewer.user };
+  recordRobotChange(env, "robot.revoke", { robot: name }, client, by);
 }
 
 function when(time: string | null): string {

@@ -178,6 +178,17 @@ describe("robot tokens", () => {
     expect((await token(credentials, "repository:rev/app:pull")).status).toBe(401);
     expect((await list()).some((robot) => robot.name === "revoked-bot")).toBe(false);
     expect((await request("/_admin/tokens/revoked-bot", { method: "DELETE" }, admin)).status).toBe(404);
+
+    // The audit log has who made and revoked it (the admin token: system/admin).
+    await auditSettled();
+    const audit = await request("/_admin/audit?action=robot.*", {}, admin);
+    const rows = ((await audit.json()) as { events: RegistryEvent[] }).events.filter(
+      (event) => event.detail?.robot === "revoked-bot",
+    );
+    expect(rows.map((event) => event.action)).toEqual(["robot.revoke", "robot.create"]);
+    expect(rows[1]?.detail).toMatchObject({ access: "rev/**:pull,push" });
+    expect(rows.every((event) => event.actor.kind === "system" && event.actor.name === "admin")).toBe(true);
+    expect(JSON.stringify(rows)).not.toContain(body.secret);
   });
 
   it("is refused once revoked in another isolate, within the cache's second", async () => {
@@ -300,6 +311,12 @@ describe("robot tokens", () => {
     expect((await request("/v2/", {}, basic("paged-bot", body.secret))).status).toBe(200);
     expect((await revoke(csrf)).status).toBe(303);
     expect((await list()).some((robot) => robot.name === "paged-bot")).toBe(false);
+    await auditSettled();
+    const audit = await request("/_admin/audit?action=robot.revoke", {}, admin);
+    const revokedBy = ((await audit.json()) as { events: RegistryEvent[] }).events.find(
+      (event) => event.detail?.robot === "paged-bot",
+    );
+    expect(revokedBy?.actor).toEqual({ kind: "user", name: "alice" });
     expect((await request("/v2/", {}, basic("paged-bot", body.secret))).status).toBe(401);
   });
 
