@@ -10,6 +10,7 @@ import { eventsExtension } from "./events/sender";
 import { adminRoutes } from "./routes/admin";
 import { adminAuditRoutes } from "./routes/admin-audit";
 import { adminDeliveryRoutes } from "./routes/admin-deliveries";
+import { adminTokenRoutes } from "./routes/admin-tokens";
 import { blobRoutes } from "./routes/blobs";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
@@ -69,6 +70,7 @@ app.route("/v2", v2);
 app.route("/_admin", adminRoutes);
 app.route("/_admin", adminAuditRoutes);
 app.route("/_admin", adminDeliveryRoutes);
+app.route("/_admin", adminTokenRoutes);
 // The web pages (src/ui): after the API's routes, at the paths they leave free.
 app.route("/", uiRoutes);
 app.route("/token", tokenRoutes);

@@ -8,17 +8,24 @@ import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { startLocalWorker } from "./local-worker.mjs";
 
+/** The headers and body of an admin request: the bearer token, and `json` as the body when given. */
+function request(token, json) {
+  const headers = { Authorization: `Bearer ${token}` };
+  if (json === undefined) return { headers };
+  return { headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(json) };
+}
+
 /**
  * `url`: the running registry's, or undefined for the local state in `state` (default
  * .wrangler/state). `fail(message)` reports what is missing and exits. Returns { call(method,
- * path) → { status, body }, stop() }.
+ * path[, json]) → { status, body }, stop() }; `json`, when given, is sent as the JSON body.
  */
 export async function adminConnection({ url, state, fail }) {
   if (url) {
     const token = process.env.ADMIN_TOKEN;
     if (!token) fail("set ADMIN_TOKEN to the registry's admin token (the ADMIN_TOKEN Worker secret)");
-    const call = async (method, path) => {
-      const response = await fetch(new URL(path, url), { method, headers: { Authorization: `Bearer ${token}` } });
+    const call = async (method, path, json) => {
+      const response = await fetch(new URL(path, url), { method, ...request(token, json) });
       return { status: response.status, body: await response.text() };
     };
     return { call, stop: async () => undefined };
@@ -33,10 +40,10 @@ export async function adminConnection({ url, state, fail }) {
     quiet: true,
     bindings: { ADMIN_TOKEN: token },
   });
-  const call = async (method, path) => {
+  const call = async (method, path, json) => {
     const response = await miniflare.dispatchFetch(new URL(path, "http://admin.local").toString(), {
       method,
-      headers: { Authorization: `Bearer ${token}` },
+      ...request(token, json),
     });
     return { status: response.status, body: await response.text() };
   };

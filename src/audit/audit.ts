@@ -122,6 +122,8 @@ export interface LoginAttempt {
   user: string;
   /** `oidc`: an OIDC login (auth/oidc.ts); default `user`. */
   kind?: "user" | "oidc";
+  /** A robot's login (src/auth/robots.ts): the actor is the robot. */
+  robot?: boolean;
   success: boolean;
   via: LoginVia;
   /** Why a failure failed: a wrong password, or a locked user name or address. */
@@ -137,12 +139,37 @@ export function recordLogin(env: Env, attempt: LoginAttempt): void {
     id: crypto.randomUUID(),
     time: Date.now(),
     action: attempt.success ? "login.success" : "login.failure",
-    actor: { kind: attempt.kind ?? "user", name: attempt.user },
+    actor: { kind: attempt.robot ? "robot" : (attempt.kind ?? "user"), name: attempt.user },
     detail: { via: attempt.via, ...(attempt.reason ? { reason: attempt.reason } : {}) },
   };
   if (attempt.address) event.address = attempt.address;
   if (attempt.userAgent) event.userAgent = attempt.userAgent;
   if (attempt.requestId) event.requestId = attempt.requestId;
+  writerOf(env)?.record(event);
+}
+
+/**
+ * Records an operator's change to the robot tokens (src/auth/robots.ts): `robot.create`
+ * or `robot.revoke`, the robot in `detail`; by the admin token (actor `system`/`admin`),
+ * or by an administrator of the web pages (`by`).
+ */
+export function recordRobotChange(
+  env: Env,
+  action: "robot.create" | "robot.revoke",
+  detail: Record<string, string>,
+  client: { address?: string | undefined; userAgent?: string | undefined; requestId?: string | undefined },
+  by: RegistryEvent["actor"] = { kind: "system", name: "admin" },
+): void {
+  const event: RegistryEvent = {
+    id: crypto.randomUUID(),
+    time: Date.now(),
+    action,
+    actor: by,
+    detail,
+  };
+  if (client.address) event.address = client.address;
+  if (client.userAgent) event.userAgent = client.userAgent;
+  if (client.requestId) event.requestId = client.requestId;
   writerOf(env)?.record(event);
 }
 

@@ -12,13 +12,22 @@ import type { OidcClaims } from "./tokens";
 export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
 import { allowedActions, policyOf, type Policy } from "./policy";
+import {
+  checkRobotSecret,
+  isRobotLogin,
+  robotActions,
+  robotNamed,
+  touchRobot,
+  waitUntilOf,
+  type Robot,
+} from "./robots";
 import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 
 /** Who is asking: nobody in particular, a user by password, or the holder of a token. */
 type Identity =
   | { kind: "anonymous" }
-  | { kind: "user"; user: string }
-  | { kind: "token"; user: string | null; grants: Map<string, Set<string>> }
+  | { kind: "user"; user: string; robot?: Robot }
+  | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot }
   // An OIDC login (oidc.ts): by its ID token (Basic), or its access token's grants.
   | { kind: "oidc"; oidc: OidcClaims; rules: OidcTrustRule[]; grants: Map<string, Set<string>> | null };
 
@@ -77,7 +86,11 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     }
     if (claims.oidc)
       return { kind: "oidc", oidc: claims.oidc, rules: matchingRules(settingsOf(c.env).oidc, claims.oidc), grants };
-    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants };
+    // A robot's token holds while its robot does: revoked or expired, it is refused (robots.ts).
+    const robot = claims.robot ? await robotNamed(c.env, claims.sub) : undefined;
+    if (robot === null) throw unauthorized(c, "the robot token was revoked or has expired", scope, "invalid_token");
+    if (robot) touchRobot(c.env, robot, waitUntilOf(c));
+    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, ...(robot ? { robot } : {}) };
   }
   const credentials = basicCredentials(header);
   if (credentials && isOidcLogin(c, credentials.user)) {
@@ -87,6 +100,12 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
   }
   if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password, "basic"))) {
     throw unauthorized(c, "incorrect username or password", scope);
+  }
+  if (isRobotLogin(policy, credentials.user, credentials.password)) {
+    const robot = await checkRobotSecret(c.env, credentials.user, credentials.password);
+    if (!robot) throw unauthorized(c, "incorrect username or password", scope);
+    touchRobot(c.env, robot, waitUntilOf(c));
+    return { kind: "user", user: credentials.user, robot };
   }
   return { kind: "user", user: credentials.user };
 }
@@ -106,13 +125,14 @@ function permitted(policy: Policy, identity: Identity, resource: Resource, subje
 /** What the identity's user (or OIDC login) may do now, whatever a token grants. */
 function couldDo(policy: Policy, identity: Identity, subject: Resource): Set<Action> {
   if (identity.kind === "oidc") return oidcAllowed(policy, identity.rules, subject);
+  if (identity.kind !== "anonymous" && identity.robot) return robotActions(policy, identity.robot, subject);
   return allowedActions(policy, identity.kind === "anonymous" ? null : identity.user, subject);
 }
 
 function actorOf(identity: Identity): RequestActor {
   if (identity.kind === "oidc") return { kind: "oidc", name: oidcActorName(identity.oidc) };
   if (identity.kind === "anonymous" || identity.user === null) return { kind: "anonymous", name: "" };
-  return { kind: "user", name: identity.user };
+  return { kind: identity.robot ? "robot" : "user", name: identity.user };
 }
 
 /** The resource the rules judge: with `?ns=` naming an upstream, the mirrored name's stored one. */

@@ -10,8 +10,8 @@ export type AccessCheck = (resource: Resource, action: Action) => boolean;
 
 /** Who the request's credentials name: whom the changes it makes are attributed to. */
 export interface RequestActor {
-  kind: "user" | "anonymous" | "oidc";
-  /** The user name; an OIDC login's `<issuer>#<subject>`; "" for anonymous. */
+  kind: "user" | "robot" | "anonymous" | "oidc";
+  /** The user name, a robot's name, an OIDC login's `<issuer>#<subject>`; "" for anonymous. */
   name: string;
 }
 

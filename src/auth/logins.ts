@@ -9,6 +9,7 @@ import type { AuthEnv } from "./context";
 import type { LockoutSettings } from "./login-limiter";
 import { checkPassword, isRemembered, remember } from "./passwords";
 import type { Policy } from "./policy";
+import { checkRobotSecret, isRobotLogin, isRobotRemembered, rememberRobot } from "./robots";
 
 /**
  * Every password check goes through here (GET and POST /token, Basic auth on /v2), so
@@ -125,10 +126,13 @@ export async function verifyLogin(
   const name = `user:${user}`;
   const locked = knownLock([address, name]);
   if (locked > 0) throw tooManyFailures(locked);
+  // A robot's secret under a name that is no user's (robots.ts): checked against D1, limited alike.
+  const robot = isRobotLogin(policy, user, password);
   const record = (success: boolean, reason?: "password" | "locked") => {
     if (success && via === "basic") return;
     recordLogin(c.env, {
       user,
+      ...(robot ? { robot } : {}),
       success,
       via,
       ...(reason ? { reason } : {}),
@@ -137,11 +141,13 @@ export async function verifyLogin(
       requestId: c.req.header("CF-Ray"),
     });
   };
-  if (await isRemembered(policy, user, password)) {
+  if (robot ? await isRobotRemembered(c.env, user, password) : await isRemembered(policy, user, password)) {
     record(true);
     return true;
   }
-  const correct = await checkPassword(policy, user, password);
+  const correct = robot
+    ? (await checkRobotSecret(c.env, user, password)) !== null
+    : await checkPassword(policy, user, password);
   const settings = lockoutSettings(c.env);
   const addressWait = await judge(c, address, correct, { ...settings, maxFailures: settings.maxFailuresPerAddress });
   const nameWait = addressWait > 0 ? 0 : await judge(c, name, correct, settings);
@@ -149,7 +155,7 @@ export async function verifyLogin(
     record(false, "locked");
     throw tooManyFailures(Math.max(addressWait, nameWait));
   }
-  if (correct) await remember(policy, user, password);
+  if (correct) await (robot ? rememberRobot(user, password) : remember(policy, user, password));
   record(correct, correct ? undefined : "password");
   return correct;
 }

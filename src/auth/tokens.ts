@@ -32,6 +32,8 @@ export interface AccessClaims {
    * name has a colon), it has no password binding, and this is what the ID token said.
    */
   oidc?: OidcClaims;
+  /** A robot's token (`rbt`): not bound to a password; its robot is checked on each use (robots.ts). */
+  robot?: boolean;
 }
 
 /** What an OIDC login's ID token said, as far as trust rules can ask (auth/oidc.ts). */
@@ -151,7 +153,8 @@ export async function issueAccessToken(
       jti: crypto.randomUUID(),
       access: claims.access,
       ...(claims.oidc ? { oidc: claims.oidc } : {}),
-      ...(claims.sub !== "" && !claims.oidc && passwordHash !== undefined
+      ...(claims.robot ? { rbt: true } : {}),
+      ...(claims.sub !== "" && !claims.oidc && !claims.robot && passwordHash !== undefined
         ? { pwb: await passwordBinding(settings.key, claims.sub, passwordHash) }
         : {}),
     },
@@ -225,6 +228,7 @@ export async function verifyAccessToken(
       if (!isOidcClaims(payload.oidc) || payload.sub !== oidcTokenSubject(payload.oidc)) return null;
       return { sub: payload.sub, access: payload.access, oidc: payload.oidc };
     }
+    if (payload.rbt === true && payload.sub !== "") return { sub: payload.sub, access: payload.access, robot: true };
     if (payload.sub !== "" && !(await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf))) return null;
     return { sub: payload.sub, access: payload.access };
   } catch {

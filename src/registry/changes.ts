@@ -13,13 +13,13 @@ import type { Digest } from "../oci/digest";
 export interface Actor {
   /**
    * `user`: a password (htpasswd) user, through Basic or a token; `anonymous`: nobody
-   * logged in; `oidc`: an OIDC login (an issuer's ID token); `collector` and `mirror`: the
-   * registry's own work.
+   * logged in; `robot`: a robot token (src/auth/robots.ts); `oidc`: an OIDC login (an
+   * issuer's ID token); `collector` and `mirror`: the registry's own work.
    */
-  kind: "user" | "anonymous" | "oidc" | "collector" | "mirror" | "system";
+  kind: "user" | "robot" | "anonymous" | "oidc" | "collector" | "mirror" | "system";
   /**
-   * The user name; for `oidc`, `<issuer>#<subject>` (both identities); the component's name
-   * for the registry's own actors; "" for anonymous.
+   * The user name; a robot's name; for `oidc`, `<issuer>#<subject>` (both identities); the
+   * component's name for the registry's own actors; "" for anonymous.
    */
   name: string;
 }

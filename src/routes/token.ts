@@ -5,6 +5,7 @@ import { verifyLogin } from "../auth/logins";
 import { basicCredentials } from "../auth/passwords";
 import { allowedActions, type Policy } from "../auth/policy";
 import { isOidcLogin, oidcAllowed, oidcLogin, type OidcLogin } from "../auth/oidc";
+import { robotLoggedIn, robotTokenTerms, type Robot } from "../auth/robots";
 import { issueAccessToken, oidcTokenSubject, issueRefreshToken, verifyRefreshToken } from "../auth/tokens";
 import { RegistryError } from "../oci/errors";
 import { readLimited } from "./http";
@@ -24,14 +25,20 @@ import { readLimited } from "./http";
  */
 export const tokenRoutes = new Hono<AuthEnv>();
 
-function grantsFor(policy: Policy, user: string | null, scopes: string[], login?: OidcLogin): Grant[] {
+/** Who logged in other than a user by password: an OIDC login, or a robot. */
+type Login = { oidc: OidcLogin } | { robot: Robot };
+
+function grantsFor(policy: Policy, user: string | null, scopes: string[], login?: Login): Grant[] {
   const grants = new Map<string, Grant>();
   for (const text of scopes.flatMap((scope) => scope.split(" ")).filter((scope) => scope !== "")) {
     const requested = parseScope(text);
     if (!requested) continue;
-    const allowed = login
-      ? oidcAllowed(policy, login.rules, requested.resource)
-      : allowedActions(policy, user, requested.resource);
+    const allowed =
+      login && "oidc" in login
+        ? oidcAllowed(policy, login.oidc.rules, requested.resource)
+        : login && "robot" in login
+          ? robotTokenTerms(policy, login.robot).actions(requested.resource)
+          : allowedActions(policy, user, requested.resource);
     const actions = requested.actions.filter((action) => allowed.has(action));
     if (actions.length === 0) continue;
     const key = `${requested.resource.type}:${requested.resource.name}`;
@@ -68,20 +75,27 @@ async function answer(
   user: string | null,
   scopes: string[],
   refresh: string | null,
-  login?: OidcLogin,
+  login?: Login,
 ) {
   const policy = loadPolicy(c.env);
   const settings = await tokenSettings(c);
+  const robot = login && "robot" in login ? login.robot : undefined;
+  if (robot) settings.accessTtlSeconds = robotTokenTerms(policy, robot).ttlSeconds(settings.accessTtlSeconds);
   const access = grantsFor(policy, user, scopes, login);
-  const { token, expiresIn, issuedAt } = login
-    ? // An OIDC login's token: its grants, no refresh token, and no longer-lived than the ID token.
-      await issueAccessToken(
-        settings,
-        { sub: oidcTokenSubject(login.oidc), access, oidc: login.oidc },
-        undefined,
-        login.exp,
-      )
-    : await issueAccessToken(settings, { sub: user ?? "", access }, user === null ? undefined : policy.users.get(user));
+  const { token, expiresIn, issuedAt } =
+    login && "oidc" in login
+      ? // An OIDC login's token: its grants, no refresh token, and no longer-lived than the ID token.
+        await issueAccessToken(
+          settings,
+          { sub: oidcTokenSubject(login.oidc.oidc), access, oidc: login.oidc.oidc },
+          undefined,
+          login.oidc.exp,
+        )
+      : await issueAccessToken(
+          settings,
+          { sub: user ?? "", access, ...(robot ? { robot: true } : {}) },
+          user === null || robot ? undefined : policy.users.get(user),
+        );
   c.header("Cache-Control", "no-store");
   return c.json({
     token,
@@ -101,16 +115,19 @@ tokenRoutes.get("/", async (c) => {
   if (credentials && isOidcLogin(c, credentials.user)) {
     const login = await oidcLogin(c, credentials.password, "token");
     if (!login) throw badCredentials();
-    return answer(c, null, c.req.queries("scope") ?? [], null, login);
+    return answer(c, null, c.req.queries("scope") ?? [], null, { oidc: login });
   }
   let user: string | null = null;
+  let robot: Robot | undefined;
   if (credentials) {
     if (!(await verifyLogin(c, policy, credentials.user, credentials.password, "token"))) throw badCredentials();
     user = credentials.user;
+    robot = await robotLoggedIn(c.env, policy, credentials.user, credentials.password);
   }
-  const offline = c.req.query("offline_token") === "true";
+  // A robot gets no refresh token: its secret is what it logs in with again.
+  const offline = c.req.query("offline_token") === "true" && !robot;
   const refresh = offline && user !== null ? await refreshTokenFor(c, policy, user) : null;
-  return answer(c, user, c.req.queries("scope") ?? [], refresh);
+  return answer(c, user, c.req.queries("scope") ?? [], refresh, robot ? { robot } : undefined);
 });
 
 /**
@@ -164,11 +181,12 @@ tokenRoutes.post("/", async (c) => {
     if (isOidcLogin(c, user)) {
       const login = await oidcLogin(c, field("password") ?? "", "token");
       if (!login) throw badCredentials();
-      return answer(c, null, scopes, null, login);
+      return answer(c, null, scopes, null, { oidc: login });
     }
     if (!(await verifyLogin(c, policy, user, field("password") ?? "", "token"))) throw badCredentials();
-    const refresh = field("access_type") === "offline" ? await refreshTokenFor(c, policy, user) : null;
-    return answer(c, user, scopes, refresh);
+    const robot = await robotLoggedIn(c.env, policy, user, field("password") ?? "");
+    const refresh = field("access_type") === "offline" && !robot ? await refreshTokenFor(c, policy, user) : null;
+    return answer(c, user, scopes, refresh, robot ? { robot } : undefined);
   }
   if (grantType === "refresh_token") {
     const presented = field("refresh_token") ?? "";

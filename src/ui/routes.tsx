@@ -22,6 +22,8 @@ import {
 } from "./pages";
 import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
 import { deliveriesOf, DeliveriesPage } from "./deliveries";
+import { revokeFor, robotsFor, RobotsPage } from "./tokens";
+import { clientAddressOf } from "../auth/client-address";
 
 /**
  * The web pages at `/` (docs/operations.md, "Web pages"): the catalog, a repository's
@@ -151,6 +153,27 @@ uiRoutes.get("/deliveries", (c) =>
   render(c, async (viewer) => {
     const { status, records } = await deliveriesOf(c.env, viewer, c.req.query("status"));
     return c.html(<DeliveriesPage chrome={chrome(viewer, "Deliveries")} status={status} records={records} />);
+  }),
+);
+
+// Robot tokens, for administrators (src/ui/tokens.tsx): listed, and revoked by a form.
+uiRoutes.get("/robots", (c) =>
+  render(c, async (viewer) => {
+    const robots = await robotsFor(c.env, viewer);
+    return c.html(<RobotsPage chrome={chrome(viewer, "Robot tokens")} robots={robots} />);
+  }),
+);
+
+uiRoutes.post("/robots/revoke", (c) =>
+  render(c, async (viewer) => {
+    const form = await readForm(c);
+    checkForm(c, viewer, form);
+    await revokeFor(c.env, viewer, String(form.get("name") ?? ""), {
+      address: clientAddressOf(c.req.raw),
+      userAgent: c.req.header("User-Agent"),
+      requestId: c.req.header("CF-Ray"),
+    });
+    return c.redirect("/robots", 303);
   }),
 );
 

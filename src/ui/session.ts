@@ -4,6 +4,7 @@ import type { Action } from "../oci/access";
 import { loadPolicy, tokenSettings, type AuthEnv, type RequestActor } from "../auth/authorize";
 import type { AppEnv } from "../routes/http";
 import { verifyLogin } from "../auth/logins";
+import { isRobotLogin } from "../auth/robots";
 import { allowedActions, type Policy } from "../auth/policy";
 import { hmacHex, issueRefreshToken, refreshTokenClaims, signingKey, type RefreshClaims } from "../auth/tokens";
 import { settingsOf } from "../settings/settings";
@@ -116,6 +117,8 @@ export function checkForm(c: UiContext, viewer: Viewer, form: URLSearchParams): 
 /** Checks a login; sets the session cookie and returns true, or returns false. */
 export async function logIn(c: UiContext, user: string, password: string): Promise<boolean> {
   const policy = loadPolicy(c.env);
+  // Robots (src/auth/robots.ts) are for the API, not the pages.
+  if (isRobotLogin(policy, user, password)) return false;
   if (policy.mode !== "enforced" || !(await verifyLogin(authContext(c), policy, user, password, "web"))) return false;
   const token = await issueRefreshToken(await tokenSettings(authContext(c)), user, policy.users.get(user) ?? "", {
     use: "session",
