@@ -7,7 +7,7 @@ import { AuditLog } from "../../src/audit/audit-log";
 import type { RegistryEvent } from "../../src/events/event";
 import { parseDigest } from "../../src/oci/digest";
 import { Meter, runMetered } from "../../src/registry/meter";
-import { MediaTypes, sha256, utf8 } from "./helpers";
+import { MediaTypes, pushImageWith } from "./helpers";
 
 // The audit log (src/audit; docs/architecture.md, "Audit log"): a row in D1 for every
 // committed change and every login, with who, from where and with what client; queried
@@ -54,34 +54,9 @@ async function request(path: string, init: RequestInit = {}, user?: "alice" | "b
   return response;
 }
 
-async function upload(user: "alice" | "bob", name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = await sha256(bytes);
-  const response = await request(`/v2/${name}/blobs/uploads/?digest=${digest}`, { method: "POST", body: bytes }, user);
-  expect(response.status).toBe(201);
-  return digest;
-}
-
 /** Pushes a one-layer image as `user` under `reference` (more tags with `?tag=`), and returns its digests. */
-async function push(user: "alice" | "bob", name: string, reference: string, seed: string) {
-  const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed }));
-  const layer = utf8(`layer ${seed}`);
-  const configDigest = await upload(user, name, config);
-  const layerDigest = await upload(user, name, layer);
-  const bytes = utf8(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: MediaTypes.ociManifest,
-      config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
-      layers: [{ mediaType: MediaTypes.ociLayer, digest: layerDigest, size: layer.byteLength }],
-    }),
-  );
-  const response = await request(
-    `/v2/${name}/manifests/${reference}`,
-    { method: "PUT", headers: { "Content-Type": MediaTypes.ociManifest }, body: bytes },
-    user,
-  );
-  expect(response.status).toBe(201);
-  return { digest: await sha256(bytes), configDigest, layerDigest, size: bytes.byteLength };
+function push(user: "alice" | "bob", name: string, reference: string, seed: string) {
+  return pushImageWith((path, init) => request(path, init, user), name, reference, seed);
 }
 
 /** GET /_admin/audit with `query`, the admin token presented. */

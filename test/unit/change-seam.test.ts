@@ -4,7 +4,7 @@ import { afterEach, beforeAll, describe, expect, it } from "vitest";
 import worker from "../../src/index";
 import { RegistryError } from "../../src/oci/errors";
 import { changeHooks, type Change, type ChangeContext } from "../../src/registry/changes";
-import { MediaTypes, sha256, utf8 } from "./helpers";
+import { MediaTypes, pushImageWith, sha256, uploadWith, utf8 } from "./helpers";
 
 // The change seam (src/registry/changes.ts): every change a repository goes through is asked
 // of the policies before anything is written and told to the listeners once committed,
@@ -50,33 +50,12 @@ async function as(user: "alice" | "bob", path: string, init: RequestInit = {}): 
   return response;
 }
 
-async function upload(user: "alice" | "bob", name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = await sha256(bytes);
-  const response = await as(user, `/v2/${name}/blobs/uploads/?digest=${digest}`, { method: "POST", body: bytes });
-  expect(response.status).toBe(201);
-  return digest;
+function upload(user: "alice" | "bob", name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  return uploadWith((path, init) => as(user, path, init), name, bytes);
 }
 
-async function image(user: "alice" | "bob", name: string, tag: string, seed: string) {
-  const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed }));
-  const layer = utf8(`layer ${seed}`);
-  const configDigest = await upload(user, name, config);
-  const layerDigest = await upload(user, name, layer);
-  const bytes = utf8(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: MediaTypes.ociManifest,
-      config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
-      layers: [{ mediaType: MediaTypes.ociLayer, digest: layerDigest, size: layer.byteLength }],
-    }),
-  );
-  const response = await as(user, `/v2/${name}/manifests/${tag}`, {
-    method: "PUT",
-    headers: { "Content-Type": MediaTypes.ociManifest },
-    body: bytes,
-  });
-  expect(response.status).toBe(201);
-  return { digest: await sha256(bytes), configDigest, layerDigest, size: bytes.byteLength };
+function image(user: "alice" | "bob", name: string, tag: string, seed: string) {
+  return pushImageWith((path, init) => as(user, path, init), name, tag, seed);
 }
 
 function summary(heard: { change: Change; context: ChangeContext }[]) {

@@ -21,7 +21,7 @@ import { parseSettings, settingsOf } from "../../src/settings/settings";
 import { parseWebhooks } from "../../src/settings/webhooks";
 import { SettingsError } from "../../src/settings/values";
 import { collect } from "./gc-helpers";
-import { MediaTypes, sha256, utf8 } from "./helpers";
+import { MediaTypes, pushImageWith, sha256, uploadWith, utf8 } from "./helpers";
 
 // Events and webhooks (src/events): the formats, the signatures, the listener that queues
 // one event per change (and pulls only for endpoints that asked), and the queue consumer's
@@ -107,37 +107,13 @@ async function request(testEnv: Env, path: string, init?: RequestInit): Promise<
   return new Response(response.status === 204 || response.status === 304 ? null : body, response);
 }
 
-async function upload(testEnv: Env, name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
-  const digest = await sha256(bytes);
-  const response = await request(testEnv, `/v2/${name}/blobs/uploads/?digest=${digest}`, {
-    method: "POST",
-    body: bytes,
-  });
-  expect(response.status).toBe(201);
-  return digest;
+function upload(testEnv: Env, name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  return uploadWith((path, init) => request(testEnv, path, init), name, bytes);
 }
 
 /** Pushes a one-layer image tagged `tag`; returns its digests and the manifest PUT's answer. */
-async function pushImage(testEnv: Env, name: string, tag: string) {
-  const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed: crypto.randomUUID() }));
-  const layer = utf8(`layer ${crypto.randomUUID()}`);
-  const configDigest = await upload(testEnv, name, config);
-  const layerDigest = await upload(testEnv, name, layer);
-  const bytes = utf8(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: MediaTypes.ociManifest,
-      config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
-      layers: [{ mediaType: MediaTypes.ociLayer, digest: layerDigest, size: layer.byteLength }],
-    }),
-  );
-  const put = await request(testEnv, `/v2/${name}/manifests/${tag}`, {
-    method: "PUT",
-    headers: { "Content-Type": MediaTypes.ociManifest },
-    body: bytes,
-  });
-  expect(put.status).toBe(201);
-  return { digest: await sha256(bytes), configDigest, layerDigest, put };
+function pushImage(testEnv: Env, name: string, tag: string) {
+  return pushImageWith((path, init) => request(testEnv, path, init), name, tag);
 }
 
 const USER_CONTEXT: ChangeContext = {

@@ -219,3 +219,40 @@ export async function pushImage(name: string, reference?: string, seed?: string)
 export function descriptorOf(manifest: PushedManifest): { mediaType: string; digest: string; size: number } {
   return { mediaType: manifest.mediaType, digest: manifest.digest, size: manifest.size };
 }
+
+/** One request to the registry, the way a test sends it (its settings, its credentials). */
+export type Send = (path: string, init?: RequestInit) => Promise<Response>;
+
+/** Pushes `bytes` as a monolithic upload through `send`; returns the digest. */
+export async function uploadWith(send: Send, name: string, bytes: Uint8Array<ArrayBuffer>): Promise<string> {
+  const digest = await sha256(bytes);
+  const response = await send(`/v2/${name}/blobs/uploads/?digest=${digest}`, { method: "POST", body: bytes });
+  expect(response.status).toBe(201);
+  return digest;
+}
+
+/**
+ * Pushes a one-layer image through `send` under `reference` (more tags with `?tag=`), its
+ * config and layer made from `seed`; returns its digests, its size and the manifest PUT's answer.
+ */
+export async function pushImageWith(send: Send, name: string, reference: string, seed: string = crypto.randomUUID()) {
+  const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed }));
+  const layer = utf8(`layer ${seed}`);
+  const configDigest = await uploadWith(send, name, config);
+  const layerDigest = await uploadWith(send, name, layer);
+  const bytes = utf8(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociManifest,
+      config: { mediaType: MediaTypes.ociConfig, digest: configDigest, size: config.byteLength },
+      layers: [{ mediaType: MediaTypes.ociLayer, digest: layerDigest, size: layer.byteLength }],
+    }),
+  );
+  const put = await send(`/v2/${name}/manifests/${reference}`, {
+    method: "PUT",
+    headers: { "Content-Type": MediaTypes.ociManifest },
+    body: bytes,
+  });
+  expect(put.status).toBe(201);
+  return { digest: await sha256(bytes), configDigest, layerDigest, size: bytes.byteLength, put };
+}
