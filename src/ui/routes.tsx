@@ -13,13 +13,13 @@ import {
   COPY_SCRIPT,
   STYLE,
   ConfirmDeletePage,
-  ImagePage,
   LoginPage,
   MessagePage,
   repositoryPath,
   RepositoryPage,
   type Chrome,
 } from "./pages";
+import { ImagePage } from "./image-page";
 import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
 import { deliveriesOf, DeliveriesPage } from "./deliveries";
 import { revokeFor, robotsFor, RobotsPage } from "./tokens";
