@@ -100,6 +100,12 @@ export type Pull =
 export interface ChangePolicy {
   readonly name: string;
   check(change: Change, context: ChangeContext): void | Promise<void>;
+  /**
+   * Told when a change this policy let through was not made after all: a later policy
+   * refused it, or the write failed or found nothing to do. A policy that reserved
+   * something in `check` (a quota's bytes) gives it back here. Its failure is logged.
+   */
+  abandoned?(change: Change, context: ChangeContext): void | Promise<void>;
 }
 
 /**
@@ -159,9 +165,33 @@ export class ChangeSeam {
     return this.policies.length > 0 || this.listeners.some((listener) => listener.wants?.(action) ?? true);
   }
 
-  /** Asks every policy, in order; the first refusal stops the change. */
+  /**
+   * Asks every policy, in order; the first refusal stops the change, and the policies that
+   * had let it through are told it was abandoned.
+   */
   async check(change: Change, context: ChangeContext): Promise<void> {
-    for (const policy of this.policies) await policy.check(change, context);
+    for (const [index, policy] of this.policies.entries()) {
+      try {
+        await policy.check(change, context);
+      } catch (error) {
+        await this.abandon([change], context, index);
+        throw error;
+      }
+    }
+  }
+
+  /** Tells the first `passed` policies (all by default) that `changes` were not made. */
+  async abandon(changes: readonly Change[], context: ChangeContext, passed = this.policies.length): Promise<void> {
+    for (const change of changes) {
+      for (const policy of this.policies.slice(0, passed)) {
+        if (!policy.abandoned) continue;
+        try {
+          await policy.abandoned(change, context);
+        } catch (error) {
+          console.error(`change policy ${policy.name} failed to let go`, change.action, String(error));
+        }
+      }
+    }
   }
 
   /** Tells every listener (that wants it) of a committed change. */
@@ -183,9 +213,23 @@ export class ChangeSeam {
 
   /** `apply` for one write that makes several changes at once (a push that moves tags). */
   async applyAll<T>(changes: readonly Change[], context: ChangeContext, write: () => Promise<T>): Promise<T> {
-    for (const change of changes) await this.check(change, context);
-    const result = await write();
-    if (result !== false) for (const change of changes) await this.committed(change, context);
+    for (const [index, change] of changes.entries()) {
+      try {
+        await this.check(change, context);
+      } catch (error) {
+        await this.abandon(changes.slice(0, index), context);
+        throw error;
+      }
+    }
+    let result: T;
+    try {
+      result = await write();
+    } catch (error) {
+      await this.abandon(changes, context);
+      throw error;
+    }
+    if (result === false) await this.abandon(changes, context);
+    else for (const change of changes) await this.committed(change, context);
     return result;
   }
 }

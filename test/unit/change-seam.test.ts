@@ -219,4 +219,25 @@ describe("the change seam", () => {
     // Listeners heard the blob commit only: no refused change is told.
     expect(summary(log.heard).map((entry) => entry.action)).toEqual(["blob.commit"]);
   });
+  it("a policy that let a change through is told when a later policy refuses it", async () => {
+    const abandoned: string[] = [];
+    changeHooks.policies.push({
+      name: "reserving",
+      check: () => {},
+      abandoned: (change) => {
+        abandoned.push(change.action);
+      },
+    });
+    changeHooks.policies.push({
+      name: "refusing manifests",
+      check: (change) => {
+        if (change.action === "manifest.put") throw new RegistryError("DENIED", "no manifests today");
+      },
+    });
+    const refused = await image("alice", "seam/abandoned", "v1", "abandoned").catch((error: unknown) => error);
+    expect(String(refused)).toMatch(/403|no manifests today/);
+    // The blob commits went through (nothing abandoned); the manifest put was refused by the
+    // second policy, and the first, which had let it through, was told.
+    expect(abandoned).toEqual(["manifest.put"]);
+  });
 });
