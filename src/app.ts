@@ -5,6 +5,7 @@ import { RegistryError } from "./oci/errors";
 import { mirrorResolver } from "./mirror/mirrored-repository";
 import { Meter, runMetered } from "./registry/meter";
 import { addSeamExtension } from "./registry/changes";
+import { pullRecordsExtension } from "./registry/pull-recorder";
 import { addRepositoryResolver } from "./registry/registry";
 import { eventsExtension } from "./events/sender";
 import { adminRoutes } from "./routes/admin";
@@ -28,6 +29,9 @@ addSeamExtension(auditExtension);
 // Every committed change (and, for endpoints that asked, every pull) becomes an event on
 // the EVENTS queue when WEBHOOKS names an endpoint (src/events/sender.ts).
 addSeamExtension(eventsExtension);
+// When each manifest was last pulled, and how often (src/registry/pull-recorder.ts): the
+// web pages show it, and retention's `pulledWithin` removes tags nobody pulls.
+addSeamExtension(pullRecordsExtension);
 
 export const app = new Hono<AppEnv>();
 

@@ -18,7 +18,7 @@ import {
   type Step,
 } from "./run";
 import { RunTables } from "./run-tables";
-import { readManifests, readTags, scan } from "./scan";
+import { readManifests, readPulls, readTags, scan } from "./scan";
 import { check, condemn, confirm, orphans, prune, reclaim } from "./sweep";
 
 export type { GcCounts, GcItem, GcOptions, GcRefused, GcRemoved, GcRun, Phase } from "./run";
@@ -35,6 +35,8 @@ export type { GcCounts, GcItem, GcOptions, GcRefused, GcRemoved, GcRun, Phase } 
  * - scan: list every key under `repositories/` (tags, revisions, layer links);
  * - tags, manifests: read what a listing does not say (the target of tags written before
  *   tags carried it in metadata; each manifest's references, read once per digest ever);
+ * - pulls: when each manifest was last pulled (the pull records, in D1), for repositories
+ *   whose retention rule has `pulledWithin`;
  * - decide: per repository, the mark (mark.ts, a pure function of what was listed):
  *   retention, what is kept (tagged manifests, what kept indexes list, referrers of kept
  *   subjects, untagged ones no rule removes) and which layer links no kept manifest uses;
@@ -64,6 +66,7 @@ const PHASE_STEPS: Record<RunState["phase"], (step: Step) => Promise<void>> = {
   scan,
   tags: readTags,
   manifests: readManifests,
+  pulls: readPulls,
   decide,
   prune: (step) => (step.state.dryRun ? skip(step) : prune(step)),
   check: (step) => (step.state.dryRun ? skip(step) : check(step)),

@@ -17,6 +17,12 @@ export interface ListedTag {
   digest: string;
   /** When the tag was last written (R2 `uploaded`, ms). */
   uploaded: number;
+  /**
+   * When the manifest it names was last pulled, as late as the pull records allow (ms:
+   * the recorded time plus PULL_RECORD_INTERVAL); absent: no pull recorded, or no rule
+   * asks (RETENTION `pulledWithin`).
+   */
+  lastPull?: number;
 }
 
 export interface ListedRevision {
@@ -83,7 +89,9 @@ export function markRepository(listing: RepositoryListing, options: MarkOptions)
   // A tag whose record was gone or unreadable ('' digest) names nothing: not ranked.
   const removedTags = tagsToRemove(
     rule,
-    listing.tags.filter((t) => t.digest !== "").map((t) => ({ tag: t.tag, pushedAt: t.uploaded })),
+    listing.tags
+      .filter((t) => t.digest !== "")
+      .map((t) => ({ tag: t.tag, pushedAt: t.uploaded, pulledAt: t.lastPull })),
     startedMs,
   );
   for (const tag of keepTags) removedTags.delete(tag);

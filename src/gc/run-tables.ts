@@ -58,7 +58,19 @@ export interface ReportItem {
 }
 
 /** The per-run tables, emptied when a run starts. */
-const RUN_TABLES = ["tag", "rev", "link", "unreadable", "doomed", "marked", "condemned", "named", "item", "repo"];
+const RUN_TABLES = [
+  "tag",
+  "rev",
+  "link",
+  "unreadable",
+  "pulled",
+  "doomed",
+  "marked",
+  "condemned",
+  "named",
+  "item",
+  "repo",
+];
 
 export class RunTables {
   constructor(private readonly sql: SqlStorage) {
@@ -71,6 +83,8 @@ export class RunTables {
     sql.exec(`CREATE TABLE IF NOT EXISTS rev (repo TEXT, digest TEXT, uploaded INTEGER, PRIMARY KEY (repo, digest))`);
     sql.exec(`CREATE TABLE IF NOT EXISTS link (repo TEXT, digest TEXT, uploaded INTEGER, PRIMARY KEY (repo, digest))`);
     sql.exec(`CREATE TABLE IF NOT EXISTS unreadable (repo TEXT, digest TEXT, PRIMARY KEY (repo, digest))`);
+    // When a manifest was last pulled, as late as its pull record allows (RETENTION `pulledWithin`).
+    sql.exec(`CREATE TABLE IF NOT EXISTS pulled (repo TEXT, digest TEXT, until INTEGER, PRIMARY KEY (repo, digest))`);
     sql.exec(`CREATE TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT, repo TEXT,
       name TEXT, digest TEXT, uploaded INTEGER, etag TEXT, subject TEXT, done INTEGER DEFAULT 0)`);
     sql.exec(`CREATE TABLE IF NOT EXISTS marked (digest TEXT PRIMARY KEY)`);
@@ -147,6 +161,11 @@ export class RunTables {
     this.sql.exec(`UPDATE tag SET digest = ? WHERE repo = ? AND tag = ?`, digest, repo, tag);
   }
 
+  /** A manifest's last pull (pull records, for a repository whose rule has `pulledWithin`). */
+  addPull(repo: string, digest: string, until: number): void {
+    this.sql.exec(`INSERT OR REPLACE INTO pulled VALUES (?, ?, ?)`, repo, digest, until);
+  }
+
   // ---- manifests' references ----
 
   /** Revisions after `[repo, digest]` whose references were never read, in key order. */
@@ -194,11 +213,13 @@ export class RunTables {
   /** One repository as the scan listed it, with what is known of its manifests (markRepository's input). */
   listing(repo: string): RepositoryListing & { tags: (ListedTag & { etag: string })[] } {
     const tags = this.sql
-      .exec<{ tag: string; digest: string; uploaded: number; etag: string }>(
-        `SELECT tag, digest, uploaded, etag FROM tag WHERE repo = ?`,
+      .exec<{ tag: string; digest: string; uploaded: number; etag: string; until: number | null }>(
+        `SELECT tag.tag, tag.digest, tag.uploaded, tag.etag, pulled.until FROM tag
+         LEFT JOIN pulled ON pulled.repo = tag.repo AND pulled.digest = tag.digest WHERE tag.repo = ?`,
         repo,
       )
-      .toArray();
+      .toArray()
+      .map(({ until, ...tag }) => (until === null ? tag : { ...tag, lastPull: until }));
     const revisions = this.sql
       .exec<{
         digest: string;

@@ -5,12 +5,24 @@ import type { RunTables } from "./run-tables";
 /** A collection run: its phases, its options, its report, and what one step works with. */
 
 export type Phase =
-  "scan" | "tags" | "manifests" | "decide" | "prune" | "check" | "condemn" | "confirm" | "reclaim" | "orphans" | "done";
+  | "scan"
+  | "tags"
+  | "manifests"
+  | "pulls"
+  | "decide"
+  | "prune"
+  | "check"
+  | "condemn"
+  | "confirm"
+  | "reclaim"
+  | "orphans"
+  | "done";
 
 export const PHASES: Phase[] = [
   "scan",
   "tags",
   "manifests",
+  "pulls",
   "decide",
   "prune",
   "check",
@@ -122,6 +134,9 @@ export const STEP = {
   listPages: 3,
   tagReads: 100,
   manifestReads: 50,
+  // Pull records read per D1 query, and queries per step (D1 Free: 50 queries an invocation).
+  pullRows: 5000,
+  pullPages: 4,
   repositories: 50,
   prune: 40,
   checkRepositories: 5,

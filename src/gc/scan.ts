@@ -1,11 +1,15 @@
 import { parseDigest } from "../oci/digest";
+import { pullRecordsOf } from "../registry/pull-records";
+import { settingsOf } from "../settings/settings";
+import { ruleFor } from "./retention";
 import { batch, inParallel, markRun, next, STEP, type Step } from "./run";
 
 /**
  * The phases that learn what the registry holds (docs/architecture.md, "Garbage
  * collection"): scan lists every link and tag into the run's tables; tags reads the
  * targets a listing did not carry; manifests reads what each manifest references, once
- * per digest ever. Reads only, but the run marker.
+ * per digest ever; pulls reads when manifests were last pulled, where a retention rule
+ * asks. Reads only, but the run marker.
  */
 
 /** Lists `repositories/` (a few pages per step) into the tag, rev and link tables. */
@@ -67,6 +71,40 @@ export async function readManifests(step: Step): Promise<void> {
   const last = rows[rows.length - 1];
   if (last) state.cursor = JSON.stringify([last.repo, last.digest]);
   state.phaseDone += rows.length;
+}
+
+/**
+ * Reads the pull records (D1) of repositories whose retention rule has `pulledWithin`, in
+ * key order, STEP.pullRows a query: nothing when no rule asks. A manifest counts as pulled
+ * until one PULL_RECORD_INTERVAL after its recorded time: an isolate writes a record at
+ * most that often, so the last pull can be that much later than the record says. A D1
+ * failure fails the step (retried): no tag is judged unpulled for want of its record.
+ */
+export async function readPulls(step: Step): Promise<void> {
+  const { state, tables, env } = step;
+  const settings = settingsOf(env);
+  const rules = settings.gc.retention;
+  if (!rules.some((rule) => rule.pulledWithin !== undefined)) return next(state);
+  const slackMs = (settings.pullRecordIntervalSeconds ?? 0) * 1000;
+  const records = pullRecordsOf(env);
+  const asks = new Map<string, boolean>();
+  const limit = batch(state, STEP.pullRows);
+  for (let page = 0; page < STEP.pullPages; page++) {
+    const [repository = "", digest = ""] = parseCursor(state.cursor);
+    const rows = await records.page(state.cursor ? [repository, digest] : null, limit);
+    for (const row of rows) {
+      let asked = asks.get(row.repository);
+      if (asked === undefined) {
+        asked = ruleFor(rules, row.repository)?.pulledWithin !== undefined;
+        asks.set(row.repository, asked);
+      }
+      if (asked) tables.addPull(row.repository, row.digest, row.lastPulled + slackMs);
+    }
+    state.phaseDone += rows.length;
+    const last = rows.at(-1);
+    if (rows.length < limit || !last) return next(state);
+    state.cursor = JSON.stringify([last.repository, last.digest]);
+  }
 }
 
 /** A `[repo, digest]` cursor; anything else (a cursor of an earlier version) starts over. */

@@ -122,36 +122,60 @@ export interface ChangeListener {
   changed(change: Change, context: ChangeContext): void | Promise<void>;
 }
 
+export type PullAction = Pull["action"];
+
 /**
- * Told of a pull after the answer is under way (the request's waitUntil): it must never
- * slow a pull down. Its failure is its own (logged).
+ * Told of a pull as the answer is made: it must never slow a pull down, so it returns at
+ * once, and work it hands back (a promise) is kept going after the answer (the request's
+ * waitUntil). Its failure is its own (logged).
  */
 export interface PullListener {
   readonly name: string;
+  /** Which pulls it wants told (absent: both): a pull of a kind nobody wants costs nothing more. */
+  wantsPull?(action: PullAction): boolean;
   pulled(pull: Pull, context: ChangeContext): void | Promise<void>;
 }
 
 /** The policies and listeners a repository API consults. */
 export class ChangeSeam {
+  /** The pull listeners that want each kind of pull. */
+  private readonly pullWatchers: Record<PullAction, readonly PullListener[]>;
+
   constructor(
     readonly policies: readonly ChangePolicy[] = [],
     readonly listeners: readonly ChangeListener[] = [],
     readonly pullListeners: readonly PullListener[] = [],
-  ) {}
+  ) {
+    const wanting = (action: PullAction) => pullListeners.filter((listener) => listener.wantsPull?.(action) ?? true);
+    this.pullWatchers = { "manifest.pull": wanting("manifest.pull"), "blob.pull": wanting("blob.pull") };
+  }
 
   /** Whether anyone asked to hear of pulls: when not, a pull costs nothing more. */
   get watchesPulls(): boolean {
     return this.pullListeners.length > 0;
   }
 
-  /** Tells every pull listener of `pull`, after the answer (`waitUntil`); never delays it. */
+  /** Whether anyone asked to hear of pulls of this kind (`manifest.pull`, `blob.pull`). */
+  watches(action: PullAction): boolean {
+    return this.pullWatchers[action].length > 0;
+  }
+
+  /**
+   * Tells the pull listeners that want `pull`; what they hand back goes on after the
+   * answer (`waitUntil`). A listener with nothing to do costs a call: no promise, no task.
+   */
   observe(pull: Pull, context: ChangeContext, waitUntil: (work: Promise<unknown>) => void): void {
-    for (const listener of this.pullListeners) {
-      waitUntil(
-        (async () => listener.pulled(pull, context))().catch((error: unknown) =>
-          console.error(`pull listener ${listener.name} failed`, pull.action, String(error)),
-        ),
-      );
+    const failed = (listener: PullListener, error: unknown) =>
+      console.error(`pull listener ${listener.name} failed`, pull.action, String(error));
+    for (const listener of this.pullWatchers[pull.action]) {
+      let work: void | Promise<void>;
+      try {
+        work = listener.pulled(pull, context);
+      } catch (error) {
+        failed(listener, error);
+        continue;
+      }
+      if (work) waitUntil(work.catch((error: unknown) => failed(listener, error)));
     }
   }
 

@@ -24,6 +24,7 @@ export { EdgeCache } from "./edge-cache";
 export { decodeContent } from "./linked-blob-store";
 export { parseReference, type Reference } from "./manifests";
 export type { ReferrerDescriptor } from "./referrers";
+export { pullRecordsOf, type PullRecord, type PullRecords } from "./pull-records";
 export { MAX_PAGE, type LocatedBlob, type PassThroughBlob } from "./repository";
 export type { TagRecord, TagRow, TagSummary } from "./tags";
 export type { VerifyOptions, VerifyReport } from "./integrity";

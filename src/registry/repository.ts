@@ -97,7 +97,7 @@ export class Repository {
    */
   async locateBlob(digest: Digest, request: BlobRequest): Promise<LocatedBlob> {
     const located = await this.findBlob(digest, request);
-    if (this.seam.watchesPulls && request.method === "GET") {
+    if (request.method === "GET" && this.seam.watches("blob.pull")) {
       const size =
         "descriptor" in located ? located.descriptor.size : Number(located.passThrough.headers["Content-Length"] ?? 0);
       this.observe({ action: "blob.pull", repository: this.name, digest, size }, request);
@@ -161,7 +161,7 @@ export class Repository {
    */
   async getManifest(reference: Reference, resolved?: TagRecord, pull?: PullRequest): Promise<StoredManifest> {
     const manifest = await this.parts.manifests.get(reference, resolved);
-    if (pull && this.seam.watchesPulls && pull.method === "GET") {
+    if (pull && pull.method === "GET" && this.seam.watches("manifest.pull")) {
       this.observe(
         {
           action: "manifest.pull",

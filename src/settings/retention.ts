@@ -7,11 +7,12 @@ import { json, namePattern, parseDuration, SettingsError, tagPattern } from "./v
  * (`*` within one path component, `**` across them, as in AUTH_ACCESS):
  *
  *   [{ "repositories": "ci/**", "keepTags": 3, "keepTagPatterns": ["v*", "latest"],
- *      "removeTagsOlderThan": "30d", "removeUntaggedOlderThan": "7d" }]
+ *      "removeTagsOlderThan": "30d", "pulledWithin": "90d", "removeUntaggedOlderThan": "7d" }]
  *
  * A tag survives when it matches a keep pattern, or is among the `keepTags` most
- * recently pushed of the others, or was pushed within `removeTagsOlderThan`; with neither of the two
- * last set, every tag survives. Manifests whose every tag a rule removed go with them
+ * recently pushed of the others, or was pushed within `removeTagsOlderThan`, or was used
+ * within `pulledWithin` (its manifest pulled, or the tag pushed: a tag never pulled is not
+ * removed before it is that old); with none of the three last set, every tag survives. Manifests whose every tag a rule removed go with them
  * (unless something kept still needs them); other untagged manifests go only under
  * `removeUntaggedOlderThan`. Durations: a number of seconds, or `<n>s|m|h|d|w`.
  */
@@ -20,6 +21,8 @@ export interface RetentionRule {
   keepTags?: number;
   keepTagPatterns?: string[];
   removeTagsOlderThan?: number;
+  /** Seconds: tags whose manifest was neither pulled nor pushed within this long go (needs pull records). */
+  pulledWithin?: number;
   removeUntaggedOlderThan?: number;
 }
 
@@ -36,7 +39,14 @@ export function parseRetention(text: string | undefined): CompiledRule[] {
     const where = `RETENTION[${index}]`;
     if (typeof entry !== "object" || entry === null) throw new SettingsError(`${where} must be an object`);
     const raw = entry as Record<string, unknown>;
-    const known = ["repositories", "keepTags", "keepTagPatterns", "removeTagsOlderThan", "removeUntaggedOlderThan"];
+    const known = [
+      "repositories",
+      "keepTags",
+      "keepTagPatterns",
+      "removeTagsOlderThan",
+      "pulledWithin",
+      "removeUntaggedOlderThan",
+    ];
     for (const key of Object.keys(raw)) {
       if (!known.includes(key)) throw new SettingsError(`${where}: unknown field "${key}"`);
     }
@@ -60,6 +70,7 @@ export function parseRetention(text: string | undefined): CompiledRule[] {
     }
     if (raw.removeTagsOlderThan !== undefined)
       rule.removeTagsOlderThan = parseDuration(raw.removeTagsOlderThan, `${where}.removeTagsOlderThan`);
+    if (raw.pulledWithin !== undefined) rule.pulledWithin = parseDuration(raw.pulledWithin, `${where}.pulledWithin`);
     if (raw.removeUntaggedOlderThan !== undefined)
       rule.removeUntaggedOlderThan = parseDuration(raw.removeUntaggedOlderThan, `${where}.removeUntaggedOlderThan`);
     return rule;

@@ -3,7 +3,7 @@ import { parseAccess, type AccessSettings } from "./access";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
 import { parseOidcTrust, type OidcTrustRule } from "./oidc";
-import { flag, integer, present, SettingsError } from "./values";
+import { flag, integer, parseDuration, present, SettingsError } from "./values";
 import { parseWebhooks, type WebhookSettings } from "./webhooks";
 
 /**
@@ -66,6 +66,12 @@ export interface Settings {
   /** Redirects of large blobs to presigned R2 URLs; null: off. */
   blobRedirect: BlobRedirectSettings | null;
   gc: { graceSeconds: number; retention: CompiledRule[] };
+  /**
+   * How long one isolate lets a manifest's pull record stand before it writes it again
+   * (seconds): at most one write per manifest and interval, the pulls between counted in
+   * memory and added to the next (registry/pull-recorder.ts). Null: pulls are not recorded.
+   */
+  pullRecordIntervalSeconds: number | null;
   mirrors: Mirrors;
   /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
   audit: { retentionDays: number };
@@ -153,6 +159,7 @@ export const SETTING_NAMES = [
   "R2_SECRET_ACCESS_KEY",
   "GC_GRACE_SECONDS",
   "RETENTION",
+  "PULL_RECORD_INTERVAL",
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
   "AUDIT_RETENTION_DAYS",
@@ -205,6 +212,29 @@ function parseLogins(env: Env): LoginSettings {
   };
 }
 
+/** The longest PULL_RECORD_INTERVAL: a recorded pull may be this far behind the last one. */
+const MAX_PULL_RECORD_INTERVAL_SECONDS = 30 * 86_400;
+
+/**
+ * PULL_RECORD_INTERVAL: a duration (a day by default); `off` or `0`: pulls are not
+ * recorded, which a RETENTION rule with `pulledWithin` cannot do without.
+ */
+function parsePullRecording(env: Env, retention: CompiledRule[]): number | null {
+  const value = present(env.PULL_RECORD_INTERVAL);
+  const seconds =
+    value === undefined ? 86_400 : value.toLowerCase() === "off" ? 0 : parseDuration(value, "PULL_RECORD_INTERVAL");
+  if (seconds > MAX_PULL_RECORD_INTERVAL_SECONDS) {
+    throw new SettingsError(`PULL_RECORD_INTERVAL: "${value ?? ""}" is longer than 30 days`);
+  }
+  const needsPulls = retention.findIndex((rule) => rule.pulledWithin !== undefined);
+  if (seconds === 0 && needsPulls >= 0) {
+    throw new SettingsError(
+      `RETENTION[${needsPulls}].pulledWithin needs pull records, and PULL_RECORD_INTERVAL turns them off`,
+    );
+  }
+  return seconds === 0 ? null : seconds;
+}
+
 /** Parses every setting; throws a SettingsError naming the first that does not parse. */
 export function parseSettings(env: Env): Settings {
   const maxChunkLength = integer("MAX_CHUNK_LENGTH", env.MAX_CHUNK_LENGTH, 0);
@@ -215,6 +245,7 @@ export function parseSettings(env: Env): Settings {
       'OIDC_TRUST: the user name "oidc" is the OIDC login; AUTH_USERS must not have a user of that name',
     );
   }
+  const retention = parseRetention(env.RETENTION);
   return {
     uploadTtlSeconds: integer("UPLOAD_TTL_SECONDS", env.UPLOAD_TTL_SECONDS, 7 * 24 * 60 * 60, { min: 1 }),
     uploadPartSize: integer("UPLOAD_PART_SIZE", env.UPLOAD_PART_SIZE, 16 * 1024 * 1024, {
@@ -248,8 +279,9 @@ export function parseSettings(env: Env): Settings {
     blobRedirect: parseBlobRedirect(env),
     gc: {
       graceSeconds: integer("GC_GRACE_SECONDS", env.GC_GRACE_SECONDS, 86_400),
-      retention: parseRetention(env.RETENTION),
+      retention,
     },
+    pullRecordIntervalSeconds: parsePullRecording(env, retention),
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
     audit: { retentionDays: integer("AUDIT_RETENTION_DAYS", env.AUDIT_RETENTION_DAYS, 90, { min: 1, max: 36_500 }) },

@@ -2,12 +2,15 @@ import type { Digest } from "../oci/digest";
 import { parseManifest, parseManifestOrNull, type Descriptor, type ParsedManifest } from "../oci/manifest";
 import {
   decodeContent,
+  pullRecordsOf,
   type Catalog,
+  type PullRecord,
   type ReferrerDescriptor,
   type Repository,
   type TagRow,
   type TagSummary,
 } from "../registry/registry";
+import { settingsOf } from "../settings/settings";
 
 /**
  * What the web pages show, read from the same storage the API serves (src/ui). Every
@@ -66,6 +69,30 @@ export async function complete(repository: Repository, rows: TagRow[]): Promise<
       if (manifest) row.summary = summaryOf(manifest);
     }),
   );
+}
+
+/** What the pull records say of the manifests a page shows, by digest; null: they cannot be read just now. */
+export interface TagPulls {
+  records: Map<string, PullRecord> | null;
+}
+
+/**
+ * The pull records of the manifests `rows` name (one D1 query); undefined when pulls are
+ * not recorded (PULL_RECORD_INTERVAL off). A failure is logged and shown, never the page's.
+ */
+export async function tagPulls(env: Env, name: string, rows: TagRow[]): Promise<TagPulls | undefined> {
+  if (settingsOf(env).pullRecordIntervalSeconds === null) return undefined;
+  try {
+    return {
+      records: await pullRecordsOf(env).of(
+        name,
+        rows.flatMap((row) => (row.digest ? [row.digest] : [])),
+      ),
+    };
+  } catch (error) {
+    console.error("pulls: the repository's pull records could not be read", name, String(error));
+    return { records: null };
+  }
 }
 
 function summaryOf(manifest: ParsedManifest): TagSummary {

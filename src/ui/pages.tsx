@@ -3,6 +3,7 @@ import type { Child, FC } from "hono/jsx";
 import { raw } from "hono/html";
 import type { RegistryEvent } from "../events/event";
 import type { TagRow } from "../registry/registry";
+import type { TagPulls } from "./data";
 
 /**
  * The web pages (src/ui), rendered on the server with Hono's JSX: everything they show is
@@ -161,7 +162,9 @@ export const RepositoryPage: FC<{
   truncated: boolean;
   /** The repository's latest audit rows; null: the audit log could not be read. */
   activity: RegistryEvent[] | null;
-}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated, activity }) => (
+  /** When the manifests shown were last pulled, and how often; undefined: pulls are not recorded. */
+  pulls: TagPulls | undefined;
+}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated, activity, pulls }) => (
   <Layout chrome={chrome}>
     <h1>{name}</h1>
     <p class="muted">
@@ -175,6 +178,16 @@ export const RepositoryPage: FC<{
           <th class="num">Size</th>
           <th>Platforms</th>
           <th class="optional">Pushed</th>
+          {pulls ? (
+            <>
+              <th class="optional" title="recorded at most once a PULL_RECORD_INTERVAL per location">
+                Last pulled
+              </th>
+              <th class="num" title="approximate: counted in memory between records">
+                Pulls
+              </th>
+            </>
+          ) : null}
           <th>Pull</th>
           {canDelete ? <th></th> : null}
         </tr>
@@ -193,6 +206,7 @@ export const RepositoryPage: FC<{
                 {row.pushedAt.toISOString().replace("T", " ").slice(0, 19)}
               </time>
             </td>
+            {pulls ? <PullCells records={pulls.records} digest={row.digest} /> : null}
             <td>
               <PullCommand command={`docker pull ${host}/${name}:${row.tag}`} />
             </td>
@@ -219,9 +233,36 @@ export const RepositoryPage: FC<{
         {page < pages ? <a href={`${repositoryPath(name)}?page=${page + 1}`}>Older</a> : null}
       </nav>
     ) : null}
+    {pulls?.records === null ? <p class="muted">When tags were pulled cannot be read just now.</p> : null}
     <Activity events={activity} />
   </Layout>
 );
+
+/** A tag's last pull and pull count, from its manifest's pull record ("?" when the records cannot be read). */
+const PullCells: FC<{ records: TagPulls["records"]; digest: string }> = ({ records, digest }) => {
+  if (records === null || !digest) {
+    return (
+      <>
+        <td class="optional last-pulled">?</td>
+        <td class="num pulls">?</td>
+      </>
+    );
+  }
+  const record = records.get(digest);
+  const last = record ? new Date(record.lastPulled) : null;
+  return (
+    <>
+      <td class="optional last-pulled">
+        {last ? (
+          <time datetime={last.toISOString()}>{last.toISOString().replace("T", " ").slice(0, 19)}</time>
+        ) : (
+          "never"
+        )}
+      </td>
+      <td class="num pulls">{record ? record.pulls : 0}</td>
+    </>
+  );
+};
 
 /** Who did what to a repository lately, from the audit log (src/audit), newest first. */
 const Activity: FC<{ events: RegistryEvent[] | null }> = ({ events }) => (

@@ -7,7 +7,7 @@ import { validateName, validateTag } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
 import { catalogOf } from "../registry/registry";
 import { changeContextOf, repositoryOf, type AppEnv } from "../routes/http";
-import { catalogPage, complete, IMAGE_TAG_PAGES, IMAGE_TAGS_SHOWN, imageDetails } from "./data";
+import { catalogPage, complete, IMAGE_TAG_PAGES, IMAGE_TAGS_SHOWN, imageDetails, tagPulls } from "./data";
 import {
   CatalogPage,
   COPY_SCRIPT,
@@ -281,6 +281,7 @@ uiRoutes.get("/repositories/:name{.+}", (c) =>
     const page = Number.isSafeInteger(requested) ? Math.min(Math.max(1, requested), pages) : 1;
     const shown = rows.slice((page - 1) * TAGS_PER_PAGE, page * TAGS_PER_PAGE);
     await complete(repository, shown);
+    const pulls = await tagPulls(c.env, name, shown);
     return c.html(
       <RepositoryPage
         chrome={chrome(viewer, name)}
@@ -293,6 +294,7 @@ uiRoutes.get("/repositories/:name{.+}", (c) =>
         canDelete={mayDelete(c, viewer, name)}
         truncated={truncated}
         activity={activity}
+        pulls={pulls}
       />,
     );
   }),

@@ -512,7 +512,7 @@ describe("the events listener", () => {
     const testEnv = webhookEnv([]);
     // The seam holds no events listener (the audit log's may be there: it is always on).
     expect(changeSeamOf(testEnv).listeners.map((listener) => listener.name)).not.toContain("events");
-    expect(changeSeamOf(testEnv).watchesPulls).toBe(false);
+    expect(changeSeamOf(testEnv).pullListeners.map((listener) => listener.name)).not.toContain("events");
     const { put } = await pushImage(testEnv, "quiet/app", "v1");
     expect(put.headers.get("Server-Timing")).not.toMatch(/queue/);
     expect(queue.sent).toEqual([]);
@@ -522,13 +522,13 @@ describe("the events listener", () => {
     const quiet = webhookEnv([endpoint("all")]);
     const image = await pushImage(quiet, "pulls/app", "v1");
     queue.sent.length = 0;
-    expect(changeSeamOf(quiet).watchesPulls).toBe(false);
+    expect(changeSeamOf(quiet).pullListeners.map((listener) => listener.name)).not.toContain("events");
     expect((await request(quiet, "/v2/pulls/app/manifests/v1")).status).toBe(200);
     expect((await request(quiet, `/v2/pulls/app/blobs/${image.layerDigest}`)).status).toBe(200);
     expect(queue.sent).toEqual([]);
 
     const pulling = webhookEnv([endpoint("all"), endpoint("pulls", { pullEvents: true })]);
-    expect(changeSeamOf(pulling).watchesPulls).toBe(true);
+    expect(changeSeamOf(pulling).pullListeners.map((listener) => listener.name)).toContain("events");
     expect((await request(pulling, "/v2/pulls/app/manifests/v1", { method: "HEAD" })).status).toBe(200);
     expect((await request(pulling, "/v2/pulls/app/manifests/v1")).status).toBe(200);
     expect((await request(pulling, `/v2/pulls/app/blobs/${image.layerDigest}`)).status).toBe(200);

@@ -217,6 +217,90 @@ describe("mark: retention", () => {
   });
 });
 
+describe("mark: retention by last pull (pulledWithin)", () => {
+  /** A tag pushed at `uploaded` whose manifest was last pulled at `lastPull` (undefined: never). */
+  const used = (name: string, digest: string, lastPull: number | undefined, uploaded = OLD): ListedTag =>
+    lastPull === undefined ? tag(name, digest, uploaded) : { ...tag(name, digest, uploaded), lastPull };
+  const revisions = (...digests: string[]) => digests.map((digest) => revision(digest, image([`l-${digest}`])));
+  const within = { pulledWithin: "30m" };
+
+  it("of two tags pushed long ago, the one pulled recently stays and the other goes, with its manifest and links", () => {
+    const marks = markRepository(
+      listing({
+        tags: [used("pulled", "m1", NOW - 5 * MINUTE), used("stale", "m2", NOW - 45 * MINUTE)],
+        revisions: revisions("m1", "m2"),
+        links: links("l-m1", "l-m2"),
+      }),
+      options(within),
+    );
+    expect(sorted(marks.tags)).toEqual(["stale"]);
+    expect(sorted(marks.manifests)).toEqual(["m2"]);
+    expect(sorted(marks.links)).toEqual(["l-m2"]);
+  });
+
+  it("a tag's push counts as its last use: one pushed recently and never pulled stays, and so does one pushed after its last pull", () => {
+    const marks = markRepository(
+      listing({
+        tags: [
+          used("new", "m1", undefined, NOW - 10 * MINUTE),
+          used("moved", "m2", NOW - 50 * MINUTE, NOW - 10 * MINUTE),
+          used("never", "m3", undefined),
+        ],
+        revisions: revisions("m1", "m2", "m3"),
+      }),
+      options(within),
+    );
+    expect(sorted(marks.tags)).toEqual(["never"]);
+  });
+
+  it("a pull counts for every tag naming the manifest", () => {
+    const marks = markRepository(
+      listing({
+        tags: [used("latest", "m1", NOW - MINUTE), used("v1", "m1", NOW - MINUTE)],
+        revisions: revisions("m1"),
+      }),
+      options(within),
+    );
+    expect(sorted(marks.tags)).toEqual([]);
+  });
+
+  it("keepTagPatterns and keepTags still keep tags nobody pulled", () => {
+    const marks = markRepository(
+      listing({
+        tags: [
+          used("v1", "m1", undefined, OLD),
+          used("newest", "m2", undefined, OLD + 2 * MINUTE),
+          used("older", "m3", undefined, OLD + MINUTE),
+          used("pulled", "m4", NOW - MINUTE, OLD),
+        ],
+        revisions: revisions("m1", "m2", "m3", "m4"),
+      }),
+      options({ ...within, keepTags: 1, keepTagPatterns: ["v*"] }),
+    );
+    expect(sorted(marks.tags)).toEqual(["older"]);
+  });
+
+  it("with removeTagsOlderThan too, a tag goes only when neither keeps it", () => {
+    const marks = markRepository(
+      listing({
+        tags: [used("young", "m1", undefined, NOW - 40 * MINUTE), used("old", "m2", undefined, OLD)],
+        revisions: revisions("m1", "m2"),
+      }),
+      options({ ...within, removeTagsOlderThan: "50m" }),
+    );
+    expect(sorted(marks.tags)).toEqual(["old"]);
+  });
+
+  it("a tag whose removal was refused stays whatever its pulls", () => {
+    const marks = markRepository(
+      listing({ tags: [used("stale", "m1", undefined)], revisions: revisions("m1") }),
+      options(within, { keepTags: new Set(["stale"]) }),
+    );
+    expect(sorted(marks.tags)).toEqual([]);
+    expect(sorted(marks.manifests)).toEqual([]);
+  });
+});
+
 describe("mark: indexes and referrers", () => {
   it("a tagged index keeps the manifests it lists, untagged and under removeUntaggedOlderThan, and their blobs", () => {
     const marks = markRepository(

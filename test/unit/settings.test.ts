@@ -51,6 +51,25 @@ describe("settings", () => {
     expect(refusal({ LOGIN_LOCKOUT_SECONDS: "ten" })).toMatch(/LOGIN_LOCKOUT_SECONDS/);
   });
 
+  it("PULL_RECORD_INTERVAL: a duration, a day by default; off or 0 records no pulls, which pulledWithin cannot do without", () => {
+    const interval = (text: string | undefined) =>
+      parseSettings({ ...env, RETENTION: "", PULL_RECORD_INTERVAL: text } as Env).pullRecordIntervalSeconds;
+    expect(interval(undefined)).toBe(86_400);
+    expect(interval("12h")).toBe(43_200);
+    expect(interval("90")).toBe(90);
+    expect(interval("off")).toBeNull();
+    expect(interval("0")).toBeNull();
+    expect(refusal({ PULL_RECORD_INTERVAL: "soon" })).toMatch(/PULL_RECORD_INTERVAL/);
+    expect(refusal({ PULL_RECORD_INTERVAL: "31d" })).toMatch(/PULL_RECORD_INTERVAL.*30 days/);
+    const rules = '[{"repositories":"a/**","keepTags":1},{"repositories":"b/**","pulledWithin":"30d"}]';
+    expect(refusal({ PULL_RECORD_INTERVAL: "off", RETENTION: rules })).toMatch(
+      /RETENTION\[1\]\.pulledWithin needs pull records/,
+    );
+    expect(refusal({ RETENTION: '[{"repositories":"a/**","pulledWithin":"soon"}]' })).toMatch(
+      /RETENTION\[0\]\.pulledWithin/,
+    );
+  });
+
   it("a broken setting is one clear error for every request, never a guess", async () => {
     const broken = { ...env, MANIFEST_MAX_REFERENCES: "lots" } as Env;
     const response = await worker.fetch(new Request("http://registry.test/v2/"), broken, createExecutionContext());
