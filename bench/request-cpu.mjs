@@ -55,8 +55,13 @@
 // since 02c4812): Miniflare's entry worker sets CF-Connecting-IP on every request, so
 // the Worker still rebuilds each request, without the address.
 //
-// --only KINDS measures a subset (head-manifest, get-manifest, head-blob, tags-list): more
-// and shorter rounds of one kind alternate the targets more finely on a noisy machine.
+// --only KINDS measures a subset (head-manifest, get-manifest, head-blob, tags-list, and
+// get-manifest-tag, which runs only when named): more and shorter rounds of one kind
+// alternate the targets more finely on a noisy machine.
+//
+// --variant 'LABEL:NAME=VALUE,…' starts each checkout once per variant, with those settings
+// added (a column per checkout and variant), e.g. pull recording off and on:
+// --variant 'off:PULL_RECORD_INTERVAL=off' --variant 'on:PULL_RECORD_INTERVAL=1d'.
 //
 // Markdown report on stdout, progress on stderr. Needs `hey` (Debian: apt-get install
 // hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
@@ -109,7 +114,9 @@ const HEY_REQUEST_TIMEOUT_S = 30;
 const SAMPLING_INTERVAL_US = 200;
 const PROFILE_TOP = 15;
 /** The request kinds, as --only names them (requestKinds below, in this order). */
-const KIND_KEYS = ["head-manifest", "get-manifest", "head-blob", "tags-list"];
+const KIND_KEYS = ["head-manifest", "get-manifest", "get-manifest-tag", "head-blob", "tags-list"];
+/** Those measured without --only (the ones earlier figures have). */
+const DEFAULT_KINDS = ["head-manifest", "get-manifest", "head-blob", "tags-list"];
 /** Settings in this process's environment that scripts/dev.mjs would pass on to the Worker and the bench does not want. */
 const IGNORED_SETTINGS = new Set([
   "AUTH_ACCESS",
@@ -122,7 +129,7 @@ const IGNORED_SETTINGS = new Set([
 
 function usage() {
   return [
-    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct] [--only KINDS]",
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
     "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
     "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
     "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
@@ -133,14 +140,15 @@ function usage() {
     "  --warmup N       requests per kind before the counted ones (default 200)",
     "  --profile        per round, target and kind, one more run with V8's sampling profiler on: top self time",
     "  --direct         every request to workerd's own port, not through the node front",
-    `  --only KINDS     comma-separated subset of ${KIND_KEYS.join(", ")} (default: all)`,
+    `  --only KINDS     comma-separated subset of ${KIND_KEYS.join(", ")} (default: ${DEFAULT_KINDS.join(", ")})`,
+    "  --variant LABEL:NAME=VALUE,…  each checkout once more with these settings (repeat: one column per variant)",
     "  env BENCH_KEEP_TMP=1 keeps the temp dirs",
   ].join("\n");
 }
 
 /** --only's list of kind keys (KIND_KEYS), or all of them. */
 function onlyKinds(text) {
-  if (text === undefined) return new Set(KIND_KEYS);
+  if (text === undefined) return new Set(DEFAULT_KINDS);
   const keys = text.split(",").map((key) => key.trim());
   const unknown = keys.filter((key) => !KIND_KEYS.includes(key));
   if (unknown.length > 0 || keys.length === 0) {
@@ -148,6 +156,18 @@ function onlyKinds(text) {
     process.exit(2);
   }
   return new Set(keys);
+}
+
+/** `LABEL:NAME=VALUE,…` (--variant): a label and settings; "" is the checkout as it is. */
+function parseVariant(text) {
+  if (text === "") return { label: "", settings: {} };
+  const match = /^([^:]+):(.*)$/.exec(text);
+  const pairs = match ? match[2].split(",").map((pair) => /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(pair.trim())) : [null];
+  if (!match || pairs.some((pair) => pair === null)) {
+    console.error(`--variant: "${text}" is not LABEL:NAME=VALUE[,NAME=VALUE…]\n${usage()}`);
+    process.exit(2);
+  }
+  return { label: match[1], settings: Object.fromEntries(pairs.map((pair) => [pair[1], pair[2]])) };
 }
 
 function parseOptions() {
@@ -162,6 +182,7 @@ function parseOptions() {
       profile: { type: "boolean", default: false },
       direct: { type: "boolean", default: false },
       only: { type: "string" },
+      variant: { type: "string", multiple: true },
     },
     usage,
   );
@@ -183,6 +204,7 @@ function parseOptions() {
     profile: v.profile,
     direct: v.direct,
     only: onlyKinds(v.only),
+    variants: (v.variant ?? [""]).map(parseVariant),
   };
 }
 
@@ -304,7 +326,7 @@ function checkCheckout(dir, needs) {
 }
 
 /** edge-registry from checkout `dir`, as `npm start` runs it, with one user. */
-function edgeTarget(dir) {
+function edgeTarget(dir, variant = { label: "", settings: {} }) {
   checkCheckout(dir, [
     ["scripts/dev.mjs", "not an edge-registry checkout"],
     ["node_modules/miniflare", "run `npm ci` there (or copy node_modules)"],
@@ -315,7 +337,7 @@ function edgeTarget(dir) {
   const password = randomBytes(12).toString("hex");
   const users = `${user}:${bcrypt.hashSync(password, 5)}`;
   return {
-    label: `${basename(dir)}@${shortCommit(dir)}`,
+    label: `${basename(dir)}@${shortCommit(dir)}${variant.label ? ` ${variant.label}` : ""}`,
     dir,
     sendsServerTiming: true,
     async start({ inspectorPort }) {
@@ -346,6 +368,7 @@ function edgeTarget(dir) {
             XDG_CONFIG_HOME: join(state, "config"),
             NO_COLOR: "1",
             FORCE_COLOR: "0",
+            ...variant.settings,
             AUTH_USERS: users,
             TOKEN_SECRET: randomBytes(32).toString("hex"),
           };
@@ -504,6 +527,16 @@ function requestKinds(image) {
       headers: accept,
       check: (answer) => {
         if (!answer.body.equals(image.manifest.bytes)) throw new Error("GET manifest: other bytes");
+      },
+    },
+    {
+      key: "get-manifest-tag",
+      name: "GET manifest by tag",
+      method: "GET",
+      path: `/v2/${REPOSITORY}/manifests/${TAG}`,
+      headers: accept,
+      check: (answer) => {
+        if (!answer.body.equals(image.manifest.bytes)) throw new Error("GET manifest by tag: other bytes");
       },
     },
     {
@@ -867,7 +900,7 @@ if (spawnSync("hey", ["-h"]).error) {
 
 const targets = [];
 try {
-  for (const dir of options.dirs) targets.push(edgeTarget(dir));
+  for (const dir of options.dirs) for (const variant of options.variants) targets.push(edgeTarget(dir, variant));
   if (options.peer) targets.push(peerTarget(options.peer));
 } catch (error) {
   console.error(error.message);

@@ -150,12 +150,7 @@ export class ChangeSeam {
     this.pullWatchers = { "manifest.pull": wanting("manifest.pull"), "blob.pull": wanting("blob.pull") };
   }
 
-  /** Whether anyone asked to hear of pulls: when not, a pull costs nothing more. */
-  get watchesPulls(): boolean {
-    return this.pullListeners.length > 0;
-  }
-
-  /** Whether anyone asked to hear of pulls of this kind (`manifest.pull`, `blob.pull`). */
+  /** Whether anyone asked to hear of pulls of this kind (`manifest.pull`, `blob.pull`): when not, such a pull costs nothing more. */
   watches(action: PullAction): boolean {
     return this.pullWatchers[action].length > 0;
   }
