@@ -14,8 +14,7 @@ export default defineConfig({
       // Parts of R2's minimum size (5 MiB, not the deployed 16 MiB): every multipart test
       // moves a third of the bytes, and the fault loops, which push a multipart blob at
       // every step, finish in a fraction of the time.
-      // Retention applies to gc-retention/**, gc-race/index/** and gc-seam/** only (test/unit/gc*.test.ts),
-      // and gc-pulls/** (test/unit/pull-records.test.ts).
+      // Retention applies to gc-retention/**, gc-race/index/** and gc-seam/** only (test/unit/gc*.test.ts).
       miniflare: {
         bindings: {
           TEST_MIGRATIONS: migrations,
@@ -25,6 +24,7 @@ export default defineConfig({
             { repositories: "gc-retention/**", keepTags: 3 },
             { repositories: "gc-race/index/**", removeUntaggedOlderThan: "0s" },
             { repositories: "gc-seam/**", keepTags: 1, removeUntaggedOlderThan: "0s" },
+            // By last pull: test/unit/pull-records.test.ts.
             { repositories: "gc-pulls/**", pulledWithin: "1s" },
           ]),
         },

@@ -66,15 +66,15 @@ export interface Settings {
   /** Redirects of large blobs to presigned R2 URLs; null: off. */
   blobRedirect: BlobRedirectSettings | null;
   gc: { graceSeconds: number; retention: CompiledRule[] };
+  mirrors: Mirrors;
+  /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
+  audit: { retentionDays: number };
   /**
    * How long one isolate lets a manifest's pull record stand before it writes it again
    * (seconds): at most one write per manifest and interval, the pulls between counted in
    * memory and added to the next (registry/pull-recorder.ts). Null: pulls are not recorded.
    */
   pullRecordIntervalSeconds: number | null;
-  mirrors: Mirrors;
-  /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
-  audit: { retentionDays: number };
   /** Webhook endpoints events are delivered to (none: events are off), and how deliveries retry. */
   webhooks: WebhookSettings;
 }
@@ -159,10 +159,10 @@ export const SETTING_NAMES = [
   "R2_SECRET_ACCESS_KEY",
   "GC_GRACE_SECONDS",
   "RETENTION",
-  "PULL_RECORD_INTERVAL",
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
   "AUDIT_RETENTION_DAYS",
+  "PULL_RECORD_INTERVAL",
   "WEBHOOKS",
   "WEBHOOK_RETRY_BASE_SECONDS",
   "WEBHOOK_RETRY_MAX_SECONDS",
@@ -281,10 +281,10 @@ export function parseSettings(env: Env): Settings {
       graceSeconds: integer("GC_GRACE_SECONDS", env.GC_GRACE_SECONDS, 86_400),
       retention,
     },
-    pullRecordIntervalSeconds: parsePullRecording(env, retention),
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
     audit: { retentionDays: integer("AUDIT_RETENTION_DAYS", env.AUDIT_RETENTION_DAYS, 90, { min: 1, max: 36_500 }) },
+    pullRecordIntervalSeconds: parsePullRecording(env, retention),
     // An endpoint's `secret` may name a secret of any name, read from the environment here.
     webhooks: parseWebhooks(
       env.WEBHOOKS,
