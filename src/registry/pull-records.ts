@@ -32,8 +32,9 @@ export interface ListedPull {
   lastPulled: number;
 }
 
-/** D1 binds at most 100 parameters per query: rows per upsert. */
+/** D1 binds at most 100 parameters per query: rows per upsert, and manifests per delete. */
 const ROWS_PER_UPSERT = 25;
+const ROWS_PER_DELETE = 50;
 /** A D1 call that does not answer in this long is abandoned. */
 const D1_TIMEOUT_MS = 10_000;
 
@@ -53,16 +54,23 @@ export class PullRecords {
 
   /**
    * Forgets deleted manifests and adds counted pulls, in one D1 call: a delete per
-   * forgotten manifest first (a manifest pushed again after its deletion starts afresh),
-   * then an upsert per ROWS_PER_UPSERT counts (the count added, the later time kept).
+   * ROWS_PER_DELETE forgotten manifests first (a manifest pushed again after its deletion
+   * starts afresh), then an upsert per ROWS_PER_UPSERT counts (the count added, the later
+   * time kept).
    */
   async write(
     counts: readonly PullCount[],
     forgotten: readonly { repository: string; digest: string }[] = [],
   ): Promise<void> {
-    const statements: D1PreparedStatement[] = forgotten.map(({ repository, digest }) =>
-      this.db.prepare("DELETE FROM pulls WHERE repository = ? AND digest = ?").bind(repository, digest),
-    );
+    const statements: D1PreparedStatement[] = [];
+    for (let start = 0; start < forgotten.length; start += ROWS_PER_DELETE) {
+      const chunk = forgotten.slice(start, start + ROWS_PER_DELETE);
+      statements.push(
+        this.db
+          .prepare(`DELETE FROM pulls WHERE (repository, digest) IN (VALUES ${chunk.map(() => "(?, ?)").join(", ")})`)
+          .bind(...chunk.flatMap(({ repository, digest }) => [repository, digest])),
+      );
+    }
     for (let start = 0; start < counts.length; start += ROWS_PER_UPSERT) {
       const chunk = counts.slice(start, start + ROWS_PER_UPSERT);
       statements.push(

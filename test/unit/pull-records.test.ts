@@ -107,6 +107,24 @@ describe("recording pulls", () => {
     expect(await row("pulls/app", image.digest)).toEqual(recorded);
   });
 
+  it("one write deletes the forgotten manifests' rows before it adds counts (a manifest pushed again starts afresh)", async () => {
+    const records = new PullRecords(env.AUDIT);
+    const digests = ["c", "d", "e"].map((letter) => `sha256:${letter.repeat(64)}`);
+    await records.write(digests.map((digest) => ({ repository: "pulls/rows", digest, time: 1000, count: 5 })));
+    const [c = "", d = "", e = ""] = digests;
+    await records.write(
+      [{ repository: "pulls/rows", digest: c, time: 2000, count: 1 }],
+      [
+        { repository: "pulls/rows", digest: c },
+        { repository: "pulls/rows", digest: d },
+      ],
+    );
+    expect(await row("pulls/rows", c)).toEqual({ last_pulled: 2000, pulls: 1 });
+    expect(await row("pulls/rows", d)).toBeNull();
+    expect(await row("pulls/rows", e)).toEqual({ last_pulled: 1000, pulls: 5 });
+    expect([...(await records.of("pulls/rows", [c, d, e, c])).keys()].sort()).toEqual([c, e]);
+  });
+
   it("a deleted manifest's record is deleted", async () => {
     const image = await push("pulls/deleted", "v1");
     await pull("pulls/deleted", "v1");
