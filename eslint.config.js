@@ -13,6 +13,7 @@ const LAYERS = [
   "src/uploads", // the upload engine (a Durable Object per upload), publishing through the registry
   "src/gc", // the collector, removing through the registry
   "src/mirror", // the mirror, a decorator of the repository
+  "src/policies", // policies on the seam: immutable tags, quotas
   "src/events", // change events: their model, formats, signatures and delivery (a seam listener)
   "src/audit", // the audit log in D1 (a seam listener, and the logins)
   "src/auth", // who may do what

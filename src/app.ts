@@ -7,6 +7,7 @@ import { Meter, runMetered } from "./registry/meter";
 import { addSeamExtension } from "./registry/changes";
 import { addRepositoryResolver } from "./registry/registry";
 import { eventsExtension } from "./events/sender";
+import { immutableTagsExtension } from "./policies/immutable-tags";
 import { adminRoutes } from "./routes/admin";
 import { adminAuditRoutes } from "./routes/admin-audit";
 import { adminDeliveryRoutes } from "./routes/admin-deliveries";
@@ -24,6 +25,8 @@ import { uiRoutes } from "./ui/routes";
 // repository of their own register here (the mirror decorates mirrored names).
 addRepositoryResolver(mirrorResolver);
 // The audit log hears every committed change (src/audit).
+// Tags IMMUTABLE_TAGS names never move or go (src/policies/immutable-tags.ts).
+addSeamExtension(immutableTagsExtension);
 addSeamExtension(auditExtension);
 // Every committed change (and, for endpoints that asked, every pull) becomes an event on
 // the EVENTS queue when WEBHOOKS names an endpoint (src/events/sender.ts).

@@ -319,7 +319,7 @@ export class Repository {
     // A tag that named another manifest moves: told as such, when anyone wants to know
     // (it costs a read of each tag the push sets).
     const moves: Change[] = [];
-    if (this.seam.wants("tag.move")) {
+    if (this.seam.wants("tag.move", this.name)) {
       const previous = await Promise.all(tags.map((tag) => this.parts.tags.resolve(tag)));
       tags.forEach((tag, index) => {
         const before = previous[index]?.digest;
@@ -327,7 +327,9 @@ export class Repository {
           moves.push({ action: "tag.move", repository: this.name, tag, digest, previous: before });
       });
     }
-    return this.seam.applyAll([change, ...moves], this.context, () => this.parts.manifests.store(prepared));
+    return this.seam.applyAll([change, ...moves], this.context, (conditions) =>
+      this.parts.manifests.store(prepared, conditions.createOnlyTags),
+    );
   }
 
   /**

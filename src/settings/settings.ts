@@ -1,5 +1,6 @@
 import { RegistryError } from "../oci/errors";
 import { parseAccess, type AccessSettings } from "./access";
+import { parseImmutableTags, type ImmutableTags } from "./immutable";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
 import { parseOidcTrust, type OidcTrustRule } from "./oidc";
@@ -66,6 +67,8 @@ export interface Settings {
   /** Redirects of large blobs to presigned R2 URLs; null: off. */
   blobRedirect: BlobRedirectSettings | null;
   gc: { graceSeconds: number; retention: CompiledRule[] };
+  /** IMMUTABLE_TAGS: tags that, once set, always name the same manifest (none: every tag moves). */
+  immutableTags: ImmutableTags;
   mirrors: Mirrors;
   /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
   audit: { retentionDays: number };
@@ -153,6 +156,7 @@ export const SETTING_NAMES = [
   "R2_SECRET_ACCESS_KEY",
   "GC_GRACE_SECONDS",
   "RETENTION",
+  "IMMUTABLE_TAGS",
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
   "AUDIT_RETENTION_DAYS",
@@ -250,6 +254,7 @@ export function parseSettings(env: Env): Settings {
       graceSeconds: integer("GC_GRACE_SECONDS", env.GC_GRACE_SECONDS, 86_400),
       retention: parseRetention(env.RETENTION),
     },
+    immutableTags: parseImmutableTags(env.IMMUTABLE_TAGS),
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
     audit: { retentionDays: integer("AUDIT_RETENTION_DAYS", env.AUDIT_RETENTION_DAYS, 90, { min: 1, max: 36_500 }) },
