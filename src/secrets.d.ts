@@ -8,8 +8,6 @@ declare namespace Cloudflare {
     AUTH_USERS?: string;
     /** JSON access rules (see src/auth/policy.ts); may be a plain variable instead. */
     AUTH_ACCESS?: string;
-    /** JSON immutable-tag rules (src/settings/immutable.ts; docs/configuration.md, "Immutable tags"). */
-    IMMUTABLE_TAGS?: string;
     /** JSON OIDC trust rules (see src/settings/oidc.ts); may be a plain variable instead. Set: authentication is enforced. */
     OIDC_TRUST?: string;
     /** `open`: no authentication (npm start sets it when no users are configured). */
