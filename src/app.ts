@@ -7,6 +7,7 @@ import { Meter, runMetered } from "./registry/meter";
 import { addSeamExtension } from "./registry/changes";
 import { addRepositoryResolver } from "./registry/registry";
 import { eventsExtension } from "./events/sender";
+import { quotaExtension } from "./quotas/quota-keeper";
 import { adminRoutes } from "./routes/admin";
 import { adminAuditRoutes } from "./routes/admin-audit";
 import { adminDeliveryRoutes } from "./routes/admin-deliveries";
@@ -23,6 +24,9 @@ import { uiRoutes } from "./ui/routes";
 // The composition root: layers above the registry that serve some names with a
 // repository of their own register here (the mirror decorates mirrored names).
 addRepositoryResolver(mirrorResolver);
+// Storage quotas per namespace (QUOTAS): a policy and a listener (src/quotas), first, so a
+// push they refuse costs the later ones nothing.
+addSeamExtension(quotaExtension);
 // The audit log hears every committed change (src/audit).
 addSeamExtension(auditExtension);
 // Every committed change (and, for endpoints that asked, every pull) becomes an event on
