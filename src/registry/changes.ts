@@ -42,6 +42,14 @@ export const SYSTEM_CONTEXT: ChangeContext = { actor: { kind: "system", name: "r
 export type Change =
   /** An upload finished: the blob is stored (if it was not already) and linked here. */
   | { action: "blob.commit"; repository: string; digest: Digest; size: number }
+  /**
+   * A blob of `size` bytes is about to be uploaded and committed here (a commit whose
+   * length is known before its bytes are received: a monolithic POST or PUT declaring its
+   * Content-Length, or a PUT closing a chunked upload). Asked of the policies only, so one
+   * (a quota) can refuse before anything is stored; told to no listener, as nothing is
+   * written. The commit itself is a `blob.commit` as always.
+   */
+  | { action: "blob.upload"; repository: string; digest: Digest; size: number }
   /** A blob stored already was linked here from another repository (`POST ?mount=`). */
   | { action: "blob.mount"; repository: string; digest: Digest; size: number; from?: string }
   /** A repository's link to a blob was removed (`DELETE /v2/<name>/blobs/<digest>`). */
@@ -186,6 +194,11 @@ export class ChangeSeam {
   /** Whether anyone is listening or judging: when not, callers may skip describing changes. */
   get idle(): boolean {
     return this.policies.length === 0 && this.listeners.length === 0;
+  }
+
+  /** Whether any policy judges changes of `action` in `repository` (a `blob.upload`: then it is asked). */
+  judges(action: ChangeAction, repository?: string): boolean {
+    return this.policies.some((policy) => policy.wants?.(action, repository) ?? true);
   }
 
   /** Whether a policy judges, or a listener wants told, changes of `action` (in `repository`). */

@@ -242,6 +242,17 @@ export class Repository {
   }
 
   /**
+   * Whether an upload of `size` bytes of `digest` may be committed here, asked before its
+   * bytes are received (a `blob.upload` change: the policies may refuse it, as a quota
+   * does, and nothing is written). The upload engine asks when the size is known up front;
+   * the commit is judged again as a `blob.commit`.
+   */
+  async admitUpload(digest: Digest, size: number): Promise<void> {
+    if (!this.seam.judges("blob.upload", this.name)) return;
+    await this.seam.check({ action: "blob.upload", repository: this.name, digest, size }, this.context);
+  }
+
+  /**
    * Links a stored blob here from `from` (`POST ?mount=&from=`; `from` undefined: any
    * stored blob, with automatic content discovery on). Returns the descriptor, or null
    * when there is nothing to mount (the source does not link it, or it is not stored).

@@ -4,6 +4,7 @@ import { parseImmutableTags, type ImmutableTags } from "./immutable";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
 import { parseOidcTrust, type OidcTrustRule } from "./oidc";
+import { parseQuotas, type Quota } from "./quotas";
 import { flag, integer, present, SettingsError } from "./values";
 import { parseWebhooks, type WebhookSettings } from "./webhooks";
 
@@ -74,6 +75,8 @@ export interface Settings {
   audit: { retentionDays: number };
   /** Webhook endpoints events are delivered to (none: events are off), and how deliveries retry. */
   webhooks: WebhookSettings;
+  /** Storage quotas per namespace (QUOTAS; none: no limits, and nothing is counted). */
+  quotas: Quota[];
 }
 
 export interface TokenSettingsBase {
@@ -164,6 +167,7 @@ export const SETTING_NAMES = [
   "WEBHOOK_RETRY_BASE_SECONDS",
   "WEBHOOK_RETRY_MAX_SECONDS",
   "WEBHOOK_TIMEOUT_SECONDS",
+  "QUOTAS",
 ] as const;
 
 function parseBlobRedirect(env: Env): BlobRedirectSettings | null {
@@ -268,6 +272,7 @@ export function parseSettings(env: Env): Settings {
       },
       env as unknown as Record<string, unknown>,
     ),
+    quotas: parseQuotas(env.QUOTAS),
   };
 }
 
