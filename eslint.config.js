@@ -12,7 +12,9 @@ const LAYERS = [
   "src/registry", // storage and the repository API (the seam every change passes through)
   "src/uploads", // the upload engine (a Durable Object per upload), publishing through the registry
   "src/gc", // the collector, removing through the registry
+  "src/quotas", // storage quotas per namespace (a seam policy and listener, a Durable Object per namespace)
   "src/mirror", // the mirror, a decorator of the repository
+  "src/policies", // policies on the seam: immutable tags
   "src/events", // change events: their model, formats, signatures and delivery (a seam listener)
   "src/audit", // the audit log in D1 (a seam listener, and the logins)
   "src/auth", // who may do what

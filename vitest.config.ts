@@ -14,13 +14,17 @@ export default defineConfig({
       // Parts of R2's minimum size (5 MiB, not the deployed 16 MiB): every multipart test
       // moves a third of the bytes, and the fault loops, which push a multipart blob at
       // every step, finish in a fraction of the time.
-      // Retention applies to gc-retention/**, gc-race/index/** and gc-seam/** only (test/unit/gc*.test.ts).
+      // Retention applies to gc-retention/**, gc-race/index/**, gc-seam/** and immutable/gc/** only (test/unit/gc*.test.ts,
+      // immutable-tags.test.ts).
       miniflare: {
         bindings: {
           TEST_MIGRATIONS: migrations,
           AUTH_MODE: "open",
           UPLOAD_PART_SIZE: String(5 * 1024 * 1024),
+          // Immutable tags in immutable/** (test/unit/immutable-tags.test.ts).
+          IMMUTABLE_TAGS: JSON.stringify([{ repositories: ["immutable/**"], tags: ["v*"], except: ["v*-dev"] }]),
           RETENTION: JSON.stringify([
+            { repositories: "immutable/gc/**", keepTags: 1 },
             { repositories: "gc-retention/**", keepTags: 3 },
             { repositories: "gc-race/index/**", removeUntaggedOlderThan: "0s" },
             { repositories: "gc-seam/**", keepTags: 1, removeUntaggedOlderThan: "0s" },

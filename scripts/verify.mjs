@@ -79,6 +79,10 @@ if (args.includes("--json")) {
       `${counts.repositories} repositories, ${counts.links} links, ${counts.tags} tags, ${counts.referrers} referrers, ` +
       `${counts.catalogEntries} catalog entries, ${counts.dataObjects} data objects, ${counts.kvEntries} KV copies`,
   );
+  // Each quota namespace's usage, counted from its links (a drift from its records is a finding).
+  for (const usage of report.usage ?? []) {
+    console.log(`usage ${usage.namespace}: ${usage.bytes} bytes in ${usage.blobs} blobs`);
+  }
   for (const finding of report.findings) {
     const repaired = finding.repaired ? `  [repaired: ${finding.repaired}]` : "";
     console.log(

@@ -8,6 +8,8 @@ import { addSeamExtension } from "./registry/changes";
 import { pullRecordsExtension } from "./registry/pull-recorder";
 import { addRepositoryResolver } from "./registry/registry";
 import { eventsExtension } from "./events/sender";
+import { immutableTagsExtension } from "./policies/immutable-tags";
+import { quotaExtension } from "./quotas/quota-keeper";
 import { adminRoutes } from "./routes/admin";
 import { adminAuditRoutes } from "./routes/admin-audit";
 import { adminDeliveryRoutes } from "./routes/admin-deliveries";
@@ -24,6 +26,12 @@ import { uiRoutes } from "./ui/routes";
 // The composition root: layers above the registry that serve some names with a
 // repository of their own register here (the mirror decorates mirrored names).
 addRepositoryResolver(mirrorResolver);
+// Policies, cheapest first: tags IMMUTABLE_TAGS names never move or go
+// (src/policies/immutable-tags.ts; no storage call to refuse); then storage quotas per
+// namespace (QUOTAS: a policy and a listener, src/quotas, reserving in a Durable Object,
+// given back if a later step abandons the change).
+addSeamExtension(immutableTagsExtension);
+addSeamExtension(quotaExtension);
 // The audit log hears every committed change (src/audit).
 addSeamExtension(auditExtension);
 // Every committed change (and, for endpoints that asked, every pull) becomes an event on

@@ -7,6 +7,7 @@ import { revokedSessionsOf } from "./registry/registry";
 
 export { LoginLimiter } from "./auth/login-limiter";
 export { GarbageCollector } from "./gc/collector";
+export { NamespaceUsage } from "./quotas/namespace-usage";
 export { UploadSession } from "./uploads/upload-session";
 
 export default {

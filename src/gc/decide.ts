@@ -1,4 +1,4 @@
-import { markRepository } from "./mark";
+import { markRepository, type RepositoryListing } from "./mark";
 import { settingsOf } from "../settings/settings";
 import { ruleFor } from "./retention";
 import { RemovalState } from "./run-tables";
@@ -20,6 +20,7 @@ export async function decide(step: Step): Promise<void> {
       rule: ruleFor(rules, repo),
       startedMs: state.startedMs,
       cutoff: cutoff(state),
+      keepTags: immutableTagsOf(step, repo, listing),
     });
     tables.markInUse(marks.inUse);
     for (const tag of listing.tags) {
@@ -50,6 +51,16 @@ export async function decide(step: Step): Promise<void> {
 }
 
 /**
+ * The tags of `repo` IMMUTABLE_TAGS names: retention never removes them (the immutable-tags
+ * policy would refuse it; a dry run must not list them either).
+ */
+function immutableTagsOf(step: Step, repo: string, listing: RepositoryListing): Set<string> {
+  const immutable = settingsOf(step.env).immutableTags;
+  if (!immutable.any || !immutable.covers(repo)) return new Set();
+  return new Set(listing.tags.filter((tag) => immutable.ruleFor(repo, tag.tag) !== undefined).map((tag) => tag.tag));
+}
+
+/**
  * After a policy refused a tag's or a revision's removal (prune): the repository is
  * marked again with what was refused kept, so what that needs is in use (never condemned)
  * and its removals not yet made are spared. What was removed before the refusal and is
@@ -58,11 +69,15 @@ export async function decide(step: Step): Promise<void> {
 export function markAgain(step: Step, repo: string): void {
   const { state, tables } = step;
   const refused = tables.removalsIn(repo, RemovalState.refused);
-  const marks = markRepository(tables.listing(repo), {
+  const listing = tables.listing(repo);
+  const marks = markRepository(listing, {
     rule: ruleFor(settingsOf(step.env).gc.retention, repo),
     startedMs: state.startedMs,
     cutoff: cutoff(state),
-    keepTags: new Set(refused.filter((row) => row.kind === "tag").map((row) => row.name ?? "")),
+    keepTags: new Set([
+      ...immutableTagsOf(step, repo, listing),
+      ...refused.filter((row) => row.kind === "tag").map((row) => row.name ?? ""),
+    ]),
     keepManifests: new Set(refused.filter((row) => row.kind === "manifest").map((row) => row.digest)),
   });
   tables.markInUse(marks.inUse);

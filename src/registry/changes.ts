@@ -42,6 +42,14 @@ export const SYSTEM_CONTEXT: ChangeContext = { actor: { kind: "system", name: "r
 export type Change =
   /** An upload finished: the blob is stored (if it was not already) and linked here. */
   | { action: "blob.commit"; repository: string; digest: Digest; size: number }
+  /**
+   * A blob of `size` bytes is about to be uploaded and committed here (a commit whose
+   * length is known before its bytes are received: a monolithic POST or PUT declaring its
+   * Content-Length, or a PUT closing a chunked upload). Asked of the policies only, so one
+   * (a quota) can refuse before anything is stored; told to no listener, as nothing is
+   * written. The commit itself is a `blob.commit` as always.
+   */
+  | { action: "blob.upload"; repository: string; digest: Digest; size: number }
   /** A blob stored already was linked here from another repository (`POST ?mount=`). */
   | { action: "blob.mount"; repository: string; digest: Digest; size: number; from?: string }
   /** A repository's link to a blob was removed (`DELETE /v2/<name>/blobs/<digest>`). */
@@ -87,6 +95,11 @@ export type Change =
 
 export type ChangeAction = Change["action"];
 
+/** The repository a change is in (none for a blob the collector removes). */
+export function repositoryOf(change: Change): string | undefined {
+  return change.repository;
+}
+
 /**
  * A client read what a repository holds (a GET of a manifest or a blob): no change, told
  * only to the pull listeners, and only when one is registered (webhook endpoints that
@@ -96,10 +109,33 @@ export type Pull =
   | { action: "manifest.pull"; repository: string; digest: Digest; mediaType: string; size: number; tag?: string }
   | { action: "blob.pull"; repository: string; digest: Digest; size: number };
 
+/**
+ * What the policies ask of the write that makes the changes they let through, beyond a
+ * yes: conditions the storage write itself enforces, so that two concurrent requests
+ * cannot both pass a check made before either wrote. One kind today: tags the write may
+ * only create, never move (immutable tags). If another write set such a tag to another
+ * manifest first, the write refuses with the policy's reason (DENIED).
+ */
+export class WriteConditions {
+  /** Tag → the refusal if it already names another manifest when the write comes to it. */
+  readonly createOnlyTags = new Map<string, string>();
+
+  createOnly(tag: string, reason: string): void {
+    if (!this.createOnlyTags.has(tag)) this.createOnlyTags.set(tag, reason);
+  }
+}
+
 /** Asked before a change is made; refuses it by throwing (a RegistryError, usually DENIED). */
 export interface ChangePolicy {
   readonly name: string;
-  check(change: Change, context: ChangeContext): void | Promise<void>;
+  /**
+   * Which changes it judges (absent: all), by action and repository (absent for a blob
+   * the collector removes: blobs are global). A policy that wants no `tag.move` in a
+   * repository spares its pushes a read per tag.
+   */
+  wants?(action: ChangeAction, repository?: string): boolean;
+  /** Refuses by throwing; may add conditions the write must meet (`conditions`). */
+  check(change: Change, context: ChangeContext, conditions: WriteConditions): void | Promise<void>;
   /**
    * Told when a change this policy let through was not made after all: a later policy
    * refused it, or the write failed or found nothing to do. A policy that reserved
@@ -179,19 +215,28 @@ export class ChangeSeam {
     return this.policies.length === 0 && this.listeners.length === 0;
   }
 
-  /** Whether a policy judges, or a listener wants told, changes of `action` (policies judge every change). */
-  wants(action: ChangeAction): boolean {
-    return this.policies.length > 0 || this.listeners.some((listener) => listener.wants?.(action) ?? true);
+  /** Whether any policy judges changes of `action` in `repository` (a `blob.upload`: then it is asked). */
+  judges(action: ChangeAction, repository?: string): boolean {
+    return this.policies.some((policy) => policy.wants?.(action, repository) ?? true);
+  }
+
+  /** Whether a policy judges, or a listener wants told, changes of `action` (in `repository`). */
+  wants(action: ChangeAction, repository?: string): boolean {
+    return (
+      this.policies.some((policy) => policy.wants?.(action, repository) ?? true) ||
+      this.listeners.some((listener) => listener.wants?.(action) ?? true)
+    );
   }
 
   /**
    * Asks every policy, in order; the first refusal stops the change, and the policies that
    * had let it through are told it was abandoned.
    */
-  async check(change: Change, context: ChangeContext): Promise<void> {
+  async check(change: Change, context: ChangeContext, conditions = new WriteConditions()): Promise<void> {
     for (const [index, policy] of this.policies.entries()) {
+      if (policy.wants && !policy.wants(change.action, repositoryOf(change))) continue;
       try {
-        await policy.check(change, context);
+        await policy.check(change, context, conditions);
       } catch (error) {
         await this.abandon([change], context, index);
         throw error;
@@ -203,7 +248,7 @@ export class ChangeSeam {
   async abandon(changes: readonly Change[], context: ChangeContext, passed = this.policies.length): Promise<void> {
     for (const change of changes) {
       for (const policy of this.policies.slice(0, passed)) {
-        if (!policy.abandoned) continue;
+        if (!policy.abandoned || (policy.wants && !policy.wants(change.action, repositoryOf(change)))) continue;
         try {
           await policy.abandoned(change, context);
         } catch (error) {
@@ -225,16 +270,28 @@ export class ChangeSeam {
     }
   }
 
-  /** Checks `change`, runs `write`, and, when it returns true (or nothing), tells the listeners. */
-  async apply<T>(change: Change, context: ChangeContext, write: () => Promise<T>): Promise<T> {
+  /**
+   * Checks `change`, runs `write` (with the conditions the policies set), and, when it
+   * returns true (or nothing), tells the listeners.
+   */
+  async apply<T>(
+    change: Change,
+    context: ChangeContext,
+    write: (conditions: WriteConditions) => Promise<T>,
+  ): Promise<T> {
     return this.applyAll([change], context, write);
   }
 
   /** `apply` for one write that makes several changes at once (a push that moves tags). */
-  async applyAll<T>(changes: readonly Change[], context: ChangeContext, write: () => Promise<T>): Promise<T> {
+  async applyAll<T>(
+    changes: readonly Change[],
+    context: ChangeContext,
+    write: (conditions: WriteConditions) => Promise<T>,
+  ): Promise<T> {
+    const conditions = new WriteConditions();
     for (const [index, change] of changes.entries()) {
       try {
-        await this.check(change, context);
+        await this.check(change, context, conditions);
       } catch (error) {
         await this.abandon(changes.slice(0, index), context);
         throw error;
@@ -242,7 +299,7 @@ export class ChangeSeam {
     }
     let result: T;
     try {
-      result = await write();
+      result = await write(conditions);
     } catch (error) {
       await this.abandon(changes, context);
       throw error;

@@ -21,7 +21,8 @@ import type { Storage } from "./storage";
  *   every tag a revision of its repository, every referrer record a revision;
  * - the catalog: every repository with links is listed;
  * - `data/…` objects no descriptor points at (an upload in flight, or left over);
- * - KV `blob:` entries with no, or another, R2 descriptor.
+ * - KV `blob:` entries with no, or another, R2 descriptor;
+ * - with `usage`, each quota namespace's usage, counted from its links (src/quotas compares it).
  */
 export interface Finding {
   /** error: breaks a rule clients rely on; warning: harmless but untidy; info: expected in a live registry. */
@@ -48,7 +49,9 @@ export type FindingKind =
   | "referrer-without-manifest"
   | "repository-not-in-catalog"
   | "catalog-entry-empty"
-  | "orphan-data";
+  | "orphan-data"
+  /** A quota namespace's recorded usage differs from what its links hold (src/quotas adds these). */
+  | "usage-drift";
 
 export interface VerifyOptions {
   /** Re-hash every blob's bytes (the default); false checks existence and size only. */
@@ -62,6 +65,11 @@ export interface VerifyOptions {
   /** Objects under `data/` older than this with no descriptor are deleted by repair (the upload TTL). */
   orphanAgeMs?: number;
   now?: number;
+  /**
+   * Quota namespaces to count (QUOTAS): `of(name)` the namespaces a stored repository counts
+   * in. Each namespace's usage is the bytes of the distinct stored blobs its repositories link.
+   */
+  usage?: { namespaces: readonly string[]; of: (name: string) => readonly string[] };
 }
 
 export interface VerifyReport {
@@ -79,6 +87,8 @@ export interface VerifyReport {
     kvEntries: number;
   };
   findings: Finding[];
+  /** Each quota namespace's usage counted from its links (`usage`): bytes of its distinct blobs, and how many. */
+  usage?: { namespace: string; bytes: number; blobs: number }[];
 }
 
 const HOUR_MS = 60 * 60 * 1000;
@@ -191,6 +201,8 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
   });
 
   // ---- links, tags, referrers ----
+  /** Per quota namespace, the distinct stored blobs its repositories link. */
+  const usage = new Map((options.usage?.namespaces ?? []).map((namespace) => [namespace, new Set<string>()]));
   const linked = new Set<string>();
   const revisions = new Set<string>();
   const tags: { key: string; name: string; object: R2Object }[] = [];
@@ -205,7 +217,9 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
       const digest = digestOrNull(`${algorithm}:${hex}`);
       linked.add(name);
       if (family === "_manifests" && digest) revisions.add(`${name}@${digest.value}`);
-      if (!digest || !stored.has(digest.value)) {
+      if (digest && stored.has(digest.value)) {
+        for (const namespace of options.usage?.of(name) ?? []) usage.get(namespace)?.add(digest.value);
+      } else {
         const finding: Finding = {
           severity: "error",
           kind: "link-without-descriptor",
@@ -383,7 +397,13 @@ export async function verifyStorage(storage: Storage, options: VerifyOptions = {
   });
 
   const ok = findings.every((finding) => finding.severity !== "error" || finding.repaired !== undefined);
-  return { ok, counts, findings };
+  if (!options.usage) return { ok, counts, findings };
+  const counted = [...usage].map(([namespace, digests]) => ({
+    namespace,
+    bytes: [...digests].reduce((sum, digest) => sum + (stored.get(digest)?.size ?? 0), 0),
+    blobs: digests.size,
+  }));
+  return { ok, counts, findings, usage: counted };
 }
 
 /** The R2 key (and digest) of the link a KV `link:` copy stands for, or null when the key is not one. */

@@ -53,16 +53,18 @@ export class Inventory {
   constructor(private readonly storage: Storage) {}
 
   /**
-   * A page of the keys under `repositories/` that are links or tags (others are skipped
-   * but counted); `metadata` lists the tags' targets too.
+   * A page of the keys under `repositories/` (or, `under` a name, of that repository and
+   * the ones nested in it) that are links or tags (others are skipped but counted);
+   * `metadata` lists the tags' targets too.
    */
   async repositoryEntries(options: {
     cursor?: string;
     limit: number;
     metadata: boolean;
+    under?: string;
   }): Promise<Page<ListedRepositoryEntry>> {
     const listing = await this.storage.bucket.list({
-      prefix: Paths.repositoriesPrefix,
+      prefix: options.under === undefined ? Paths.repositoriesPrefix : Paths.repositoryTree(options.under),
       ...(options.metadata ? { include: ["customMetadata"] as ("customMetadata" | "httpMetadata")[] } : {}),
       limit: options.limit,
       ...(options.cursor ? { cursor: options.cursor } : {}),
@@ -179,6 +181,24 @@ export class Inventory {
     const body: unknown = record ? await record.json().catch(() => null) : null;
     // Just the descriptor's fields (a condemned record's body has its mark too).
     return isBlobDescriptor(body) ? { digest: body.digest, size: body.size, key: body.key } : null;
+  }
+
+  /**
+   * A stored blob's size, or null when it is not stored (or being collected: a tombstone).
+   * One head: descriptors carry their size in metadata (older ones are read).
+   */
+  async blobSize(digest: Digest): Promise<number | null> {
+    const head = await this.storage.bucket.head(Paths.blobDescriptor(digest));
+    if (!head || head.customMetadata?.gc === "tombstone") return null;
+    const size = Number(head.customMetadata?.size ?? NaN);
+    if (Number.isSafeInteger(size)) return size;
+    return (await new BlobStore(this.storage).stat(digest, { strong: true }))?.size ?? null;
+  }
+
+  /** Whether a repository links a digest (a layer link or a revision), read from R2 now. One head. */
+  async links(repository: string, kind: "layer" | "revision", digest: Digest): Promise<boolean> {
+    const links = new LinkedBlobStore(this.storage, new BlobStore(this.storage), repository, kind);
+    return (await links.writtenAt(digest)) !== null;
   }
 
   /** A page of the objects under `data/` (blob bytes, published or not). */

@@ -52,6 +52,8 @@ function summarize(manifest: ParsedManifest): TagSummary {
 /** How deep relink follows children linked again (an index of indexes of manifests is 2). */
 const MAX_RELINK_DEPTH = 3;
 
+const NONE: ReadonlyMap<string, string> = new Map();
+
 /** Reference checks in flight at once for one manifest PUT (see forEachBounded). */
 const REFERENCE_CHECKS_IN_FLIGHT = 6;
 
@@ -217,8 +219,13 @@ export class Manifests {
     return { digest, manifest, tags, bytes, markerBefore, mirroredAt: options.mirroredAt };
   }
 
-  /** Stores a prepared manifest: its bytes, its revision link, its referrer record, then its tags. */
-  async store(prepared: PreparedManifest): Promise<PutManifestResult> {
+  /**
+   * Stores a prepared manifest: its bytes, its revision link, its referrer record, then its
+   * tags. A tag in `createOnly` (an immutable tag) is only created, first: if it names
+   * another manifest by then (a concurrent push won), the store is refused with the reason
+   * given, before any other tag is written (the manifest stays, untagged).
+   */
+  async store(prepared: PreparedManifest, createOnly: ReadonlyMap<string, string> = NONE): Promise<PutManifestResult> {
     const { digest, manifest, tags, bytes, markerBefore, mirroredAt } = prepared;
     const mirrored = mirroredAt !== undefined;
     const descriptor = await this.blobs.putBytes(digest, bytes, Paths.uploadData(crypto.randomUUID()));
@@ -245,7 +252,13 @@ export class Manifests {
     };
     if (bytes.byteLength <= EMBEDDED_CONTENT_MAX_BYTES) record.content = encodeContent(bytes);
     if (mirrored) record.checkedAt = mirroredAt;
-    for (const tag of tags) await this.tags.set(tag, record);
+    for (const tag of tags) {
+      const reason = createOnly.get(tag);
+      if (reason === undefined || (await this.tags.create(tag, record))) continue;
+      const current = await this.tags.resolve(tag);
+      if (current?.digest.value !== digest.value) throw new RegistryError("DENIED", reason);
+    }
+    for (const tag of tags) if (!createOnly.has(tag)) await this.tags.set(tag, record);
     return { digest, manifest, tags };
   }
 

@@ -26,6 +26,13 @@ export const Paths = {
   /** Everything repositories hold (links, tags, referrers) is under this prefix. */
   repositoriesPrefix: "repositories/",
 
+  /**
+   * Everything a repository and the repositories nested under it hold (`team` and
+   * `team/**`: a quota's namespace): the first `/_` after it ends a name, so no other
+   * repository's keys (`teams/…`) share this prefix.
+   */
+  repositoryTree: (name: string): string => `repositories/${name}/`,
+
   /** A repository's link to a layer or config blob (the linked-blob-store rule). */
   layerLink: (name: string, digest: Digest): string => `repositories/${name}/_layers/${digest.algorithm}/${digest.hex}`,
   /** A repository's link to a manifest revision; body `{mediaType}`. */

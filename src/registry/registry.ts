@@ -1,3 +1,4 @@
+import { quotasOf } from "../settings/quotas";
 import { settingsOf } from "../settings/settings";
 import { validateName } from "../oci/names";
 import { BlobStore } from "./blob-store";
@@ -27,7 +28,7 @@ export type { ReferrerDescriptor } from "./referrers";
 export { pullRecordsOf, type PullRecord, type PullRecords } from "./pull-records";
 export { MAX_PAGE, type LocatedBlob, type PassThroughBlob } from "./repository";
 export type { TagRecord, TagRow, TagSummary } from "./tags";
-export type { VerifyOptions, VerifyReport } from "./integrity";
+export type { Finding, VerifyOptions, VerifyReport } from "./integrity";
 
 export interface OpenOptions {
   /** The request's location cache (routes/http.ts edgeCacheOf); without one, pulls read R2 for bytes and tags. */
@@ -96,9 +97,15 @@ export function openRequested(env: Env, name: string, options: ResolveOptions = 
   return openRepository(env, valid, options);
 }
 
-/** The integrity check of everything stored (`npm run verify`; docs/operations.md). */
+/**
+ * The integrity check of everything stored (`npm run verify`; docs/operations.md), with
+ * each quota namespace's usage counted from its links (QUOTAS).
+ */
 export function verifyRegistry(env: Env, options: VerifyOptions): Promise<VerifyReport> {
-  return verifyStorage(storageOf(env), options);
+  const settings = settingsOf(env);
+  const namespaces = settings.quotas.map((quota) => quota.namespace);
+  const usage = { namespaces, of: (name: string) => quotasOf(settings, name).map((quota) => quota.namespace) };
+  return verifyStorage(storageOf(env), namespaces.length > 0 ? { ...options, usage } : options);
 }
 
 /** Web sessions ended by a logout (the pages' login cookie). */

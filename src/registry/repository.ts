@@ -242,6 +242,17 @@ export class Repository {
   }
 
   /**
+   * Whether an upload of `size` bytes of `digest` may be committed here, asked before its
+   * bytes are received (a `blob.upload` change: the policies may refuse it, as a quota
+   * does, and nothing is written). The upload engine asks when the size is known up front;
+   * the commit is judged again as a `blob.commit`.
+   */
+  async admitUpload(digest: Digest, size: number): Promise<void> {
+    if (!this.seam.judges("blob.upload", this.name)) return;
+    await this.seam.check({ action: "blob.upload", repository: this.name, digest, size }, this.context);
+  }
+
+  /**
    * Links a stored blob here from `from` (`POST ?mount=&from=`; `from` undefined: any
    * stored blob, with automatic content discovery on). Returns the descriptor, or null
    * when there is nothing to mount (the source does not link it, or it is not stored).
@@ -319,7 +330,7 @@ export class Repository {
     // A tag that named another manifest moves: told as such, when anyone wants to know
     // (it costs a read of each tag the push sets).
     const moves: Change[] = [];
-    if (this.seam.wants("tag.move")) {
+    if (this.seam.wants("tag.move", this.name)) {
       const previous = await Promise.all(tags.map((tag) => this.parts.tags.resolve(tag)));
       tags.forEach((tag, index) => {
         const before = previous[index]?.digest;
@@ -327,7 +338,9 @@ export class Repository {
           moves.push({ action: "tag.move", repository: this.name, tag, digest, previous: before });
       });
     }
-    return this.seam.applyAll([change, ...moves], this.context, () => this.parts.manifests.store(prepared));
+    return this.seam.applyAll([change, ...moves], this.context, (conditions) =>
+      this.parts.manifests.store(prepared, conditions.createOnlyTags),
+    );
   }
 
   /**

@@ -93,6 +93,19 @@ export function parseTagRecord(text: string): TagRecord | null {
   }
 }
 
+/**
+ * A tag object's custom metadata: the digest rides there too, so the garbage collector
+ * learns every tag's target from a listing (no read per tag), and so does the summary,
+ * for the web pages' tag lists.
+ */
+function tagMetadata(record: TagRecord): Record<string, string> {
+  const metadata: Record<string, string> = { digest: record.digest.value };
+  if (record.summary?.size !== undefined) metadata.size = String(record.summary.size);
+  const platforms = platformsText(record.summary?.platforms ?? []);
+  if (platforms !== "") metadata.platforms = platforms;
+  return metadata;
+}
+
 function tagRecordText(record: TagRecord): string {
   return JSON.stringify({
     digest: record.digest.value,
@@ -140,15 +153,22 @@ export class Tags {
   }
 
   async set(tag: string, record: TagRecord): Promise<void> {
-    // The digest rides in custom metadata too, so the garbage collector learns every
-    // tag's target from a listing (no read per tag), and so does the summary, for the web
-    // pages' tag lists.
-    const metadata: Record<string, string> = { digest: record.digest.value };
-    if (record.summary?.size !== undefined) metadata.size = String(record.summary.size);
-    const platforms = platformsText(record.summary?.platforms ?? []);
-    if (platforms !== "") metadata.platforms = platforms;
-    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), { customMetadata: metadata });
+    await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), { customMetadata: tagMetadata(record) });
     await this.edge.forgetTag(this.name, tag);
+  }
+
+  /**
+   * Sets `tag` only if it does not exist (R2's conditional put, `If-None-Match: *`): false
+   * when it does, whatever it names. Two concurrent creates: exactly one succeeds.
+   */
+  async create(tag: string, record: TagRecord): Promise<boolean> {
+    const written = await this.bucket.put(Paths.tag(this.name, tag), tagRecordText(record), {
+      customMetadata: tagMetadata(record),
+      onlyIf: { etagDoesNotMatch: "*" },
+    });
+    if (written === null) return false;
+    await this.edge.forgetTag(this.name, tag);
+    return true;
   }
 
   async delete(tag: string): Promise<boolean> {

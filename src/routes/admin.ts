@@ -3,6 +3,7 @@ import { Hono } from "hono";
 import { RegistryError } from "../oci/errors";
 import { collectorOf } from "../gc/collector";
 import { verifyRegistry } from "../registry/registry";
+import { checkUsage, quotaUsage } from "../quotas/usage-reports";
 import type { AppContext, AppEnv } from "./http";
 
 /**
@@ -29,15 +30,37 @@ export function requireAdmin(c: AppContext): void {
   if (!sameText(presented, token)) throw new RegistryError("DENIED", "admin token required");
 }
 
-// POST /_admin/verify[?rehash=0][&repair=1]: the integrity check (scripts/verify.mjs).
+// POST /_admin/verify[?rehash=0][&repair=1]: the integrity check (scripts/verify.mjs), with
+// each quota namespace's recorded usage checked against its links (src/quotas).
 adminRoutes.post("/verify", async (c) => {
   requireAdmin(c);
+  const repair = c.req.query("repair") === "1";
   const report = await verifyRegistry(c.env, {
     rehash: c.req.query("rehash") !== "0",
-    repair: c.req.query("repair") === "1",
+    repair,
     orphanAgeMs: settingsOf(c.env).uploadTtlSeconds * 1000,
   });
+  await checkUsage(c.env, report, repair);
   return c.json(report);
+});
+
+/** Repositories listed per namespace by GET /_admin/usage unless `repositories=` says otherwise. */
+const USAGE_REPOSITORIES = 100;
+
+// GET /_admin/usage[?namespace=team][&repositories=N]: each quota's namespace, its usage and
+// limit, and its largest repositories (at most 1000).
+adminRoutes.get("/usage", async (c) => {
+  requireAdmin(c);
+  const requested = Number(c.req.query("repositories") ?? USAGE_REPOSITORIES);
+  if (!Number.isSafeInteger(requested) || requested < 0 || requested > 1000) {
+    throw new RegistryError("PAGINATION_NUMBER_INVALID", "repositories must be a whole number from 0 to 1000");
+  }
+  const namespace = c.req.query("namespace");
+  const namespaces = await quotaUsage(c.env, { repositories: requested, ...(namespace ? { namespace } : {}) });
+  if (namespace && namespaces.length === 0) {
+    throw new RegistryError("NAME_UNKNOWN", "no quota names that namespace", { namespace });
+  }
+  return c.json({ namespaces });
 });
 
 /**

@@ -1,8 +1,10 @@
 import { RegistryError } from "../oci/errors";
 import { parseAccess, type AccessSettings } from "./access";
+import { parseImmutableTags, type ImmutableTags } from "./immutable";
 import { parseRetention, type CompiledRule } from "./retention";
 import { parseUpstreams, type Mirrors } from "../settings/upstreams";
 import { parseOidcTrust, type OidcTrustRule } from "./oidc";
+import { parseQuotas, type Quota } from "./quotas";
 import { flag, integer, parseDuration, present, SettingsError } from "./values";
 import { parseWebhooks, type WebhookSettings } from "./webhooks";
 
@@ -66,6 +68,8 @@ export interface Settings {
   /** Redirects of large blobs to presigned R2 URLs; null: off. */
   blobRedirect: BlobRedirectSettings | null;
   gc: { graceSeconds: number; retention: CompiledRule[] };
+  /** IMMUTABLE_TAGS: tags that, once set, always name the same manifest (none: every tag moves). */
+  immutableTags: ImmutableTags;
   mirrors: Mirrors;
   /** The audit log (src/audit): rows older than `retentionDays` are pruned by the daily cron. */
   audit: { retentionDays: number };
@@ -77,6 +81,8 @@ export interface Settings {
   pullRecordIntervalSeconds: number | null;
   /** Webhook endpoints events are delivered to (none: events are off), and how deliveries retry. */
   webhooks: WebhookSettings;
+  /** Storage quotas per namespace (QUOTAS; none: no limits, and nothing is counted). */
+  quotas: Quota[];
 }
 
 export interface TokenSettingsBase {
@@ -159,6 +165,7 @@ export const SETTING_NAMES = [
   "R2_SECRET_ACCESS_KEY",
   "GC_GRACE_SECONDS",
   "RETENTION",
+  "IMMUTABLE_TAGS",
   "UPSTREAMS",
   "UPSTREAM_DEFAULT",
   "AUDIT_RETENTION_DAYS",
@@ -167,6 +174,7 @@ export const SETTING_NAMES = [
   "WEBHOOK_RETRY_BASE_SECONDS",
   "WEBHOOK_RETRY_MAX_SECONDS",
   "WEBHOOK_TIMEOUT_SECONDS",
+  "QUOTAS",
 ] as const;
 
 function parseBlobRedirect(env: Env): BlobRedirectSettings | null {
@@ -281,6 +289,7 @@ export function parseSettings(env: Env): Settings {
       graceSeconds: integer("GC_GRACE_SECONDS", env.GC_GRACE_SECONDS, 86_400),
       retention,
     },
+    immutableTags: parseImmutableTags(env.IMMUTABLE_TAGS),
     // An upstream's `credentials` names a secret of any name: read from the environment here.
     mirrors: parseUpstreams(env.UPSTREAMS, env.UPSTREAM_DEFAULT, env as unknown as Record<string, unknown>),
     audit: { retentionDays: integer("AUDIT_RETENTION_DAYS", env.AUDIT_RETENTION_DAYS, 90, { min: 1, max: 36_500 }) },
@@ -295,6 +304,7 @@ export function parseSettings(env: Env): Settings {
       },
       env as unknown as Record<string, unknown>,
     ),
+    quotas: parseQuotas(env.QUOTAS),
   };
 }
 

@@ -82,3 +82,38 @@ export function namePattern(glob: string): RegExp {
 export function tagPattern(glob: string): RegExp {
   return new RegExp(`^${glob.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*")}$`);
 }
+
+/** Size units, as scripts/lib/sizes.mjs reads them: `k`, `kb` 1000; `kib` 1024; and so on up to `t`. */
+const SIZE_UNITS: Record<string, number> = { "": 1, b: 1 };
+for (const [index, letter] of ["k", "m", "g", "t"].entries()) {
+  SIZE_UNITS[letter] = SIZE_UNITS[`${letter}b`] = 1000 ** (index + 1);
+  SIZE_UNITS[`${letter}ib`] = 1024 ** (index + 1);
+}
+
+/**
+ * Bytes in `104857600`, `100MiB`, `1.5GB`, `500M`, … (units as scripts/lib/sizes.mjs reads
+ * them: `K`, `M`, `G`, `T` and `KB`… decimal, `KiB`… binary, case-insensitive); a whole
+ * number of bytes may also be a JSON number. Throws a SettingsError naming `where` otherwise.
+ */
+export function parseSize(value: unknown, where: string): number {
+  if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) return value;
+  const match = typeof value === "string" ? /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(value.trim()) : null;
+  const unit = match ? SIZE_UNITS[(match[2] ?? "").toLowerCase()] : undefined;
+  const bytes = match && unit !== undefined ? Math.floor(Number(match[1]) * unit) : NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 0) {
+    throw new SettingsError(`${where}: "${String(value).slice(0, 40)}" is not a size (e.g. 104857600, 100MiB, 2GB)`);
+  }
+  return bytes;
+}
+
+/** Bytes as people read them, in powers of 1024: `512 B`, `1.50 KiB`, `100.0 MiB`. */
+export function formatSize(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${bytes} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
+}

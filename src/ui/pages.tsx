@@ -3,6 +3,7 @@ import type { Child, FC } from "hono/jsx";
 import { raw } from "hono/html";
 import type { RegistryEvent } from "../events/event";
 import type { TagRow } from "../registry/registry";
+import { formatSize } from "../settings/values";
 import type { TagPulls } from "./data";
 
 /**
@@ -80,15 +81,7 @@ export const Layout: FC<{ chrome: Chrome; children?: Child }> = ({ chrome, child
 );
 
 export function formatBytes(size: number | undefined): string {
-  if (size === undefined) return "—";
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let value = size;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${size} B` : `${value.toFixed(value < 10 ? 2 : 1)} ${units[unit]}`;
+  return size === undefined ? "—" : formatSize(size);
 }
 
 export function shortDigest(digest: string): string {
@@ -162,14 +155,17 @@ export const RepositoryPage: FC<{
   truncated: boolean;
   /** The repository's latest audit rows; null: the audit log could not be read. */
   activity: RegistryEvent[] | null;
+  /** The storage quotas it counts in (src/ui/usage.tsx), when any. */
+  quota?: Child;
   /** When the manifests shown were last pulled, and how often; undefined: pulls are not recorded. */
   pulls: TagPulls | undefined;
-}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated, activity, pulls }) => (
+}> = ({ chrome, name, host, rows, page, pages, total, canDelete, truncated, activity, quota, pulls }) => (
   <Layout chrome={chrome}>
     <h1>{name}</h1>
     <p class="muted">
       {total} {total === 1 ? "tag" : "tags"}, newest first{truncated ? " (the first 10 000 by name)" : ""}
     </p>
+    {quota}
     <table class="tags">
       <thead>
         <tr>

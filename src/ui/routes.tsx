@@ -23,6 +23,7 @@ import { ImagePage } from "./image-page";
 import { checkForm, logIn, logOut, may, mayDelete, viewerActor, viewerOf, type Viewer } from "./session";
 import { deliveriesOf, DeliveriesPage } from "./deliveries";
 import { revokeFor, robotsFor, RobotsPage } from "./tokens";
+import { quotasOfRepository, RepositoryQuotas, usageFor, UsagePage } from "./usage";
 import { clientAddressOf } from "../auth/client-address";
 
 /**
@@ -156,6 +157,14 @@ uiRoutes.get("/deliveries", (c) =>
   }),
 );
 
+// Storage quotas (src/ui/usage.tsx): each namespace's usage, limit and repositories.
+uiRoutes.get("/usage", (c) =>
+  render(c, async (viewer) => {
+    const namespaces = await usageFor(c.env, viewer);
+    return c.html(<UsagePage chrome={chrome(viewer, "Storage quotas")} namespaces={namespaces} />);
+  }),
+);
+
 // Robot tokens, for administrators (src/ui/tokens.tsx): listed, and revoked by a form.
 uiRoutes.get("/robots", (c) =>
   render(c, async (viewer) => {
@@ -270,10 +279,11 @@ uiRoutes.post("/repositories/:name{.+}/-/delete", (c) =>
 uiRoutes.get("/repositories/:name{.+}", (c) =>
   render(c, async (viewer) => {
     const { name, repository } = visibleRepository(c, viewer);
-    const [exists, { rows, truncated }, activity] = await Promise.all([
+    const [exists, { rows, truncated }, activity, quotas] = await Promise.all([
       repository.exists(),
       repository.listTagSummaries(),
       recentActivity(c.env, name, ACTIVITY_SHOWN),
+      quotasOfRepository(c.env, name),
     ]);
     if (!exists) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
     const pages = Math.max(1, Math.ceil(rows.length / TAGS_PER_PAGE));
@@ -295,6 +305,7 @@ uiRoutes.get("/repositories/:name{.+}", (c) =>
         truncated={truncated}
         activity={activity}
         pulls={pulls}
+        quota={<RepositoryQuotas name={name} quotas={quotas} />}
       />,
     );
   }),

@@ -132,11 +132,15 @@ export function finished(machine: Machine, then: "complete" | "verify-object", e
 /** The bytes are one verified object (ours, or the stored copy): recorded before publishing, so a retry only publishes. */
 export function markCompleted(machine: Machine, completed: Completed, effects: UploadEffect[]): Step {
   const upload = { ...loaded(machine), completed, multipartUploadId: undefined };
-  return publish(withUpload(machine, upload), [...effects, { type: "save", upload, clearTail: true }]);
+  return publish(withUpload(machine, upload), [...effects, { type: "save", upload, clearTail: true }], true);
 }
 
-/** The finished blob goes to the registry (`commitBlob`: stored under its digest and linked): one effect. */
-export function publish(machine: Machine, effects: UploadEffect[]): Step {
+/**
+ * The finished blob goes to the registry (`commitBlob`: stored under its digest and linked):
+ * one effect. `first`: this request finished the object, so no earlier publish can have
+ * named it.
+ */
+export function publish(machine: Machine, effects: UploadEffect[], first: boolean): Step {
   const upload = loaded(machine);
   const { name, digest, context } = pending(machine);
   const completed = upload.completed;
@@ -144,17 +148,44 @@ export function publish(machine: Machine, effects: UploadEffect[]): Step {
   const own = completed.key === Paths.uploadData(upload.uploadId);
   const blob: FinishedBlob = { object: own ? "own" : "duplicate", size: completed.size, key: completed.key };
   const commitBlob: UploadEffect = { type: "commit-blob", repository: name, digest: required(digest), blob, context };
-  return next(machine, { at: "publishing" }, [...effects, commitBlob]);
+  return next(machine, { at: "publishing", first }, [...effects, commitBlob]);
+}
+
+/**
+ * Whether the registry refused for good (a 4xx: a policy such as a quota, or
+ * BLOB_UPLOAD_INVALID), as opposed to failing in a way a retry can get past (a 503).
+ */
+export function refusedForGood(error: unknown): error is RegistryError {
+  return error instanceof RegistryError && error.status < 500;
+}
+
+/**
+ * The registry refused to publish: the upload ends, and leaves nothing. A change policy's
+ * refusal (a quota: the check comes before any write) of this request's own object, which
+ * no earlier publish can have named, deletes the object; a refusal of a retry leaves it to
+ * the sweep of objects no descriptor names (an earlier attempt's publish may have landed).
+ * BLOB_UPLOAD_INVALID means its bytes are gone or being collected already.
+ */
+function publishRefused(machine: Machine, phase: Extract<Phase, { at: "publishing" }>, error: RegistryError): Step {
+  const upload = loaded(machine);
+  const own = upload.completed?.key === Paths.uploadData(upload.uploadId);
+  if (error.code !== "BLOB_UPLOAD_INVALID" && phase.first && own) {
+    return next(machine, { at: "discarding", error }, [
+      { type: "delete-object", key: Paths.uploadData(upload.uploadId) },
+    ]);
+  }
+  return purge(machine, { raise: error }, false);
 }
 
 /** The answers a commit waits for, phase by phase. */
 export function commitAnswer(machine: Machine, phase: CommitPhase, event: UploadEvent): Step {
   if (phase.at === "finishing") return finishing(machine, phase, event);
+  // Deleted or not (then the sweep of objects no descriptor names takes it), the refusal stands.
+  if (phase.at === "discarding") return purge(machine, { raise: phase.error }, true);
   if (event.type === "failed") {
-    // Refused for good (its bytes are gone or being collected, or the stored copy it
-    // duplicated changed meanwhile): the upload ends, and the client uploads again.
-    const refused = event.error instanceof RegistryError && event.error.code === "BLOB_UPLOAD_INVALID";
-    if (phase.at === "publishing" && refused) return purge(machine, { raise: event.error }, false);
+    // Refused for good (a policy such as a quota; its bytes gone or being collected; the
+    // stored copy it duplicated changed meanwhile): the upload ends, and the client uploads again.
+    if (phase.at === "publishing" && refusedForGood(event.error)) return publishRefused(machine, phase, event.error);
     return raise(machine, event.error);
   }
   switch (phase.at) {

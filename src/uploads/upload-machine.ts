@@ -1,7 +1,7 @@
 import { MAX_PARTS } from "../settings/settings";
 import { RegistryError, unavailable } from "../oci/errors";
 import type { FinishedBlob } from "../registry/blob-commit";
-import { commitAnswer, complete, finish, publish } from "./upload-commit";
+import { commitAnswer, complete, finish, publish, refusedForGood } from "./upload-commit";
 import { purge, purging, raise, refuseChunk, rollingBack } from "./upload-failure";
 import { multipartCreated, tooManyParts, uploadPart } from "./upload-multipart";
 import type {
@@ -140,19 +140,66 @@ function commit(machine: Machine, event: Extract<UploadEvent, { type: "commit" }
       );
     }
     // The bytes were received and verified by the earlier attempt.
-    return publish(committing, [{ type: "discard-body" }]);
+    return publish(committing, [{ type: "discard-body" }], false);
   }
-  if (event.hasBody && upload.offset === 0) {
+  const size = event.admits ? sizeKnownBefore(upload, event) : undefined;
+  if (size === undefined) return receiveCommit(committing);
+  // Known before any byte is read: the registry's policies (a quota) may refuse it now,
+  // before anything of it is stored.
+  const admit: UploadEffect = {
+    type: "admit-upload",
+    repository: event.name,
+    digest: event.digest,
+    size,
+    context: event.context,
+  };
+  return next(committing, { at: "admitting" }, [admit]);
+}
+
+/**
+ * The size a commit's blob will have, when known before its body is read: the bytes
+ * received so far plus the body's declared length (none: the offset), or undefined for a
+ * body of unknown length.
+ */
+function sizeKnownBefore(upload: UploadState, event: Extract<UploadEvent, { type: "commit" }>): number | undefined {
+  if (!event.hasBody || isVerifiedRetry(upload, event.digest.value)) return upload.offset;
+  return event.declared.length === undefined ? undefined : upload.offset + event.declared.length;
+}
+
+/** A retry of a PUT whose last chunk arrived and was verified, and whose commit then failed. */
+function isVerifiedRetry(upload: UploadState, digest: string): boolean {
+  return upload.verified?.digest === digest && upload.verified.offset === upload.offset;
+}
+
+/** The commit's bytes: the whole blob in this request, or its last chunk (or none). */
+function receiveCommit(machine: Machine): Step {
+  const upload = loaded(machine);
+  const { hasBody, digest } = pending(machine);
+  if (hasBody && upload.offset === 0) {
     // The whole blob in the request that commits it: hashed natively, all or nothing.
-    return beginChunk(update(committing, { mode: "whole", beforeRequest: upload }));
+    return beginChunk(update(machine, { mode: "whole", beforeRequest: upload }));
   }
-  const last = update(committing, { mode: "last" });
-  if (event.hasBody && upload.verified?.digest === digest && upload.verified.offset === upload.offset) {
-    // A retry of a PUT whose last chunk arrived and was verified, and whose commit then
-    // failed: the chunk is in already, and appending it again would corrupt the upload.
+  const last = update(machine, { mode: "last" });
+  if (hasBody && isVerifiedRetry(upload, required(digest).value)) {
+    // The chunk is in already, and appending it again would corrupt the upload.
     return complete(last, [{ type: "discard-body" }]);
   }
   return beginChunk(last);
+}
+
+/**
+ * The registry's answer before a commit's bytes are read: go ahead; refused (a quota),
+ * and then the upload ends with nothing of it kept (its parts, its staged tail); or it
+ * could not be asked (503), and the upload stays as it was for a retry.
+ */
+function admitted(machine: Machine, event: UploadEvent): Step {
+  if (event.type === "done") return receiveCommit(machine);
+  if (event.type !== "failed") return unexpected(machine, event);
+  if (refusedForGood(event.error)) {
+    const purged = purge(machine, { end: { error: event.error } }, true);
+    return { ...purged, effects: [{ type: "discard-body" }, ...purged.effects] };
+  }
+  return raise(machine, event.error, [{ type: "discard-body" }]);
 }
 
 /** A chunk arrives: it must start at the offset; a body is read into parts from the staged tail on. */
@@ -294,6 +341,8 @@ function answer(machine: Machine, event: UploadEvent): Step {
       // Reading failed before the body did (the staged tail is missing).
       if (event.type === "failed") return raise(machine, event.error);
       break;
+    case "admitting":
+      return admitted(machine, event);
     case "verifying":
     case "finding":
     case "deduplicating":
@@ -301,6 +350,7 @@ function answer(machine: Machine, event: UploadEvent): Step {
     case "verifying-object":
     case "dropping-object":
     case "publishing":
+    case "discarding":
       return commitAnswer(machine, phase, event);
     case "purging":
       return purging(machine, phase, event);

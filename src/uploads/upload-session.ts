@@ -3,7 +3,7 @@ import { parseDigest, toHex, webCryptoName, type DigestAlgorithm } from "../oci/
 import { RegistryError, toErrorRecord, type ErrorRecord } from "../oci/errors";
 import { openRepository } from "../registry/registry";
 import { BlobStore, type BlobDescriptor } from "../registry/blob-store";
-import { SYSTEM_CONTEXT, type ChangeContext } from "../registry/changes";
+import { changeSeamOf, SYSTEM_CONTEXT, type ChangeContext } from "../registry/changes";
 import { storageOf, type Storage } from "../registry/storage";
 import { settingsOf } from "../settings/settings";
 import { readChunk } from "./chunk-reader";
@@ -208,7 +208,18 @@ export class UploadSession extends DurableObject<Env> {
   ): Promise<SessionResult<BlobDescriptor>> {
     return this.run(async () => {
       const digest = parseDigest(digestText);
-      const event: UploadEvent = { type: "commit", name, digest, declared, hasBody: body !== null, once, context };
+      // Policies (a quota) may refuse a commit of known size before its bytes are read.
+      const admits = changeSeamOf(this.env).judges("blob.upload", name);
+      const event: UploadEvent = {
+        type: "commit",
+        name,
+        digest,
+        declared,
+        hasBody: body !== null,
+        once,
+        context,
+        admits,
+      };
       return (await this.drive(this.newRun(body), event)) as BlobDescriptor;
     }, true);
   }
@@ -336,6 +347,11 @@ export class UploadSession extends DurableObject<Env> {
         const blobs = new BlobStore(this.storage);
         const existing = await blobs.stat(effect.digest, { strong: true });
         return { type: "found", descriptor: existing && (await blobs.hasBytes(existing)) ? existing : null };
+      }
+      case "admit-upload": {
+        const { repository, digest, size, context } = effect;
+        await openRepository(this.env, repository, { context }).admitUpload(digest, size);
+        return undefined;
       }
       case "commit-blob": {
         const { repository, digest, blob, context } = effect;

@@ -156,8 +156,15 @@ export type Phase =
   | { at: "verifying-object"; key: string }
   /** A finished object of the wrong digest is being deleted. */
   | { at: "dropping-object"; error: unknown }
-  /** The registry's `commitBlob` answer (`committed`) is awaited. */
-  | { at: "publishing" }
+  /** Whether the registry lets a commit of a size known up front go ahead (`done`), before its bytes are read. */
+  | { at: "admitting" }
+  /**
+   * The registry's `commitBlob` answer (`committed`) is awaited. `first`: no earlier request
+   * published this upload's object (so a refusal may delete it: nothing can name it).
+   */
+  | { at: "publishing"; first: boolean }
+  /** The registry refused to publish the upload's own object: it is being deleted before the purge. */
+  | { at: "discarding"; error: unknown }
   /** Aborting the multipart uploads, then wiping the session; `after`: what follows. */
   | { at: "purging"; step: "aborting" | "wiping"; after: AfterPurge; bestEffort: boolean }
   /** A whole-blob request failed before its object was finished: its multipart upload goes, its state returns. */
@@ -178,7 +185,15 @@ export type Phase =
 export type CommitPhase = Extract<
   Phase,
   {
-    at: "verifying" | "finding" | "deduplicating" | "finishing" | "verifying-object" | "dropping-object" | "publishing";
+    at:
+      | "verifying"
+      | "finding"
+      | "deduplicating"
+      | "finishing"
+      | "verifying-object"
+      | "dropping-object"
+      | "publishing"
+      | "discarding";
   }
 >;
 
@@ -194,6 +209,11 @@ export type UploadEvent =
       hasBody: boolean;
       once: boolean;
       context: ChangeContext;
+      /**
+       * The registry has policies that judge changes (a quota): a commit whose size is
+       * known before its body is read asks them first (`admit-upload`).
+       */
+      admits?: boolean;
     }
   | {
       type: "fill";
@@ -268,6 +288,12 @@ export type UploadEffect =
   | { type: "hash"; of: HashTarget }
   /** Whether the digest is stored, with its bytes there (answers `found`). */
   | { type: "find-stored"; digest: Digest }
+  /**
+   * Asks the registry whether `size` bytes of `digest` may be committed to `repository`
+   * (Repository.admitUpload: the change seam's policies, a quota): `done`, or `failed` with
+   * the refusal.
+   */
+  | { type: "admit-upload"; repository: string; digest: Digest; size: number; context: ChangeContext }
   /** The registry layer's one call for a finished blob (answers `committed`). */
   | { type: "commit-blob"; repository: string; digest: Digest; blob: FinishedBlob; context: ChangeContext }
   /** Deletes the object's storage (record, staged tail, multipart record) and its alarm. */

@@ -139,7 +139,8 @@ describe("the Docker engine (dockerd) against the registry", { skip, timeout: 30
     const access = [{ repositories: ["**"], users: [pusher.username], actions: ["pull", "push"] }];
     // The registries start side by side; the mirror once its upstream is up.
     [registry, authed, mirror] = await Promise.all([
-      startRegistry(),
+      // `v*` immutable in e2e/immutable-* (docs/configuration.md, "Immutable tags").
+      startRegistry({ env: { IMMUTABLE_TAGS: JSON.stringify([{ repositories: ["e2e/immutable-*"], tags: ["v*"] }]) } }),
       startRegistry({
         env: { AUTH_USERS: users, AUTH_ACCESS: JSON.stringify(access), TOKEN_SECRET: "e2e docker token key" },
       }),
@@ -273,6 +274,40 @@ describe("the Docker engine (dockerd) against the registry", { skip, timeout: 30
       `docker://${target}`,
     );
     assert.equal(`sha256:${sha256(stdout)}`, pushedDigest(pushed), "the registry holds what docker pushed");
+  });
+
+  it("immutable tags: docker push of a changed v1 is denied naming the rule, the same v1 again succeeds, latest moves", async () => {
+    const base = await pushedBase();
+    const repository = `e2e/immutable-${runId}`;
+    const v1 = `${registry.host}/${repository}:v1`;
+    const latest = `${registry.host}/${repository}:latest`;
+    await daemon.docker("tag", base.reference, v1);
+    await daemon.docker("push", v1);
+
+    // Another image under the same name: refused at once (no retries), the tag unchanged.
+    const { layout } = await buildOciImage(clients, work, `changed-${runId}`, [64 * KiB], { tag: "v1" });
+    await clients.skopeo("copy", "--dest-daemon-host", daemon.host, `oci:${layout}:v1`, `docker-daemon:${v1}`);
+    const started = Date.now();
+    await expectFailure(
+      daemon.docker("push", v1),
+      new RegExp(`denied: tag "v1" of ${repository} is immutable \\(IMMUTABLE_TAGS\\[0\\]`),
+    );
+    assert.ok(Date.now() - started < 15_000, `the refused push took ${Date.now() - started} ms (retried?)`);
+    assert.equal((await getManifest(registry, repository, "v1")).digest, base.digest);
+
+    // The same manifest again: accepted. latest moves both ways.
+    await daemon.docker("tag", base.reference, v1);
+    assert.equal(pushedDigest(await daemon.docker("push", v1)), base.digest);
+    await daemon.docker("tag", `${registry.host}/${repository}:v1`, latest);
+    await daemon.docker("push", latest);
+    await clients.skopeo("copy", "--dest-daemon-host", daemon.host, `oci:${layout}:v1`, `docker-daemon:${latest}`);
+    const moved = pushedDigest(await daemon.docker("push", latest));
+    assert.notEqual(moved, base.digest);
+    assert.equal((await getManifest(registry, repository, "latest")).digest, moved);
+
+    const deleted = await fetchWithTimeout(`${registry.url}/v2/${repository}/manifests/v1`, { method: "DELETE" });
+    assert.equal(deleted.status, 403);
+    assert.match(deleted.body.toString("utf8"), /"code":"DENIED"/);
   });
 
   it("as the daemon's registry mirror: docker pull of a Docker Hub name comes through it, and is stored there", async () => {

@@ -21,10 +21,10 @@
 // duration on stderr.
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomFillSync } from "node:crypto";
+import { createHash, randomBytes, randomFillSync, randomUUID } from "node:crypto";
 import { closeSync, createReadStream, createWriteStream, openSync, readdirSync, readFileSync } from "node:fs";
 import { get as httpGet } from "node:http";
-import { cp, mkdir, readdir, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { cp, mkdir, readdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { once } from "node:events";
 import { join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
@@ -913,6 +913,109 @@ export async function descriptorFor(layout, tag) {
   const found = index.manifests.filter((d) => d.annotations?.["org.opencontainers.image.ref.name"] === tag);
   if (found.length !== 1) throw new Error(`${layout}: expected one descriptor tagged ${tag}, found ${found.length}`);
   return found[0];
+}
+
+const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER = "application/vnd.oci.image.layer.v1.tar";
+const REF_NAME = "org.opencontainers.image.ref.name";
+const MiB = 1 << 20;
+
+/** A POSIX ustar header for one regular file of `size` bytes. */
+export function tarHeader(name, size) {
+  const header = Buffer.alloc(512);
+  header.write(name, 0, 100, "utf8");
+  header.write("0000644\0", 100);
+  header.write("0000000\0", 108);
+  header.write("0000000\0", 116);
+  header.write(`${size.toString(8).padStart(11, "0")}\0`, 124);
+  header.write("00000000000\0", 136);
+  header.write("        ", 148);
+  header.write("0", 156);
+  header.write("ustar\0", 257);
+  header.write("00", 263);
+  let sum = 0;
+  for (const byte of header) sum += byte;
+  header.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148);
+  return header;
+}
+
+/** Writes an uncompressed tar layer (one file of `size` random bytes) into a layout; returns { digest, size }. */
+export async function writeLayer(layout, fileName, size) {
+  const temporary = join(layout, "blobs", "sha256", `.tmp-${randomUUID()}`);
+  const out = createWriteStream(temporary);
+  const hash = createHash("sha256");
+  let total = 0;
+  const write = async (bytes) => {
+    hash.update(bytes);
+    total += bytes.length;
+    if (!out.write(bytes)) await once(out, "drain");
+  };
+  await write(tarHeader(fileName, size));
+  for (let left = size; left > 0; left -= MiB) await write(randomBytes(Math.min(left, MiB)));
+  await write(Buffer.alloc(((512 - (size % 512)) % 512) + 1024));
+  await new Promise((resolveEnd, rejectEnd) => {
+    out.once("error", rejectEnd);
+    out.end(resolveEnd);
+  });
+  const hex = hash.digest("hex");
+  await rename(temporary, join(layout, "blobs", "sha256", hex));
+  return { digest: `sha256:${hex}`, size: total };
+}
+
+export async function initLayout(layout) {
+  await mkdir(join(layout, "blobs", "sha256"), { recursive: true });
+  await writeFile(join(layout, "oci-layout"), JSON.stringify({ imageLayoutVersion: "1.0.0" }));
+}
+
+/** Tags `descriptor` as `tag` in the layout's index.json (replacing what had that tag). */
+export async function addRef(layout, tag, descriptor) {
+  let index = { schemaVersion: 2, manifests: [] };
+  try {
+    index = JSON.parse(await readFile(join(layout, "index.json"), "utf8"));
+  } catch {
+    // A new layout.
+  }
+  index.manifests = index.manifests.filter((entry) => entry.annotations?.[REF_NAME] !== tag);
+  index.manifests.push({ ...descriptor, annotations: { [REF_NAME]: tag } });
+  await writeFile(join(layout, "index.json"), JSON.stringify(index));
+}
+
+/**
+ * An image with one uncompressed layer of random bytes per entry of `layerSizes`, written
+ * by hand into the OCI layout `layout` (no umoci, no gzip: fast for large layers), tagged
+ * `tag` unless null. Returns { layout, tag, descriptor, manifest, blobs: Map digest -> size
+ * (manifest, config, layers) }.
+ */
+export async function writeImage(layout, name, layerSizes, { tag = "v1", arch = "amd64" } = {}) {
+  await initLayout(layout);
+  const layers = [];
+  for (const [index, size] of layerSizes.entries()) {
+    layers.push(await writeLayer(layout, `data/${name}-${arch}-${index}.bin`, size));
+  }
+  const config = await writeBlob(
+    layout,
+    Buffer.from(
+      JSON.stringify({
+        architecture: arch,
+        os: "linux",
+        config: { Labels: { "e2e.image": name } },
+        rootfs: { type: "layers", diff_ids: layers.map((layer) => layer.digest) },
+        history: layers.map((_, index) => ({ created_by: `e2e ${name} layer ${index}` })),
+      }),
+    ),
+  );
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: OCI_MANIFEST,
+    config: { mediaType: OCI_CONFIG, ...config },
+    layers: layers.map((layer) => ({ mediaType: OCI_LAYER, ...layer })),
+  };
+  const descriptor = { mediaType: OCI_MANIFEST, ...(await writeBlob(layout, Buffer.from(JSON.stringify(manifest)))) };
+  if (tag) await addRef(layout, tag, descriptor);
+  const blobs = new Map([[descriptor.digest, descriptor.size]]);
+  for (const blob of [config, ...layers]) blobs.set(blob.digest, blob.size);
+  return { layout, tag, descriptor, manifest, blobs, arch };
 }
 
 export function blobPath(layout, digest) {

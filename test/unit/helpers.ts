@@ -192,11 +192,17 @@ export async function pushManifest(
 /** Pushes a config and one layer blob, and returns an OCI image manifest referencing them. */
 export async function imageManifest(
   name: string,
-  options: { seed?: string; mediaType?: string; configType?: string; layerType?: string } = {},
+  options: {
+    seed?: string;
+    mediaType?: string;
+    configType?: string;
+    layerType?: string;
+    layer?: Uint8Array<ArrayBuffer>;
+  } = {},
 ): Promise<Record<string, unknown>> {
   const seed = options.seed ?? crypto.randomUUID();
   const config = utf8(JSON.stringify({ architecture: "amd64", os: "linux", seed }));
-  const layer = utf8(`layer bytes for ${seed}`);
+  const layer = options.layer ?? utf8(`layer bytes for ${seed}`);
   const configDigest = await pushBlob(name, config);
   const layerDigest = await pushBlob(name, layer);
   return {

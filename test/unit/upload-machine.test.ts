@@ -422,6 +422,83 @@ describe("commit", () => {
   });
 });
 
+describe("a commit the registry's policies refuse (a quota)", () => {
+  const denied = new RegistryError("DENIED", "quota exceeded");
+  const judged = (event: UploadEvent): UploadEvent => ({ ...event, admits: true }) as UploadEvent;
+  const refuse = (type: UploadEffect["type"], error: unknown = denied) => ({
+    fail: [{ when: (effect: UploadEffect) => effect.type === type, error }],
+  });
+
+  it("a size known before the body is asked first: the bytes so far, plus a declared body; none for an unknown length", () => {
+    const state = upload({ offset: 300 });
+    const noBody = drive(machineOf(state), judged(put()));
+    expect(noBody.effects[0]).toMatchObject({
+      type: "admit-upload",
+      repository: "team/app",
+      digest: DIGEST,
+      size: 300,
+    });
+    // Then the commit as without asking.
+    expect(types(noBody).slice(1)).toEqual(types(drive(machineOf(state), put())));
+    const declared = drive(machineOf(state), judged(put(DIGEST, true, { length: 100 })), { body: { end: ended(100) } });
+    expect(declared.effects[0]).toMatchObject({ type: "admit-upload", size: 400 });
+    const unknown = drive(machineOf(state), judged(put(DIGEST, true)), { body: { end: ended(100) } });
+    expect(types(unknown)).not.toContain("admit-upload");
+    // Without policies to ask (the shell says so), no step is added.
+    expect(types(drive(machineOf(state), put()))[0]).toBe("hash");
+  });
+
+  it("refused before the body is read: the upload ends with nothing kept (multipart aborted, session wiped)", () => {
+    const state = upload({ offset: PART + 10, parts: parts(1), multipartUploadId: "mp-1" });
+    const run = drive(machineOf(state), judged(put()), refuse("admit-upload"));
+    expect(errorOf(run)).toBe(denied);
+    expect(types(run)).toEqual(["admit-upload", "discard-body", "abort-multipart", "forget-multipart", "wipe"]);
+  });
+
+  it("a policy that could not be asked (503) leaves the upload as it was, for a retry", () => {
+    const down = new RegistryError("UNAVAILABLE", "down");
+    const run = drive(machineOf(upload({ offset: 300 })), judged(put()), refuse("admit-upload", down));
+    expect(errorOf(run)).toBe(down);
+    expect(types(run)).toEqual(["admit-upload", "discard-body"]);
+  });
+
+  it("refused when published (a race lost, a body of unknown length): its own object is deleted, then the session", () => {
+    const run = drive(machineOf(upload({ offset: 300 })), put(), refuse("commit-blob"));
+    expect(errorOf(run)).toBe(denied);
+    expect(types(run)).toEqual([
+      "hash",
+      "find-stored",
+      "read-tail",
+      "put-object",
+      "save",
+      "commit-blob",
+      "delete-object",
+      "forget-multipart",
+      "wipe",
+    ]);
+    expect(run.effects[6]).toEqual({ type: "delete-object", key: KEY });
+    // The object could not be deleted: the refusal stands, the session ends all the same.
+    const stuck = drive(machineOf(upload({ offset: 300 })), put(), {
+      fail: [...refuse("commit-blob").fail, ...refuse("delete-object", new RegistryError("UNAVAILABLE", "r2")).fail],
+    });
+    expect(errorOf(stuck)).toBe(denied);
+    expect(types(stuck).slice(-3)).toEqual(["delete-object", "forget-multipart", "wipe"]);
+  });
+
+  it("refused when published, a stored copy (a duplicate) or a retry's object is not deleted", () => {
+    const stored = { digest: DIGEST.value, size: 300, key: "data/other" };
+    const duplicate = drive(machineOf(upload({ offset: 300 })), put(), { stored, ...refuse("commit-blob") });
+    expect(types(duplicate)).not.toContain("delete-object");
+    expect(types(duplicate).slice(-2)).toEqual(["forget-multipart", "wipe"]);
+    // An earlier request finished the object and may have published it: the sweep of
+    // objects no descriptor names takes it, never this request.
+    const completed = { digest: DIGEST.value, size: 300, key: KEY };
+    const retry = drive(machineOf(upload({ offset: 300, completed })), put(), refuse("commit-blob"));
+    expect(errorOf(retry)).toBe(denied);
+    expect(types(retry)).toEqual(["discard-body", "commit-blob", "forget-multipart", "wipe"]);
+  });
+});
+
 describe("a retry after a lost answer", () => {
   const completed = { digest: DIGEST.value, size: 300, key: KEY };
 
