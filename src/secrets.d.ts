@@ -44,7 +44,5 @@ declare namespace Cloudflare {
     WEBHOOK_RETRY_MAX_SECONDS?: string;
     /** How long one delivery may wait for the endpoint's answer (seconds). */
     WEBHOOK_TIMEOUT_SECONDS?: string;
-    /** How often a manifest's pull record is written (a duration, default `1d`); `off`: pulls are not recorded. */
-    PULL_RECORD_INTERVAL?: string;
   }
 }
