@@ -4,7 +4,8 @@
 // against it with private, throw-away configuration and storage.
 //
 // - The server runs on a snapshot of the checkout, so the code under test and its bundle
-//   are what they were at the start; E2E_IN_PLACE=1 runs it in place.
+//   are what they were at the start; E2E_IN_PLACE=1 runs it in place. Servers of the same
+//   code share one bundle (build/e2e-bundles, or WORKER_BUNDLE_CACHE).
 // - scripts/dev.mjs puts a small HTTP front before workerd that refuses TLS at once,
 //   because workerd never answers a TLS ClientHello and containers/image tries https://
 //   first (10 s per command otherwise).
@@ -292,6 +293,13 @@ async function waitUntilReady({ name, url, statuses = [200], readyTimeoutMs, int
   }
 }
 
+/**
+ * Where the servers of the suite keep the Worker's bundle (scripts/lib/bundle-cache.mjs):
+ * each test file starts its own, often several, of the same code, and only the first
+ * bundles it.
+ */
+const BUNDLE_CACHE = process.env.WORKER_BUNDLE_CACHE ?? join(ROOT, "build", "e2e-bundles");
+
 /** Top-level entries of the checkout a snapshot leaves out (node_modules is symlinked). */
 const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "test", "bench"]);
 
@@ -308,9 +316,9 @@ async function snapshotCheckout(dir) {
       recursive: true,
       verbatimSymlinks: true,
       // Bundles of servers started in the checkout itself (scripts/lib/local-worker.mjs
-      // writes build/worker-*, and removes it when that server stops): not needed, and one
-      // may vanish mid-copy.
-      filter: (source) => !/[/\\]build[/\\]worker-[^/\\]*$/.test(source),
+      // writes build/worker-*, and removes it when that server stops) and the suite's
+      // bundle cache (BUNDLE_CACHE): not needed, and one may vanish mid-copy.
+      filter: (source) => !/[/\\]build[/\\](worker-[^/\\]*|e2e-bundles)$/.test(source),
     });
   }
   await symlink(join(ROOT, "node_modules"), join(dir, "node_modules"));
@@ -384,6 +392,7 @@ export async function startRegistry({
     WRANGLER_HIDE_BANNER: "true",
     WRANGLER_LOG_PATH: join(dir, "wrangler-logs"),
     XDG_CONFIG_HOME: join(dir, "config"),
+    WORKER_BUNDLE_CACHE: BUNDLE_CACHE,
     NO_COLOR: "1",
     FORCE_COLOR: "0",
     // Settings such as AUTH_USERS (scripts/lib/local-worker.mjs reads them from here).
