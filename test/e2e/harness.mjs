@@ -221,34 +221,45 @@ export function haveCommand(command) {
 // ---------------------------------------------------------------------------------------
 // The registry under test.
 
-/** fetch with a timeout; only ever called with 127.0.0.1 URLs. */
-export async function fetchWithTimeout(url, init = {}, timeoutMs = 30_000) {
+/**
+ * Runs `work(signal)` with a deadline: `signal` aborts at `timeoutMs`, and the result
+ * rejects then whatever `work` does. An abort that lands while undici's fetch reads a body
+ * can leave that read pending for ever (nodejs/undici#4089): seen here as a suite that
+ * hung in a readiness probe whose answer came just before its 2 s timeout.
+ */
+async function withDeadline(url, timeoutMs, work) {
   if (!new URL(url).hostname.startsWith("127.0.0.1")) throw new Error(`refusing to fetch non-loopback ${url}`);
   const controller = new AbortController();
-  const timer = setTimeout(
-    () => controller.abort(new Error(`fetch timed out after ${timeoutMs} ms: ${url}`)),
-    timeoutMs,
-  );
+  let timer;
+  const expired = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => {
+      const error = new Error(`fetch timed out after ${timeoutMs} ms: ${url}`);
+      controller.abort(error);
+      reject(error);
+    }, timeoutMs);
+  });
+  const working = work(controller.signal);
+  working.catch(() => undefined);
   try {
-    const response = await fetch(url, { ...init, signal: controller.signal });
-    // Read the body inside the timeout window.
-    const body = Buffer.from(await response.arrayBuffer());
-    return { status: response.status, headers: response.headers, body };
+    return await Promise.race([working, expired]);
   } finally {
     clearTimeout(timer);
   }
 }
 
+/** fetch with a timeout (the body read within it); only ever called with 127.0.0.1 URLs. */
+export function fetchWithTimeout(url, init = {}, timeoutMs = 30_000) {
+  return withDeadline(url, timeoutMs, async (signal) => {
+    const response = await fetch(url, { ...init, signal });
+    const body = Buffer.from(await response.arrayBuffer());
+    return { status: response.status, headers: response.headers, body };
+  });
+}
+
 /** Streams a GET body through sha256 (for big blobs); returns { status, headers, hex, size }. */
-export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
-  if (!new URL(url).hostname.startsWith("127.0.0.1")) throw new Error(`refusing to fetch non-loopback ${url}`);
-  const controller = new AbortController();
-  const timer = setTimeout(
-    () => controller.abort(new Error(`fetch timed out after ${timeoutMs} ms: ${url}`)),
-    timeoutMs,
-  );
-  try {
-    const response = await fetch(url, { ...init, signal: controller.signal });
+export function fetchHashed(url, init = {}, timeoutMs = 300_000) {
+  return withDeadline(url, timeoutMs, async (signal) => {
+    const response = await fetch(url, { ...init, signal });
     const hash = createHash("sha256");
     let size = 0;
     if (response.body) {
@@ -258,9 +269,7 @@ export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
       }
     }
     return { status: response.status, headers: response.headers, hex: hash.digest("hex"), size };
-  } finally {
-    clearTimeout(timer);
-  }
+  });
 }
 
 /**
