@@ -17,7 +17,6 @@
 import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-import { startLocalWorker } from "./lib/local-worker.mjs";
 
 const args = process.argv.slice(2);
 function option(name) {
@@ -34,6 +33,8 @@ async function runLocal(stateDir) {
     process.exit(2);
   }
   const token = randomUUID();
+  // Loaded here only: Miniflare takes ~1 s to import, which --url never needs.
+  const { startLocalWorker } = await import("./lib/local-worker.mjs");
   const { miniflare, stop } = await startLocalWorker({
     persistTo: stateDir,
     quiet: true,

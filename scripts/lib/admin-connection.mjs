@@ -6,7 +6,6 @@
 import { randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
-import { startLocalWorker } from "./local-worker.mjs";
 
 /** The headers and body of an admin request: the bearer token, and `json` as the body when given. */
 function request(token, json) {
@@ -35,6 +34,8 @@ export async function adminConnection({ url, state, fail }) {
   // The Worker's bundle imports build/sha256.wasm (what `npm run build:wasm` writes; silent).
   await import("../build-wasm.mjs");
   const token = randomUUID();
+  // Loaded here only: Miniflare takes ~1 s to import, which a command given --url never needs.
+  const { startLocalWorker } = await import("./local-worker.mjs");
   const { miniflare, stop } = await startLocalWorker({
     persistTo: stateDir,
     quiet: true,

@@ -9,6 +9,7 @@ import { createRequire } from "node:module";
 import { join, resolve } from "node:path";
 import { Log, LogLevel, Miniflare } from "miniflare";
 import { applyMigrations } from "./d1-migrations.mjs";
+import { cachedBundle } from "./bundle-cache.mjs";
 
 const CONFIG = "wrangler.toml";
 
@@ -77,11 +78,23 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   process.env.WRANGLER_SEND_METRICS = "false";
   // A bundle of its own per start: two servers starting at once must not overwrite
   // each other's files (the e2e suite and the benchmarks start several).
-  mkdirSync(resolve("build"), { recursive: true });
-  const bundleDir = mkdtempSync(join(resolve("build"), "worker-"));
-  bundleWorker(bundleDir);
-  const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
-  const { workerOptions } = unstable_getMiniflareWorkerOptions(CONFIG);
+  // With WORKER_BUNDLE_CACHE (the e2e harness), code bundled before is not bundled again
+  // (scripts/lib/bundle-cache.mjs); the cached bundle is kept when this server stops.
+  const build = async (outDir) => {
+    bundleWorker(outDir);
+    const { unstable_getMiniflareWorkerOptions } = await import("wrangler");
+    return unstable_getMiniflareWorkerOptions(CONFIG).workerOptions;
+  };
+  const cacheDir = process.env.WORKER_BUNDLE_CACHE;
+  let bundleDir;
+  let workerOptions;
+  if (cacheDir) {
+    ({ bundleDir, workerOptions } = await cachedBundle(resolve(cacheDir), build));
+  } else {
+    mkdirSync(resolve("build"), { recursive: true });
+    bundleDir = mkdtempSync(join(resolve("build"), "worker-"));
+    workerOptions = await build(bundleDir);
+  }
   const settable = new Set([
     ...SECRETS,
     ...Object.entries(workerOptions.bindings ?? {})
@@ -126,7 +139,9 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   await applyMigrations(await miniflare.getD1Database("AUDIT"));
   // Miniflare's own signal handling may end the process before an async stop finishes:
   // remove the bundle on exit, synchronously, however the process ends.
-  const removeBundle = () => rmSync(bundleDir, { recursive: true, force: true });
+  const removeBundle = () => {
+    if (!cacheDir) rmSync(bundleDir, { recursive: true, force: true });
+  };
   process.once("exit", removeBundle);
   const stop = async () => {
     await miniflare.dispose();

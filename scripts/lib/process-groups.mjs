@@ -3,13 +3,42 @@
 // whatever happens (success, failure, timeout, exit, a signal), no child group and no
 // temp dir outlives the Node process that made them.
 import { randomBytes } from "node:crypto";
-import { rmSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 
 const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 };
+
+/**
+ * Whether a process of group `pgid` is still running, read from /proc (Linux): a zombie
+ * does not count. A child whose parent exited first (workerd, when its Node process ends)
+ * is handed to init, and this machine's init reaps orphans only every second or two; until
+ * then the group still answers signals, and waiting for that cost ~2 s per stopped server.
+ * Where /proc cannot be read, any member counts.
+ */
+function hasRunningMember(pgid) {
+  let entries;
+  try {
+    entries = readdirSync("/proc");
+  } catch {
+    return true;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat;
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+    } catch {
+      continue; // gone meanwhile
+    }
+    // pid (comm) state ppid pgrp …: comm may hold spaces and parentheses, so split after the last ")".
+    const [state, , group] = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    if (Number(group) === pgid && state !== "Z") return true;
+  }
+  return false;
+}
 
 /**
  * One keeper per process. `tempPrefix` names its temp dirs (lowercase: podman derives
@@ -30,7 +59,8 @@ export function processKeeper({ tempPrefix, keepTmpVariable }) {
       return false; // ESRCH: the group is gone
     }
   }
-  const alive = (pgid) => kill(pgid, 0);
+  // A group whose members have all exited, even if not yet reaped, is gone.
+  const alive = (pgid) => kill(pgid, 0) && hasRunningMember(pgid);
 
   function cleanupSync() {
     for (const pgid of liveGroups.keys()) kill(pgid, "SIGKILL");

@@ -24,6 +24,8 @@ import {
 const MiB = 1 << 20;
 
 let registry;
+/** The registry as `npm start` runs it with users, started beside the other (its own test). */
+let local;
 let clients;
 let work;
 let layout;
@@ -49,18 +51,24 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
   before(async () => {
     const missing = ["skopeo", "podman", "umoci", "unshare"].filter((command) => !haveCommand(command));
     assert.deepEqual(missing, [], `missing client tools (see .ci/run): ${missing.join(", ")}`);
-    // Against plain `wrangler dev` (npm run dev): the clients suite covers npm start.
-    registry = await startRegistry({
-      server: "wrangler-dev",
-      env: {
-        // Cost 5 (htpasswd -B's default): a login costs a few ms.
-        AUTH_USERS: Object.entries(users)
-          .map(([name, password]) => `${name}:${bcrypt.hashSync(password, 5)}`)
-          .join("\n"),
-        AUTH_ACCESS: JSON.stringify(access),
-        TOKEN_SECRET: "e2e token key, long and random in production",
-      },
-    });
+    // Against plain `wrangler dev` (npm run dev): the clients suite covers npm start. Each
+    // server is kept as soon as it is up, so after() stops it whatever fails next.
+    await Promise.all([
+      startRegistry({
+        server: "wrangler-dev",
+        env: {
+          // Cost 5 (htpasswd -B's default): a login costs a few ms.
+          AUTH_USERS: Object.entries(users)
+            .map(([name, password]) => `${name}:${bcrypt.hashSync(password, 5)}`)
+            .join("\n"),
+          AUTH_ACCESS: JSON.stringify(access),
+          TOKEN_SECRET: "e2e token key, long and random in production",
+        },
+      }).then((server) => (registry = server)),
+      startRegistry({ env: { AUTH_USERS: `pusher:${bcrypt.hashSync(users.pusher, 5)}` } }).then(
+        (server) => (local = server),
+      ),
+    ]);
     clients = await createClients(registry);
     work = await makeTempDir("auth-work");
     layout = join(work, "layout");
@@ -73,7 +81,7 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
   });
 
   after(async () => {
-    await registry?.stop();
+    await Promise.all([registry?.stop(), local?.stop()]);
     if (clients) await clients.dispose();
     if (work) await removeTempDir(work);
   });
@@ -219,14 +227,9 @@ describe("token authentication with real clients", { timeout: 600_000 }, () => {
   });
 
   it("npm start with users enforces authentication too, and says so on start-up", async () => {
-    const local = await startRegistry({ env: { AUTH_USERS: `pusher:${bcrypt.hashSync(users.pusher, 5)}` } });
-    try {
-      assert.match(local.logTail(50), /authentication enforced/);
-      assert.equal((await fetchWithTimeout(`${local.url}/v2/`)).status, 401);
-      const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
-      assert.equal((await fetchWithTimeout(`${local.url}/v2/`, { headers: { Authorization: basic } })).status, 200);
-    } finally {
-      await local.stop();
-    }
+    assert.match(local.logTail(50), /authentication enforced/);
+    assert.equal((await fetchWithTimeout(`${local.url}/v2/`)).status, 401);
+    const basic = `Basic ${Buffer.from(`pusher:${users.pusher}`).toString("base64")}`;
+    assert.equal((await fetchWithTimeout(`${local.url}/v2/`, { headers: { Authorization: basic } })).status, 200);
   });
 });

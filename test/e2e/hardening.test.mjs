@@ -67,17 +67,20 @@ describe("hostile requests over real HTTP", { timeout: 600_000 }, () => {
     assert.ok(haveCommand("go"), "missing go (golang-go; see .ci/run)");
     work = await makeTempDir("hardening");
     goClient = join(work, "go-client");
-    await run("go", ["build", "-o", goClient, "."], {
-      cwd: join(ROOT, "test", "e2e", "go-client"),
-      env: { ...process.env, GOFLAGS: "-mod=mod", GOPROXY: "off", GOTOOLCHAIN: "local" },
-      timeoutMs: 300_000,
-    });
-    registry = await startRegistry({
-      env: {
-        AUTH_USERS: `alice:${bcrypt.hashSync(PASSWORD, 5)}\nbob:${bcrypt.hashSync("bob-password", 5)}`,
-        TOKEN_SECRET: "e2e token key, long and random in production",
-      },
-    });
+    // The Go client builds while the registry starts (kept as soon as it is up, for after()).
+    await Promise.all([
+      run("go", ["build", "-o", goClient, "."], {
+        cwd: join(ROOT, "test", "e2e", "go-client"),
+        env: { ...process.env, GOFLAGS: "-mod=mod", GOPROXY: "off", GOTOOLCHAIN: "local" },
+        timeoutMs: 300_000,
+      }),
+      startRegistry({
+        env: {
+          AUTH_USERS: `alice:${bcrypt.hashSync(PASSWORD, 5)}\nbob:${bcrypt.hashSync("bob-password", 5)}`,
+          TOKEN_SECRET: "e2e token key, long and random in production",
+        },
+      }).then((server) => (registry = server)),
+    ]);
   });
 
   after(async () => {

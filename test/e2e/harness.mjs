@@ -4,7 +4,8 @@
 // against it with private, throw-away configuration and storage.
 //
 // - The server runs on a snapshot of the checkout, so the code under test and its bundle
-//   are what they were at the start; E2E_IN_PLACE=1 runs it in place.
+//   are what they were at the start; E2E_IN_PLACE=1 runs it in place. Servers of the same
+//   code share one bundle (build/e2e-bundles, or WORKER_BUNDLE_CACHE).
 // - scripts/dev.mjs puts a small HTTP front before workerd that refuses TLS at once,
 //   because workerd never answers a TLS ClientHello and containers/image tries https://
 //   first (10 s per command otherwise).
@@ -220,34 +221,45 @@ export function haveCommand(command) {
 // ---------------------------------------------------------------------------------------
 // The registry under test.
 
-/** fetch with a timeout; only ever called with 127.0.0.1 URLs. */
-export async function fetchWithTimeout(url, init = {}, timeoutMs = 30_000) {
+/**
+ * Runs `work(signal)` with a deadline: `signal` aborts at `timeoutMs`, and the result
+ * rejects then whatever `work` does. An abort that lands while undici's fetch reads a body
+ * can leave that read pending for ever (nodejs/undici#4089): seen here as a suite that
+ * hung in a readiness probe whose answer came just before its 2 s timeout.
+ */
+async function withDeadline(url, timeoutMs, work) {
   if (!new URL(url).hostname.startsWith("127.0.0.1")) throw new Error(`refusing to fetch non-loopback ${url}`);
   const controller = new AbortController();
-  const timer = setTimeout(
-    () => controller.abort(new Error(`fetch timed out after ${timeoutMs} ms: ${url}`)),
-    timeoutMs,
-  );
+  let timer;
+  const expired = new Promise((_resolve, reject) => {
+    timer = setTimeout(() => {
+      const error = new Error(`fetch timed out after ${timeoutMs} ms: ${url}`);
+      controller.abort(error);
+      reject(error);
+    }, timeoutMs);
+  });
+  const working = work(controller.signal);
+  working.catch(() => undefined);
   try {
-    const response = await fetch(url, { ...init, signal: controller.signal });
-    // Read the body inside the timeout window.
-    const body = Buffer.from(await response.arrayBuffer());
-    return { status: response.status, headers: response.headers, body };
+    return await Promise.race([working, expired]);
   } finally {
     clearTimeout(timer);
   }
 }
 
+/** fetch with a timeout (the body read within it); only ever called with 127.0.0.1 URLs. */
+export function fetchWithTimeout(url, init = {}, timeoutMs = 30_000) {
+  return withDeadline(url, timeoutMs, async (signal) => {
+    const response = await fetch(url, { ...init, signal });
+    const body = Buffer.from(await response.arrayBuffer());
+    return { status: response.status, headers: response.headers, body };
+  });
+}
+
 /** Streams a GET body through sha256 (for big blobs); returns { status, headers, hex, size }. */
-export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
-  if (!new URL(url).hostname.startsWith("127.0.0.1")) throw new Error(`refusing to fetch non-loopback ${url}`);
-  const controller = new AbortController();
-  const timer = setTimeout(
-    () => controller.abort(new Error(`fetch timed out after ${timeoutMs} ms: ${url}`)),
-    timeoutMs,
-  );
-  try {
-    const response = await fetch(url, { ...init, signal: controller.signal });
+export function fetchHashed(url, init = {}, timeoutMs = 300_000) {
+  return withDeadline(url, timeoutMs, async (signal) => {
+    const response = await fetch(url, { ...init, signal });
     const hash = createHash("sha256");
     let size = 0;
     if (response.body) {
@@ -257,9 +269,7 @@ export async function fetchHashed(url, init = {}, timeoutMs = 300_000) {
       }
     }
     return { status: response.status, headers: response.headers, hex: hash.digest("hex"), size };
-  } finally {
-    clearTimeout(timer);
-  }
+  });
 }
 
 /**
@@ -292,6 +302,13 @@ async function waitUntilReady({ name, url, statuses = [200], readyTimeoutMs, int
   }
 }
 
+/**
+ * Where the servers of the suite keep the Worker's bundle (scripts/lib/bundle-cache.mjs):
+ * each test file starts its own, often several, of the same code, and only the first
+ * bundles it.
+ */
+const BUNDLE_CACHE = process.env.WORKER_BUNDLE_CACHE ?? join(ROOT, "build", "e2e-bundles");
+
 /** Top-level entries of the checkout a snapshot leaves out (node_modules is symlinked). */
 const SNAPSHOT_SKIP = new Set([".git", ".wrangler", ".tmp", "node_modules", "test", "bench"]);
 
@@ -308,9 +325,9 @@ async function snapshotCheckout(dir) {
       recursive: true,
       verbatimSymlinks: true,
       // Bundles of servers started in the checkout itself (scripts/lib/local-worker.mjs
-      // writes build/worker-*, and removes it when that server stops): not needed, and one
-      // may vanish mid-copy.
-      filter: (source) => !/[/\\]build[/\\]worker-[^/\\]*$/.test(source),
+      // writes build/worker-*, and removes it when that server stops) and the suite's
+      // bundle cache (BUNDLE_CACHE): not needed, and one may vanish mid-copy.
+      filter: (source) => !/[/\\]build[/\\](worker-[^/\\]*|e2e-bundles)$/.test(source),
     });
   }
   await symlink(join(ROOT, "node_modules"), join(dir, "node_modules"));
@@ -384,6 +401,7 @@ export async function startRegistry({
     WRANGLER_HIDE_BANNER: "true",
     WRANGLER_LOG_PATH: join(dir, "wrangler-logs"),
     XDG_CONFIG_HOME: join(dir, "config"),
+    WORKER_BUNDLE_CACHE: BUNDLE_CACHE,
     NO_COLOR: "1",
     FORCE_COLOR: "0",
     // Settings such as AUTH_USERS (scripts/lib/local-worker.mjs reads them from here).
