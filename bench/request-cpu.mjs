@@ -122,16 +122,18 @@ const IGNORED_SETTINGS = new Set([
 
 function usage() {
   return [
-    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct] [--only KINDS]",
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--bursts B] [--requests N] [--concurrency C] [--warmup N] [--profile] [--profile-out DIR] [--direct] [--only KINDS]",
     "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
     "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
     "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
     "                   wrangler.example.jsonc copied to wrangler.jsonc)",
     "  --rounds N       rounds (default 2): each starts every target afresh and measures every kind",
-    "  --requests N     requests per kind and round, counted (default 3000)",
+    "  --requests N     requests per kind, round and target, counted (default 3000)",
+    "  --bursts B       the counted requests in B bursts, the targets taking turns (default 6)",
     "  --concurrency C  hey's concurrent clients (default 10)",
     "  --warmup N       requests per kind before the counted ones (default 200)",
     "  --profile        per round, target and kind, one more run with V8's sampling profiler on: top self time",
+    "  --profile-out D  --profile, and the Worker's profiles saved in D (.cpuprofile, for Chrome DevTools)",
     "  --direct         every request to workerd's own port, not through the node front",
     `  --only KINDS     comma-separated subset of ${KIND_KEYS.join(", ")} (default: all)`,
     "  env BENCH_KEEP_TMP=1 keeps the temp dirs",
@@ -156,10 +158,12 @@ function parseOptions() {
       dir: { type: "string", multiple: true },
       peer: { type: "string" },
       rounds: { type: "string" },
+      bursts: { type: "string" },
       requests: { type: "string" },
       concurrency: { type: "string" },
       warmup: { type: "string" },
       profile: { type: "boolean", default: false },
+      "profile-out": { type: "string" },
       direct: { type: "boolean", default: false },
       only: { type: "string" },
     },
@@ -173,14 +177,17 @@ function parseOptions() {
     }
     return value;
   };
+  const requests = number("requests", 3000, 10, 1_000_000);
   return {
     dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
     peer: v.peer === undefined ? undefined : resolve(v.peer),
     rounds: number("rounds", 2, 1, 20),
-    requests: number("requests", 3000, 10, 1_000_000),
+    bursts: Math.min(requests, number("bursts", 6, 1, 100)),
+    requests,
     concurrency: number("concurrency", 10, 1, 256),
     warmup: number("warmup", 200, 0, 100_000),
-    profile: v.profile,
+    profile: v.profile || v["profile-out"] !== undefined,
+    profileOut: v["profile-out"] === undefined ? undefined : resolve(v["profile-out"]),
     direct: v.direct,
     only: onlyKinds(v.only),
   };
@@ -584,14 +591,20 @@ function webSocketClass() {
   }
 }
 
-/** A Chrome DevTools Protocol session with the user Worker's isolate of the workerd listening on `port`. */
-async function inspectWorker(port) {
+/** The isolates of the workerd listening on `port` (the user Worker's is `core:user:<name>`; the others Miniflare's). */
+async function inspectorTargets(port) {
   const list = await request(`http://127.0.0.1:${port}/json/list`, { timeoutMs: 5000 });
   expectStatus("inspector /json/list", list, 200);
-  const target = JSON.parse(list.body.toString("utf8")).find((entry) => entry.id.startsWith("core:user:"));
-  if (!target) throw new Error(`no user Worker among the inspector's targets: ${list.body.toString("utf8")}`);
+  const targets = JSON.parse(list.body.toString("utf8"));
+  if (!targets.some((entry) => entry.id.startsWith("core:user:")))
+    throw new Error(`no user Worker among the inspector's targets: ${list.body.toString("utf8")}`);
+  return targets.map((entry) => entry.id);
+}
+
+/** A Chrome DevTools Protocol session with isolate `id` of the workerd listening on `port`. */
+async function inspectIsolate(port, id) {
   const WebSocket = webSocketClass();
-  const socket = new WebSocket(`ws://127.0.0.1:${port}/${target.id}`);
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/${id}`);
   await new Promise((resolveOpen, rejectOpen) => {
     const timer = setTimeout(() => rejectOpen(new Error("inspector: no connection within 10 s")), 10_000);
     socket.once("open", () => (clearTimeout(timer), resolveOpen()));
@@ -624,6 +637,28 @@ async function inspectWorker(port) {
     },
     close: () => socket.close(),
   };
+}
+
+/**
+ * Runs `work` with V8's sampling profiler on in the user Worker's isolate; resolves its
+ * profile. Only that isolate: workerd runs all of its isolates on one thread, and a call
+ * into a binding (R2, KV, the entry worker's fetch) runs Miniflare's simulator nested in
+ * the caller's native frame, so profiles of several isolates overlap and do not add up.
+ */
+async function profiled(port, work) {
+  const id = (await inspectorTargets(port)).find((candidate) => candidate.startsWith("core:user:"));
+  const inspector = await inspectIsolate(port, id);
+  try {
+    await inspector.send("Profiler.enable");
+    await inspector.send("Profiler.setSamplingInterval", { interval: SAMPLING_INTERVAL_US });
+    await inspector.send("Profiler.start");
+    await work();
+    const { profile } = await inspector.send("Profiler.stop", {}, 120_000);
+    await inspector.send("Profiler.disable");
+    return profile;
+  } finally {
+    inspector.close();
+  }
 }
 
 /** [line, source file] of every `// src/…` or `// node_modules/…` marker of a wrangler bundle, by line. */
@@ -671,10 +706,18 @@ function addSelfTimes(profile, sections, into) {
   return busy;
 }
 
+/** Writes the Worker's profile as <dir>/<target>.<kind>.r<round>.cpuprofile (Chrome DevTools opens it). */
+function saveProfile(dir, target, kind, round, profile) {
+  mkdirSync(dir, { recursive: true });
+  const slug = target.label.replace(/[^a-z0-9.-]+/gi, "-").toLowerCase();
+  writeFileSync(join(dir, `${slug}.${kind.key}.r${round + 1}.cpuprofile`), JSON.stringify(profile));
+}
+
 // ---------------------------------------------------------------------------------------
 // A round: every target started, seeded and measured in turn.
 
-async function measureTarget(target, options, results) {
+/** Starts a target and pushes the bench image: { target, server, image, sections, inspectorPort }. */
+async function prepare(target, options, results) {
   const inspectorPort = options.profile ? await freePort() : undefined;
   progress(`${target.label}: starting`);
   const server = await target.start({ inspectorPort });
@@ -685,40 +728,87 @@ async function measureTarget(target, options, results) {
     const image = await pushImage(server, pushAuthorization);
     for (const [name, timing] of Object.entries(image.timings)) results.timing(target, name, timing);
     const sections = options.profile ? bundleSections(target.bundle(server)) : [];
-    for (const kind of requestKinds(image).filter((candidate) => options.only.has(candidate.key))) {
-      const authorization = await target.authorization(server, "pull");
-      results.timing(target, `${kind.name} (first)`, await checkedRequest(server, kind, authorization));
-      if (options.warmup > 0) await hey(server, kind, authorization, options.warmup, options.concurrency);
-      progress(`${target.label}: ${kind.name}, ${options.requests} requests`);
-      const workerdBefore = treeCpuSeconds(server.pid, "workerd");
-      const nodeBefore = treeCpuSeconds(server.pid, "node");
-      const rate = await hey(server, kind, authorization, options.requests, options.concurrency);
-      const workerd = treeCpuSeconds(server.pid, "workerd") - workerdBefore;
-      const node = treeCpuSeconds(server.pid, "node") - nodeBefore;
-      results.run(target, kind.name, {
-        workerdUs: (workerd / options.requests) * 1e6,
-        nodeUs: (node / options.requests) * 1e6,
-        rate,
-      });
-      if (options.profile) {
-        progress(`${target.label}: ${kind.name}, profiled`);
-        const inspector = await inspectWorker(inspectorPort);
-        try {
-          await inspector.send("Profiler.enable");
-          await inspector.send("Profiler.setSamplingInterval", { interval: SAMPLING_INTERVAL_US });
-          await inspector.send("Profiler.start");
-          await hey(server, kind, authorization, options.requests, options.concurrency);
-          const { profile } = await inspector.send("Profiler.stop", {}, 120_000);
-          await inspector.send("Profiler.disable");
-          results.profile(target, kind.name, profile, sections, options.requests);
-        } finally {
-          inspector.close();
+    return { target, server, image, sections, inspectorPort };
+  } catch (error) {
+    await server.stop();
+    throw error;
+  }
+}
+
+/** One burst of `count` requests of `kind` against a started target: workerd and front CPU seconds, requests/s. */
+async function burst(started, kind, options, count) {
+  const { target, server } = started;
+  const authorization = await target.authorization(server, "pull");
+  const workerdBefore = treeCpuSeconds(server.pid, "workerd");
+  const nodeBefore = treeCpuSeconds(server.pid, "node");
+  const rate = await hey(server, kind, authorization, count, options.concurrency);
+  return {
+    workerd: treeCpuSeconds(server.pid, "workerd") - workerdBefore,
+    node: treeCpuSeconds(server.pid, "node") - nodeBefore,
+    seconds: count / rate,
+  };
+}
+
+/**
+ * A round: every target started (at once) and seeded; then per kind, the counted requests
+ * in --bursts bursts, the targets taking turns (the order reversed each burst), so that
+ * what else runs on the machine falls on all of them alike; then stopped.
+ */
+async function measureRound(targets, options, results, round) {
+  const started = [];
+  try {
+    for (const target of targets) started.push(await prepare(target, options, results));
+    const kinds = (image) => requestKinds(image).filter((candidate) => options.only.has(candidate.key));
+    const kindCount = kinds(started[0].image).length;
+    for (let index = 0; index < kindCount; index++) {
+      const kindOf = (entry) => kinds(entry.image)[index];
+      for (const entry of started) {
+        const kind = kindOf(entry);
+        const authorization = await entry.target.authorization(entry.server, "pull");
+        results.timing(entry.target, `${kind.name} (first)`, await checkedRequest(entry.server, kind, authorization));
+        if (options.warmup > 0) await hey(entry.server, kind, authorization, options.warmup, options.concurrency);
+      }
+      progress(
+        `round ${round + 1}: ${kindOf(started[0]).name}, ${options.requests} requests per target in ${options.bursts} bursts`,
+      );
+      const totals = new Map(started.map((entry) => [entry, { workerd: 0, node: 0, seconds: 0, bursts: [] }]));
+      for (let turn = 0; turn < options.bursts; turn++) {
+        const count =
+          Math.floor(options.requests / options.bursts) + (turn < options.requests % options.bursts ? 1 : 0);
+        for (const entry of turn % 2 === 0 ? started : [...started].reverse()) {
+          const figures = await burst(entry, kindOf(entry), options, count);
+          const total = totals.get(entry);
+          total.workerd += figures.workerd;
+          total.node += figures.node;
+          total.seconds += figures.seconds;
+          total.bursts.push((figures.workerd / count) * 1e6);
         }
       }
-      results.timing(target, `${kind.name} (warm)`, await checkedRequest(server, kind, authorization));
+      for (const entry of started) {
+        const total = totals.get(entry);
+        results.run(entry.target, kindOf(entry).name, {
+          workerdUs: (total.workerd / options.requests) * 1e6,
+          nodeUs: (total.node / options.requests) * 1e6,
+          rate: options.requests / total.seconds,
+          burstUs: total.bursts,
+        });
+      }
+      for (const entry of started) {
+        const kind = kindOf(entry);
+        const authorization = await entry.target.authorization(entry.server, "pull");
+        if (options.profile) {
+          progress(`${entry.target.label}: ${kind.name}, profiled`);
+          const profile = await profiled(entry.inspectorPort, () =>
+            hey(entry.server, kind, authorization, options.requests, options.concurrency),
+          );
+          results.profile(entry.target, kind.name, profile, entry.sections, options.requests);
+          if (options.profileOut) saveProfile(options.profileOut, entry.target, kind, round, profile);
+        }
+        results.timing(entry.target, `${kind.name} (warm)`, await checkedRequest(entry.server, kind, authorization));
+      }
     }
   } finally {
-    await server.stop();
+    for (const entry of started) await entry.server.stop();
   }
 }
 
@@ -795,7 +885,7 @@ function report(results, options, kinds) {
   lines.push(`\n### Median over ${options.rounds} round(s); ratio to ${targets[0].label}\n`);
   const summaryHeader = ["request"];
   for (const [index, target] of targets.entries()) {
-    summaryHeader.push(`${target.label} µs`, `${target.label} req/s`);
+    summaryHeader.push(`${target.label} µs`, "bursts µs (min–max)", `${target.label} req/s`);
     if (index > 0) summaryHeader.push(`${target.label} µs ÷ first`, `${target.label} req/s ÷ first`);
   }
   const summaryRows = kinds.map((kind) => {
@@ -807,7 +897,9 @@ function report(results, options, kinds) {
       const all = runs.get(target.label)?.get(kind) ?? [];
       const us = median(all.map((figures) => figures.workerdUs));
       const rate = median(all.map((figures) => figures.rate));
-      row.push(us.toFixed(0), rate.toFixed(0));
+      const bursts = all.flatMap((figures) => figures.burstUs);
+      const spread = bursts.length > 0 ? `${Math.min(...bursts).toFixed(0)}–${Math.max(...bursts).toFixed(0)}` : "–";
+      row.push(us.toFixed(0), spread, rate.toFixed(0));
       if (index > 0) row.push((us / firstUs).toFixed(2), (rate / firstRate).toFixed(2));
     }
     return row;
@@ -883,11 +975,10 @@ const results = collector(targets);
 let kinds = [];
 let failed = false;
 try {
-  for (let round = 0; round < options.rounds; round++)
-    for (const target of targets) {
-      progress(`round ${round + 1}/${options.rounds}`);
-      await measureTarget(target, options, results);
-    }
+  for (let round = 0; round < options.rounds; round++) {
+    progress(`round ${round + 1}/${options.rounds}`);
+    await measureRound(targets, options, results, round);
+  }
   kinds = [...(results.runs.get(targets[0].label)?.keys() ?? [])];
 } catch (error) {
   console.error(error.stack ?? error.message);
