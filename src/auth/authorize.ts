@@ -3,11 +3,12 @@ import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { formatScope, needOf, resourceKey, type Action, type Resource } from "../oci/access";
+import { hostOf, originOf } from "../oci/request-url";
 import type { AuthEnv, RequestActor } from "./context";
 import { verifyLogin } from "./logins";
 import { isOidcLogin, oidcActorName, oidcAllowed, oidcLogin, matchingRules } from "./oidc";
 import type { OidcTrustRule } from "../settings/oidc";
-import type { OidcClaims } from "./tokens";
+import type { AccessClaims, OidcClaims } from "./tokens";
 
 export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
@@ -33,10 +34,10 @@ type Identity =
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
-  return settingsOf(c.env).tokens.service ?? new URL(c.req.url).host;
+  return settingsOf(c.env).tokens.service ?? hostOf(c.req.url);
 }
 
-export async function tokenSettings(c: Context<AuthEnv>): Promise<TokenSettings> {
+export function tokenSettings(c: Context<AuthEnv>): TokenSettings {
   const { tokens } = settingsOf(c.env);
   return {
     key: signingKey(c.env),
@@ -53,7 +54,7 @@ export function loadPolicy(env: Env): Policy {
 }
 
 function challenge(c: Context<AuthEnv>, scope?: string, error?: "invalid_token" | "insufficient_scope"): string {
-  const realm = settingsOf(c.env).tokens.realm ?? `${new URL(c.req.url).origin}/token`;
+  const realm = settingsOf(c.env).tokens.realm ?? `${originOf(c.req.url)}/token`;
   let value = `Bearer realm="${realm}",service="${serviceOf(c)}"`;
   if (scope) value += `,scope="${scope}"`;
   if (error) value += `,error="${error}"`;
@@ -78,12 +79,9 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
   if (!header) return { kind: "anonymous" };
   const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
   if (bearer) {
-    const claims = await verifyAccessToken(await tokenSettings(c), bearer, (name) => policy.users.get(name));
+    const claims = await verifyAccessToken(tokenSettings(c), bearer, (name) => policy.users.get(name));
     if (!claims) throw unauthorized(c, "the token is invalid, expired or for another service", scope, "invalid_token");
-    const grants = new Map<string, Set<string>>();
-    for (const grant of claims.access) {
-      grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
-    }
+    const grants = grantsOf(claims);
     if (claims.oidc)
       return { kind: "oidc", oidc: claims.oidc, rules: matchingRules(settingsOf(c.env).oidc, claims.oidc), grants };
     // A robot's token holds while its robot does: revoked or expired, it is refused (robots.ts).
@@ -108,6 +106,19 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     return { kind: "user", user: credentials.user, robot };
   }
   return { kind: "user", user: credentials.user };
+}
+
+/** A verified token's claims are the same object on each use (tokens.ts): their grants by resource, made once. */
+const grantsByClaims = new WeakMap<AccessClaims, Map<string, Set<string>>>();
+
+function grantsOf(claims: AccessClaims): Map<string, Set<string>> {
+  let grants = grantsByClaims.get(claims);
+  if (!grants) {
+    grants = new Map();
+    for (const grant of claims.access) grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
+    grantsByClaims.set(claims, grants);
+  }
+  return grants;
 }
 
 /**
@@ -137,7 +148,7 @@ function actorOf(identity: Identity): RequestActor {
 
 /** The resource the rules judge: with `?ns=` naming an upstream, the mirrored name's stored one. */
 function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
-  const ns = new URL(c.req.url).searchParams.get("ns");
+  const ns = c.req.query("ns");
   if (!ns || resource.type !== "repository") return resource;
   try {
     const mirrored = mirroredName(settingsOf(c.env).mirrors, resource.name, ns);
@@ -160,7 +171,8 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
     c.set("can", () => true);
     return next();
   }
-  const need = needOf(c.req.method, new URL(c.req.url).pathname);
+  // The path as sent: one with percent-encoding was refused before (app.ts), so Hono's is it.
+  const need = needOf(c.req.method, c.req.path);
   const scope = typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
   const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
   c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
