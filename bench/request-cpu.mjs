@@ -3,15 +3,17 @@
 // the Worker, per registry checkout, side by side.
 //
 //   node bench/request-cpu.mjs                                  this checkout, 2 rounds of 3000 requests per kind
-//   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts, rounds alternating between them
+//   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts side by side
 //   node bench/request-cpu.mjs --peer /tmp/peer-sr              and cloudflare/serverless-registry as a column
 //   node bench/request-cpu.mjs --dir ../before --dir . --profile   and where the CPU goes (top self time)
 //
 // Each --dir (default: the checkout this file is in) is a registry checkout with its own
-// node_modules and `npm run build:wasm` done. Per round, every target in turn (the order
-// of --dir, then --peer), so that other load on a shared machine falls on all of them:
+// node_modules and `npm run build:wasm` done. A round starts every target (the --dir ones,
+// then --peer) at once, each in its own process group, and measures the kinds one after
+// the other; within a kind the targets take turns burst by burst (the order reversed each
+// burst), so that whatever else runs on a shared machine falls on all of them alike:
 //
-//  1. Start it as `npm start` runs it: `node <dir>/scripts/dev.mjs --port P --persist-to
+//  1. Start each as `npm start` runs it: `node <dir>/scripts/dev.mjs --port P --persist-to
 //     <fresh temp dir> --quiet` (the Worker bundled by wrangler, served by Miniflare's
 //     workerd behind the node front), with AUTH_USERS one user (bcrypt, cost 5) and a
 //     random TOKEN_SECRET; ready once GET /v2/ answers the Bearer challenge.
@@ -19,20 +21,23 @@
 //     and a 4 KiB layer (POST, then PUT ?digest= with the bytes), the manifest as
 //     `bench/tiny:v1`. The Server-Timing of the layer's POST and PUT and of the manifest
 //     PUT are kept.
-//  3. A pull token (scope pull, from GET /token with Basic credentials, fresh per kind:
-//     tokens live 300 s). Per kind, one request with node:http (status and answer checked,
-//     Server-Timing kept: the first after the push), `hey` --warmup requests (not
-//     counted), then workerd's CPU (utime + stime of the workerd processes of the
-//     server's process tree, /proc/<pid>/stat, clock ticks) read around `hey -n
-//     --requests -c --concurrency`; every answer must be 200. Last, one more checked
-//     request per kind (its Server-Timing: warm).
-//  4. Stop it and remove its state.
+//  3. Per kind, on each target: a pull token (scope pull, from GET /token with Basic
+//     credentials; tokens live 300 s, so each burst gets a fresh one, outside what is
+//     measured), one request with node:http (status and answer checked, Server-Timing
+//     kept: the first after the push), `hey` --warmup requests (not counted). Then
+//     --bursts bursts per target of --requests in all (multiples of --concurrency: hey
+//     sends n ÷ c per client), workerd's CPU (utime + stime of the workerd processes of
+//     the server's process tree, /proc/<pid>/stat, clock ticks) and the front's read
+//     around each `hey -n -c`; every answer must be 200. Last, one more checked request
+//     per target (its Server-Timing: warm).
+//  4. Stop them all and remove their state.
 //
 // The kinds: HEAD manifest by tag, GET manifest by digest (both with an OCI Accept),
 // HEAD blob (the layer), GET tags/list. Reported per kind, round and target: workerd CPU
-// µs per request, hey's requests/s, and the node process's (the front's) CPU µs per
-// request; then the median over rounds, the ratio to the first target, and the
-// Server-Timing storage calls (`desc` of r2, kv, cache, do, ...) per request and target.
+// µs per request, requests/s (the requests over hey's time), and the node process's (the
+// front's) CPU µs per request; then the median over rounds with the spread of the single
+// bursts (min–max µs), the ratio to the first target, and the Server-Timing storage calls
+// (`desc` of r2, kv, cache, do, ...) per request and target.
 //
 // --peer DIR adds cloudflare/serverless-registry (SR): a copy of /work/shared/peer-sr with
 // `npm ci` done and wrangler.example.jsonc copied to wrangler.jsonc, started as its
@@ -47,7 +52,10 @@
 // wrangler and miniflare bring), and the top self-time functions per kind are reported as
 // µs per request (summed over rounds), each with the source file the bundle's
 // `// src/...` markers name. The counted runs of a profiled server have the inspector
-// listening (idle).
+// listening (idle). Only the Worker's isolate is profiled: workerd runs all its isolates on
+// one thread and a binding call runs Miniflare's simulator nested in the caller's native
+// frame, so profiles of several isolates overlap. --profile-out DIR also writes each
+// profile (Chrome DevTools opens them).
 //
 // --direct sends every request (token, push, hey) to workerd's own port instead of the
 // node front: no proxy hop (the front's node process competes for the same cores). It
@@ -55,8 +63,10 @@
 // since 02c4812): Miniflare's entry worker sets CF-Connecting-IP on every request, so
 // the Worker still rebuilds each request, without the address.
 //
-// --only KINDS measures a subset (head-manifest, get-manifest, head-blob, tags-list): more
-// and shorter rounds of one kind alternate the targets more finely on a noisy machine.
+// --only KINDS measures a subset (head-manifest, get-manifest, head-blob, tags-list).
+//
+// On a shared machine single bursts of the same code differ by ±10–30 %: compare the
+// medians of many bursts (--bursts, --rounds), and the spread the report gives.
 //
 // Markdown report on stdout, progress on stderr. Needs `hey` (Debian: apt-get install
 // hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
@@ -177,15 +187,18 @@ function parseOptions() {
     }
     return value;
   };
-  const requests = number("requests", 3000, 10, 1_000_000);
+  // hey sends n ÷ c requests per client (rounded down): counts are multiples of c.
+  const concurrency = number("concurrency", 10, 1, 256);
+  const multiple = (value) => Math.max(concurrency, Math.round(value / concurrency) * concurrency);
+  const warmup = number("warmup", 200, 0, 100_000);
   return {
     dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
     peer: v.peer === undefined ? undefined : resolve(v.peer),
     rounds: number("rounds", 2, 1, 20),
-    bursts: Math.min(requests, number("bursts", 6, 1, 100)),
-    requests,
-    concurrency: number("concurrency", 10, 1, 256),
-    warmup: number("warmup", 200, 0, 100_000),
+    bursts: number("bursts", 6, 1, 100),
+    requests: multiple(number("requests", 3000, 10, 1_000_000)),
+    concurrency,
+    warmup: warmup === 0 ? 0 : multiple(warmup),
     profile: v.profile || v["profile-out"] !== undefined,
     profileOut: v["profile-out"] === undefined ? undefined : resolve(v["profile-out"]),
     direct: v.direct,
@@ -750,6 +763,19 @@ async function burst(started, kind, options, count) {
 }
 
 /**
+ * The counted requests of a kind as bursts: each a multiple of the concurrency (hey sends
+ * n ÷ c requests per client, rounded down), together as near --requests as that allows.
+ */
+function burstCounts({ requests, bursts, concurrency }) {
+  const chunks = Math.max(1, Math.round(requests / concurrency));
+  const turns = Math.min(bursts, chunks);
+  return Array.from(
+    { length: turns },
+    (_, turn) => (Math.floor(chunks / turns) + (turn < chunks % turns ? 1 : 0)) * concurrency,
+  );
+}
+
+/**
  * A round: every target started (at once) and seeded; then per kind, the counted requests
  * in --bursts bursts, the targets taking turns (the order reversed each burst), so that
  * what else runs on the machine falls on all of them alike; then stopped.
@@ -768,13 +794,13 @@ async function measureRound(targets, options, results, round) {
         results.timing(entry.target, `${kind.name} (first)`, await checkedRequest(entry.server, kind, authorization));
         if (options.warmup > 0) await hey(entry.server, kind, authorization, options.warmup, options.concurrency);
       }
+      const counts = burstCounts(options);
+      const counted = counts.reduce((sum, count) => sum + count, 0);
       progress(
-        `round ${round + 1}: ${kindOf(started[0]).name}, ${options.requests} requests per target in ${options.bursts} bursts`,
+        `round ${round + 1}: ${kindOf(started[0]).name}, ${counted} requests per target in ${counts.length} bursts`,
       );
       const totals = new Map(started.map((entry) => [entry, { workerd: 0, node: 0, seconds: 0, bursts: [] }]));
-      for (let turn = 0; turn < options.bursts; turn++) {
-        const count =
-          Math.floor(options.requests / options.bursts) + (turn < options.requests % options.bursts ? 1 : 0);
+      for (const [turn, count] of counts.entries()) {
         for (const entry of turn % 2 === 0 ? started : [...started].reverse()) {
           const figures = await burst(entry, kindOf(entry), options, count);
           const total = totals.get(entry);
@@ -787,9 +813,9 @@ async function measureRound(targets, options, results, round) {
       for (const entry of started) {
         const total = totals.get(entry);
         results.run(entry.target, kindOf(entry).name, {
-          workerdUs: (total.workerd / options.requests) * 1e6,
-          nodeUs: (total.node / options.requests) * 1e6,
-          rate: options.requests / total.seconds,
+          workerdUs: (total.workerd / counted) * 1e6,
+          nodeUs: (total.node / counted) * 1e6,
+          rate: counted / total.seconds,
           burstUs: total.bursts,
         });
       }
