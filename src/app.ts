@@ -52,17 +52,19 @@ app.use("*", async (c, next) => {
   }
 });
 
-const apiHeaders: MiddlewareHandler<AppEnv> = async (c, next) => {
+/** What every API request meets before its route: the API's version header, the path's check, then authorization. */
+const api: MiddlewareHandler<AppEnv> = (c, next) => {
   c.header("Docker-Distribution-API-Version", "registry/2.0");
   // Names, tags and digests never contain '%': a percent-encoded path (`%2F`, `%2E%2E`)
   // is an attempt to smuggle characters past the grammar, so refuse it up front.
   if (rawPathOf(c.req.url).includes("%")) {
     throw new RegistryError("NAME_INVALID", "percent-encoded characters are not allowed in names or references");
   }
-  await next();
+  // Called here rather than as a middleware of its own: one step less for every request.
+  return authorize(c, next);
 };
-app.use("/v2", apiHeaders, authorize);
-app.use("/v2/*", apiHeaders, authorize);
+app.use("/v2", api);
+app.use("/v2/*", api);
 
 // API version check: 200 tells clients this is a v2 registry.
 app.get("/v2/", (c) => c.json({}));

@@ -28,7 +28,7 @@ import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 type Identity =
   | { kind: "anonymous" }
   | { kind: "user"; user: string; robot?: Robot }
-  | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot }
+  | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot; claims: AccessClaims }
   // An OIDC login (oidc.ts): by its ID token (Basic), or its access token's grants.
   | { kind: "oidc"; oidc: OidcClaims; rules: OidcTrustRule[]; grants: Map<string, Set<string>> | null };
 
@@ -88,7 +88,7 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     const robot = claims.robot ? await robotNamed(c.env, claims.sub) : undefined;
     if (robot === null) throw unauthorized(c, "the robot token was revoked or has expired", scope, "invalid_token");
     if (robot) touchRobot(c.env, robot, waitUntilOf(c));
-    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, ...(robot ? { robot } : {}) };
+    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, claims, ...(robot ? { robot } : {}) };
   }
   const credentials = basicCredentials(header);
   if (credentials && isOidcLogin(c, credentials.user)) {
@@ -159,6 +159,35 @@ function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
 }
 
 /**
+ * The requests (method, path and `?ns=`) a user's token was found to allow, per policy:
+ * a pull makes the same few requests with one token for its life, and what a token allows
+ * under a policy cannot change (the rules are read once per isolate; a token whose user is
+ * gone or has another password is refused before this, by `identify`). Robots' and OIDC
+ * logins' rights depend on more than that, and are judged every time. Bounded per token.
+ */
+const granted = new WeakMap<Policy, WeakMap<AccessClaims, Set<string>>>();
+const GRANTED_MAX = 64;
+
+function grantedKey(c: Context<AuthEnv>): string {
+  return `${c.req.method} ${c.req.path} ${c.req.query("ns") ?? ""}`;
+}
+
+function grantedBefore(policy: Policy, identity: Identity, c: Context<AuthEnv>): boolean {
+  if (identity.kind !== "token" || identity.robot) return false;
+  return granted.get(policy)?.get(identity.claims)?.has(grantedKey(c)) ?? false;
+}
+
+function rememberGranted(policy: Policy, identity: Identity, c: Context<AuthEnv>): void {
+  if (identity.kind !== "token" || identity.robot) return;
+  let byClaims = granted.get(policy);
+  if (!byClaims) granted.set(policy, (byClaims = new WeakMap()));
+  let requests = byClaims.get(identity.claims);
+  if (!requests) byClaims.set(identity.claims, (requests = new Set()));
+  if (requests.size >= GRANTED_MAX) requests.clear();
+  requests.add(grantedKey(c));
+}
+
+/**
  * Authentication and authorization of /v2 requests, before any route runs: the
  * request's need (from its method and path, `needOf`) against what its credentials
  * allow. No credentials, bad credentials, or a token that lacks a scope the user could
@@ -187,9 +216,13 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   }
   // The rules apply to what is read: containerd's `?ns=` can make a name a mirrored one,
   // stored under another name (src/settings/upstreams.ts); the token's grant is for the name asked.
+  if (grantedBefore(policy, identity, c)) return next();
   const subject = nsSubject(c, need.resource);
   const allowed = permitted(policy, identity, need.resource, subject);
-  if (need.actions.every((action) => allowed.has(action))) return next();
+  if (need.actions.every((action) => allowed.has(action))) {
+    rememberGranted(policy, identity, c);
+    return next();
+  }
 
   if (policy.mode === "read-only") {
     throw new RegistryError("DENIED", "this registry has no users configured, so it is read-only (set AUTH_USERS)");
