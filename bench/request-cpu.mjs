@@ -3,15 +3,17 @@
 // the Worker, per registry checkout, side by side.
 //
 //   node bench/request-cpu.mjs                                  this checkout, 2 rounds of 3000 requests per kind
-//   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts, rounds alternating between them
+//   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts side by side
 //   node bench/request-cpu.mjs --peer /tmp/peer-sr              and cloudflare/serverless-registry as a column
 //   node bench/request-cpu.mjs --dir ../before --dir . --profile   and where the CPU goes (top self time)
 //
 // Each --dir (default: the checkout this file is in) is a registry checkout with its own
-// node_modules and `npm run build:wasm` done. Per round, every target in turn (the order
-// of --dir, then --peer), so that other load on a shared machine falls on all of them:
+// node_modules and `npm run build:wasm` done. A round starts every target (the --dir ones,
+// then --peer) at once, each in its own process group, and measures the kinds one after
+// the other; within a kind the targets take turns burst by burst (the order reversed each
+// burst), so that whatever else runs on a shared machine falls on all of them alike:
 //
-//  1. Start it as `npm start` runs it: `node <dir>/scripts/dev.mjs --port P --persist-to
+//  1. Start each as `npm start` runs it: `node <dir>/scripts/dev.mjs --port P --persist-to
 //     <fresh temp dir> --quiet` (the Worker bundled by wrangler, served by Miniflare's
 //     workerd behind the node front), with AUTH_USERS one user (bcrypt, cost 5) and a
 //     random TOKEN_SECRET; ready once GET /v2/ answers the Bearer challenge.
@@ -19,20 +21,23 @@
 //     and a 4 KiB layer (POST, then PUT ?digest= with the bytes), the manifest as
 //     `bench/tiny:v1`. The Server-Timing of the layer's POST and PUT and of the manifest
 //     PUT are kept.
-//  3. A pull token (scope pull, from GET /token with Basic credentials, fresh per kind:
-//     tokens live 300 s). Per kind, one request with node:http (status and answer checked,
-//     Server-Timing kept: the first after the push), `hey` --warmup requests (not
-//     counted), then workerd's CPU (utime + stime of the workerd processes of the
-//     server's process tree, /proc/<pid>/stat, clock ticks) read around `hey -n
-//     --requests -c --concurrency`; every answer must be 200. Last, one more checked
-//     request per kind (its Server-Timing: warm).
-//  4. Stop it and remove its state.
+//  3. Per kind, on each target: a pull token (scope pull, from GET /token with Basic
+//     credentials; tokens live 300 s, so each burst gets a fresh one, outside what is
+//     measured), one request with node:http (status and answer checked, Server-Timing
+//     kept: the first after the push), `hey` --warmup requests (not counted). Then
+//     --bursts bursts per target of --requests in all (multiples of --concurrency: hey
+//     sends n ÷ c per client), workerd's CPU (utime + stime of the workerd processes of
+//     the server's process tree, /proc/<pid>/stat, clock ticks) and the front's read
+//     around each `hey -n -c`; every answer must be 200. Last, one more checked request
+//     per target (its Server-Timing: warm).
+//  4. Stop them all and remove their state.
 //
 // The kinds: HEAD manifest by tag, GET manifest by digest (both with an OCI Accept),
 // HEAD blob (the layer), GET tags/list. Reported per kind, round and target: workerd CPU
-// µs per request, hey's requests/s, and the node process's (the front's) CPU µs per
-// request; then the median over rounds, the ratio to the first target, and the
-// Server-Timing storage calls (`desc` of r2, kv, cache, do, ...) per request and target.
+// µs per request, requests/s (the requests over hey's time), and the node process's (the
+// front's) CPU µs per request; then the median over rounds with the spread of the single
+// bursts (min–max µs), the ratio to the first target, and the Server-Timing storage calls
+// (`desc` of r2, kv, cache, do, ...) per request and target.
 //
 // --peer DIR adds cloudflare/serverless-registry (SR): a copy of /work/shared/peer-sr with
 // `npm ci` done and wrangler.example.jsonc copied to wrangler.jsonc, started as its
@@ -47,7 +52,10 @@
 // wrangler and miniflare bring), and the top self-time functions per kind are reported as
 // µs per request (summed over rounds), each with the source file the bundle's
 // `// src/...` markers name. The counted runs of a profiled server have the inspector
-// listening (idle).
+// listening (idle). Only the Worker's isolate is profiled: workerd runs all its isolates on
+// one thread and a binding call runs Miniflare's simulator nested in the caller's native
+// frame, so profiles of several isolates overlap. --profile-out DIR also writes each
+// profile (Chrome DevTools opens them).
 //
 // --direct sends every request (token, push, hey) to workerd's own port instead of the
 // node front: no proxy hop (the front's node process competes for the same cores). It
@@ -62,6 +70,9 @@
 // --variant 'LABEL:NAME=VALUE,…' starts each checkout once per variant, with those settings
 // added (a column per checkout and variant), e.g. pull recording off and on:
 // --variant 'off:PULL_RECORD_INTERVAL=off' --variant 'on:PULL_RECORD_INTERVAL=1d'.
+//
+// On a shared machine single bursts of the same code differ by ±10–30 %: compare the
+// medians of many bursts (--bursts, --rounds), and the spread the report gives.
 //
 // Markdown report on stdout, progress on stderr. Needs `hey` (Debian: apt-get install
 // hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
@@ -129,16 +140,18 @@ const IGNORED_SETTINGS = new Set([
 
 function usage() {
   return [
-    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--requests N] [--concurrency C] [--warmup N] [--profile] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--bursts B] [--requests N] [--concurrency C] [--warmup N] [--profile] [--profile-out DIR] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
     "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
     "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
     "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
     "                   wrangler.example.jsonc copied to wrangler.jsonc)",
     "  --rounds N       rounds (default 2): each starts every target afresh and measures every kind",
-    "  --requests N     requests per kind and round, counted (default 3000)",
+    "  --requests N     requests per kind, round and target, counted (default 3000)",
+    "  --bursts B       the counted requests in B bursts, the targets taking turns (default 6)",
     "  --concurrency C  hey's concurrent clients (default 10)",
     "  --warmup N       requests per kind before the counted ones (default 200)",
     "  --profile        per round, target and kind, one more run with V8's sampling profiler on: top self time",
+    "  --profile-out D  --profile, and the Worker's profiles saved in D (.cpuprofile, for Chrome DevTools)",
     "  --direct         every request to workerd's own port, not through the node front",
     `  --only KINDS     comma-separated subset of ${KIND_KEYS.join(", ")} (default: ${DEFAULT_KINDS.join(", ")})`,
     "  --variant LABEL:NAME=VALUE,…  each checkout once more with these settings (repeat: one column per variant)",
@@ -176,10 +189,12 @@ function parseOptions() {
       dir: { type: "string", multiple: true },
       peer: { type: "string" },
       rounds: { type: "string" },
+      bursts: { type: "string" },
       requests: { type: "string" },
       concurrency: { type: "string" },
       warmup: { type: "string" },
       profile: { type: "boolean", default: false },
+      "profile-out": { type: "string" },
       direct: { type: "boolean", default: false },
       only: { type: "string" },
       variant: { type: "string", multiple: true },
@@ -194,14 +209,20 @@ function parseOptions() {
     }
     return value;
   };
+  // hey sends n ÷ c requests per client (rounded down): counts are multiples of c.
+  const concurrency = number("concurrency", 10, 1, 256);
+  const multiple = (value) => Math.max(concurrency, Math.round(value / concurrency) * concurrency);
+  const warmup = number("warmup", 200, 0, 100_000);
   return {
     dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
     peer: v.peer === undefined ? undefined : resolve(v.peer),
     rounds: number("rounds", 2, 1, 20),
-    requests: number("requests", 3000, 10, 1_000_000),
-    concurrency: number("concurrency", 10, 1, 256),
-    warmup: number("warmup", 200, 0, 100_000),
-    profile: v.profile,
+    bursts: number("bursts", 6, 1, 100),
+    requests: multiple(number("requests", 3000, 10, 1_000_000)),
+    concurrency,
+    warmup: warmup === 0 ? 0 : multiple(warmup),
+    profile: v.profile || v["profile-out"] !== undefined,
+    profileOut: v["profile-out"] === undefined ? undefined : resolve(v["profile-out"]),
     direct: v.direct,
     only: onlyKinds(v.only),
     variants: (v.variant ?? [""]).map(parseVariant),
@@ -617,14 +638,20 @@ function webSocketClass() {
   }
 }
 
-/** A Chrome DevTools Protocol session with the user Worker's isolate of the workerd listening on `port`. */
-async function inspectWorker(port) {
+/** The isolates of the workerd listening on `port` (the user Worker's is `core:user:<name>`; the others Miniflare's). */
+async function inspectorTargets(port) {
   const list = await request(`http://127.0.0.1:${port}/json/list`, { timeoutMs: 5000 });
   expectStatus("inspector /json/list", list, 200);
-  const target = JSON.parse(list.body.toString("utf8")).find((entry) => entry.id.startsWith("core:user:"));
-  if (!target) throw new Error(`no user Worker among the inspector's targets: ${list.body.toString("utf8")}`);
+  const targets = JSON.parse(list.body.toString("utf8"));
+  if (!targets.some((entry) => entry.id.startsWith("core:user:")))
+    throw new Error(`no user Worker among the inspector's targets: ${list.body.toString("utf8")}`);
+  return targets.map((entry) => entry.id);
+}
+
+/** A Chrome DevTools Protocol session with isolate `id` of the workerd listening on `port`. */
+async function inspectIsolate(port, id) {
   const WebSocket = webSocketClass();
-  const socket = new WebSocket(`ws://127.0.0.1:${port}/${target.id}`);
+  const socket = new WebSocket(`ws://127.0.0.1:${port}/${id}`);
   await new Promise((resolveOpen, rejectOpen) => {
     const timer = setTimeout(() => rejectOpen(new Error("inspector: no connection within 10 s")), 10_000);
     socket.once("open", () => (clearTimeout(timer), resolveOpen()));
@@ -657,6 +684,28 @@ async function inspectWorker(port) {
     },
     close: () => socket.close(),
   };
+}
+
+/**
+ * Runs `work` with V8's sampling profiler on in the user Worker's isolate; resolves its
+ * profile. Only that isolate: workerd runs all of its isolates on one thread, and a call
+ * into a binding (R2, KV, the entry worker's fetch) runs Miniflare's simulator nested in
+ * the caller's native frame, so profiles of several isolates overlap and do not add up.
+ */
+async function profiled(port, work) {
+  const id = (await inspectorTargets(port)).find((candidate) => candidate.startsWith("core:user:"));
+  const inspector = await inspectIsolate(port, id);
+  try {
+    await inspector.send("Profiler.enable");
+    await inspector.send("Profiler.setSamplingInterval", { interval: SAMPLING_INTERVAL_US });
+    await inspector.send("Profiler.start");
+    await work();
+    const { profile } = await inspector.send("Profiler.stop", {}, 120_000);
+    await inspector.send("Profiler.disable");
+    return profile;
+  } finally {
+    inspector.close();
+  }
 }
 
 /** [line, source file] of every `// src/…` or `// node_modules/…` marker of a wrangler bundle, by line. */
@@ -704,10 +753,18 @@ function addSelfTimes(profile, sections, into) {
   return busy;
 }
 
+/** Writes the Worker's profile as <dir>/<target>.<kind>.r<round>.cpuprofile (Chrome DevTools opens it). */
+function saveProfile(dir, target, kind, round, profile) {
+  mkdirSync(dir, { recursive: true });
+  const slug = target.label.replace(/[^a-z0-9.-]+/gi, "-").toLowerCase();
+  writeFileSync(join(dir, `${slug}.${kind.key}.r${round + 1}.cpuprofile`), JSON.stringify(profile));
+}
+
 // ---------------------------------------------------------------------------------------
 // A round: every target started, seeded and measured in turn.
 
-async function measureTarget(target, options, results) {
+/** Starts a target and pushes the bench image: { target, server, image, sections, inspectorPort }. */
+async function prepare(target, options, results) {
   const inspectorPort = options.profile ? await freePort() : undefined;
   progress(`${target.label}: starting`);
   const server = await target.start({ inspectorPort });
@@ -718,40 +775,100 @@ async function measureTarget(target, options, results) {
     const image = await pushImage(server, pushAuthorization);
     for (const [name, timing] of Object.entries(image.timings)) results.timing(target, name, timing);
     const sections = options.profile ? bundleSections(target.bundle(server)) : [];
-    for (const kind of requestKinds(image).filter((candidate) => options.only.has(candidate.key))) {
-      const authorization = await target.authorization(server, "pull");
-      results.timing(target, `${kind.name} (first)`, await checkedRequest(server, kind, authorization));
-      if (options.warmup > 0) await hey(server, kind, authorization, options.warmup, options.concurrency);
-      progress(`${target.label}: ${kind.name}, ${options.requests} requests`);
-      const workerdBefore = treeCpuSeconds(server.pid, "workerd");
-      const nodeBefore = treeCpuSeconds(server.pid, "node");
-      const rate = await hey(server, kind, authorization, options.requests, options.concurrency);
-      const workerd = treeCpuSeconds(server.pid, "workerd") - workerdBefore;
-      const node = treeCpuSeconds(server.pid, "node") - nodeBefore;
-      results.run(target, kind.name, {
-        workerdUs: (workerd / options.requests) * 1e6,
-        nodeUs: (node / options.requests) * 1e6,
-        rate,
-      });
-      if (options.profile) {
-        progress(`${target.label}: ${kind.name}, profiled`);
-        const inspector = await inspectWorker(inspectorPort);
-        try {
-          await inspector.send("Profiler.enable");
-          await inspector.send("Profiler.setSamplingInterval", { interval: SAMPLING_INTERVAL_US });
-          await inspector.send("Profiler.start");
-          await hey(server, kind, authorization, options.requests, options.concurrency);
-          const { profile } = await inspector.send("Profiler.stop", {}, 120_000);
-          await inspector.send("Profiler.disable");
-          results.profile(target, kind.name, profile, sections, options.requests);
-        } finally {
-          inspector.close();
+    return { target, server, image, sections, inspectorPort };
+  } catch (error) {
+    await server.stop();
+    throw error;
+  }
+}
+
+/** One burst of `count` requests of `kind` against a started target: workerd and front CPU seconds, requests/s. */
+async function burst(started, kind, options, count) {
+  const { target, server } = started;
+  const authorization = await target.authorization(server, "pull");
+  const workerdBefore = treeCpuSeconds(server.pid, "workerd");
+  const nodeBefore = treeCpuSeconds(server.pid, "node");
+  const rate = await hey(server, kind, authorization, count, options.concurrency);
+  return {
+    workerd: treeCpuSeconds(server.pid, "workerd") - workerdBefore,
+    node: treeCpuSeconds(server.pid, "node") - nodeBefore,
+    seconds: count / rate,
+  };
+}
+
+/**
+ * The counted requests of a kind as bursts: each a multiple of the concurrency (hey sends
+ * n ÷ c requests per client, rounded down), together as near --requests as that allows.
+ */
+function burstCounts({ requests, bursts, concurrency }) {
+  const chunks = Math.max(1, Math.round(requests / concurrency));
+  const turns = Math.min(bursts, chunks);
+  return Array.from(
+    { length: turns },
+    (_, turn) => (Math.floor(chunks / turns) + (turn < chunks % turns ? 1 : 0)) * concurrency,
+  );
+}
+
+/**
+ * A round: every target started (at once) and seeded; then per kind, the counted requests
+ * in --bursts bursts, the targets taking turns (the order reversed each burst), so that
+ * what else runs on the machine falls on all of them alike; then stopped.
+ */
+async function measureRound(targets, options, results, round) {
+  const started = [];
+  try {
+    for (const target of targets) started.push(await prepare(target, options, results));
+    const kinds = (image) => requestKinds(image).filter((candidate) => options.only.has(candidate.key));
+    const kindCount = kinds(started[0].image).length;
+    for (let index = 0; index < kindCount; index++) {
+      const kindOf = (entry) => kinds(entry.image)[index];
+      for (const entry of started) {
+        const kind = kindOf(entry);
+        const authorization = await entry.target.authorization(entry.server, "pull");
+        results.timing(entry.target, `${kind.name} (first)`, await checkedRequest(entry.server, kind, authorization));
+        if (options.warmup > 0) await hey(entry.server, kind, authorization, options.warmup, options.concurrency);
+      }
+      const counts = burstCounts(options);
+      const counted = counts.reduce((sum, count) => sum + count, 0);
+      progress(
+        `round ${round + 1}: ${kindOf(started[0]).name}, ${counted} requests per target in ${counts.length} bursts`,
+      );
+      const totals = new Map(started.map((entry) => [entry, { workerd: 0, node: 0, seconds: 0, bursts: [] }]));
+      for (const [turn, count] of counts.entries()) {
+        for (const entry of turn % 2 === 0 ? started : [...started].reverse()) {
+          const figures = await burst(entry, kindOf(entry), options, count);
+          const total = totals.get(entry);
+          total.workerd += figures.workerd;
+          total.node += figures.node;
+          total.seconds += figures.seconds;
+          total.bursts.push((figures.workerd / count) * 1e6);
         }
       }
-      results.timing(target, `${kind.name} (warm)`, await checkedRequest(server, kind, authorization));
+      for (const entry of started) {
+        const total = totals.get(entry);
+        results.run(entry.target, kindOf(entry).name, {
+          workerdUs: (total.workerd / counted) * 1e6,
+          nodeUs: (total.node / counted) * 1e6,
+          rate: counted / total.seconds,
+          burstUs: total.bursts,
+        });
+      }
+      for (const entry of started) {
+        const kind = kindOf(entry);
+        const authorization = await entry.target.authorization(entry.server, "pull");
+        if (options.profile) {
+          progress(`${entry.target.label}: ${kind.name}, profiled`);
+          const profile = await profiled(entry.inspectorPort, () =>
+            hey(entry.server, kind, authorization, options.requests, options.concurrency),
+          );
+          results.profile(entry.target, kind.name, profile, entry.sections, options.requests);
+          if (options.profileOut) saveProfile(options.profileOut, entry.target, kind, round, profile);
+        }
+        results.timing(entry.target, `${kind.name} (warm)`, await checkedRequest(entry.server, kind, authorization));
+      }
     }
   } finally {
-    await server.stop();
+    for (const entry of started) await entry.server.stop();
   }
 }
 
@@ -828,7 +945,7 @@ function report(results, options, kinds) {
   lines.push(`\n### Median over ${options.rounds} round(s); ratio to ${targets[0].label}\n`);
   const summaryHeader = ["request"];
   for (const [index, target] of targets.entries()) {
-    summaryHeader.push(`${target.label} µs`, `${target.label} req/s`);
+    summaryHeader.push(`${target.label} µs`, "bursts µs (min–max)", `${target.label} req/s`);
     if (index > 0) summaryHeader.push(`${target.label} µs ÷ first`, `${target.label} req/s ÷ first`);
   }
   const summaryRows = kinds.map((kind) => {
@@ -840,7 +957,9 @@ function report(results, options, kinds) {
       const all = runs.get(target.label)?.get(kind) ?? [];
       const us = median(all.map((figures) => figures.workerdUs));
       const rate = median(all.map((figures) => figures.rate));
-      row.push(us.toFixed(0), rate.toFixed(0));
+      const bursts = all.flatMap((figures) => figures.burstUs);
+      const spread = bursts.length > 0 ? `${Math.min(...bursts).toFixed(0)}–${Math.max(...bursts).toFixed(0)}` : "–";
+      row.push(us.toFixed(0), spread, rate.toFixed(0));
       if (index > 0) row.push((us / firstUs).toFixed(2), (rate / firstRate).toFixed(2));
     }
     return row;
@@ -916,11 +1035,10 @@ const results = collector(targets);
 let kinds = [];
 let failed = false;
 try {
-  for (let round = 0; round < options.rounds; round++)
-    for (const target of targets) {
-      progress(`round ${round + 1}/${options.rounds}`);
-      await measureTarget(target, options, results);
-    }
+  for (let round = 0; round < options.rounds; round++) {
+    progress(`round ${round + 1}/${options.rounds}`);
+    await measureRound(targets, options, results, round);
+  }
   kinds = [...(results.runs.get(targets[0].label)?.keys() ?? [])];
 } catch (error) {
   console.error(error.stack ?? error.message);

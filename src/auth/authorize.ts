@@ -3,11 +3,12 @@ import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { formatScope, needOf, resourceKey, type Action, type Resource } from "../oci/access";
+import { hostOf, originOf } from "../oci/request-url";
 import type { AuthEnv, RequestActor } from "./context";
 import { verifyLogin } from "./logins";
 import { isOidcLogin, oidcActorName, oidcAllowed, oidcLogin, matchingRules } from "./oidc";
 import type { OidcTrustRule } from "../settings/oidc";
-import type { OidcClaims } from "./tokens";
+import type { AccessClaims, OidcClaims } from "./tokens";
 
 export type { AccessCheck, AuthEnv, RequestActor } from "./context";
 import { basicCredentials } from "./passwords";
@@ -27,16 +28,16 @@ import { signingKey, verifyAccessToken, type TokenSettings } from "./tokens";
 type Identity =
   | { kind: "anonymous" }
   | { kind: "user"; user: string; robot?: Robot }
-  | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot }
+  | { kind: "token"; user: string | null; grants: Map<string, Set<string>>; robot?: Robot; claims: AccessClaims }
   // An OIDC login (oidc.ts): by its ID token (Basic), or its access token's grants.
   | { kind: "oidc"; oidc: OidcClaims; rules: OidcTrustRule[]; grants: Map<string, Set<string>> | null };
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
-  return settingsOf(c.env).tokens.service ?? new URL(c.req.url).host;
+  return settingsOf(c.env).tokens.service ?? hostOf(c.req.url);
 }
 
-export async function tokenSettings(c: Context<AuthEnv>): Promise<TokenSettings> {
+export function tokenSettings(c: Context<AuthEnv>): TokenSettings {
   const { tokens } = settingsOf(c.env);
   return {
     key: signingKey(c.env),
@@ -53,7 +54,7 @@ export function loadPolicy(env: Env): Policy {
 }
 
 function challenge(c: Context<AuthEnv>, scope?: string, error?: "invalid_token" | "insufficient_scope"): string {
-  const realm = settingsOf(c.env).tokens.realm ?? `${new URL(c.req.url).origin}/token`;
+  const realm = settingsOf(c.env).tokens.realm ?? `${originOf(c.req.url)}/token`;
   let value = `Bearer realm="${realm}",service="${serviceOf(c)}"`;
   if (scope) value += `,scope="${scope}"`;
   if (error) value += `,error="${error}"`;
@@ -78,19 +79,16 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
   if (!header) return { kind: "anonymous" };
   const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
   if (bearer) {
-    const claims = await verifyAccessToken(await tokenSettings(c), bearer, (name) => policy.users.get(name));
+    const claims = await verifyAccessToken(tokenSettings(c), bearer, (name) => policy.users.get(name));
     if (!claims) throw unauthorized(c, "the token is invalid, expired or for another service", scope, "invalid_token");
-    const grants = new Map<string, Set<string>>();
-    for (const grant of claims.access) {
-      grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
-    }
+    const grants = grantsOf(claims);
     if (claims.oidc)
       return { kind: "oidc", oidc: claims.oidc, rules: matchingRules(settingsOf(c.env).oidc, claims.oidc), grants };
     // A robot's token holds while its robot does: revoked or expired, it is refused (robots.ts).
     const robot = claims.robot ? await robotNamed(c.env, claims.sub) : undefined;
     if (robot === null) throw unauthorized(c, "the robot token was revoked or has expired", scope, "invalid_token");
     if (robot) touchRobot(c.env, robot, waitUntilOf(c));
-    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, ...(robot ? { robot } : {}) };
+    return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, claims, ...(robot ? { robot } : {}) };
   }
   const credentials = basicCredentials(header);
   if (credentials && isOidcLogin(c, credentials.user)) {
@@ -108,6 +106,19 @@ async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Pr
     return { kind: "user", user: credentials.user, robot };
   }
   return { kind: "user", user: credentials.user };
+}
+
+/** A verified token's claims are the same object on each use (tokens.ts): their grants by resource, made once. */
+const grantsByClaims = new WeakMap<AccessClaims, Map<string, Set<string>>>();
+
+function grantsOf(claims: AccessClaims): Map<string, Set<string>> {
+  let grants = grantsByClaims.get(claims);
+  if (!grants) {
+    grants = new Map();
+    for (const grant of claims.access) grants.set(`${grant.type}:${grant.name}`, new Set(grant.actions));
+    grantsByClaims.set(claims, grants);
+  }
+  return grants;
 }
 
 /**
@@ -137,7 +148,7 @@ function actorOf(identity: Identity): RequestActor {
 
 /** The resource the rules judge: with `?ns=` naming an upstream, the mirrored name's stored one. */
 function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
-  const ns = new URL(c.req.url).searchParams.get("ns");
+  const ns = c.req.query("ns");
   if (!ns || resource.type !== "repository") return resource;
   try {
     const mirrored = mirroredName(settingsOf(c.env).mirrors, resource.name, ns);
@@ -145,6 +156,35 @@ function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
   } catch {
     return resource;
   }
+}
+
+/**
+ * The requests (method, path and `?ns=`) a user's token was found to allow, per policy:
+ * a pull makes the same few requests with one token for its life, and what a token allows
+ * under a policy cannot change (the rules are read once per isolate; a token whose user is
+ * gone or has another password is refused before this, by `identify`). Robots' and OIDC
+ * logins' rights depend on more than that, and are judged every time. Bounded per token.
+ */
+const granted = new WeakMap<Policy, WeakMap<AccessClaims, Set<string>>>();
+const GRANTED_MAX = 64;
+
+function grantedKey(c: Context<AuthEnv>): string {
+  return `${c.req.method} ${c.req.path} ${c.req.query("ns") ?? ""}`;
+}
+
+function grantedBefore(policy: Policy, identity: Identity, c: Context<AuthEnv>): boolean {
+  if (identity.kind !== "token" || identity.robot) return false;
+  return granted.get(policy)?.get(identity.claims)?.has(grantedKey(c)) ?? false;
+}
+
+function rememberGranted(policy: Policy, identity: Identity, c: Context<AuthEnv>): void {
+  if (identity.kind !== "token" || identity.robot) return;
+  let byClaims = granted.get(policy);
+  if (!byClaims) granted.set(policy, (byClaims = new WeakMap()));
+  let requests = byClaims.get(identity.claims);
+  if (!requests) byClaims.set(identity.claims, (requests = new Set()));
+  if (requests.size >= GRANTED_MAX) requests.clear();
+  requests.add(grantedKey(c));
 }
 
 /**
@@ -160,7 +200,8 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
     c.set("can", () => true);
     return next();
   }
-  const need = needOf(c.req.method, new URL(c.req.url).pathname);
+  // The path as sent: one with percent-encoding was refused before (app.ts), so Hono's is it.
+  const need = needOf(c.req.method, c.req.path);
   const scope = typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
   const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
   c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
@@ -175,9 +216,13 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   }
   // The rules apply to what is read: containerd's `?ns=` can make a name a mirrored one,
   // stored under another name (src/settings/upstreams.ts); the token's grant is for the name asked.
+  if (grantedBefore(policy, identity, c)) return next();
   const subject = nsSubject(c, need.resource);
   const allowed = permitted(policy, identity, need.resource, subject);
-  if (need.actions.every((action) => allowed.has(action))) return next();
+  if (need.actions.every((action) => allowed.has(action))) {
+    rememberGranted(policy, identity, c);
+    return next();
+  }
 
   if (policy.mode === "read-only") {
     throw new RegistryError("DENIED", "this registry has no users configured, so it is read-only (set AUTH_USERS)");

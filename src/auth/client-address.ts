@@ -12,11 +12,13 @@ import { settingsOf } from "../settings/settings";
  */
 export const FRONT_SECRET_HEADER = "X-Local-Front-Secret";
 
+/** Compares in time that depends on the lengths only (the secret is 64 hex characters). */
 function sameSecret(presented: string, expected: string): boolean {
-  const encoder = new TextEncoder();
-  const left = encoder.encode(presented);
-  const right = encoder.encode(expected);
-  return left.byteLength === right.byteLength && crypto.subtle.timingSafeEqual(left, right);
+  if (presented.length !== expected.length) return false;
+  let difference = 0;
+  for (let index = 0; index < expected.length; index++)
+    difference |= presented.charCodeAt(index) ^ expected.charCodeAt(index);
+  return difference === 0;
 }
 
 /** What the front vouched for, by request: the address, or undefined for one it did not send. */

@@ -219,18 +219,80 @@ export async function verifyAccessToken(
   token: string,
   hashOf: HashOf,
 ): Promise<AccessClaims | null> {
+  let verified = verifiedTokens.get(settings.key)?.get(token);
+  if (!verified || verified.service !== settings.service || verified.exp <= now()) {
+    const checked = await checkAccessToken(settings, token);
+    if (!checked) return null;
+    rememberVerified(settings.key, token, checked);
+    verified = checked;
+  }
+  const holds = verified.holds(hashOf);
+  return (typeof holds === "boolean" ? holds : await holds) ? verified.claims : null;
+}
+
+/**
+ * An access token whose signature, audience and form were checked: its claims, its expiry,
+ * and what must hold on each use (a user's token: its password binding).
+ */
+interface VerifiedToken {
+  /** The service (audience) it was checked for. */
+  service: string;
+  claims: AccessClaims;
+  exp: number;
+  holds(hashOf: HashOf): boolean | Promise<boolean>;
+}
+
+const VERIFIED_MAX = 1000;
+/**
+ * Access tokens verified in this isolate: signing key → token → what was
+ * checked. A client sends the same token with every request of a pull for its life
+ * (minutes), and checking its HMAC and decoding it cost more CPU than the rest of a small
+ * request. Only what cannot change is kept (the signature, the claims); the expiry and a
+ * user's password binding are checked on every use. Bounded: a new key, or too many
+ * tokens, starts afresh.
+ */
+const verifiedTokens = new Map<string, Map<string, VerifiedToken>>();
+
+function rememberVerified(key: string, token: string, checked: VerifiedToken): void {
+  let forKey = verifiedTokens.get(key);
+  if (!forKey || forKey.size >= VERIFIED_MAX) {
+    verifiedTokens.clear();
+    forKey = new Map();
+    verifiedTokens.set(key, forKey);
+  }
+  forKey.set(token, checked);
+}
+
+async function checkAccessToken(settings: TokenSettings, token: string): Promise<VerifiedToken | null> {
   try {
     const payload = await verify(token, settings.key, { alg: ALGORITHM, iss: settings.issuer, aud: settings.service });
-    if (typeof payload.exp !== "number") return null;
+    const exp = payload.exp;
+    const service = settings.service;
+    if (typeof exp !== "number") return null;
     if (payload.use !== undefined || typeof payload.sub !== "string" || !isGrantList(payload.access)) return null;
+    const always = () => true;
     if (payload.oidc !== undefined) {
       // An OIDC login's: no password to bind to, and never taken for a user's.
       if (!isOidcClaims(payload.oidc) || payload.sub !== oidcTokenSubject(payload.oidc)) return null;
-      return { sub: payload.sub, access: payload.access, oidc: payload.oidc };
+      return { service, claims: { sub: payload.sub, access: payload.access, oidc: payload.oidc }, exp, holds: always };
     }
-    if (payload.rbt === true && payload.sub !== "") return { sub: payload.sub, access: payload.access, robot: true };
-    if (payload.sub !== "" && !(await bindingHolds(settings.key, payload.sub, payload.pwb, hashOf))) return null;
-    return { sub: payload.sub, access: payload.access };
+    if (payload.rbt === true && payload.sub !== "")
+      return { service, claims: { sub: payload.sub, access: payload.access, robot: true }, exp, holds: always };
+    const { sub, pwb } = payload;
+    return {
+      service,
+      claims: { sub, access: payload.access },
+      exp,
+      holds:
+        sub === ""
+          ? always
+          : (hashOf) => {
+              // The binding of the user's hash now is usually known (passwordBinding): no await.
+              const hash = hashOf(sub);
+              const known = hash === undefined ? undefined : bindings.get(settings.key)?.get(`${sub}\0${hash}`);
+              return known !== undefined ? pwb === known : bindingHolds(settings.key, sub, pwb, hashOf);
+            },
+    };
   } catch {
     return null;
   }

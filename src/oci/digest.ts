@@ -20,8 +20,12 @@ function isSupportedAlgorithm(algorithm: string): algorithm is DigestAlgorithm {
   return Object.hasOwn(DigestAlgorithms, algorithm);
 }
 
+/** The digest nearly every request names: checked by one expression before the general grammar. */
+const SHA256_DIGEST = /^sha256:[a-f0-9]{64}$/;
+
 /** Parses a digest, or throws DIGEST_INVALID naming what is wrong with it. */
 export function parseDigest(text: string): Digest {
+  if (SHA256_DIGEST.test(text)) return { algorithm: "sha256", hex: text.slice(7), value: text };
   if (!DIGEST_GRAMMAR.test(text)) {
     throw new RegistryError("DIGEST_INVALID", "invalid digest", {
       digest: text,
@@ -52,10 +56,12 @@ export function looksLikeDigest(text: string): boolean {
   return text.includes(":");
 }
 
+const HEX_BYTES = Array.from({ length: 256 }, (_, byte) => byte.toString(16).padStart(2, "0"));
+
 export function toHex(bytes: ArrayBuffer | Uint8Array): string {
   const view = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
   let out = "";
-  for (const byte of view) out += byte.toString(16).padStart(2, "0");
+  for (let index = 0; index < view.length; index++) out += HEX_BYTES[view[index] ?? 0];
   return out;
 }
 

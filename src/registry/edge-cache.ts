@@ -44,13 +44,18 @@ async function timed<T>(operation: string, call: () => Promise<T>): Promise<T> {
 export class EdgeCache {
   constructor(private readonly options: EdgeCacheOptions) {}
 
-  /** A cache that does nothing (background work, tests of other layers). */
+  /** A cache that does nothing (background work, tests of other layers); it holds no state, so one serves all. */
   static bypass(): EdgeCache {
-    return new EdgeCache({ origin: null, maxBytes: 0, tagTtlSeconds: 0, waitUntil: () => undefined });
+    return BYPASS;
   }
 
   get enabled(): boolean {
     return this.options.origin !== null;
+  }
+
+  /** Whether tags' records are kept here (EDGE_TAG_TTL_SECONDS on a usable host). */
+  get keepsTags(): boolean {
+    return this.options.origin !== null && this.options.tagTtlSeconds > 0;
   }
 
   /** Whether a blob of this size is kept here (and so worth filling on a miss). */
@@ -175,3 +180,5 @@ export class EdgeCache {
     );
   }
 }
+
+const BYPASS = new EdgeCache({ origin: null, maxBytes: 0, tagTtlSeconds: 0, waitUntil: () => undefined });

@@ -127,13 +127,21 @@ export class Manifests {
     return record;
   }
 
+  /** `resolve` for a HEAD: a tag's digest, media type and size without its record's body (Tags.statAtEdge). */
+  private async resolveForStat(reference: Reference): Promise<TagRecord> {
+    if ("digest" in reference) return { digest: reference.digest };
+    const record = await this.tags.statAtEdge(reference.tag);
+    if (!record) throw new RegistryError("MANIFEST_UNKNOWN", undefined, { tag: reference.tag });
+    return record;
+  }
+
   /**
    * Size and media type without the bytes (HEAD). By tag, the tag record holds them (a
    * tag names a manifest its repository holds: tags.ts); by digest, the revision link and
    * the blob's descriptor, from KV at the edge.
    */
   async stat(reference: Reference, resolved?: TagRecord): Promise<{ digest: Digest; mediaType: string; size: number }> {
-    const record = resolved ?? (await this.resolve(reference));
+    const record = resolved ?? (await this.resolveForStat(reference));
     if (record.mediaType !== undefined && record.size !== undefined) {
       return { digest: record.digest, mediaType: record.mediaType, size: record.size };
     }

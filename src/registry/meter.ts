@@ -28,6 +28,16 @@ export type CacheOutcome = "hit" | "miss" | "bypass";
 const R2_CLASS_A = new Set(["put", "list", "createMultipartUpload", "uploadPart", "complete"]);
 const KV_WRITES = new Set(["put", "delete"]);
 
+const STORES: readonly Store[] = ["r2", "kv", "cache", "do", "upstream", "d1", "queue"];
+/** A store's metric when the request made no call to it. */
+const UNUSED = Object.fromEntries(STORES.map((store) => [store, `${store};dur=0.0;desc="0"`])) as Record<Store, string>;
+const UNUSED_CACHE = `cache;dur=0.0;desc="bypass"`;
+
+interface Watch {
+  deadline: number;
+  expire: () => void;
+}
+
 export class Meter {
   private readonly calls: Record<Store, number> = { r2: 0, kv: 0, cache: 0, do: 0, upstream: 0, d1: 0, queue: 0 };
   private readonly milliseconds: Record<Store, number> = {
@@ -51,6 +61,44 @@ export class Meter {
     if (store === "kv" && KV_WRITES.has(operation)) this.kvWrites += count;
   }
 
+  /** The storage calls waiting for an answer, each with its deadline (`watch`). */
+  private watches: Set<Watch> | undefined;
+  /** The earliest deadline a timer is set for (Infinity: none). */
+  private armedFor = Number.POSITIVE_INFINITY;
+
+  /**
+   * Calls `expire` if the returned function has not been called within `timeoutMs`: the
+   * storage seam's deadline for one call (storage.ts). All of a request's calls share one
+   * timer, set for the earliest deadline and never cleared (it outlives a request that
+   * ended, harmlessly): a timer set and cleared per call cost a small request more than its
+   * meter did. The meter is where this lives because it is the one object per request that
+   * every storage call already reaches.
+   */
+  watch(timeoutMs: number, expire: () => void): () => void {
+    const watch: Watch = { deadline: Date.now() + timeoutMs, expire };
+    (this.watches ??= new Set()).add(watch);
+    if (watch.deadline < this.armedFor) this.arm(watch.deadline);
+    return () => this.watches?.delete(watch);
+  }
+
+  private arm(deadline: number): void {
+    this.armedFor = deadline;
+    setTimeout(() => this.expireDue(), Math.max(0, deadline - Date.now()));
+  }
+
+  private expireDue(): void {
+    const now = Date.now();
+    this.armedFor = Number.POSITIVE_INFINITY;
+    let next = Number.POSITIVE_INFINITY;
+    for (const watch of this.watches ?? []) {
+      if (watch.deadline <= now) {
+        this.watches?.delete(watch);
+        watch.expire();
+      } else next = Math.min(next, watch.deadline);
+    }
+    if (next < this.armedFor) this.arm(next);
+  }
+
   /** What the edge cache did for this request; a hit anywhere wins over a miss. */
   cache(outcome: CacheOutcome): void {
     if (this.cacheOutcome === "hit") return;
@@ -64,9 +112,17 @@ export class Meter {
   }
 
   header(): string {
-    const metric = (store: Store) => `${store};dur=${this.milliseconds[store].toFixed(1)};desc="${this.calls[store]}"`;
+    // Most requests use one store or none: the others' metrics are the same text every time.
+    const metric = (store: Store) =>
+      this.calls[store] === 0 && this.milliseconds[store] === 0
+        ? UNUSED[store]
+        : `${store};dur=${this.milliseconds[store].toFixed(1)};desc="${this.calls[store]}"`;
     const parts = [metric("r2"), metric("kv")];
-    parts.push(`cache;dur=${this.milliseconds.cache.toFixed(1)};desc="${this.cacheOutcome ?? "bypass"}"`);
+    parts.push(
+      this.cacheOutcome === undefined && this.milliseconds.cache === 0
+        ? UNUSED_CACHE
+        : `cache;dur=${this.milliseconds.cache.toFixed(1)};desc="${this.cacheOutcome ?? "bypass"}"`,
+    );
     parts.push(metric("do"));
     // Requests to an upstream registry (mirrored names): only when there were any.
     if (this.calls.upstream > 0) parts.push(metric("upstream"));

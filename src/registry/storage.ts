@@ -29,12 +29,19 @@ function unavailable(operation: string, cause: unknown): RegistryError {
 }
 
 export function withTimeout<T>(promise: Promise<T>, operation: string, timeoutMs: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | null = null;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(unavailable(operation, `no answer in ${timeoutMs} ms`)), timeoutMs);
-  });
-  return Promise.race([promise, timeout]).finally(() => {
-    if (timer !== null) clearTimeout(timer);
+  // One promise and one timer per call (a race and a `finally` made three more promises).
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(unavailable(operation, `no answer in ${timeoutMs} ms`)), timeoutMs);
+    promise.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
   });
 }
 
@@ -47,51 +54,104 @@ function hasStorageCalls(value: unknown): value is object {
   return typeof value === "object" && value !== null && "uploadPart" in value && "complete" in value;
 }
 
+/** The methods that return a multipart upload (guarded in turn), and those whose body may be a stream. */
+const RETURNS_UPLOAD = new Set<PropertyKey>(["createMultipartUpload", "resumeMultipartUpload"]);
+const TAKES_BODY = new Set<PropertyKey>(["put", "uploadPart"]);
+
 /**
  * Wraps a binding so that every failure of a storage call surfaces as one typed,
  * retryable error (503 UNAVAILABLE with Retry-After) instead of an untyped exception
  * (which would be a 500), and so that no call can hang a request: the rule "a client
- * can retry every storage failure" lives here, not in every caller.
+ * can retry every storage failure" lives here, not in every caller. Each method's wrapper
+ * is made once per wrapped object, and a call costs one promise (its deadline shares the
+ * request's timer: Meter.watch).
  */
 function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: number): T {
-  const handler: ProxyHandler<T> = {
+  const wrappers = new Map<PropertyKey, unknown>();
+  const wrap = (method: (...args: unknown[]) => unknown, property: PropertyKey) => {
+    const operation = `${family}.${String(property)}`;
+    const name = String(property);
+    const returnsUpload = RETURNS_UPLOAD.has(property);
+    const takesBody = TAKES_BODY.has(property);
+    const failure = (error: unknown) => (error instanceof RegistryError ? error : unavailable(operation, error));
+    const answer = (resolved: unknown) =>
+      returnsUpload && hasStorageCalls(resolved) ? guarded(resolved, family, timeoutMs) : resolved;
+    return (...args: unknown[]): unknown => {
+      const started = performance.now();
+      let result: unknown;
+      try {
+        result = Reflect.apply(method, target, args) as unknown;
+      } catch (error) {
+        throw failure(error);
+      }
+      if (!(result instanceof Promise)) return answer(result);
+      // Streamed writes take as long as their body does: no timeout.
+      const timed = !(takesBody && args.some(isStream));
+      const call = result;
+      const meter = currentMeter();
+      return new Promise((resolve, reject) => {
+        let settled = false;
+        const settle = () => {
+          settled = true;
+          meter?.record(family, name, performance.now() - started);
+        };
+        const expire = () => {
+          if (settled) return;
+          settle();
+          reject(unavailable(operation, `no answer in ${timeoutMs} ms`));
+        };
+        // A request's calls share its meter's timer; background work (no meter) has its own.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        let answered: (() => void) | undefined;
+        if (timed && meter) answered = meter.watch(timeoutMs, expire);
+        else if (timed) timer = setTimeout(expire, timeoutMs);
+        call.then(
+          (resolved: unknown) => {
+            answered?.();
+            if (timer !== undefined) clearTimeout(timer);
+            if (settled) return;
+            settle();
+            resolve(answer(resolved));
+          },
+          (error: unknown) => {
+            answered?.();
+            if (timer !== undefined) clearTimeout(timer);
+            if (settled) return;
+            settle();
+            reject(failure(error));
+          },
+        );
+      });
+    };
+  };
+  return new Proxy(target, {
     get(object, property) {
       const value: unknown = Reflect.get(object, property, object);
       if (typeof value !== "function") return value;
-      const operation = `${family}.${String(property)}`;
-      return (...args: unknown[]): unknown => {
-        const started = performance.now();
-        let result: unknown;
-        try {
-          result = Reflect.apply(value, object, args) as unknown;
-        } catch (error) {
-          throw error instanceof RegistryError ? error : unavailable(operation, error);
-        }
-        if (!(result instanceof Promise)) return hasStorageCalls(result) ? guarded(result, family, timeoutMs) : result;
-        const settled = args.some(isStream) ? result : withTimeout(result, operation, timeoutMs);
-        const record = () => currentMeter()?.record(family, String(property), performance.now() - started);
-        return settled.then(
-          (resolved: unknown) => {
-            record();
-            return hasStorageCalls(resolved) ? guarded(resolved, family, timeoutMs) : resolved;
-          },
-          (error: unknown) => {
-            record();
-            throw error instanceof RegistryError ? error : unavailable(operation, error);
-          },
-        );
-      };
+      let wrapper = wrappers.get(property);
+      if (wrapper === undefined) {
+        wrapper = wrap(value as (...args: unknown[]) => unknown, property);
+        wrappers.set(property, wrapper);
+      }
+      return wrapper;
     },
-  };
-  return new Proxy(target, handler);
+  });
 }
+
+/** The guarded storage of each environment object, when no test hook is set (one per isolate). */
+const guardedStorage = new WeakMap<object, Storage>();
 
 /** The registry's storage over the Worker's bindings. */
 export function storageOf(env: Env): Storage {
+  const hooked = storageHooks.wrap !== undefined || storageHooks.timeoutMs !== undefined;
+  const known = hooked ? undefined : guardedStorage.get(env);
+  if (known) return known;
   const raw: Storage = { bucket: env.BLOBS, kv: env.META };
   const storage = storageHooks.wrap ? storageHooks.wrap(raw) : raw;
-  return {
+  const made = {
     bucket: guarded(storage.bucket, "r2", storageHooks.timeoutMs ?? STORAGE_TIMEOUT_MS),
     kv: guarded(storage.kv, "kv", storageHooks.timeoutMs ?? KV_TIMEOUT_MS),
   };
+  if (!hooked) guardedStorage.set(env, made);
+  return made;
 }

@@ -1,4 +1,4 @@
-import { parseDigest, type Digest } from "../oci/digest";
+import { digestOrNull, parseDigest, type Digest } from "../oci/digest";
 import { EdgeCache } from "./edge-cache";
 import { Paths } from "./paths";
 
@@ -61,6 +61,18 @@ export function tagSummaryOf(metadata: Record<string, string> | undefined): TagS
   return summary.size === undefined && summary.platforms === undefined ? undefined : summary;
 }
 
+/** Longest media type kept in a tag object's custom metadata (longer ones are read from the record). */
+const MEDIA_TYPE_METADATA_MAX = 255;
+
+/** A tag's digest, media type and manifest size from its object's custom metadata, or null when it lacks them. */
+function statOf(metadata: Record<string, string> | undefined): TagRecord | null {
+  if (metadata?.digest === undefined || metadata.mediaType === undefined || metadata.length === undefined) return null;
+  const size = Number(metadata.length);
+  const digest = digestOrNull(metadata.digest);
+  if (!digest || !/^\d+$/.test(metadata.length) || !Number.isSafeInteger(size)) return null;
+  return { digest, mediaType: metadata.mediaType, size };
+}
+
 /** A tag record's text: `{"digest","mediaType","size"}`, or (older records) the digest alone. Null if neither. */
 export function parseTagRecord(text: string): TagRecord | null {
   const trimmed = text.trim();
@@ -100,6 +112,15 @@ export function parseTagRecord(text: string): TagRecord | null {
  */
 function tagMetadata(record: TagRecord): Record<string, string> {
   const metadata: Record<string, string> = { digest: record.digest.value };
+  // And what a HEAD by tag answers with (statAtEdge), so it needs no body read.
+  if (
+    record.mediaType !== undefined &&
+    record.mediaType.length <= MEDIA_TYPE_METADATA_MAX &&
+    record.size !== undefined
+  ) {
+    metadata.mediaType = record.mediaType;
+    metadata.length = String(record.size);
+  }
   if (record.summary?.size !== undefined) metadata.size = String(record.summary.size);
   const platforms = platformsText(record.summary?.platforms ?? []);
   if (platforms !== "") metadata.platforms = platforms;
@@ -140,6 +161,19 @@ export class Tags {
     const object = await this.bucket.get(Paths.tag(this.name, tag));
     if (!object) return null;
     return parseTagRecord(await object.text());
+  }
+
+  /**
+   * What a HEAD by tag needs (the digest, the manifest's media type and size) as a pull
+   * sees it: one R2 head, from the tag object's custom metadata (written with the record
+   * since it carries them), no body read; a tag written before, or one this location's
+   * cache keeps (EDGE_TAG_TTL_SECONDS), as `resolveAtEdge` reads it.
+   */
+  async statAtEdge(tag: string): Promise<TagRecord | null> {
+    if (this.edge.keepsTags) return this.resolveAtEdge(tag);
+    const object = await this.bucket.head(Paths.tag(this.name, tag));
+    if (!object) return null;
+    return statOf(object.customMetadata) ?? this.resolve(tag);
   }
 
   /** The tag as a pull sees it: this location's cached record within the tag TTL, else R2. */

@@ -4,9 +4,17 @@ import { clientAddressOf } from "../auth/client-address";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
+import { hostnameOf, hostOf, originOf } from "../oci/request-url";
 import { readAtMost } from "../registry/bounded";
 import type { ChangeContext } from "../registry/changes";
-import { EdgeCache, MAX_PAGE, openRepository, openRequested, type Repository } from "../registry/registry";
+import {
+  EdgeCache,
+  MAX_PAGE,
+  openRepository,
+  openRequested,
+  type Repository,
+  type ResolveOptions,
+} from "../registry/registry";
 
 export type AppEnv = AuthEnv;
 export type AppContext = Context<AppEnv>;
@@ -141,10 +149,9 @@ export function waitUntil(c: AppContext, work: Promise<unknown>): void {
  */
 export function edgeCacheOf(c: AppContext): EdgeCache {
   const config = settingsOf(c.env);
-  const url = new URL(c.req.url);
-  const usable = config.edgeCacheEnabled && !url.hostname.endsWith(".workers.dev");
+  const usable = config.edgeCacheEnabled && !hostnameOf(c.req.url).endsWith(".workers.dev");
   return new EdgeCache({
-    origin: usable ? url.origin : null,
+    origin: usable ? originOf(c.req.url) : null,
     maxBytes: config.edgeCacheMaxBytes,
     tagTtlSeconds: config.edgeTagTtlSeconds,
     waitUntil: (work) => waitUntil(c, work),
@@ -153,13 +160,19 @@ export function edgeCacheOf(c: AppContext): EdgeCache {
 
 /** Ids made up for requests that came without a `CF-Ray` (locally): one per request, however often asked. */
 const madeUpIds = new WeakMap<Request, string>();
+/**
+ * A made-up id is this isolate's random prefix and a count (a random UUID per request cost
+ * more than the rest of making the context).
+ */
+let madeUp: { prefix: string; count: number } | undefined;
 
 function requestIdOf(request: Request): string {
   const ray = request.headers.get("CF-Ray");
   if (ray) return ray;
   let id = madeUpIds.get(request);
   if (!id) {
-    id = crypto.randomUUID();
+    madeUp ??= { prefix: crypto.randomUUID(), count: 0 };
+    id = `${madeUp.prefix}-${++madeUp.count}`;
     madeUpIds.set(request, id);
   }
   return id;
@@ -179,10 +192,8 @@ export function changeContextOf(c: AppContext): ChangeContext {
   if (address) context.address = address;
   const userAgent = c.req.header("User-Agent");
   if (userAgent) context.userAgent = userAgent;
-  // The origin the client addressed (for the links events carry), without parsing the URL.
-  const url = c.req.url;
-  const pathStart = url.indexOf("/", url.indexOf("//") + 2);
-  context.origin = pathStart < 0 ? url : url.slice(0, pathStart);
+  // The origin the client addressed (for the links events carry).
+  context.origin = originOf(c.req.url);
   return context;
 }
 
@@ -194,17 +205,15 @@ export function changeContextOf(c: AppContext): ChangeContext {
  * location's cache.
  */
 export function requestedRepository(c: AppContext, { edge = true } = {}): Repository {
-  const url = new URL(c.req.url);
-  const ns = url.searchParams.get("ns");
-  const repository = openRequested(c.env, c.req.param("name") ?? "", {
-    ...(edge ? { edge: edgeCacheOf(c) } : {}),
-    context: changeContextOf(c),
-    ...(ns ? { ns } : {}),
-    host: url.host,
-  });
+  const name = c.req.param("name") ?? "";
+  const options: ResolveOptions = { context: changeContextOf(c), host: hostOf(c.req.url) };
+  if (edge) options.edge = edgeCacheOf(c);
+  const ns = c.req.query("ns");
+  if (ns) options.ns = ns;
+  const repository = openRequested(c.env, name, options);
   const readOnly = repository.readOnlyReason();
   if (readOnly && c.req.method !== "GET" && c.req.method !== "HEAD") {
-    throw new RegistryError("DENIED", readOnly, { name: c.req.param("name") ?? "" });
+    throw new RegistryError("DENIED", readOnly, { name });
   }
   return repository;
 }

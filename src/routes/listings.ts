@@ -21,9 +21,21 @@ listingRoutes.get("/:name{.+}/tags/list", async (c) => {
   // Named as asked (a mirrored name's tags are listed under it, not the name stored as).
   const name = repositoryName(c);
   const repository = requestedRepository(c, { edge: false });
-  if (!(await repository.exists())) throw new RegistryError("NAME_UNKNOWN", undefined, { name });
-  const { n, last } = pageQuery(c);
-  const page = await repository.listTagsPage(n, last);
+  const unknown = () => new RegistryError("NAME_UNKNOWN", undefined, { name });
+  // Listed first: a repository with tags exists (its catalog entry is written before any
+  // link, and never removed), so only an empty page, or a failure, asks the catalog, which
+  // answers first as it always did (a name never pushed is a 404 whatever else is wrong).
+  let page: { tags: string[]; next?: string };
+  let n: number | undefined;
+  try {
+    const query = pageQuery(c);
+    n = query.n;
+    page = await repository.listTagsPage(n, query.last);
+  } catch (error) {
+    if (!(await repository.exists())) throw unknown();
+    throw error;
+  }
+  if (page.tags.length === 0 && !(await repository.exists())) throw unknown();
   if (page.next !== undefined) {
     c.header("Link", nextPageLink(`/v2/${name}/tags/list`, Math.min(MAX_PAGE, n ?? MAX_PAGE), page.next));
   }

@@ -52,7 +52,7 @@ function grantsFor(policy: Policy, user: string | null, scopes: string[], login?
 }
 
 async function refreshTokenFor(c: Context<AuthEnv>, policy: Policy, user: string): Promise<string> {
-  return issueRefreshToken(await tokenSettings(c), user, policy.users.get(user) ?? "");
+  return issueRefreshToken(tokenSettings(c), user, policy.users.get(user) ?? "");
 }
 
 function checkService(c: Context<AuthEnv>, service: string | undefined): void {
@@ -78,7 +78,7 @@ async function answer(
   login?: Login,
 ) {
   const policy = loadPolicy(c.env);
-  const settings = await tokenSettings(c);
+  const settings = tokenSettings(c);
   const robot = login && "robot" in login ? login.robot : undefined;
   if (robot) settings.accessTtlSeconds = robotTokenTerms(policy, robot).ttlSeconds(settings.accessTtlSeconds);
   const access = grantsFor(policy, user, scopes, login);
@@ -191,7 +191,7 @@ tokenRoutes.post("/", async (c) => {
   if (grantType === "refresh_token") {
     const presented = field("refresh_token") ?? "";
     // A refresh token outlives neither its user nor the user's password.
-    const user = await verifyRefreshToken(await tokenSettings(c), presented, (name) => policy.users.get(name));
+    const user = await verifyRefreshToken(tokenSettings(c), presented, (name) => policy.users.get(name));
     if (user === null) {
       throw new RegistryError("UNAUTHORIZED", "the refresh token is invalid, expired or for another service");
     }

@@ -51,7 +51,7 @@ export async function viewerOf(c: UiContext): Promise<Viewer> {
   let session: RefreshClaims | null = null;
   if (cookie && policy.mode === "enforced") {
     session = await refreshTokenClaims(
-      await tokenSettings(authContext(c)),
+      tokenSettings(authContext(c)),
       cookie,
       (name) => policy.users.get(name),
       "session",
@@ -120,7 +120,7 @@ export async function logIn(c: UiContext, user: string, password: string): Promi
   // Robots (src/auth/robots.ts) are for the API, not the pages.
   if (isRobotLogin(policy, user, password)) return false;
   if (policy.mode !== "enforced" || !(await verifyLogin(authContext(c), policy, user, password, "web"))) return false;
-  const token = await issueRefreshToken(await tokenSettings(authContext(c)), user, policy.users.get(user) ?? "", {
+  const token = await issueRefreshToken(tokenSettings(authContext(c)), user, policy.users.get(user) ?? "", {
     use: "session",
     ttlSeconds: SESSION_TTL_SECONDS,
   });

@@ -405,6 +405,21 @@ describe("tokens that must not work", () => {
     expect(challengeOf(refused).error).toBe("invalid_token");
   });
 
+  it("a token this isolate verified before still expires on time, and holds for its own service only", async () => {
+    const key = signingKey(authEnv);
+    const now = Math.floor(Date.now() / 1000);
+    // An anonymous token for what anonymous clients may pull (no password binding to check).
+    const access = [{ type: "repository", name: "public/app", actions: ["pull"] }];
+    const jwt = await sign({ iss: "edge-registry", sub: "", aud: SERVICE, nbf: now - 5, exp: now + 1, access }, key);
+    const pull = (base: string) => app.request(`${base}/v2/public/app/tags/list`, { headers: bearer(jwt) }, authEnv);
+    expect((await pull(BASE)).status).not.toBe(401);
+    // The same token sent to another host (another service, as AUTH_SERVICE is unset): refused.
+    expect(challengeOf(await pull("http://elsewhere.test")).error).toBe("invalid_token");
+    expect((await pull(BASE)).status).not.toBe(401);
+    await new Promise((resolve) => setTimeout(resolve, (now + 1) * 1000 - Date.now() + 50));
+    expect(challengeOf(await pull(BASE)).error).toBe("invalid_token");
+  });
+
   it("an access token dies with its user, and a user re-created later does not revive it", async () => {
     const answer = await token("ci", "ci-pw", "repository:team/app:pull");
     const request = (bindings: Env) =>

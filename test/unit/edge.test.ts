@@ -184,6 +184,35 @@ describe("manifests at the edge", () => {
     expect(new Uint8Array(await warm.arrayBuffer())).toEqual(image.bytes);
   });
 
+  it("a HEAD by tag reads the tag object's metadata: one R2 head, no body", async () => {
+    const image = await pushImage("edge/head-by-tag", "v1");
+    const storage = installStorage();
+    const head = await registry("/v2/edge/head-by-tag/manifests/v1", { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(head.headers.get("Docker-Content-Digest")).toBe(image.digest);
+    expect(head.headers.get("Content-Type")).toBe(MediaTypes.ociManifest);
+    expect(head.headers.get("Content-Length")).toBe(String(image.size));
+    expect(timing(head)).toMatchObject({ r2: 1, kv: 0 });
+    expect(storage.log.map((call) => `${call.store}.${call.method}`)).toEqual(["r2.head"]);
+  });
+
+  it("a HEAD by tag of a tag written without that metadata reads its record", async () => {
+    const image = await pushImage("edge/head-old-tag", "v1");
+    const key = "repositories/edge/head-old-tag/_manifests/tags/v1";
+    const record = await (await env.BLOBS.get(key))?.text();
+    // As tags were written before: the record, and the digest alone in the metadata.
+    await env.BLOBS.put(key, record ?? "", { customMetadata: { digest: image.digest } });
+    const head = await registry("/v2/edge/head-old-tag/manifests/v1", { method: "HEAD" });
+    expect(head.status).toBe(200);
+    expect(head.headers.get("Docker-Content-Digest")).toBe(image.digest);
+    expect(head.headers.get("Content-Length")).toBe(String(image.size));
+    // The oldest records name the digest alone: the revision link has the rest.
+    await env.BLOBS.put(key, image.digest, { customMetadata: { digest: image.digest } });
+    const oldest = await registry("/v2/edge/head-old-tag/manifests/v1", { method: "HEAD" });
+    expect(oldest.headers.get("Content-Type")).toBe(MediaTypes.ociManifest);
+    expect(oldest.headers.get("Content-Length")).toBe(String(image.size));
+  });
+
   it("a manifest too large to ride along (over 64 KiB) is served from the cache once warm", async () => {
     const name = "edge/large-manifest";
     const manifest = { ...(await imageManifest(name)), annotations: { padding: "x".repeat(70_000) } };

@@ -35,8 +35,18 @@ describe("GET /v2/<name>/tags/list", () => {
     expect(await response.json()).toEqual({ name, tags: SORTED });
   });
 
-  it("returns 404 NAME_UNKNOWN for a repository never pushed", async () => {
+  it("returns 404 NAME_UNKNOWN for a repository never pushed, whatever its query says", async () => {
     await expectError(await registry("/v2/tags/never-pushed/tags/list"), 404, "NAME_UNKNOWN");
+    await expectError(await registry("/v2/tags/never-pushed/tags/list?n=abc"), 404, "NAME_UNKNOWN");
+    await expectError(await registry("/v2/tags/never-pushed/tags/list?last=zzz"), 404, "NAME_UNKNOWN");
+  });
+
+  it("reads one R2 listing for a repository with tags (no catalog read)", async () => {
+    const name = "tags/one-read";
+    await tagRepository(name, ["v1"]);
+    const response = await registry(`/v2/${name}/tags/list`);
+    expect(await response.json()).toEqual({ name, tags: ["v1"] });
+    expect(response.headers.get("Server-Timing")).toMatch(/^r2;dur=[\d.]+;desc="1",/);
   });
 
   it("does not list another repository's tags, even one whose name extends this one", async () => {
