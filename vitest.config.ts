@@ -41,9 +41,10 @@ export default defineConfig({
     // CI machines are slower than this one and shared: tests moving MiBs through the
     // local simulators must not fail on a loaded machine for taking 5 s.
     testTimeout: 30_000,
-    // Two test files at once (vitest's default is one fewer than the cores: one here). The
-    // files wait on workerd's simulators much of the time: on this 2-core machine the unit
-    // suite took 86–107 s instead of ~180 s, with the same results (3 runs).
-    maxWorkers: 2,
+    // Three test files at once on this 2-core machine (vitest's default is one fewer than
+    // the cores: one here). The files wait on workerd's simulators much of the time: the
+    // unit suite took ~180 s with 1, 148–190 s with 2, and 100–135 s with 3 (4: 137–140 s),
+    // with the same results (a machine shared with other test runs: load 2.5–4).
+    maxWorkers: 3,
   },
 });
