@@ -92,7 +92,8 @@ import {
 } from "node:fs";
 import { createRequire } from "node:module";
 import { loadavg } from "node:os";
-import { basename, join, resolve } from "node:path";
+import { gzipSync } from "node:zlib";
+import { basename, dirname, join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import bcrypt from "bcryptjs";
 import { freePort } from "../scripts/lib/free-port.mjs";
@@ -290,7 +291,10 @@ async function startServer({ name, command, args, env, cwd, ready }) {
       );
     }
     try {
+      const started = performance.now();
       const answer = await ready(url);
+      // The first request the server answered at all: what its first request costs after a start.
+      server.firstRequestMs ??= performance.now() - started;
       if (answer === true) break;
       lastError = answer;
     } catch (error) {
@@ -298,6 +302,9 @@ async function startServer({ name, command, args, env, cwd, ready }) {
     }
     await delay(250);
   }
+  const started = performance.now();
+  await ready(url);
+  server.nextRequestMs = performance.now() - started;
   return server;
 }
 
@@ -763,6 +770,24 @@ function saveProfile(dir, target, kind, round, profile) {
 // ---------------------------------------------------------------------------------------
 // A round: every target started, seeded and measured in turn.
 
+/**
+ * The bundle workerd runs (`path`, the script; its folder holds the modules beside it, the
+ * Wasm ones too) in bytes and gzipped (level 9, as an upload is measured), or undefined.
+ */
+function bundleSizes(path) {
+  if (!path || !existsSync(path)) return undefined;
+  const folder = dirname(path);
+  const files = readdirSync(folder).filter((name) => /\.(m?js|wasm)$/.test(name));
+  let bytes = 0;
+  let gzipped = 0;
+  for (const name of files) {
+    const content = readFileSync(join(folder, name));
+    bytes += content.length;
+    gzipped += gzipSync(content, { level: 9 }).length;
+  }
+  return { bytes, gzipped, files: files.length };
+}
+
 /** Starts a target and pushes the bench image: { target, server, image, sections, inspectorPort }. */
 async function prepare(target, options, results) {
   const inspectorPort = options.profile ? await freePort() : undefined;
@@ -774,7 +799,13 @@ async function prepare(target, options, results) {
     const pushAuthorization = await target.authorization(server, "pull,push");
     const image = await pushImage(server, pushAuthorization);
     for (const [name, timing] of Object.entries(image.timings)) results.timing(target, name, timing);
-    const sections = options.profile ? bundleSections(target.bundle(server)) : [];
+    const bundle = target.bundle(server);
+    results.start(target, {
+      firstMs: server.firstRequestMs,
+      nextMs: server.nextRequestMs,
+      bundle: bundleSizes(bundle),
+    });
+    const sections = options.profile ? bundleSections(bundle) : [];
     return { target, server, image, sections, inspectorPort };
   } catch (error) {
     await server.stop();
@@ -876,6 +907,7 @@ function collector(targets) {
   const runs = new Map(); // target label -> kind -> [{ workerdUs, nodeUs, rate }]
   const timings = new Map(); // request -> target label -> Set of Server-Timing texts
   const profiles = new Map(); // target label -> kind -> { self: Map, busy, requests }
+  const starts = new Map(); // target label -> [{ firstMs, nextMs, bundle }]
   const order = [];
   return {
     targets,
@@ -883,6 +915,11 @@ function collector(targets) {
     timings,
     profiles,
     timingOrder: order,
+    starts,
+    start(target, figures) {
+      if (!starts.has(target.label)) starts.set(target.label, []);
+      starts.get(target.label).push(figures);
+    },
     run(target, kind, figures) {
       if (!runs.has(target.label)) runs.set(target.label, new Map());
       const byKind = runs.get(target.label);
@@ -965,6 +1002,28 @@ function report(results, options, kinds) {
     return row;
   });
   lines.push(markdownTable(summaryHeader, summaryRows));
+
+  lines.push(
+    "\n### After a start: the first request the server answers (the readiness probe: ours `GET /v2/` without credentials, 401; SR's with them, 200) and the next, ms; the bundle workerd runs\n",
+  );
+  const startRows = targets.map((target) => {
+    const all = results.starts.get(target.label) ?? [];
+    const bundle = all.find((figures) => figures.bundle)?.bundle;
+    const kib = (bytes) => (bytes / 1024).toFixed(1);
+    return [
+      target.label,
+      all.map((figures) => figures.firstMs?.toFixed(1) ?? "–").join(" / "),
+      all.map((figures) => figures.nextMs?.toFixed(1) ?? "–").join(" / "),
+      bundle ? `${kib(bundle.bytes)} KiB in ${bundle.files} files` : "–",
+      bundle ? `${kib(bundle.gzipped)} KiB` : "–",
+    ];
+  });
+  lines.push(
+    markdownTable(
+      ["target", "first request ms (each round)", "next request ms", "bundle", "bundle gzipped"],
+      startRows,
+    ),
+  );
 
   lines.push("\n### Server-Timing per request (storage calls: `desc` of each metric; every round's, if they differ)\n");
   const timed = targets.filter((target) => target.sendsServerTiming);

@@ -5,7 +5,7 @@ import { TrieRouter } from "hono/router/trie-router";
 import { auditExtension } from "./audit/audit";
 import { authorize } from "./auth/authorize";
 import { RegistryError } from "./oci/errors";
-import { rawPathOf } from "./oci/request-url";
+import { rawPathOf, requestUrl } from "./oci/request-url";
 import { mirrorResolver } from "./mirror/mirrored-repository";
 import { Meter, runMetered } from "./registry/meter";
 import { addSeamExtension } from "./registry/changes";
@@ -69,7 +69,7 @@ const api: MiddlewareHandler<AppEnv> = (c, next) => {
   c.header("Docker-Distribution-API-Version", "registry/2.0");
   // Names, tags and digests never contain '%': a percent-encoded path (`%2F`, `%2E%2E`)
   // is an attempt to smuggle characters past the grammar, so refuse it up front.
-  if (rawPathOf(c.req.url).includes("%")) {
+  if (rawPathOf(requestUrl(c.req.raw)).includes("%")) {
     throw new RegistryError("NAME_INVALID", "percent-encoded characters are not allowed in names or references");
   }
   // Called here rather than as a middleware of its own: one step less for every request.

@@ -2,8 +2,8 @@ import type { Context, MiddlewareHandler } from "hono";
 import { mirroredName } from "../settings/upstreams";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
-import { formatScope, needOf, resourceKey, type Action, type Resource } from "../oci/access";
-import { hostOf, originOf } from "../oci/request-url";
+import { formatScope, needOf, resourceKey, type Action, type Need, type Resource } from "../oci/access";
+import { hostOf, originOf, queryParameter, requestUrl } from "../oci/request-url";
 import type { AuthEnv, RequestActor } from "./context";
 import { verifyLogin } from "./logins";
 import { isOidcLogin, oidcActorName, oidcAllowed, oidcLogin, matchingRules } from "./oidc";
@@ -34,7 +34,7 @@ type Identity =
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
-  return settingsOf(c.env).tokens.service ?? hostOf(c.req.url);
+  return settingsOf(c.env).tokens.service ?? hostOf(requestUrl(c.req.raw));
 }
 
 export function tokenSettings(c: Context<AuthEnv>): TokenSettings {
@@ -54,7 +54,7 @@ export function loadPolicy(env: Env): Policy {
 }
 
 function challenge(c: Context<AuthEnv>, scope?: string, error?: "invalid_token" | "insufficient_scope"): string {
-  const realm = settingsOf(c.env).tokens.realm ?? `${originOf(c.req.url)}/token`;
+  const realm = settingsOf(c.env).tokens.realm ?? `${originOf(requestUrl(c.req.raw))}/token`;
   let value = `Bearer realm="${realm}",service="${serviceOf(c)}"`;
   if (scope) value += `,scope="${scope}"`;
   if (error) value += `,error="${error}"`;
@@ -74,34 +74,37 @@ function unauthorized(
   return new RegistryError("UNAUTHORIZED", message, detail, { "WWW-Authenticate": challenge(c, scope, error) });
 }
 
-async function identify(c: Context<AuthEnv>, policy: Policy, scope?: string): Promise<Identity> {
+/** `scope`: the scope a challenge names, made only for one (most requests need none). */
+async function identify(c: Context<AuthEnv>, policy: Policy, scopeOf: () => string | undefined): Promise<Identity> {
   const header = c.req.header("Authorization");
   if (!header) return { kind: "anonymous" };
   const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
   if (bearer) {
     const claims = await verifyAccessToken(tokenSettings(c), bearer, (name) => policy.users.get(name));
-    if (!claims) throw unauthorized(c, "the token is invalid, expired or for another service", scope, "invalid_token");
+    if (!claims)
+      throw unauthorized(c, "the token is invalid, expired or for another service", scopeOf(), "invalid_token");
     const grants = grantsOf(claims);
     if (claims.oidc)
       return { kind: "oidc", oidc: claims.oidc, rules: matchingRules(settingsOf(c.env).oidc, claims.oidc), grants };
     // A robot's token holds while its robot does: revoked or expired, it is refused (robots.ts).
     const robot = claims.robot ? await robotNamed(c.env, claims.sub) : undefined;
-    if (robot === null) throw unauthorized(c, "the robot token was revoked or has expired", scope, "invalid_token");
+    if (robot === null) throw unauthorized(c, "the robot token was revoked or has expired", scopeOf(), "invalid_token");
     if (robot) touchRobot(c.env, robot, waitUntilOf(c));
     return { kind: "token", user: claims.sub === "" ? null : claims.sub, grants, claims, ...(robot ? { robot } : {}) };
   }
   const credentials = basicCredentials(header);
   if (credentials && isOidcLogin(c, credentials.user)) {
     const login = await oidcLogin(c, credentials.password, "basic");
-    if (!login) throw unauthorized(c, "the ID token is invalid or expired, or no OIDC_TRUST rule matches it", scope);
+    if (!login)
+      throw unauthorized(c, "the ID token is invalid or expired, or no OIDC_TRUST rule matches it", scopeOf());
     return { kind: "oidc", oidc: login.oidc, rules: login.rules, grants: null };
   }
   if (!credentials || !(await verifyLogin(c, policy, credentials.user, credentials.password, "basic"))) {
-    throw unauthorized(c, "incorrect username or password", scope);
+    throw unauthorized(c, "incorrect username or password", scopeOf());
   }
   if (isRobotLogin(policy, credentials.user, credentials.password)) {
     const robot = await checkRobotSecret(c.env, credentials.user, credentials.password);
-    if (!robot) throw unauthorized(c, "incorrect username or password", scope);
+    if (!robot) throw unauthorized(c, "incorrect username or password", scopeOf());
     touchRobot(c.env, robot, waitUntilOf(c));
     return { kind: "user", user: credentials.user, robot };
   }
@@ -148,7 +151,7 @@ function actorOf(identity: Identity): RequestActor {
 
 /** The resource the rules judge: with `?ns=` naming an upstream, the mirrored name's stored one. */
 function nsSubject(c: Context<AuthEnv>, resource: Resource): Resource {
-  const ns = c.req.query("ns");
+  const ns = queryParameter(requestUrl(c.req.raw), "ns");
   if (!ns || resource.type !== "repository") return resource;
   try {
     const mirrored = mirroredName(settingsOf(c.env).mirrors, resource.name, ns);
@@ -169,7 +172,7 @@ const granted = new WeakMap<Policy, WeakMap<AccessClaims, Set<string>>>();
 const GRANTED_MAX = 64;
 
 function grantedKey(c: Context<AuthEnv>): string {
-  return `${c.req.method} ${c.req.path} ${c.req.query("ns") ?? ""}`;
+  return `${c.req.method} ${c.req.path} ${queryParameter(requestUrl(c.req.raw), "ns") ?? ""}`;
 }
 
 function grantedBefore(policy: Policy, identity: Identity, c: Context<AuthEnv>): boolean {
@@ -201,11 +204,18 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
     return next();
   }
   // The path as sent: one with percent-encoding was refused before (app.ts), so Hono's is it.
-  const need = needOf(c.req.method, c.req.path);
-  const scope = typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
-  const identity = policy.mode === "enforced" ? await identify(c, policy, scope) : { kind: "anonymous" as const };
+  let known: Need | undefined;
+  const needed = () => (known ??= needOf(c.req.method, c.req.path));
+  const scopeOf = () => {
+    const need = needed();
+    return typeof need === "object" ? formatScope(need.resource, need.actions) : undefined;
+  };
+  const identity = policy.mode === "enforced" ? await identify(c, policy, scopeOf) : { kind: "anonymous" as const };
   c.set("can", (resource, action) => permitted(policy, identity, resource).has(action));
   c.set("actor", actorOf(identity));
+  // A request this token was allowed to make before (grantedBefore) needs no judging again.
+  if (grantedBefore(policy, identity, c)) return next();
+  const need = needed();
   if (need === "nothing") return next();
   if (need === "base") {
     // `docker login` learns where to get a token here.
@@ -216,7 +226,6 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   }
   // The rules apply to what is read: containerd's `?ns=` can make a name a mirrored one,
   // stored under another name (src/settings/upstreams.ts); the token's grant is for the name asked.
-  if (grantedBefore(policy, identity, c)) return next();
   const subject = nsSubject(c, need.resource);
   const allowed = permitted(policy, identity, need.resource, subject);
   if (need.actions.every((action) => allowed.has(action))) {
@@ -229,12 +238,12 @@ export const authorize: MiddlewareHandler<AuthEnv> = async (c, next) => {
   }
   // Nobody in particular (no credentials, or an anonymous token): logging in may help.
   const anonymous = identity.kind === "anonymous" || (identity.kind === "token" && identity.user === null);
-  if (anonymous) throw unauthorized(c, "authentication required", scope);
+  if (anonymous) throw unauthorized(c, "authentication required", scopeOf());
   if (identity.kind === "token" || (identity.kind === "oidc" && identity.grants !== null)) {
     const couldHave = couldDo(policy, identity, subject);
     if (need.actions.every((action) => couldHave.has(action))) {
-      throw unauthorized(c, "the token does not grant this", scope, "insufficient_scope");
+      throw unauthorized(c, "the token does not grant this", scopeOf(), "insufficient_scope");
     }
   }
-  throw new RegistryError("DENIED", undefined, { scope });
+  throw new RegistryError("DENIED", undefined, { scope: scopeOf() });
 };

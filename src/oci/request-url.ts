@@ -6,6 +6,27 @@
  * the form `URL` produces.
  */
 
+/** Each request's URL string, read from the runtime once: every read of `request.url` makes a new string. */
+const urls = new WeakMap<Request, string>();
+
+/** `request.url`, read once per request. */
+export function requestUrl(request: Request): string {
+  let url = urls.get(request);
+  if (url === undefined) {
+    url = request.url;
+    urls.set(request, url);
+  }
+  return url;
+}
+
+/** The query parameter `name` of `url` (as URLSearchParams decodes it), without parsing a URL that has no query. */
+export function queryParameter(url: string, name: string): string | undefined {
+  const query = url.indexOf("?");
+  if (query < 0) return undefined;
+  const fragment = url.indexOf("#", query);
+  return new URLSearchParams(url.slice(query + 1, fragment < 0 ? url.length : fragment)).get(name) ?? undefined;
+}
+
 /** Index of the path's `/` (the URL's length when it has no path). */
 function pathStart(url: string): number {
   const scheme = url.indexOf("//");

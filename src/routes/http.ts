@@ -4,7 +4,7 @@ import { clientAddressOf } from "../auth/client-address";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
-import { hostnameOf, hostOf, originOf } from "../oci/request-url";
+import { hostnameOf, hostOf, originOf, queryParameter, requestUrl } from "../oci/request-url";
 import { readAtMost } from "../registry/bounded";
 import type { ChangeContext } from "../registry/changes";
 import {
@@ -149,9 +149,10 @@ export function waitUntil(c: AppContext, work: Promise<unknown>): void {
  */
 export function edgeCacheOf(c: AppContext): EdgeCache {
   const config = settingsOf(c.env);
-  const usable = config.edgeCacheEnabled && !hostnameOf(c.req.url).endsWith(".workers.dev");
+  const url = requestUrl(c.req.raw);
+  const usable = config.edgeCacheEnabled && !hostnameOf(url).endsWith(".workers.dev");
   return new EdgeCache({
-    origin: usable ? originOf(c.req.url) : null,
+    origin: usable ? originOf(url) : null,
     maxBytes: config.edgeCacheMaxBytes,
     tagTtlSeconds: config.edgeTagTtlSeconds,
     waitUntil: (work) => waitUntil(c, work),
@@ -193,7 +194,7 @@ export function changeContextOf(c: AppContext): ChangeContext {
   const userAgent = c.req.header("User-Agent");
   if (userAgent) context.userAgent = userAgent;
   // The origin the client addressed (for the links events carry).
-  context.origin = originOf(c.req.url);
+  context.origin = originOf(requestUrl(c.req.raw));
   return context;
 }
 
@@ -206,9 +207,10 @@ export function changeContextOf(c: AppContext): ChangeContext {
  */
 export function requestedRepository(c: AppContext, { edge = true } = {}): Repository {
   const name = c.req.param("name") ?? "";
-  const options: ResolveOptions = { context: changeContextOf(c), host: hostOf(c.req.url) };
+  const url = requestUrl(c.req.raw);
+  const options: ResolveOptions = { context: changeContextOf(c), host: hostOf(url) };
   if (edge) options.edge = edgeCacheOf(c);
-  const ns = c.req.query("ns");
+  const ns = queryParameter(url, "ns");
   if (ns) options.ns = ns;
   const repository = openRequested(c.env, name, options);
   const readOnly = repository.readOnlyReason();
