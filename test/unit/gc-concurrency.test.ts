@@ -100,9 +100,12 @@ describe("garbage collection against concurrent writers", () => {
     transport.direct = false;
   });
 
+  // ~50 s alone (a collection run per step, ~16 steps); the timeout only guards against a
+  // hang: on a machine loaded by other test runs this took over 120 s (as the fault loops,
+  // test/unit/faults-*.test.ts, which have 300 s).
   it(
     "a push, a mount, a manifest PUT and an index PUT before any step of a run keep their images whole",
-    { timeout: 120_000 },
+    { timeout: 300_000 },
     async () => {
       let steps = Infinity;
       // Each iteration injects the three writers (each with an image of its own) before
