@@ -61,7 +61,7 @@
 // node front: no proxy hop (the front's node process competes for the same cores). It
 // does not skip a Worker's local-only check of the front's secret (LOCAL_FRONT_SECRET,
 // since 02c4812): Miniflare's entry worker sets CF-Connecting-IP on every request, so
-// the Worker still rebuilds each request, without the address.
+// the Worker still checks each request (and believes no address).
 //
 // --only KINDS measures a subset (head-manifest, get-manifest, head-blob, tags-list, and
 // get-manifest-tag, which runs only when named): more and shorter rounds of one kind

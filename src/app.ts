@@ -1,6 +1,4 @@
 import { Hono, type MiddlewareHandler } from "hono";
-import { RegExpRouter } from "hono/router/reg-exp-router";
-import { SmartRouter } from "hono/router/smart-router";
 import { TrieRouter } from "hono/router/trie-router";
 import { auditExtension } from "./audit/audit";
 import { authorize } from "./auth/authorize";
@@ -46,10 +44,10 @@ addSeamExtension(eventsExtension);
 // web pages show it, and retention's `pulledWithin` removes tags nobody pulls.
 addSeamExtension(pullRecordsExtension);
 
-// Hono's own router (the default), remembering its matches per isolate (routes/remembering-router.ts).
-export const app = new Hono<AppEnv>({
-  router: new RememberingRouter(new SmartRouter({ routers: [new RegExpRouter(), new TrieRouter()] })),
-});
+// Hono's trie router, remembering its matches per isolate (routes/remembering-router.ts). Not
+// Hono's default SmartRouter: it would first build a RegExpRouter, which refuses the API's
+// `:name{.+}` routes, at the first request, and then use a TrieRouter anyway.
+export const app = new Hono<AppEnv>({ router: new RememberingRouter(new TrieRouter()) });
 
 /** Every answer says what it cost in storage calls (Server-Timing; see registry/meter.ts). */
 app.use("*", async (c, next) => {
