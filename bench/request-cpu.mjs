@@ -343,6 +343,9 @@ function workerdEntryUrl(server) {
 }
 
 function shortCommit(dir) {
+  // A checkout that is not a repository of its own (an exported tree inside another): no commit.
+  const top = commandLine("git", ["-C", dir, "rev-parse", "--show-toplevel"]);
+  if (!top || resolve(top) !== resolve(dir)) return "?";
   const commit = commandLine("git", ["-C", dir, "rev-parse", "--short", "HEAD"]) || "?";
   const dirty = commandLine("git", ["-C", dir, "status", "--porcelain", "--", "src"]);
   return `${commit}${dirty ? "+dirty" : ""}`;

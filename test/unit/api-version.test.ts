@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { expectError, registry } from "./helpers";
+import { expectError, pushImage, registry } from "./helpers";
 
 describe("GET /v2/ (API version check)", () => {
   it("answers 200 with a JSON body and Docker-Distribution-API-Version: registry/2.0", async () => {
@@ -21,6 +21,29 @@ describe("every /v2 response", () => {
     const response = await registry("/v2/no-such-repo/blobs/sha256:" + "0".repeat(64));
     expect(response.headers.get("Docker-Distribution-API-Version")).toBe("registry/2.0");
     await expectError(response, 404, "BLOB_UNKNOWN");
+  });
+
+  it("carries the API version header and Server-Timing on every pull's answer", async () => {
+    const image = await pushImage("api-version/pulls", "v1");
+    const manifest = JSON.parse(new TextDecoder().decode(image.bytes)) as { layers: { digest: string }[] };
+    const layer = manifest.layers[0]?.digest ?? "";
+    const answers = [
+      await registry("/v2/api-version/pulls/manifests/v1", { method: "HEAD" }),
+      await registry("/v2/api-version/pulls/manifests/v1"),
+      await registry(`/v2/api-version/pulls/manifests/${image.digest}`, {
+        headers: { "If-None-Match": `"${image.digest}"` },
+      }),
+      await registry(`/v2/api-version/pulls/blobs/${layer}`, { method: "HEAD" }),
+      await registry(`/v2/api-version/pulls/blobs/${layer}`),
+      await registry(`/v2/api-version/pulls/blobs/${layer}`, { headers: { Range: "bytes=0-0" } }),
+      await registry("/v2/api-version/pulls/tags/list"),
+    ];
+    expect(answers.map((answer) => answer.status)).toEqual([200, 200, 304, 200, 200, 206, 200]);
+    for (const answer of answers) {
+      expect(answer.headers.get("Docker-Distribution-API-Version")).toBe("registry/2.0");
+      expect(answer.headers.get("Server-Timing")).toMatch(/^r2;dur=/);
+      await answer.arrayBuffer();
+    }
   });
 
   it("answers an unknown endpoint with an OCI error JSON and 404", async () => {
