@@ -1,11 +1,11 @@
-import { Hono, type MiddlewareHandler } from "hono";
+import { Hono, type ErrorHandler, type MiddlewareHandler, type NotFoundHandler } from "hono";
 import { TrieRouter } from "hono/router/trie-router";
 import { auditExtension } from "./audit/audit";
 import { authorize } from "./auth/authorize";
 import { RegistryError } from "./oci/errors";
 import { rawPathOf, requestUrl } from "./oci/request-url";
 import { mirrorResolver } from "./mirror/mirrored-repository";
-import { Meter, runMetered } from "./registry/meter";
+import { Meter, runMetered, withMeter } from "./registry/meter";
 import { addSeamExtension } from "./registry/changes";
 import { pullRecordsExtension } from "./registry/pull-recorder";
 import { addRepositoryResolver } from "./registry/registry";
@@ -17,6 +17,7 @@ import { adminAuditRoutes } from "./routes/admin-audit";
 import { adminDeliveryRoutes } from "./routes/admin-deliveries";
 import { adminTokenRoutes } from "./routes/admin-tokens";
 import { blobRoutes } from "./routes/blobs";
+import { dispatcher } from "./routes/dispatch";
 import type { AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
 import { manifestRoutes } from "./routes/manifests";
@@ -49,22 +50,8 @@ addSeamExtension(pullRecordsExtension);
 // `:name{.+}` routes, at the first request, and then use a TrieRouter anyway.
 export const app = new Hono<AppEnv>({ router: new RememberingRouter(new TrieRouter()) });
 
-/** Every answer says what it cost in storage calls (Server-Timing; see registry/meter.ts). */
-app.use("*", async (c, next) => {
-  const meter = new Meter();
-  await runMetered(meter, next);
-  try {
-    c.res.headers.set("Server-Timing", meter.header());
-  } catch {
-    // An answer with immutable headers (one passed through from the cache): copy it.
-    c.res = new Response(c.res.body, c.res);
-    c.res.headers.set("Server-Timing", meter.header());
-  }
-});
-
-/** What every API request meets before its route: the API's version header, the path's check, then authorization. */
+/** What every API request meets before its route: the path's check, then authorization (its answer gets the API's version header: app.fetch below). */
 const api: MiddlewareHandler<AppEnv> = (c, next) => {
-  c.header("Docker-Distribution-API-Version", "registry/2.0");
   // Names, tags and digests never contain '%': a percent-encoded path (`%2F`, `%2E%2E`)
   // is an attempt to smuggle characters past the grammar, so refuse it up front.
   if (rawPathOf(requestUrl(c.req.raw)).includes("%")) {
@@ -95,11 +82,11 @@ app.route("/_admin", adminTokenRoutes);
 app.route("/", uiRoutes);
 app.route("/token", tokenRoutes);
 
-app.notFound(() => {
+const notFound: NotFoundHandler<AppEnv> = () => {
   throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);
-});
+};
 
-app.onError((error, c) => {
+const onError: ErrorHandler<AppEnv> = (error, c) => {
   const registryError =
     error instanceof RegistryError ? error : new RegistryError("UNKNOWN", "internal error", { cause: String(error) });
   if (!(error instanceof RegistryError)) console.error("unhandled error", error);
@@ -108,4 +95,47 @@ app.onError((error, c) => {
   c.header("Content-Type", "application/json");
   const status = registryError.status as 400;
   return c.req.method === "HEAD" ? c.body(null, status) : c.body(JSON.stringify(registryError.toJSON()), status);
-});
+};
+
+app.notFound(notFound);
+app.onError(onError);
+
+const dispatch = dispatcher(app, onError, notFound);
+
+/** `/v2` and everything under it: the answers that carry the API's version header. */
+function isApiPath(request: Request): boolean {
+  const path = rawPathOf(requestUrl(request));
+  return path.startsWith("/v2/") || path === "/v2";
+}
+
+/**
+ * Every request, `app.request` in tests included: the app's routes (routes/dispatch.ts).
+ * Every answer says what it cost in storage calls (Server-Timing; see registry/meter.ts),
+ * and every API answer, errors included, which API it is (`Docker-Distribution-API-Version`),
+ * both set on the answer as made, not on headers copied into it.
+ */
+app.fetch = async (...[request, env, executionCtx]: Parameters<typeof app.fetch>) => {
+  const meter = new Meter();
+  // The request's code finds its meter on its env (registry/meter.ts). A request that may
+  // change something also runs in it: the change seam's policies and listeners are kept
+  // per isolate and find it there (a GET or HEAD changes nothing, and skips that cost).
+  const scoped = withMeter(env ?? {}, meter);
+  const method = request.method;
+  const response =
+    method === "GET" || method === "HEAD"
+      ? await dispatch(request, scoped, executionCtx)
+      : await runMetered(meter, () => dispatch(request, scoped, executionCtx));
+  const api = isApiPath(request);
+  try {
+    const headers = response.headers;
+    headers.set("Server-Timing", meter.header());
+    if (api) headers.set("Docker-Distribution-API-Version", "registry/2.0");
+    return response;
+  } catch {
+    // An answer with immutable headers (one passed through from the cache): copy it.
+    const copy = new Response(response.body, response);
+    copy.headers.set("Server-Timing", meter.header());
+    if (api) copy.headers.set("Docker-Distribution-API-Version", "registry/2.0");
+    return copy;
+  }
+};

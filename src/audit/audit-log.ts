@@ -1,7 +1,6 @@
 import type { RegistryEvent } from "../events/event";
-import { RegistryError, unavailable } from "../oci/errors";
-import { metered } from "../registry/meter";
-import { withTimeout } from "../registry/storage";
+import { d1Call } from "../registry/d1";
+import type { Meter } from "../registry/meter";
 
 /**
  * The audit log's table in D1 (migrations/0001_audit.sql): events appended, read newest
@@ -63,7 +62,6 @@ const PRUNE_BATCH = 2000;
 const PRUNE_STEPS = 20;
 
 /** A D1 call that does not answer in this long is abandoned (it never holds a request). */
-const D1_TIMEOUT_MS = 10_000;
 
 /** Longest text kept in a column a client chooses (a user name tried, a user agent). */
 const MAX_TEXT = 512;
@@ -129,22 +127,19 @@ function eventOfRow(row: Row): RegistryEvent {
   return event;
 }
 
-/**
- * One D1 call, counted in the request's Server-Timing (`d1`), never waited on forever, and
- * failing as a retryable 503 (UNAVAILABLE), as a failed storage call does.
- */
-function call<T>(operation: string, work: () => Promise<T>): Promise<T> {
-  return metered("d1", operation, () =>
-    withTimeout(work(), `audit.${operation}`, D1_TIMEOUT_MS).catch((error: unknown) => {
-      throw error instanceof RegistryError
-        ? error
-        : unavailable(`the audit log could not be read or written (${operation})`, String(error));
-    }),
-  );
-}
+/** Its D1 calls (registry/d1.ts). */
+const D1_AREA = { prefix: "audit", what: "the audit log" };
 
 export class AuditLog {
-  constructor(private readonly db: D1Database) {}
+  /** `meter`: the request's, for Server-Timing (`d1`), when the caller has it. */
+  constructor(
+    private readonly db: D1Database,
+    private readonly meter?: Meter,
+  ) {}
+
+  private call<T>(operation: string, work: () => Promise<T>): Promise<T> {
+    return d1Call(D1_AREA, operation, work, this.meter);
+  }
 
   /** Appends events in one D1 call: a multi-row INSERT per ROWS_PER_INSERT events, batched. */
   async append(events: readonly RegistryEvent[]): Promise<void> {
@@ -159,7 +154,7 @@ export class AuditLog {
           .bind(...chunk.flatMap(valuesOf)),
       );
     }
-    await call("append", () => this.db.batch(statements));
+    await this.call("append", () => this.db.batch(statements));
   }
 
   /** One page of what `filter` matches, newest first: one D1 query. */
@@ -201,7 +196,7 @@ export class AuditLog {
     const statement = this.db
       .prepare(`SELECT seq, ${COLUMNS.join(", ")} FROM audit ${where} ORDER BY time DESC, seq DESC LIMIT ?`)
       .bind(...values, filter.limit + 1);
-    const { results } = await call("query", () => statement.all<Row>());
+    const { results } = await this.call("query", () => statement.all<Row>());
     const rows = results.slice(0, filter.limit);
     const last = rows.at(-1);
     return {
@@ -221,7 +216,7 @@ export class AuditLog {
       const statement = this.db
         .prepare("DELETE FROM audit WHERE seq IN (SELECT seq FROM audit WHERE time < ? ORDER BY time LIMIT ?)")
         .bind(cutoff, PRUNE_BATCH);
-      const result = await call("prune", () => statement.run());
+      const result = await this.call("prune", () => statement.run());
       deleted += result.meta.changes;
       if (result.meta.changes < PRUNE_BATCH) break;
     }

@@ -2,6 +2,7 @@ import { waitUntil } from "cloudflare:workers";
 import { eventOf, type RegistryEvent } from "../events/event";
 import { RegistryError } from "../oci/errors";
 import type { ChangeListener, SeamExtension } from "../registry/changes";
+import { meterOnEnv } from "../registry/meter";
 import { settingsOf } from "../settings/settings";
 import { AuditLog, type AuditFilter, type AuditPosition } from "./audit-log";
 
@@ -201,7 +202,7 @@ function positionOf(cursor: string): AuditPosition {
 /** One page of the log, newest first (one D1 query); `next` continues it. A D1 failure is a 503. */
 export async function queryAudit(env: Env, query: AuditQuery): Promise<{ events: RegistryEvent[]; next?: string }> {
   const { cursor, ...filter } = query;
-  const page = await new AuditLog(env.AUDIT).query({
+  const page = await new AuditLog(env.AUDIT, meterOnEnv(env)).query({
     ...filter,
     limit: Math.min(Math.max(1, filter.limit), AUDIT_MAX_LIMIT),
     ...(cursor !== undefined ? { before: positionOf(cursor) } : {}),
@@ -212,7 +213,7 @@ export async function queryAudit(env: Env, query: AuditQuery): Promise<{ events:
 /** A repository's latest rows, newest first (one D1 query); null when the log cannot be read (logged). */
 export async function recentActivity(env: Env, repository: string, limit: number): Promise<RegistryEvent[] | null> {
   try {
-    return (await new AuditLog(env.AUDIT).query({ repository, limit })).events;
+    return (await new AuditLog(env.AUDIT, meterOnEnv(env)).query({ repository, limit })).events;
   } catch (error) {
     console.error("audit: the repository's activity could not be read", repository, String(error));
     return null;

@@ -21,15 +21,15 @@ function sameSecret(presented: string, expected: string): boolean {
   return difference === 0;
 }
 
-/** What the front vouched for, by request: the address, or undefined for one it did not send. */
-const vouched = new WeakMap<Request, string | undefined>();
+/** Requests whose `CF-Connecting-IP` is not believed: they came past the front, without its secret. */
+const distrusted = new WeakSet<Request>();
 
 /**
  * Judges a request's `CF-Connecting-IP` once, as it arrives (src/index.ts): without
  * LOCAL_FRONT_SECRET (on Cloudflare) as sent; with it, believed only beside the front's
  * secret, else no address at all: all such requests count as one client, "unknown", for
  * the failed-login limit. The request is not copied (a copy to drop two headers cost a
- * small request a tenth of its CPU): what is believed is kept beside it, for
+ * small request a tenth of its CPU): a request not believed is marked, for
  * `clientAddressOf`, and the secret goes no further than this Worker (a request forwarded
  * to an upload's object drops it: routes/uploads.ts).
  */
@@ -43,13 +43,12 @@ export function withVerifiedClientAddress(request: Request, env: Env): Request {
   }
   if (secret === undefined) return request;
   const presented = request.headers.get(FRONT_SECRET_HEADER);
-  const believed = presented !== null && sameSecret(presented, secret);
-  vouched.set(request, believed ? (request.headers.get("CF-Connecting-IP") ?? undefined) : undefined);
+  if (presented === null || !sameSecret(presented, secret)) distrusted.add(request);
   return request;
 }
 
 /** The client's address as this Worker believes it (see withVerifiedClientAddress); undefined: unknown. */
 export function clientAddressOf(request: Request): string | undefined {
-  if (vouched.has(request)) return vouched.get(request);
+  if (distrusted.has(request)) return undefined;
   return request.headers.get("CF-Connecting-IP") ?? undefined;
 }

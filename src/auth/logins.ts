@@ -3,7 +3,7 @@ import { recordLogin, type LoginVia } from "../audit/audit";
 import { RegistryError, unavailable } from "../oci/errors";
 import { clientAddressOf } from "./client-address";
 import { settingsOf } from "../settings/settings";
-import { metered } from "../registry/meter";
+import { metered, meterOnEnv } from "../registry/meter";
 import { storageHooks, withTimeout } from "../registry/storage";
 import type { AuthEnv } from "./context";
 import type { LockoutSettings } from "./login-limiter";
@@ -81,8 +81,11 @@ function knownLock(keys: string[]): number {
  */
 async function judge(c: Context<AuthEnv>, key: string, correct: boolean, settings: LockoutSettings): Promise<number> {
   const limiter = c.env.LOGINS.get(c.env.LOGINS.idFromName(key));
-  const call = metered("do", "attempt", () =>
-    Promise.resolve(limiter.attempt(correct, key.startsWith("user:"), settings)),
+  const call = metered(
+    "do",
+    "attempt",
+    () => Promise.resolve(limiter.attempt(correct, key.startsWith("user:"), settings)),
+    meterOnEnv(c.env),
   );
   const verdict = await withTimeout(
     call.catch((error: unknown) => {

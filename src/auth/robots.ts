@@ -1,9 +1,9 @@
 import type { Context } from "hono";
 import { ACTIONS, type Action, type Resource } from "../oci/access";
 import { toHex } from "../oci/digest";
-import { RegistryError, unavailable } from "../oci/errors";
-import { metered } from "../registry/meter";
-import { withTimeout } from "../registry/storage";
+import { RegistryError } from "../oci/errors";
+import { d1Call } from "../registry/d1";
+import { meterOnEnv } from "../registry/meter";
 import { namePattern } from "../settings/values";
 import type { Policy } from "./policy";
 
@@ -27,7 +27,6 @@ import type { Policy } from "./policy";
  */
 
 export const ROBOT_SECRET_PREFIX = "ert_";
-const D1_TIMEOUT_MS = 10_000;
 /** How long an isolate may answer "this robot exists" without asking D1 again. */
 export const ROBOT_CACHE_MS = 1000;
 /** How often `last_used` is written at most, per robot. */
@@ -58,22 +57,15 @@ interface RobotRow {
   last_used: number | null;
 }
 
-/**
- * One D1 call, counted in the request's Server-Timing (`d1`), never waited on forever: a
- * robot that cannot be looked up is refused with a retryable 503, never let through.
- */
-function d1<T>(operation: string, work: () => Promise<T>): Promise<T> {
-  return metered("d1", `robots.${operation}`, () =>
-    withTimeout(work(), `robots.${operation}`, D1_TIMEOUT_MS).catch((error: unknown) => {
-      throw error instanceof RegistryError
-        ? error
-        : unavailable(`the robot tokens could not be read or written (${operation})`, String(error));
-    }),
-  );
+/** The robots' table's D1 calls (registry/d1.ts): a robot that cannot be looked up is refused with a 503, never let through. */
+const ROBOTS = { prefix: "robots", what: "the robot tokens" };
+
+function d1<T>(env: Env, operation: string, work: () => Promise<T>): Promise<T> {
+  return d1Call(ROBOTS, operation, work, meterOnEnv(env));
 }
 
 function readRow(env: Env, name: string): Promise<RobotRow | null> {
-  return d1("read", () => env.AUDIT.prepare("SELECT * FROM robots WHERE name = ?").bind(name).first<RobotRow>());
+  return d1(env, "read", () => env.AUDIT.prepare("SELECT * FROM robots WHERE name = ?").bind(name).first<RobotRow>());
 }
 
 function robotOf(row: RobotRow): Robot {
@@ -293,7 +285,7 @@ export async function createRobot(
   };
   const secret = newSecret();
   const secretHash = await sha256Hex(secret);
-  const result = await d1("create", () =>
+  const result = await d1(env, "create", () =>
     env.AUDIT.prepare(
       "INSERT INTO robots (name, secret_hash, access, created, expires) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
     )
@@ -309,13 +301,15 @@ export async function createRobot(
 }
 
 export async function listRobots(env: Env): Promise<Robot[]> {
-  const { results } = await d1("list", () => env.AUDIT.prepare("SELECT * FROM robots ORDER BY name").all<RobotRow>());
+  const { results } = await d1(env, "list", () =>
+    env.AUDIT.prepare("SELECT * FROM robots ORDER BY name").all<RobotRow>(),
+  );
   return results.map(robotOf);
 }
 
 /** Revokes (deletes) a robot: true when there was one. */
 export async function revokeRobot(env: Env, name: string): Promise<boolean> {
-  const result = await d1("revoke", () => env.AUDIT.prepare("DELETE FROM robots WHERE name = ?").bind(name).run());
+  const result = await d1(env, "revoke", () => env.AUDIT.prepare("DELETE FROM robots WHERE name = ?").bind(name).run());
   remembered(name, null);
   return result.meta.changes === 1;
 }

@@ -1,3 +1,4 @@
+import { isolateEnv } from "../settings/request-env";
 import type { ChangeAction, ChangeListener, PullListener, SeamExtension } from "../registry/changes";
 import { metered } from "../registry/meter";
 import { withTimeout } from "../registry/storage";
@@ -62,7 +63,9 @@ export class EventSender implements ChangeListener, PullListener {
 /** One sender per environment (the Worker's env is one object per isolate). */
 const senders = new WeakMap<object, EventSender>();
 
-function senderOf(env: Env): EventSender {
+function senderOf(requestEnv: Env): EventSender {
+  // Kept per isolate: built with the Worker's env, never a request's (registry/meter.ts).
+  const env = isolateEnv(requestEnv);
   let sender = senders.get(env);
   if (!sender) {
     sender = new EventSender(env, settingsOf(env).webhooks);

@@ -5,8 +5,8 @@ import { MAX_MANIFEST_BYTES, type ParsedManifest } from "../oci/manifest";
 import { essence, MediaTypes } from "../oci/media-types";
 import type { BlobDescriptor } from "../registry/blob-store";
 import { chunksOf, pump } from "../registry/streams";
-import { currentMeter, metered } from "../registry/meter";
-import { SYSTEM_CONTEXT, type ChangeContext } from "../registry/changes";
+import { currentMeter, metered, meterOnEnv } from "../registry/meter";
+import { SYSTEM_CONTEXT, plainContext, type ChangeContext } from "../registry/changes";
 import type { EdgeCache } from "../registry/edge-cache";
 import { EMBEDDED_CONTENT_MAX_BYTES, encodeContent } from "../registry/linked-blob-store";
 import type { Reference } from "../registry/manifests";
@@ -54,9 +54,9 @@ export class Mirror {
     // What the mirror stores is attributed to it, within the request that made it fetch.
     this.repository = openRepository(env, name.local, {
       edge,
-      context: { ...context, actor: { kind: "mirror", name: name.upstream.prefix } },
+      context: plainContext(context, { kind: "mirror", name: name.upstream.prefix }),
     });
-    this.client = new UpstreamClient(name.upstream);
+    this.client = new UpstreamClient(name.upstream, meterOnEnv(env));
     this.scope = `repository:${name.remote}:pull`;
   }
 
@@ -343,7 +343,7 @@ export class Mirror {
   ): Promise<ReadableStream<Uint8Array>> {
     const stub = this.env.UPLOADS.get(this.env.UPLOADS.idFromName(fillSessionName(digest.value)));
     // Not reaching the fill object only means not storing this time.
-    const fillLease = await metered("do", "call", () => stub.reserveFill()).catch(() => null);
+    const fillLease = await metered("do", "call", () => stub.reserveFill(), meterOnEnv(this.env)).catch(() => null);
     const client = new FixedLengthStream(size);
     const writers = [client.writable.getWriter()];
     let filled: Promise<SessionResult<BlobDescriptor> | null> = Promise.resolve(null);
@@ -368,7 +368,7 @@ export class Mirror {
       });
       // The fill's call ends after this answer's headers went out: counted now (its own
       // storage calls are the upload engine's, inside the object, as for any upload).
-      currentMeter()?.record("do", "fetch", 0);
+      currentMeter(this.env)?.record("do", "fetch", 0);
       filled = stub
         .fetch(request)
         .then(async (answer) => (await answer.json()) as SessionResult<BlobDescriptor>)

@@ -1,6 +1,6 @@
 import { RegistryError } from "../oci/errors";
 import { readAtMost } from "../registry/bounded";
-import { metered } from "../registry/meter";
+import { metered, type Meter } from "../registry/meter";
 import type { Upstream } from "../settings/upstreams";
 
 /**
@@ -72,7 +72,11 @@ export interface UpstreamRequest {
 }
 
 export class UpstreamClient {
-  constructor(readonly upstream: Upstream) {}
+  /** `meter`: the request's, for Server-Timing (`upstream`), when the caller has it. */
+  constructor(
+    readonly upstream: Upstream,
+    private readonly meter?: Meter,
+  ) {}
 
   private tokenKey(scope: string): string {
     return `${this.upstream.prefix} ${this.upstream.url} ${scope}`;
@@ -83,25 +87,30 @@ export class UpstreamClient {
    * authentication. Throws UpstreamUnreachable when there is no answer in time.
    */
   async fetch(request: UpstreamRequest): Promise<Response> {
-    return metered("upstream", request.method, async () => {
-      const credentials = credentialsOf(this.upstream);
-      const cached = tokens.get(this.tokenKey(request.scope));
-      let authorization =
-        credentials.token ?? (cached && cached.expires > Date.now() ? `Bearer ${cached.value}` : undefined);
-      let response = await this.send(request, authorization);
-      if (response.status !== 401 || credentials.token) return response;
-      const challenge = parseChallenge(response.headers.get("WWW-Authenticate"));
-      if (challenge?.scheme === "bearer" && challenge.params.realm) {
-        authorization = await this.bearer(challenge.params, request.scope, credentials.basic);
-      } else if (challenge?.scheme === "basic" && credentials.basic) {
-        authorization = credentials.basic;
-      } else {
+    return metered(
+      "upstream",
+      request.method,
+      async () => {
+        const credentials = credentialsOf(this.upstream);
+        const cached = tokens.get(this.tokenKey(request.scope));
+        let authorization =
+          credentials.token ?? (cached && cached.expires > Date.now() ? `Bearer ${cached.value}` : undefined);
+        let response = await this.send(request, authorization);
+        if (response.status !== 401 || credentials.token) return response;
+        const challenge = parseChallenge(response.headers.get("WWW-Authenticate"));
+        if (challenge?.scheme === "bearer" && challenge.params.realm) {
+          authorization = await this.bearer(challenge.params, request.scope, credentials.basic);
+        } else if (challenge?.scheme === "basic" && credentials.basic) {
+          authorization = credentials.basic;
+        } else {
+          return response;
+        }
+        await response.body?.cancel();
+        response = await this.send(request, authorization);
         return response;
-      }
-      await response.body?.cancel();
-      response = await this.send(request, authorization);
-      return response;
-    });
+      },
+      this.meter,
+    );
   }
 
   /** Gets a token from the challenge's realm; the anonymous flow when no credentials are configured. */

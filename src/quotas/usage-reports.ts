@@ -1,7 +1,7 @@
 import { unavailable } from "../oci/errors";
 import { forEachBounded } from "../registry/bounded";
 import type { Finding, VerifyReport } from "../registry/registry";
-import { metered } from "../registry/meter";
+import { metered, meterOnEnv } from "../registry/meter";
 import { quotasOf } from "../settings/quotas";
 import { settingsOf } from "../settings/settings";
 import type { UsageReport } from "./namespace-usage";
@@ -24,7 +24,7 @@ const PARALLEL = 6;
 
 async function reportOf(env: Env, namespace: string, options: { limit: number; repository?: string }) {
   try {
-    return await metered("do", "call", () => usageOf(env, namespace).report(namespace, options));
+    return await metered("do", "call", () => usageOf(env, namespace).report(namespace, options), meterOnEnv(env));
   } catch (error) {
     throw unavailable("the namespace's usage could not be read; retry", { namespace, cause: String(error) });
   }
@@ -81,7 +81,7 @@ export async function checkUsage(env: Env, report: VerifyReport, repair: boolean
         : `being counted (${recorded.bytes} bytes so far); its links hold ${counted.bytes}`,
     };
     if (repair && recorded.counted) {
-      const recount = await metered("do", "call", () => usageOf(env, namespace).recount(namespace));
+      const recount = await metered("do", "call", () => usageOf(env, namespace).recount(namespace), meterOnEnv(env));
       finding.repaired = recount.counted
         ? `counted again: ${recount.bytes} bytes`
         : "being counted again (the namespace's object goes on by its alarm)";

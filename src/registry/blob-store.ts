@@ -1,6 +1,6 @@
 import { parseDigest, type Digest } from "../oci/digest";
 import { RegistryError, unavailable } from "../oci/errors";
-import { currentMeter } from "./meter";
+import { currentMeter, type Meter } from "./meter";
 import { Paths } from "./paths";
 import type { Storage } from "./storage";
 import { emptyChunks, hashOfStream, pump, READ_CHUNK_BYTES, type ChunkSource } from "./streams";
@@ -74,10 +74,13 @@ interface Slices extends ChunkSource {
 export class BlobStore {
   private readonly bucket: R2Bucket;
   private readonly kv: KVNamespace;
+  /** The meter of the request the reads are for (its slices are counted when a body is set up). */
+  private readonly meter: Meter | undefined;
 
   constructor(storage: Storage) {
     this.bucket = storage.bucket;
     this.kv = storage.kv;
+    this.meter = storage.meter;
   }
 
   /**
@@ -336,7 +339,7 @@ export class BlobStore {
     }
     // The slices the body will read after the first, counted now: the answer's
     // Server-Timing goes out before them (registry/meter.ts).
-    currentMeter()?.record("r2", "get", 0, Math.ceil(length / READ_SLICE_BYTES) - 1);
+    (this.meter ?? currentMeter())?.record("r2", "get", 0, Math.ceil(length / READ_SLICE_BYTES) - 1);
     let reader = first.getReader({ mode: "byob" });
     async function* chunks(): AsyncGenerator<Uint8Array<ArrayBuffer>> {
       for (let sliceStart = start; sliceStart <= end; sliceStart += READ_SLICE_BYTES) {

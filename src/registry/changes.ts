@@ -1,3 +1,4 @@
+import { isolateEnv } from "../settings/request-env";
 import type { Digest } from "../oci/digest";
 
 /**
@@ -37,6 +38,21 @@ export interface ChangeContext {
 }
 
 export const SYSTEM_CONTEXT: ChangeContext = { actor: { kind: "system", name: "registry" }, requestId: "" };
+
+/**
+ * A context as a plain object, its fields read now: what crosses to a Durable Object or is
+ * stored (an upload's commit), and, with `actor`, the same request's changes attributed to
+ * another (what a mirror stores is the mirror's doing). A request's own context reads its
+ * fields only when asked (routes/http.ts), which neither a copy nor a spread would keep.
+ */
+export function plainContext(context: ChangeContext, actor: Actor = context.actor): ChangeContext {
+  const plain: ChangeContext = { actor, requestId: context.requestId };
+  const { address, userAgent, origin } = context;
+  if (address !== undefined) plain.address = address;
+  if (userAgent !== undefined) plain.userAgent = userAgent;
+  if (origin !== undefined) plain.origin = origin;
+  return plain;
+}
 
 /** The changes a repository goes through, one kind per write the API makes. */
 export type Change =
@@ -352,7 +368,9 @@ const seams = new WeakMap<object, ChangeSeam>();
  * by default. The one place a seam is built: the repository API, the upload engine and the
  * collector all take theirs from here.
  */
-export function changeSeamOf(env: Env): ChangeSeam {
+export function changeSeamOf(requestEnv: Env): ChangeSeam {
+  // Per isolate, its policies and listeners built with the Worker's env, never a request's.
+  const env = isolateEnv(requestEnv);
   const hooked =
     changeHooks.policies.length > 0 || changeHooks.listeners.length > 0 || changeHooks.pullListeners.length > 0;
   const known = hooked ? undefined : seams.get(env);

@@ -1,5 +1,5 @@
 import type { ByteRange } from "./blob-store";
-import { currentMeter } from "./meter";
+import { currentMeter, type Meter } from "./meter";
 import { Paths } from "./paths";
 
 /**
@@ -23,6 +23,8 @@ export interface EdgeCacheOptions {
   tagTtlSeconds: number;
   /** Keeps a cache write going after the answer is sent. */
   waitUntil: (work: Promise<unknown>) => void;
+  /** The meter of the request this cache serves (Server-Timing); else the one it runs in, if any. */
+  meter?: Meter;
 }
 
 const IMMUTABLE = "public, max-age=31536000, immutable";
@@ -32,17 +34,21 @@ function blobHeaders(size: number): HeadersInit {
 }
 const CACHE_NAME = "edge-registry";
 
-async function timed<T>(operation: string, call: () => Promise<T>): Promise<T> {
+async function timed<T>(meter: Meter | undefined, operation: string, call: () => Promise<T>): Promise<T> {
   const started = performance.now();
   try {
     return await call();
   } finally {
-    currentMeter()?.record("cache", operation, performance.now() - started);
+    meter?.record("cache", operation, performance.now() - started);
   }
 }
 
 export class EdgeCache {
   constructor(private readonly options: EdgeCacheOptions) {}
+
+  private get meter(): Meter | undefined {
+    return this.options.meter ?? currentMeter();
+  }
 
   /** A cache that does nothing (background work, tests of other layers); it holds no state, so one serves all. */
   static bypass(): EdgeCache {
@@ -74,16 +80,16 @@ export class EdgeCache {
    * and so does a cached answer that does not fit the request (a 200 for a range).
    */
   async matchBlob(digest: string, size: number, range?: ByteRange): Promise<Response | null> {
-    const meter = currentMeter();
+    const meter = this.meter;
     if (!this.options.origin) {
       meter?.cache("bypass");
       return null;
     }
     const key = Paths.cacheBlob(this.options.origin, digest);
     const headers = range ? { Range: `bytes=${range.start}-${range.end}` } : undefined;
-    const found = await timed("match", async () => (await this.open()).match(new Request(key, { headers }))).catch(
-      () => undefined,
-    );
+    const found = await timed(this.meter, "match", async () =>
+      (await this.open()).match(new Request(key, { headers })),
+    ).catch(() => undefined);
     const whole = range
       ? found?.status === 206 && found.headers.get("Content-Range")?.endsWith(`/${size}`) === true
       : found?.status === 200 && found.headers.get("Content-Length") === String(size);
@@ -91,7 +97,7 @@ export class EdgeCache {
       await found?.body?.cancel();
       if (found && (found.status === 200 || found.status === 206)) {
         // Not this blob's bytes whole: never serve it again.
-        await timed("delete", async () => (await this.open()).delete(key)).catch(() => undefined);
+        await timed(this.meter, "delete", async () => (await this.open()).delete(key)).catch(() => undefined);
       }
       meter?.cache("miss");
       return null;
@@ -126,7 +132,7 @@ export class EdgeCache {
     const response = new Response(body, { headers: blobHeaders(size) });
     const work = (async () => {
       const cache = await this.open();
-      const staged = await timed("put", () => cache.put(staging, response)).then(
+      const staged = await timed(this.meter, "put", () => cache.put(staging, response)).then(
         () => true,
         async () => {
           await response.body?.cancel().catch(() => undefined);
@@ -135,14 +141,14 @@ export class EdgeCache {
       );
       try {
         if (!staged || !(await verified.catch(() => false))) return;
-        const whole = await timed("match", () => cache.match(staging));
+        const whole = await timed(this.meter, "match", () => cache.match(staging));
         if (whole?.headers.get("Content-Length") !== String(size) || !whole.body) {
           await whole?.body?.cancel();
           return;
         }
-        await timed("put", () => cache.put(key, new Response(whole.body, { headers: blobHeaders(size) })));
+        await timed(this.meter, "put", () => cache.put(key, new Response(whole.body, { headers: blobHeaders(size) })));
       } finally {
-        await timed("delete", () => cache.delete(staging)).catch(() => undefined);
+        await timed(this.meter, "delete", () => cache.delete(staging)).catch(() => undefined);
       }
     })().catch(() => undefined);
     this.options.waitUntil(work);
@@ -153,8 +159,8 @@ export class EdgeCache {
   async matchTag(name: string, tag: string): Promise<string | null> {
     if (!this.options.origin || this.options.tagTtlSeconds === 0) return null;
     const key = Paths.cacheTag(this.options.origin, name, tag);
-    const found = await timed("match", async () => (await this.open()).match(key)).catch(() => undefined);
-    currentMeter()?.cache(found ? "hit" : "miss");
+    const found = await timed(this.meter, "match", async () => (await this.open()).match(key)).catch(() => undefined);
+    this.meter?.cache(found ? "hit" : "miss");
     return found ? (await found.text()).trim() : null;
   }
 
@@ -164,9 +170,9 @@ export class EdgeCache {
     const response = new Response(record, {
       headers: { "Cache-Control": `public, max-age=${this.options.tagTtlSeconds}`, "Content-Type": "application/json" },
     });
-    const work = timed("put", async () => (await this.open()).put(Paths.cacheTag(origin, name, tag), response)).catch(
-      () => undefined,
-    );
+    const work = timed(this.meter, "put", async () =>
+      (await this.open()).put(Paths.cacheTag(origin, name, tag), response),
+    ).catch(() => undefined);
     this.options.waitUntil(work);
     return work;
   }
@@ -175,7 +181,7 @@ export class EdgeCache {
   async forgetTag(name: string, tag: string): Promise<void> {
     const origin = this.options.origin;
     if (!origin || this.options.tagTtlSeconds === 0) return;
-    await timed("delete", async () => (await this.open()).delete(Paths.cacheTag(origin, name, tag))).catch(
+    await timed(this.meter, "delete", async () => (await this.open()).delete(Paths.cacheTag(origin, name, tag))).catch(
       () => undefined,
     );
   }

@@ -1,4 +1,5 @@
 import { AsyncLocalStorage } from "node:async_hooks";
+import { requestEnv } from "../settings/request-env";
 
 /**
  * What a request cost: every call it made to R2, KV, the Cache API and Durable Objects,
@@ -17,9 +18,9 @@ import { AsyncLocalStorage } from "node:async_hooks";
  * Storage calls a response body makes after the headers went out (the slices of a large
  * blob read from R2) are counted when the body is set up, as they will be made.
  *
- * The meter of the request being served is found through AsyncLocalStorage, so the
- * storage seam (storage.ts), the edge cache and the Durable Object calls record into it
- * without every function passing it along.
+ * The meter of the request being served is found on the env the request's code is given
+ * (`withMeter` below), so the storage seam (storage.ts), the edge cache and the Durable
+ * Object calls record into it without every function passing it along.
  */
 export type Store = "r2" | "kv" | "cache" | "do" | "upstream" | "d1" | "queue";
 export type CacheOutcome = "hit" | "miss" | "bypass";
@@ -136,20 +137,59 @@ export class Meter {
   }
 }
 
+/**
+ * Where a request's code finds its meter: on the env it was given. app.ts gives each
+ * request an env of its own (`withMeter`: the Worker's env as prototype, and the meter),
+ * and the storage seam (storage.ts), the edge cache, the mirror and the other callers
+ * of `metered` read it from there. This costs a request one small object; finding it
+ * through AsyncLocalStorage instead (a `run` per request) cost a HEAD about 6 % of its
+ * workerd CPU (docs/performance.md, "Request CPU against serverless-registry").
+ *
+ * Work that has no such env (the collector's steps, the policies and listeners the
+ * change seam keeps per isolate) finds the meter of the request or step it runs in
+ * through AsyncLocalStorage (`runMetered`, `currentMeter`), as before: app.ts enters it
+ * only for requests that may change something (not GET or HEAD).
+ */
+/** Each request's env (settings/request-env.ts) and its meter: kept by the object, so no copy of one has it. */
+const meters = new WeakMap<object, Meter>();
+
+/** The env a request's code is given (settings/request-env.ts), carrying the request's `meter`. */
+export function withMeter<E extends object>(env: E, meter: Meter): E {
+  const scoped = requestEnv(env);
+  meters.set(scoped, meter);
+  return scoped;
+}
+
+/** The meter a request's env carries (`withMeter`), if it is one. */
+export function meterOnEnv(env: object): Meter | undefined {
+  return meters.get(env);
+}
+
 const current = new AsyncLocalStorage<Meter>();
 
-/** The meter of the request being served, if any (background work has none). */
-export function currentMeter(): Meter | undefined {
-  return current.getStore();
+/**
+ * The meter of the request being served, if any (background work has none): the one on
+ * `env` when given a request's, else the one of the request or collector step this runs in.
+ */
+export function currentMeter(env?: object): Meter | undefined {
+  return (env && meters.get(env)) ?? current.getStore();
 }
 
 export function runMetered<T>(meter: Meter, run: () => T): T {
   return current.run(meter, run);
 }
 
-/** Runs one storage call and records it into the current request's meter. */
-export async function metered<T>(store: Store, operation: string, call: () => Promise<T>): Promise<T> {
-  const meter = currentMeter();
+/**
+ * Runs one call to `store` and records it into the request's meter: `meter` when the caller
+ * has it (`meterOnEnv` of a request's env), else the one of the request or step it runs in.
+ */
+export async function metered<T>(
+  store: Store,
+  operation: string,
+  call: () => Promise<T>,
+  requestMeter?: Meter,
+): Promise<T> {
+  const meter = requestMeter ?? current.getStore();
   if (!meter) return call();
   const started = performance.now();
   try {

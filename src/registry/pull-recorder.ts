@@ -1,3 +1,4 @@
+import { isolateEnv } from "../settings/request-env";
 import { waitUntil } from "cloudflare:workers";
 import { settingsOf } from "../settings/settings";
 import type { ChangeListener, PullListener, SeamExtension } from "./changes";
@@ -149,7 +150,8 @@ function keepGoing(work: Promise<void>): void {
 const recorders = new WeakMap<object, PullRecorder>();
 
 /** The environment's recorder; null when PULL_RECORD_INTERVAL is off or no AUDIT database is bound. */
-export function pullRecorderOf(env: Env): PullRecorder | null {
+export function pullRecorderOf(requestEnv: Env): PullRecorder | null {
+  const env = isolateEnv(requestEnv);
   const interval = settingsOf(env).pullRecordIntervalSeconds;
   const db = env.AUDIT as D1Database | undefined;
   if (interval === null || !db) return null;

@@ -1,6 +1,5 @@
-import { RegistryError, unavailable } from "../oci/errors";
-import { metered } from "./meter";
-import { withTimeout } from "./storage";
+import { d1Call } from "./d1";
+import { meterOnEnv, type Meter } from "./meter";
 
 /**
  * The pull records' table in D1 (AUDIT, migrations/0004_pulls.sql): per repository and
@@ -35,22 +34,20 @@ export interface ListedPull {
 /** D1 binds at most 100 parameters per query: rows per upsert, and manifests per delete. */
 const ROWS_PER_UPSERT = 25;
 const ROWS_PER_DELETE = 50;
-/** A D1 call that does not answer in this long is abandoned. */
-const D1_TIMEOUT_MS = 10_000;
 
-/** One D1 call, counted in Server-Timing (`d1`), bounded in time, failing as a retryable 503. */
-function call<T>(operation: string, work: () => Promise<T>): Promise<T> {
-  return metered("d1", `pulls.${operation}`, () =>
-    withTimeout(work(), `pulls.${operation}`, D1_TIMEOUT_MS).catch((error: unknown) => {
-      throw error instanceof RegistryError
-        ? error
-        : unavailable(`the pull records could not be read or written (${operation})`, String(error));
-    }),
-  );
-}
+/** Its D1 calls (registry/d1.ts). */
+const D1_AREA = { prefix: "pulls", what: "the pull records" };
 
 export class PullRecords {
-  constructor(private readonly db: D1Database) {}
+  /** `meter`: the request's, for Server-Timing (`d1`), when the caller has it. */
+  constructor(
+    private readonly db: D1Database,
+    private readonly meter?: Meter,
+  ) {}
+
+  private call<T>(operation: string, work: () => Promise<T>): Promise<T> {
+    return d1Call(D1_AREA, operation, work, this.meter);
+  }
 
   /**
    * Forgets deleted manifests and adds counted pulls, in one D1 call: a delete per
@@ -84,7 +81,7 @@ export class PullRecords {
       );
     }
     if (statements.length === 0) return;
-    await call("write", () => this.db.batch(statements));
+    await this.call("write", () => this.db.batch(statements));
   }
 
   /** The records of `digests` in `repository` (one query, the digests passed as one JSON parameter). */
@@ -97,7 +94,7 @@ export class PullRecords {
          WHERE repository = ? AND digest IN (SELECT value FROM json_each(?))`,
       )
       .bind(repository, JSON.stringify([...new Set(digests)]));
-    const { results } = await call("read", () =>
+    const { results } = await this.call("read", () =>
       statement.all<{ digest: string; last_pulled: number; pulls: number }>(),
     );
     for (const row of results) records.set(row.digest, { lastPulled: row.last_pulled, pulls: row.pulls });
@@ -113,7 +110,7 @@ export class PullRecords {
          ORDER BY repository, digest LIMIT ?`,
       )
       .bind(repository, digest, limit);
-    const { results } = await call("list", () =>
+    const { results } = await this.call("list", () =>
       statement.all<{ repository: string; digest: string; last_pulled: number }>(),
     );
     return results.map((row) => ({ repository: row.repository, digest: row.digest, lastPulled: row.last_pulled }));
@@ -122,5 +119,5 @@ export class PullRecords {
 
 /** The pull records of the environment's AUDIT database. */
 export function pullRecordsOf(env: Env): PullRecords {
-  return new PullRecords(env.AUDIT);
+  return new PullRecords(env.AUDIT, meterOnEnv(env));
 }

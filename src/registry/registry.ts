@@ -21,7 +21,7 @@ export { Repository } from "./repository";
 // The registry's API for the layers above it (routes, pages): what they may name of it.
 export type { BlobDescriptor, ByteRange } from "./blob-store";
 export type { Catalog } from "./catalog";
-export { EdgeCache } from "./edge-cache";
+export { EdgeCache, type EdgeCacheOptions } from "./edge-cache";
 export { decodeContent } from "./linked-blob-store";
 export { parseReference, type Reference } from "./manifests";
 export type { ReferrerDescriptor } from "./referrers";
@@ -51,7 +51,9 @@ export function repositoryParts(env: Env, name: string, edge: EdgeCache = EdgeCa
   const referrers = new Referrers(storage.bucket, name);
   const manifests = new Manifests(blobs, layers, revisions, tags, referrers, edge);
   const catalog = new Catalog(storage.bucket);
-  return { blobs, layers, revisions, tags, referrers, manifests, catalog, edge };
+  const parts: RepositoryParts = { blobs, layers, revisions, tags, referrers, manifests, catalog, edge };
+  if (storage.meter) parts.meter = storage.meter;
+  return parts;
 }
 
 /** One repository over the Worker's bindings, its changes going through the change seam. */

@@ -6,6 +6,7 @@ import { Catalog } from "./catalog";
 import type { Change, ChangeContext, ChangeSeam, Pull } from "./changes";
 import type { EdgeCache } from "./edge-cache";
 import type { LinkCopy, LinkedBlobStore } from "./linked-blob-store";
+import { currentMeter, runMetered, type Meter } from "./meter";
 import type { Manifests, PutManifestOptions, PutManifestResult, Reference, StoredManifest } from "./manifests";
 import type { ReferrerDescriptor, Referrers } from "./referrers";
 import type { TagListing, TagRecord, Tags } from "./tags";
@@ -20,6 +21,8 @@ export interface RepositoryParts {
   manifests: Manifests;
   catalog: Catalog;
   edge: EdgeCache;
+  /** The meter of the request these parts serve (registry/meter.ts), when they serve one. */
+  meter?: Meter;
 }
 
 /**
@@ -112,6 +115,16 @@ export class Repository {
   }
 
   /** Tells the pull listeners, after the answer. */
+  /**
+   * Runs a change through the seam within the request's meter: the seam's policies and
+   * listeners are kept per isolate and find the meter of what they run in (registry/meter.ts),
+   * which a GET (a mirror storing what it fetched) does not enter otherwise.
+   */
+  private metering<T>(change: () => Promise<T>): Promise<T> {
+    const meter = this.parts.meter;
+    return meter && currentMeter() !== meter ? runMetered(meter, change) : change();
+  }
+
   private observe(pull: Pull, request: PullRequest): void {
     this.seam.observe(pull, this.context, request.waitUntil);
   }
@@ -236,8 +249,8 @@ export class Repository {
       this.context.actor.kind === "mirror"
         ? ({ action: "mirror.store", repository: this.name, digest, kind: "blob", size } as const)
         : ({ action: "blob.commit", repository: this.name, digest, size } as const);
-    return this.seam.apply(change, this.context, () =>
-      storeFinishedBlob(this.parts.blobs, this.parts.layers, digest, blob),
+    return this.metering(() =>
+      this.seam.apply(change, this.context, () => storeFinishedBlob(this.parts.blobs, this.parts.layers, digest, blob)),
     );
   }
 
@@ -249,7 +262,9 @@ export class Repository {
    */
   async admitUpload(digest: Digest, size: number): Promise<void> {
     if (!this.seam.judges("blob.upload", this.name)) return;
-    await this.seam.check({ action: "blob.upload", repository: this.name, digest, size }, this.context);
+    await this.metering(() =>
+      this.seam.check({ action: "blob.upload", repository: this.name, digest, size }, this.context),
+    );
   }
 
   /**
@@ -268,7 +283,7 @@ export class Repository {
       size: stored.size,
       ...(from ? { from: from.name } : {}),
     } as const;
-    await this.seam.apply(change, this.context, () => this.parts.layers.link(digest, stored));
+    await this.metering(() => this.seam.apply(change, this.context, () => this.parts.layers.link(digest, stored)));
     return stored;
   }
 
@@ -284,13 +299,15 @@ export class Repository {
       kind: "blob",
       size: descriptor.size,
     } as const;
-    await this.seam.apply(change, this.context, () => this.parts.layers.link(digest, descriptor));
+    await this.metering(() => this.seam.apply(change, this.context, () => this.parts.layers.link(digest, descriptor)));
   }
 
   /** Removes this repository's link to a blob (`DELETE /v2/<name>/blobs/<digest>`); BLOB_UNKNOWN when there is none. */
   async unlinkBlob(digest: Digest): Promise<void> {
-    const removed = await this.seam.apply({ action: "blob.unlink", repository: this.name, digest }, this.context, () =>
-      this.parts.layers.unlink(digest),
+    const removed = await this.metering(() =>
+      this.seam.apply({ action: "blob.unlink", repository: this.name, digest }, this.context, () =>
+        this.parts.layers.unlink(digest),
+      ),
     );
     if (!removed) throw new RegistryError("BLOB_UNKNOWN", undefined, { digest: digest.value });
   }
@@ -338,8 +355,10 @@ export class Repository {
           moves.push({ action: "tag.move", repository: this.name, tag, digest, previous: before });
       });
     }
-    return this.seam.applyAll([change, ...moves], this.context, (conditions) =>
-      this.parts.manifests.store(prepared, conditions.createOnlyTags),
+    return this.metering(() =>
+      this.seam.applyAll([change, ...moves], this.context, (conditions) =>
+        this.parts.manifests.store(prepared, conditions.createOnlyTags),
+      ),
     );
   }
 
@@ -361,6 +380,6 @@ export class Repository {
       "tag" in reference
         ? ({ action: "tag.delete", repository: this.name, tag: reference.tag } as const)
         : ({ action: "manifest.delete", repository: this.name, digest: reference.digest, tags: plan.tags } as const);
-    await this.seam.apply(change, this.context, () => this.parts.manifests.remove(plan));
+    await this.metering(() => this.seam.apply(change, this.context, () => this.parts.manifests.remove(plan)));
   }
 }

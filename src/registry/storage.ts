@@ -1,5 +1,6 @@
 import { RegistryError, unavailable as retryable } from "../oci/errors";
-import { currentMeter } from "./meter";
+import { isolateEnv } from "../settings/request-env";
+import { currentMeter, meterOnEnv, type Meter } from "./meter";
 
 /** The two stores the registry keeps its data in (see docs/architecture.md, "Where data lives"). */
 export interface Storage {
@@ -7,7 +8,13 @@ export interface Storage {
   bucket: R2Bucket;
   /** KV: the edge cache of blob descriptors; eventually consistent, never the only record. */
   kv: KVNamespace;
+  /** The meter of the request these calls are made for (Server-Timing), when they are made for one. */
+  meter?: Meter;
 }
+
+/** On a request's view of a guarded binding (`scoped`): the meter its calls record into. */
+const CALL_METER = Symbol("storage call meter");
+type Scoped = { [CALL_METER]?: Meter };
 
 /**
  * Test seam, unset in production: `npm test` wraps the raw bindings to inject KV
@@ -76,7 +83,9 @@ function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: nu
     const failure = (error: unknown) => (error instanceof RegistryError ? error : unavailable(operation, error));
     const answer = (resolved: unknown) =>
       returnsUpload && hasStorageCalls(resolved) ? guarded(resolved, family, timeoutMs) : resolved;
-    return (...args: unknown[]): unknown => {
+    // A function, not an arrow: called on a request's view of the binding (`scoped`), `this`
+    // holds the request's meter; on the binding itself, the step or request it runs in has it.
+    return function (this: Scoped | undefined, ...args: unknown[]): unknown {
       const started = performance.now();
       let result: unknown;
       try {
@@ -88,7 +97,7 @@ function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: nu
       // Streamed writes take as long as their body does: no timeout.
       const timed = !(takesBody && args.some(isStream));
       const call = result;
-      const meter = currentMeter();
+      const meter = this?.[CALL_METER] ?? currentMeter();
       return new Promise((resolve, reject) => {
         let settled = false;
         const settle = () => {
@@ -140,10 +149,16 @@ function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: nu
 
 /** The guarded storage of each environment object, when no test hook is set (one per isolate). */
 const guardedStorage = new WeakMap<object, Storage>();
+/** Each request's view of it (`scoped`), made at its first use. */
+const requestStorage = new WeakMap<object, Storage>();
 
-/** The registry's storage over the Worker's bindings. */
-export function storageOf(env: Env): Storage {
-  const hooked = storageHooks.wrap !== undefined || storageHooks.timeoutMs !== undefined;
+function storageHooked(): boolean {
+  return storageHooks.wrap !== undefined || storageHooks.timeoutMs !== undefined;
+}
+
+/** The guarded bindings of the Worker's env (per isolate; per call when a test hook is set). */
+function guardedStorageOf(env: Env): Storage {
+  const hooked = storageHooked();
   const known = hooked ? undefined : guardedStorage.get(env);
   if (known) return known;
   const raw: Storage = { bucket: env.BLOBS, kv: env.META };
@@ -154,4 +169,28 @@ export function storageOf(env: Env): Storage {
   };
   if (!hooked) guardedStorage.set(env, made);
   return made;
+}
+
+/** A request's view of a guarded binding: the same methods, recording into `meter`. */
+function scoped<T extends object>(binding: T, meter: Meter): T {
+  const view = Object.create(binding) as T & Scoped;
+  view[CALL_METER] = meter;
+  return view;
+}
+
+/**
+ * The registry's storage over the Worker's bindings. Given a request's env (app.ts), the
+ * request's view of them, whose calls its meter counts (two small objects per request;
+ * the guarded bindings and their wrappers are made once per isolate).
+ */
+export function storageOf(env: Env): Storage {
+  const base = guardedStorageOf(isolateEnv(env));
+  const meter = meterOnEnv(env);
+  if (!meter) return base;
+  let view = storageHooked() ? undefined : requestStorage.get(env);
+  if (!view) {
+    view = { bucket: scoped(base.bucket, meter), kv: scoped(base.kv, meter), meter };
+    requestStorage.set(env, view);
+  }
+  return view;
 }

@@ -4,7 +4,7 @@ import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/registry";
 import { presignedUrl, redirectSettings } from "../registry/blob-redirect";
-import { edgeCacheOf, notModified, requestedRepository, waitUntil, type AppContext, type AppEnv } from "./http";
+import { edgeCacheOf, notModified, requestedRepository, waitUntil, type AppEnv } from "./http";
 
 export const blobRoutes = new Hono<AppEnv>();
 
@@ -39,13 +39,16 @@ function byteRange(header: string | undefined, size: number): ByteRange | undefi
   return { start, end };
 }
 
-function blobHeaders(c: AppContext, descriptor: BlobDescriptor): void {
-  c.header("Docker-Content-Digest", descriptor.digest);
-  c.header("ETag", `"${descriptor.digest}"`);
-  c.header("Accept-Ranges", "bytes");
-  c.header("Content-Type", "application/octet-stream");
-  // Content addressed: the bytes under a digest never change.
-  c.header("Cache-Control", "max-age=31536000, immutable");
+/** A blob's answer headers (the answer is made once, with all of them: routes/dispatch.ts). */
+function blobHeaders(descriptor: BlobDescriptor): Record<string, string> {
+  return {
+    "Docker-Content-Digest": descriptor.digest,
+    ETag: `"${descriptor.digest}"`,
+    "Accept-Ranges": "bytes",
+    "Content-Type": "application/octet-stream",
+    // Content addressed: the bytes under a digest never change.
+    "Cache-Control": "max-age=31536000, immutable",
+  };
 }
 
 // A blob of the repository the request names; for a mirrored name one not stored yet may
@@ -63,36 +66,42 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
     return c.body(body, status);
   }
   const { descriptor } = located;
-  blobHeaders(c, descriptor);
-  if (notModified(c, descriptor.digest)) return c.body(null, 304);
+  const headers = blobHeaders(descriptor);
+  if (notModified(c.req.header("If-None-Match"), descriptor.digest))
+    return new Response(null, { status: 304, headers });
   const range = byteRange(c.req.header("Range"), descriptor.size);
   const status = range ? 206 : 200;
-  if (range) c.header("Content-Range", `bytes ${range.start}-${range.end}/${descriptor.size}`);
-  c.header("Content-Length", String(range ? range.end - range.start + 1 : descriptor.size));
-  if (c.req.method === "HEAD") return c.body(null, status);
+  if (range) headers["Content-Range"] = `bytes ${range.start}-${range.end}/${descriptor.size}`;
+  headers["Content-Length"] = String(range ? range.end - range.start + 1 : descriptor.size);
+  if (c.req.method === "HEAD") return new Response(null, { status, headers });
   // Large blobs may go straight from R2 to the client (off by default; blob-redirect.ts).
   const redirect = redirectSettings(c.env);
   if (redirect && descriptor.size >= redirect.minBytes) {
     // The object must be there (a stale descriptor copy can name one that is gone), and
     // the answer must not be kept by any cache: the URL expires, the digest does not.
     const current = await repository.blobWithObject(descriptor);
-    c.header("Content-Length", "0");
-    c.header("Content-Range", undefined);
-    c.header("ETag", undefined);
-    c.header("Cache-Control", "no-store");
-    c.header("Location", await presignedUrl(redirect, current.key));
-    return c.body(null, 307);
+    return new Response(null, {
+      status: 307,
+      headers: {
+        "Docker-Content-Digest": descriptor.digest,
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+        "Content-Length": "0",
+        "Cache-Control": "no-store",
+        Location: await presignedUrl(redirect, current.key),
+      },
+    });
   }
   // The link was checked above: the bytes may come from this location's cache.
   const cache = edgeCacheOf(c);
   const cached = await cache.matchBlob(descriptor.digest, descriptor.size, range);
-  if (cached?.body) return c.body(cached.body, status);
+  if (cached?.body) return new Response(cached.body, { status, headers });
   if (!range && cache.holds(descriptor.size)) {
     const { body, copy, verified } = await repository.openBlobTwice(descriptor);
     void cache.putBlob(descriptor.digest, descriptor.size, copy, verified);
-    return c.body(body, status);
+    return new Response(body, { status, headers });
   }
-  return c.body(await repository.openBlob(descriptor, range), status);
+  return new Response(await repository.openBlob(descriptor, range), { status, headers });
 });
 
 blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {

@@ -6,9 +6,11 @@ import { RegistryError } from "../oci/errors";
 import { validateName } from "../oci/names";
 import { hostnameOf, hostOf, originOf, queryParameter, requestUrl } from "../oci/request-url";
 import { readAtMost } from "../registry/bounded";
-import type { ChangeContext } from "../registry/changes";
+import type { Actor, ChangeContext } from "../registry/changes";
+import { meterOnEnv } from "../registry/meter";
 import {
   EdgeCache,
+  type EdgeCacheOptions,
   MAX_PAGE,
   openRepository,
   openRequested,
@@ -124,9 +126,8 @@ export async function paginate<T>(
   return page;
 }
 
-/** True when the client already holds this digest (`If-None-Match` names its ETag). */
-export function notModified(c: AppContext, digest: string): boolean {
-  const header = c.req.header("If-None-Match");
+/** True when the client already holds this digest (`header`, its `If-None-Match`, names its ETag). */
+export function notModified(header: string | undefined, digest: string): boolean {
   if (!header) return false;
   return header
     .split(",")
@@ -151,12 +152,15 @@ export function edgeCacheOf(c: AppContext): EdgeCache {
   const config = settingsOf(c.env);
   const url = requestUrl(c.req.raw);
   const usable = config.edgeCacheEnabled && !hostnameOf(url).endsWith(".workers.dev");
-  return new EdgeCache({
+  const options: EdgeCacheOptions = {
     origin: usable ? originOf(url) : null,
     maxBytes: config.edgeCacheMaxBytes,
     tagTtlSeconds: config.edgeTagTtlSeconds,
     waitUntil: (work) => waitUntil(c, work),
-  });
+  };
+  const meter = meterOnEnv(c.env);
+  if (meter) options.meter = meter;
+  return new EdgeCache(options);
 }
 
 /** Ids made up for requests that came without a `CF-Ray` (locally): one per request, however often asked. */
@@ -180,22 +184,38 @@ function requestIdOf(request: Request): string {
 }
 
 /**
- * Who made the request's changes, for the change seam's policies and listeners: the
+ * Who made a request's changes, for the change seam's policies and listeners: the
  * authenticated user (or anonymous), the request's id (Cloudflare's `CF-Ray`, else one
- * made up), the client's address and user agent.
+ * made up), the client's address and user agent, and the origin it addressed (for the
+ * links events carry). All but the actor are read when first asked for: most requests
+ * are pulls, which change nothing. A class, not an object with getters: V8 makes such an
+ * object slowly, one accessor at a time, and a pull made one for nothing.
  */
+class RequestChangeContext implements ChangeContext {
+  private userAgentRead: string | null | undefined;
+  constructor(
+    readonly actor: Actor,
+    private readonly request: Request,
+  ) {}
+  get requestId(): string {
+    return requestIdOf(this.request);
+  }
+  get address(): string | undefined {
+    return clientAddressOf(this.request) || undefined;
+  }
+  get userAgent(): string | undefined {
+    if (this.userAgentRead === undefined) this.userAgentRead = this.request.headers.get("User-Agent");
+    return this.userAgentRead || undefined;
+  }
+  get origin(): string {
+    return originOf(requestUrl(this.request));
+  }
+}
+
+const ANONYMOUS: Actor = { kind: "anonymous", name: "" };
+
 export function changeContextOf(c: AppContext): ChangeContext {
-  const context: ChangeContext = {
-    actor: c.get("actor") ?? { kind: "anonymous", name: "" },
-    requestId: requestIdOf(c.req.raw),
-  };
-  const address = clientAddressOf(c.req.raw);
-  if (address) context.address = address;
-  const userAgent = c.req.header("User-Agent");
-  if (userAgent) context.userAgent = userAgent;
-  // The origin the client addressed (for the links events carry).
-  context.origin = originOf(requestUrl(c.req.raw));
-  return context;
+  return new RequestChangeContext(c.get("actor") ?? ANONYMOUS, c.req.raw);
 }
 
 /**
@@ -208,10 +228,14 @@ export function changeContextOf(c: AppContext): ChangeContext {
 export function requestedRepository(c: AppContext, { edge = true } = {}): Repository {
   const name = c.req.param("name") ?? "";
   const url = requestUrl(c.req.raw);
-  const options: ResolveOptions = { context: changeContextOf(c), host: hostOf(url) };
+  const options: ResolveOptions = { context: changeContextOf(c) };
   if (edge) options.edge = edgeCacheOf(c);
+  // The host matters only beside `?ns=` (is it naming this registry?).
   const ns = queryParameter(url, "ns");
-  if (ns) options.ns = ns;
+  if (ns) {
+    options.ns = ns;
+    options.host = hostOf(url);
+  }
   const repository = openRequested(c.env, name, options);
   const readOnly = repository.readOnlyReason();
   if (readOnly && c.req.method !== "GET" && c.req.method !== "HEAD") {

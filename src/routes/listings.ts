@@ -36,8 +36,10 @@ listingRoutes.get("/:name{.+}/tags/list", async (c) => {
     throw error;
   }
   if (page.tags.length === 0 && !(await repository.exists())) throw unknown();
+  // The answer made once, with all its headers (routes/dispatch.ts).
+  const headers: Record<string, string> = { "Content-Type": "application/json" };
   if (page.next !== undefined) {
-    c.header("Link", nextPageLink(`/v2/${name}/tags/list`, Math.min(MAX_PAGE, n ?? MAX_PAGE), page.next));
+    headers.Link = nextPageLink(`/v2/${name}/tags/list`, Math.min(MAX_PAGE, n ?? MAX_PAGE), page.next);
   }
-  return c.json({ name, tags: page.tags });
+  return new Response(JSON.stringify({ name, tags: page.tags }), { headers });
 });

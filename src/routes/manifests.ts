@@ -9,11 +9,14 @@ import { notModified, readLimited, requestedRepository, waitUntil, type AppConte
 
 export const manifestRoutes = new Hono<AppEnv>();
 
-function manifestHeaders(c: AppContext, digest: string, mediaType: string, size: number): void {
-  c.header("Content-Type", mediaType);
-  c.header("Docker-Content-Digest", digest);
-  c.header("ETag", `"${digest}"`);
-  c.header("Content-Length", String(size));
+/** A manifest's answer headers (the answer is made once, with all of them: routes/dispatch.ts). */
+function manifestHeaders(digest: string, mediaType: string, size: number): Record<string, string> {
+  return {
+    "Content-Type": mediaType,
+    "Docker-Content-Digest": digest,
+    ETag: `"${digest}"`,
+    "Content-Length": String(size),
+  };
 }
 
 /**
@@ -37,22 +40,23 @@ function referenceToRead(text: string): Reference {
 async function serveManifest(c: AppContext): Promise<Response> {
   const repository = requestedRepository(c);
   const reference = referenceToRead(c.req.param("reference") ?? "");
-  if (c.req.method === "HEAD" || c.req.header("If-None-Match")) {
+  const ifNoneMatch = c.req.header("If-None-Match");
+  if (c.req.method === "HEAD" || ifNoneMatch) {
     const { digest, mediaType, size } = await repository.statManifest(reference);
-    manifestHeaders(c, digest.value, mediaType, size);
-    if (notModified(c, digest.value)) {
-      c.header("Content-Length", undefined);
-      return c.body(null, 304);
+    const headers = manifestHeaders(digest.value, mediaType, size);
+    if (notModified(ifNoneMatch, digest.value)) {
+      delete headers["Content-Length"];
+      return new Response(null, { status: 304, headers });
     }
-    if (c.req.method === "HEAD") return c.body(null, 200);
+    if (c.req.method === "HEAD") return new Response(null, { status: 200, headers });
   }
   // A GET is a pull: told to the pull listeners, after the answer, when any asked.
   const manifest = await repository.getManifest(reference, undefined, {
     method: c.req.method,
     waitUntil: (work) => waitUntil(c, work),
   });
-  manifestHeaders(c, manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
-  return c.body(manifest.bytes, 200);
+  const headers = manifestHeaders(manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
+  return new Response(manifest.bytes, { status: 200, headers });
 }
 
 manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) => serveManifest(c));

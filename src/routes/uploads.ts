@@ -5,7 +5,8 @@ import { parseDigest } from "../oci/digest";
 import { fromErrorRecord, RegistryError, unavailable } from "../oci/errors";
 import { validateName } from "../oci/names";
 import type { BlobDescriptor } from "../registry/registry";
-import { metered } from "../registry/meter";
+import { metered, meterOnEnv } from "../registry/meter";
+import { plainContext } from "../registry/changes";
 import {
   BYTE_REQUEST_ARGS,
   type ByteRequestArgs,
@@ -38,9 +39,9 @@ function session(c: AppContext, uploadId: string): DurableObjectStub<UploadSessi
  * overloaded, or could not be reached) is retryable: the session keeps its last
  * durable point, and the client's retry finds it.
  */
-async function reach<T>(call: Promise<T>, { count = true }: { count?: boolean } = {}): Promise<T> {
+async function reach<T>(c: AppContext, call: Promise<T>, { count = true }: { count?: boolean } = {}): Promise<T> {
   try {
-    return await (count ? metered("do", "call", () => call) : call);
+    return await (count ? metered("do", "call", () => call, meterOnEnv(c.env)) : call);
   } catch (error) {
     if (error instanceof RegistryError) throw error;
     throw unavailable("the upload session could not be reached; retry", { cause: String(error) });
@@ -56,14 +57,14 @@ function uploadId(c: AppContext): string {
 /** Forwards the request's body to the upload's object (see UploadSession.fetch). */
 async function forwardBytes<T>(c: AppContext, id: string, args: Omit<ByteRequestArgs, "hasBody">): Promise<T> {
   // A commit is a change: who made it goes with it (the session tells the change seam).
-  if (args.operation === "commit") args = { ...args, context: changeContextOf(c) };
+  if (args.operation === "commit") args = { ...args, context: plainContext(changeContextOf(c)) };
   const body = requestBody(c);
   const forwarded = new Request("https://upload-session/", c.req.raw);
   forwarded.headers.delete(FRONT_SECRET_HEADER);
   forwarded.headers.set(BYTE_REQUEST_ARGS, JSON.stringify({ ...args, hasBody: body !== null }));
-  const response = await reach(session(c, id).fetch(forwarded));
+  const response = await reach(c, session(c, id).fetch(forwarded));
   // Reading the object's answer is part of the same call.
-  return unwrap((await reach(response.json(), { count: false })) as SessionResult<T>);
+  return unwrap((await reach(c, response.json(), { count: false })) as SessionResult<T>);
 }
 
 function unwrap<T>(result: SessionResult<T>): T {
@@ -177,7 +178,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
   const declared = digest === undefined ? undefined : chunkDeclaration(c);
   const id = crypto.randomUUID();
   const stub = session(c, id);
-  await reach(stub.start(id, name));
+  await reach(c, stub.start(id, name));
   if (digest !== undefined) {
     await forwardBytes<BlobDescriptor>(c, id, {
       operation: "commit",
@@ -201,7 +202,7 @@ uploadRoutes.on("POST", ["/:name{.+}/blobs/uploads/", "/:name{.+}/blobs/uploads"
 uploadRoutes.get("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = repositoryName(c);
   const id = uploadId(c);
-  const status = unwrap(await reach(session(c, id).status(name)));
+  const status = unwrap(await reach(c, session(c, id).status(name)));
   return acceptedUpload(c, name, id, status.offset, 204);
 });
 
@@ -230,6 +231,6 @@ uploadRoutes.put("/:name{.+}/blobs/uploads/:uuid", async (c) => {
 uploadRoutes.delete("/:name{.+}/blobs/uploads/:uuid", async (c) => {
   const name = requestedRepository(c, { edge: false }).name;
   const id = uploadId(c);
-  unwrap(await reach(session(c, id).cancel(name)));
+  unwrap(await reach(c, session(c, id).cancel(name)));
   return c.body(null, 204);
 });

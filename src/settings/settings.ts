@@ -1,3 +1,4 @@
+import { isolateEnv } from "./request-env";
 import { RegistryError } from "../oci/errors";
 import { parseAccess, type AccessSettings } from "./access";
 import { parseImmutableTags, type ImmutableTags } from "./immutable";
@@ -316,7 +317,9 @@ const parsed = new WeakMap<object, Settings>();
  * 500 naming it, on every request: a registry must not run on a guess (a broken access
  * rule must not fall open).
  */
-export function settingsOf(env: Env): Settings {
+export function settingsOf(requestEnv: Env): Settings {
+  // Per isolate: a request's env (registry/meter.ts `withMeter`) has the Worker's behind it.
+  const env = isolateEnv(requestEnv);
   const known = parsed.get(env);
   if (known) return known;
   try {

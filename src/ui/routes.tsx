@@ -6,6 +6,7 @@ import { RegistryError } from "../oci/errors";
 import { validateName, validateTag } from "../oci/names";
 import { readAtMost } from "../registry/bounded";
 import { catalogOf } from "../registry/registry";
+import { plainContext } from "../registry/changes";
 import { changeContextOf, repositoryOf, type AppEnv } from "../routes/http";
 import { catalogPage, complete, IMAGE_TAG_PAGES, IMAGE_TAGS_SHOWN, imageDetails, tagPulls } from "./data";
 import {
@@ -123,7 +124,7 @@ function visibleRepository(c: UiContext, viewer: Viewer) {
   })();
   if (!may(viewer, name, "pull")) throw new RegistryError("NAME_UNKNOWN", "no such repository, or you may not see it");
   // Changes made from the pages are the viewer's.
-  const context = { ...changeContextOf(c), actor: viewerActor(viewer) };
+  const context = plainContext(changeContextOf(c), viewerActor(viewer));
   return { name, repository: repositoryOf(c, name).as(context) };
 }
 
