@@ -157,7 +157,7 @@ async function roundTrip(image, repo, tag, { all = false, skipBlobsOver, timeout
   return out;
 }
 
-describe("OCI clients against the registry (wrangler dev)", () => {
+describe("OCI clients against the registry (npm start)", () => {
   before(async () => {
     const missing = REQUIRED_COMMANDS.filter((command) => !haveCommand(command));
     assert.deepEqual(missing, [], `missing client tools (see .ci/run): ${missing.join(", ")}`);
