@@ -139,18 +139,21 @@ export class Meter {
 
 /**
  * Where a request's code finds its meter: on the env it was given. app.ts gives each
- * request an env of its own (`withMeter`: the Worker's env as prototype, and the meter),
- * and the storage seam (storage.ts), the edge cache, the mirror and the other callers
- * of `metered` read it from there. This costs a request one small object; finding it
- * through AsyncLocalStorage instead (a `run` per request) cost a HEAD about 6 % of its
- * workerd CPU (docs/performance.md, "Request CPU against serverless-registry").
+ * request an env of its own (`withMeter`: the Worker's env as its prototype, with the
+ * meter kept beside it), and the storage seam (storage.ts), the edge cache, the mirror and
+ * the other callers of `metered` read it from there. This costs a request one small object;
+ * an A/B build without the AsyncLocalStorage run (and without the meter's records and
+ * timer) spent 5–7 % less workerd CPU on a HEAD (docs/performance.md, "Request CPU against
+ * serverless-registry").
  *
  * Work that has no such env (the collector's steps, the policies and listeners the
  * change seam keeps per isolate) finds the meter of the request or step it runs in
  * through AsyncLocalStorage (`runMetered`, `currentMeter`), as before: app.ts enters it
- * only for requests that may change something (not GET or HEAD).
+ * only for requests that may change something (not GET or HEAD), and a repository around a
+ * change made during a GET (repository.ts `metering`).
+ *
+ * Each request's env and its meter are kept by the object, so no copy of one has it.
  */
-/** Each request's env (settings/request-env.ts) and its meter: kept by the object, so no copy of one has it. */
 const meters = new WeakMap<object, Meter>();
 
 /** The env a request's code is given (settings/request-env.ts), carrying the request's `meter`. */
