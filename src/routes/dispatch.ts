@@ -13,8 +13,8 @@ type Matched = [[MiddlewareHandler<AppEnv>, unknown], unknown][];
  * its GET route, as Hono's does, but the answer is sent as the route made it, not copied
  * into a second Response with a copy of its headers (the routes give a HEAD no body;
  * an answer that has one anyway is copied without it). A HEAD of a manifest or a blob is
- * among the requests a pull makes most, and the copy was a tenth of what the Worker
- * spent on one (docs/performance.md, "Request CPU against serverless-registry").
+ * among the requests a pull makes most, and each one paid for that copy
+ * (docs/performance.md, "Request CPU against serverless-registry").
  *
  * Hono's semantics are kept: a route's parameters are those of the handler running
  * (`routeIndex`); an error thrown by a handler becomes the error handler's answer at the
