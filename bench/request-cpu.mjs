@@ -5,6 +5,7 @@
 //   node bench/request-cpu.mjs                                  this checkout, 2 rounds of 3000 requests per kind
 //   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts side by side
 //   node bench/request-cpu.mjs --peer /tmp/peer-sr              and cloudflare/serverless-registry as a column
+//   node bench/request-cpu.mjs --peer /tmp/peer-sr --floor      and the floor: each kind's one storage call, nothing else
 //   node bench/request-cpu.mjs --dir ../before --dir . --profile   and where the CPU goes (top self time)
 //
 // Each --dir (default: the checkout this file is in) is a registry checkout with its own
@@ -141,9 +142,10 @@ const IGNORED_SETTINGS = new Set([
 
 function usage() {
   return [
-    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--rounds N] [--bursts B] [--requests N] [--concurrency C] [--warmup N] [--profile] [--profile-out DIR] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--requests N] [--concurrency C] [--warmup N] [--profile] [--profile-out DIR] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
     "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
     "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
+    "  --floor          also bench/floor/worker.js: each kind's one storage call and nothing else",
     "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
     "                   wrangler.example.jsonc copied to wrangler.jsonc)",
     "  --rounds N       rounds (default 2): each starts every target afresh and measures every kind",
@@ -189,6 +191,7 @@ function parseOptions() {
     {
       dir: { type: "string", multiple: true },
       peer: { type: "string" },
+      floor: { type: "boolean", default: false },
       rounds: { type: "string" },
       bursts: { type: "string" },
       requests: { type: "string" },
@@ -217,6 +220,7 @@ function parseOptions() {
   return {
     dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
     peer: v.peer === undefined ? undefined : resolve(v.peer),
+    floor: v.floor,
     rounds: number("rounds", 2, 1, 20),
     bursts: number("bursts", 6, 1, 100),
     requests: multiple(number("requests", 3000, 10, 1_000_000)),
@@ -475,6 +479,48 @@ function peerTarget(dir) {
     },
     bundle() {
       return join(dir, "build-mf", "index.js");
+    },
+  };
+}
+
+/**
+ * The floor (--floor): bench/floor/worker.js, a stand-in that answers each kind with the one
+ * storage call ours makes for it and nothing else, on this checkout's Miniflare behind the
+ * same front. What a registry spends beyond it is its own work.
+ */
+function floorTarget() {
+  return {
+    label: "floor (one storage call)",
+    dir: ROOT,
+    sendsServerTiming: false,
+    async start({ inspectorPort }) {
+      return startServer({
+        name: "floor",
+        command: process.execPath,
+        cwd: ROOT,
+        args: (state, port) => [
+          join(ROOT, "bench", "floor", "serve.mjs"),
+          "--port",
+          String(port),
+          "--persist-to",
+          state,
+        ],
+        env: (state) => {
+          const env = { ...process.env };
+          if (inspectorPort) env.MINIFLARE_WORKERD_PATH = workerdWithInspector(ROOT, state, inspectorPort);
+          return env;
+        },
+        ready: async (url) => {
+          const answer = await request(`${url}/v2/`, { timeoutMs: 2000 });
+          return answer.status === 200 || `GET /v2/ answered ${answer.status}`;
+        },
+      });
+    },
+    async authorization() {
+      return "Basic Zmxvb3I6Zmxvb3I=";
+    },
+    bundle() {
+      return undefined;
     },
   };
 }
@@ -1083,6 +1129,7 @@ const targets = [];
 try {
   for (const dir of options.dirs) for (const variant of options.variants) targets.push(edgeTarget(dir, variant));
   if (options.peer) targets.push(peerTarget(options.peer));
+  if (options.floor) targets.push(floorTarget());
 } catch (error) {
   console.error(error.message);
   process.exit(2);
