@@ -1,4 +1,6 @@
+import { createExecutionContext, env } from "cloudflare:test";
 import { describe, expect, it } from "vitest";
+import worker from "../../src/index";
 import { expectError, pushImage, registry } from "./helpers";
 
 describe("GET /v2/ (API version check)", () => {
@@ -43,6 +45,20 @@ describe("every /v2 response", () => {
       expect(answer.headers.get("Docker-Distribution-API-Version")).toBe("registry/2.0");
       expect(answer.headers.get("Server-Timing")).toMatch(/^r2;dur=/);
       await answer.arrayBuffer();
+    }
+  });
+
+  it("answers a HEAD of a route whose GET has a body with the GET's status and headers and no body", async () => {
+    await pushImage("api-version/heads", "v1");
+    for (const path of ["/v2/", "/v2/api-version/heads/tags/list"]) {
+      // The Worker's own answer (SELF.fetch's HTTP layer would drop a HEAD's body anyway).
+      const request = new Request(new URL(path, "https://registry.example.com"), { method: "HEAD" });
+      const response = await worker.fetch(request, env, createExecutionContext());
+      expect(response.status).toBe(200);
+      expect(response.body).toBeNull();
+      expect(response.headers.get("Content-Type")).toContain("application/json");
+      expect(response.headers.get("Docker-Distribution-API-Version")).toBe("registry/2.0");
+      expect(response.headers.get("Server-Timing")).toMatch(/^r2;dur=/);
     }
   });
 

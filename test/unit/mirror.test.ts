@@ -2,6 +2,7 @@ import { createExecutionContext, env, waitOnExecutionContext } from "cloudflare:
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import worker from "../../src/index";
 import { changeHooks, type Change, type ChangeContext } from "../../src/registry/changes";
+import { metered } from "../../src/registry/meter";
 import { parseChallenge, upstreamError } from "../../src/mirror/upstream-client";
 import { mirroredName, parseUpstreams } from "../../src/settings/upstreams";
 import { settingsOf } from "../../src/settings/settings";
@@ -384,12 +385,20 @@ describe("pull-through mirroring", () => {
 
   it("tells the change seam of each manifest and blob it stores, once, as the mirror, within the pull's request", async () => {
     const heard: { change: Change; context: ChangeContext }[] = [];
-    changeHooks.listeners.push({ name: "test", changed: (change, context) => void heard.push({ change, context }) });
+    changeHooks.listeners.push({
+      name: "test",
+      // A listener kept per isolate finds the GET's meter (repository.ts `metering`), as the
+      // events sender does for its queue sends.
+      changed: async (change, context) => {
+        heard.push({ change, context });
+        await metered("queue", "send", () => Promise.resolve());
+      },
+    });
     try {
       const image = await upstream.addImage("team/seam", "v1", [randomBytes(1000)]);
-      expect((await request("/v2/up.test/team/seam/manifests/v1", { headers: { "CF-Ray": "ray-pull" } })).status).toBe(
-        200,
-      );
+      const pulled = await request("/v2/up.test/team/seam/manifests/v1", { headers: { "CF-Ray": "ray-pull" } });
+      expect(pulled.status).toBe(200);
+      expect(pulled.headers.get("Server-Timing")).toMatch(/queue;dur=[\d.]+;desc="1"/);
       for (const digest of image.layers) {
         expect(
           (await request(`/v2/up.test/team/seam/blobs/${digest}`, { headers: { "CF-Ray": "ray-pull" } })).status,
