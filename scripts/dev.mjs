@@ -29,7 +29,6 @@
 // (256) bound what slow clients may hold of the front (scripts/lib/connection-limits.mjs;
 // docs/configuration.md, "The local front and the relay").
 import { resolve } from "node:path";
-import { freePort } from "./lib/free-port.mjs";
 import { startLocalWorker } from "./lib/local-worker.mjs";
 import { connectionLimitsFrom } from "./lib/connection-limits.mjs";
 import { startFront } from "./lib/front.mjs";
@@ -65,8 +64,14 @@ try {
   process.exit(2);
 }
 
-const innerPort = await freePort();
-const { authenticated, frontSecret, stop: stopWorker } = await startLocalWorker({ persistTo, port: innerPort, quiet });
+// workerd on a port of the system's choosing, the front on --port (0: also the system's;
+// the ready line below says which, and the e2e harness reads it from there).
+const {
+  port: innerPort,
+  authenticated,
+  frontSecret,
+  stop: stopWorker,
+} = await startLocalWorker({ persistTo, port: 0, quiet });
 
 const front = await startFront({
   port,
@@ -80,7 +85,7 @@ const auth = authenticated
   ? "authentication enforced (AUTH_USERS or OIDC_TRUST)"
   : "OPEN: no authentication, anyone on this machine may push (set AUTH_USERS to require logins)";
 const limit = bodyLimit === undefined ? "" : `; request bodies over ${formatBytes(bodyLimit)} refused with 413`;
-console.log(`edge-registry ready: http://127.0.0.1:${port}/v2/ (state in ${persistTo}; ${auth}${limit})`);
+console.log(`edge-registry ready: http://127.0.0.1:${front.port}/v2/ (state in ${persistTo}; ${auth}${limit})`);
 
 async function stop() {
   await front.close();

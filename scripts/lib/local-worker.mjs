@@ -70,8 +70,8 @@ const SECRETS = [
  * `ps`; without the secret, anything on the machine could send it requests with a chosen
  * address and so dodge the failed-login limit per address (src/auth/client-address.ts).
  *
- * Returns the Miniflare instance, whether authentication is enforced, the front's secret,
- * and stop() (disposes it and removes its bundle).
+ * Returns the Miniflare instance, the port it listens on, whether authentication is
+ * enforced, the front's secret, and stop() (disposes it and removes its bundle).
  */
 export async function startLocalWorker({ persistTo, port = 0, quiet = false, bindings = {} }) {
   process.env.CLOUDFLARE_CF_FETCH_ENABLED = "false";
@@ -134,7 +134,9 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     log: new Log(quiet ? LogLevel.ERROR : LogLevel.INFO),
     logRequests: !quiet,
   });
-  await miniflare.ready;
+  // The port workerd listens on (with `port` 0, the one the system gave it: no other
+  // process can take it between choosing and binding, as one may a port chosen beforehand).
+  const listening = Number(new URL(await miniflare.ready).port);
   // The audit log's and the deliveries' tables (D1), as `npm run deploy` migrates them.
   await applyMigrations(await miniflare.getD1Database("AUDIT"));
   // Miniflare's own signal handling may end the process before an async stop finishes:
@@ -147,5 +149,5 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     await miniflare.dispose();
     removeBundle();
   };
-  return { miniflare, authenticated, frontSecret, stop };
+  return { miniflare, port: listening, authenticated, frontSecret, stop };
 }

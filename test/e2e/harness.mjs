@@ -303,6 +303,28 @@ async function waitUntilReady({ name, url, statuses = [200], readyTimeoutMs, int
 }
 
 /**
+ * The port `npm start` (scripts/dev.mjs --port 0) listens on, from its ready line in
+ * `logFile`. When its process exits first or `readyTimeoutMs` passes, stops it and throws
+ * with its log's tail.
+ */
+async function readyPort({ logFile, readyTimeoutMs, exited, stop, logTail }) {
+  const deadline = Date.now() + readyTimeoutMs;
+  for (;;) {
+    const port = /^edge-registry ready: http:\/\/127\.0\.0\.1:(\d+)\//m.exec(tailFile(logFile, 200))?.[1];
+    if (port) return Number(port);
+    if (exited() || Date.now() > deadline) {
+      const tail = logTail();
+      await stop();
+      const why = exited()
+        ? `exited before it was ready: ${JSON.stringify(exited())}`
+        : `not ready within ${readyTimeoutMs} ms`;
+      throw new Error(`the registry ${why}\n${tail}`);
+    }
+    await delay(100);
+  }
+}
+
+/**
  * Where the servers of the suite keep the Worker's bundle (scripts/lib/bundle-cache.mjs):
  * each test file starts its own, often several, of the same code, and only the first
  * bundles it.
@@ -335,7 +357,7 @@ async function snapshotCheckout(dir) {
 }
 
 /**
- * Starts `scripts/dev.mjs --port <free port> --persist-to <fresh dir>` (`server:
+ * Starts `scripts/dev.mjs --port 0 --persist-to <fresh dir>` (`server:
  * "npm-start"`) or `wrangler dev` behind the same TLS front (`server: "wrangler-dev"`) on
  * a snapshot of the checkout (see snapshotCheckout) and waits until GET /v2/ answers
  * (200, or 401 when `env` turns authentication on: AUTH_USERS and friends, taken from the
@@ -358,16 +380,18 @@ export async function startRegistry({
   const stateDir = join(dir, "state");
   const logFile = join(dir, "registry.log");
   await mkdir(join(dir, "config"), { recursive: true });
-  const port = await freePort();
   // E2E_IN_PLACE=1 runs the server in the checkout itself; by default in a snapshot.
   const cwd = process.env.E2E_IN_PLACE === "1" ? ROOT : await snapshotCheckout(join(dir, "app"));
   // The registry as `npm start` runs it; or as `npm run dev` (plain `wrangler dev`) runs
   // it, with its settings in .dev.vars and the same TLS front (in this process) before it.
+  // Its port is the system's choice when it binds (--port 0; its ready line says which):
+  // a port chosen here and bound seconds later, after the start, could meanwhile be taken
+  // by another suite's server or a client's connection (the suites run two at a time).
   const accessLogFile = join(dir, "access.log");
   let args = [
     join(cwd, "scripts", "dev.mjs"),
     "--port",
-    String(port),
+    "0",
     "--persist-to",
     stateDir,
     "--access-log",
@@ -390,7 +414,7 @@ export async function startRegistry({
       stateDir,
       "--show-interactive-dev-session=false",
     ];
-    front = await startFront({ port, targetPort: innerPort, accessLog: accessLogFile, bodyLimit });
+    front = await startFront({ targetPort: innerPort, accessLog: accessLogFile, bodyLimit });
   }
   const env = {
     ...process.env,
@@ -412,7 +436,7 @@ export async function startRegistry({
   closeSync(logFd);
   const pgid = child.pid;
   if (pgid === undefined) throw new Error("could not start the registry");
-  keeper.track(pgid, `registry :${port}`);
+  keeper.track(pgid, `registry (${dir})`);
   let exited = null;
   child.once("exit", (code, signal) => {
     exited = { code, signal };
@@ -421,8 +445,6 @@ export async function startRegistry({
     exited = { error };
   });
 
-  const host = `127.0.0.1:${port}`;
-  const url = `http://${host}`;
   const logTail = (lines = 60) => `--- registry log (${logFile}), last ${lines} lines:\n${tailFile(logFile, lines)}`;
   let stopped = false;
   const stop = async () => {
@@ -433,6 +455,9 @@ export async function startRegistry({
     await removeTempDir(dir);
   };
 
+  const port = front?.port ?? (await readyPort({ logFile, readyTimeoutMs, exited: () => exited, stop, logTail }));
+  const host = `127.0.0.1:${port}`;
+  const url = `http://${host}`;
   await waitUntilReady({
     name: "the registry",
     url,
