@@ -1,6 +1,5 @@
 import { app } from "./app";
 import { pruneAudit } from "./audit/audit";
-import { withVerifiedClientAddress } from "./auth/client-address";
 import { consumeQueue, eventsMaintenance } from "./events/consumer";
 import { collectorOf } from "./gc/collector";
 import { revokedSessionsOf } from "./registry/registry";
@@ -12,8 +11,7 @@ export { UploadSession } from "./uploads/upload-session";
 
 export default {
   // Locally, a client address is believed only when the front sent it (auth/client-address.ts).
-  fetch: (request: Request, env: Env, ctx: ExecutionContext) =>
-    app.fetch(withVerifiedClientAddress(request, env), env, ctx),
+  fetch: (request: Request, env: Env, ctx: ExecutionContext) => app.fetch(request, env, ctx),
   /**
    * The Cron Trigger (wrangler.toml [triggers]): starts a garbage collection run unless one
    * is running, drops the records of revoked web sessions that have expired anyway, and

@@ -21,34 +21,27 @@ function sameSecret(presented: string, expected: string): boolean {
   return difference === 0;
 }
 
-/** Requests whose `CF-Connecting-IP` is not believed: they came past the front, without its secret. */
-const distrusted = new WeakSet<Request>();
-
 /**
- * Judges a request's `CF-Connecting-IP` once, as it arrives (src/index.ts): without
- * LOCAL_FRONT_SECRET (on Cloudflare) as sent; with it, believed only beside the front's
- * secret, else no address at all: all such requests count as one client, "unknown", for
- * the failed-login limit. The request is not copied (a copy to drop two headers cost a
- * small request a tenth of its CPU): a request not believed is marked, for
- * `clientAddressOf`, and the secret goes no further than this Worker (a request forwarded
- * to an upload's object drops it: routes/uploads.ts).
+ * The client's address as this Worker believes it; undefined: unknown. `CF-Connecting-IP`
+ * as sent without LOCAL_FRONT_SECRET (on Cloudflare); with it, believed only beside the
+ * front's secret, else no address at all: all such requests count as one client,
+ * "unknown", for the failed-login limit. Judged when asked (a login, a change's context),
+ * not as each request arrives: most requests never ask, and the check cost every small
+ * request locally a few per cent of its CPU. The request is not copied either (a copy to
+ * drop two headers cost a small request a tenth of its CPU); the secret goes no further
+ * than this Worker (a request forwarded to an upload's object drops it: routes/uploads.ts).
  */
-export function withVerifiedClientAddress(request: Request, env: Env): Request {
+export function clientAddressOf(request: Request, env: Env): string | undefined {
+  const address = request.headers.get("CF-Connecting-IP");
+  if (address === null) return undefined;
   let secret: string | undefined;
   try {
     secret = settingsOf(env).localFrontSecret;
   } catch {
     // Settings that do not parse: the app answers with the error naming them.
-    return request;
+    return undefined;
   }
-  if (secret === undefined) return request;
+  if (secret === undefined) return address;
   const presented = request.headers.get(FRONT_SECRET_HEADER);
-  if (presented === null || !sameSecret(presented, secret)) distrusted.add(request);
-  return request;
-}
-
-/** The client's address as this Worker believes it (see withVerifiedClientAddress); undefined: unknown. */
-export function clientAddressOf(request: Request): string | undefined {
-  if (distrusted.has(request)) return undefined;
-  return request.headers.get("CF-Connecting-IP") ?? undefined;
+  return presented !== null && sameSecret(presented, secret) ? address : undefined;
 }

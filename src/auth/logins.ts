@@ -125,7 +125,7 @@ export async function verifyLogin(
   password: string,
   via: LoginVia,
 ): Promise<boolean> {
-  const address = `address:${clientAddress(clientAddressOf(c.req.raw))}`;
+  const address = `address:${clientAddress(clientAddressOf(c.req.raw, c.env))}`;
   const name = `user:${user}`;
   const locked = knownLock([address, name]);
   if (locked > 0) throw tooManyFailures(locked);
@@ -139,7 +139,7 @@ export async function verifyLogin(
       success,
       via,
       ...(reason ? { reason } : {}),
-      address: clientAddressOf(c.req.raw),
+      address: clientAddressOf(c.req.raw, c.env),
       userAgent: c.req.header("User-Agent"),
       requestId: c.req.header("CF-Ray"),
     });
@@ -176,7 +176,7 @@ export async function limitedLogin<T>(
   remembered: (result: T) => boolean,
   record: (result: T | null, reason?: "password" | "locked") => void,
 ): Promise<T | null> {
-  const address = `address:${clientAddress(clientAddressOf(c.req.raw))}`;
+  const address = `address:${clientAddress(clientAddressOf(c.req.raw, c.env))}`;
   const locked = knownLock([address]);
   if (locked > 0) throw tooManyFailures(locked);
   const result = await check();

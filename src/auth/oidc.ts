@@ -237,7 +237,7 @@ export async function oidcLogin(c: Context<AuthEnv>, token: string, via: LoginVi
       success: login !== null,
       via,
       ...(reason ? { reason } : {}),
-      address: clientAddressOf(c.req.raw),
+      address: clientAddressOf(c.req.raw, c.env),
       userAgent: c.req.header("User-Agent"),
       requestId: c.req.header("CF-Ray"),
     });

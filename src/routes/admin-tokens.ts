@@ -24,7 +24,7 @@ const MAX_BODY_BYTES = 16 * 1024;
 /** Who asked, for the audit log's row of the change (the admin token names nobody). */
 function client(c: AppContext) {
   return {
-    address: clientAddressOf(c.req.raw),
+    address: clientAddressOf(c.req.raw, c.env),
     userAgent: c.req.header("User-Agent"),
     requestId: c.req.header("CF-Ray"),
   };

@@ -196,12 +196,13 @@ class RequestChangeContext implements ChangeContext {
   constructor(
     readonly actor: Actor,
     private readonly request: Request,
+    private readonly env: Env,
   ) {}
   get requestId(): string {
     return requestIdOf(this.request);
   }
   get address(): string | undefined {
-    return clientAddressOf(this.request) || undefined;
+    return clientAddressOf(this.request, this.env) || undefined;
   }
   get userAgent(): string | undefined {
     if (this.userAgentRead === undefined) this.userAgentRead = this.request.headers.get("User-Agent");
@@ -215,7 +216,7 @@ class RequestChangeContext implements ChangeContext {
 const ANONYMOUS: Actor = { kind: "anonymous", name: "" };
 
 export function changeContextOf(c: AppContext): ChangeContext {
-  return new RequestChangeContext(c.get("actor") ?? ANONYMOUS, c.req.raw);
+  return new RequestChangeContext(c.get("actor") ?? ANONYMOUS, c.req.raw, c.env);
 }
 
 /**

@@ -179,7 +179,7 @@ uiRoutes.post("/robots/revoke", (c) =>
     const form = await readForm(c);
     checkForm(c, viewer, form);
     await revokeFor(c.env, viewer, String(form.get("name") ?? ""), {
-      address: clientAddressOf(c.req.raw),
+      address: clientAddressOf(c.req.raw, c.env),
       userAgent: c.req.header("User-Agent"),
       requestId: c.req.header("CF-Ray"),
     });
