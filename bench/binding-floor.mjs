@@ -6,9 +6,12 @@
 //
 //   node bench/binding-floor.mjs                 6 rounds of 6000 requests per kind
 //   node bench/binding-floor.mjs --rounds 3 --requests 3000
+//   node bench/binding-floor.mjs --filler 300   300 more objects in the bucket, under another prefix
 //
 // One Miniflare (one workerd, this checkout's node_modules) serves a Worker with an R2
-// bucket and a KV namespace, seeded with one object (a tag's five custom metadata entries)
+// bucket and a KV namespace, seeded with one object (a tag's five custom metadata entries),
+// the same tag's fields packed into one entry, an object with none, `--filler` others
+// (Miniflare's R2 list scans every row of the bucket's table: does their number show?),
 // and one KV value (a blob descriptor as JSON). Per round, each kind in turn (the order
 // reversed every other round): 500 warm-up requests, then `hey -n N -c 10` straight to
 // workerd's port (no front), workerd's utime + stime (/proc/<pid>/stat) around it. Prints
@@ -27,8 +30,17 @@ const option = (name, fallback) => {
 };
 const rounds = option("--rounds", 6);
 const requests = option("--requests", 6000);
-if (!Number.isInteger(rounds) || rounds < 1 || !Number.isInteger(requests) || requests < 10) {
-  console.error("usage: node bench/binding-floor.mjs [--rounds N] [--requests N]");
+const filler = option("--filler", 0);
+if (
+  !Number.isInteger(rounds) ||
+  rounds < 1 ||
+  !Number.isInteger(requests) ||
+  requests < 10 ||
+  !Number.isInteger(filler) ||
+  filler < 0 ||
+  filler > 10_000
+) {
+  console.error("usage: node bench/binding-floor.mjs [--rounds N] [--requests N] [--filler N]");
   process.exit(2);
 }
 
@@ -40,17 +52,32 @@ export default {
     if (path === "/seed") {
       await env.B.put("k", "{}", { customMetadata: { digest: DIGEST, mediaType: "application/vnd.oci.image.manifest.v1+json", length: "500", size: "1234", platforms: "linux/amd64" } });
       await env.K.put("k", JSON.stringify({ digest: DIGEST, size: 4096, key: "data/" + crypto.randomUUID() }));
+      await env.B.put("packed", "{}", { customMetadata: { tag: DIGEST + " 500 application/vnd.oci.image.manifest.v1+json" } });
+      await env.B.put("bare", "{}");
+      const filler = Number(new URL(request.url).searchParams.get("filler"));
+      for (let i = 0; i < filler; i++) await env.B.put("other/" + String(i).padStart(6, "0"), "{}", { customMetadata: { digest: DIGEST } });
       return new Response("seeded");
     }
     if (path === "/r2-head-metadata") { const o = await env.B.head("k"); return new Response(null, { headers: { "X-L": o.customMetadata.length } }); }
     if (path === "/r2-head-size") { const o = await env.B.head("k"); return new Response(null, { headers: { "X-L": String(o.size) } }); }
+    if (path === "/r2-head-packed") { const o = await env.B.head("packed"); return new Response(null, { headers: { "X-L": o.customMetadata.tag.split(" ")[1] } }); }
+    if (path === "/r2-head-bare") { const o = await env.B.head("bare"); return new Response(null, { headers: { "X-L": String(o.size) } }); }
     if (path === "/r2-list") { const l = await env.B.list({ prefix: "k" }); return new Response(JSON.stringify(l.objects.map((o) => o.key))); }
     if (path === "/kv-get-json") { const v = await env.K.get("k", { type: "json", cacheTtl: 60 }); return new Response(null, { headers: { "X-L": String(v.size) } }); }
     if (path === "/kv-get-text") { const v = JSON.parse(await env.K.get("k")); return new Response(null, { headers: { "X-L": String(v.size) } }); }
     return new Response(null);
   },
 };`;
-const KINDS = ["constant", "r2-head-metadata", "r2-head-size", "r2-list", "kv-get-json", "kv-get-text"];
+const KINDS = [
+  "constant",
+  "r2-head-metadata",
+  "r2-head-size",
+  "r2-head-packed",
+  "r2-head-bare",
+  "r2-list",
+  "kv-get-json",
+  "kv-get-text",
+];
 
 const state = mkdtempSync(join(tmpdir(), "binding-floor-"));
 const mf = new Miniflare({
@@ -66,7 +93,7 @@ const mf = new Miniflare({
 });
 try {
   const url = await mf.ready;
-  const seeded = await fetch(new URL("/seed", url));
+  const seeded = await fetch(new URL(`/seed?filler=${filler}`, url));
   if (seeded.status !== 200) throw new Error(`seeding failed: ${seeded.status}`);
   await seeded.text();
   // The workerd this process started (Miniflare spawns it as a child).
@@ -109,7 +136,7 @@ try {
   const median = (values) => [...values].sort((a, b) => a - b)[values.length >> 1];
   console.log(`## The floor under a small request (trivial Worker, one binding call)\n`);
   console.log(
-    `- date: ${new Date().toISOString()}; ${rounds} rounds of ${requests} requests per kind, hey -c 10, direct to workerd`,
+    `- date: ${new Date().toISOString()}; ${rounds} rounds of ${requests} requests per kind, hey -c 10, direct to workerd; ${filler} filler objects`,
   );
   console.log(`- load average at the end: ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}\n`);
   console.log("| request | workerd µs per request (median) | each round |");
