@@ -617,6 +617,13 @@ function rssOf(pid) {
   }
 }
 
+/** The pids of the processes of a tree whose executable is `kind`. */
+export function treePids(rootPid, kind) {
+  return processTree(rootPid)
+    .filter((entry) => entry.kind === kind)
+    .map((entry) => entry.pid);
+}
+
 /** User + system CPU seconds the processes of a tree whose executable is `kind` have used so far. */
 export function treeCpuSeconds(rootPid, kind) {
   let total = 0;

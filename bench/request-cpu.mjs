@@ -111,6 +111,7 @@ import {
   run,
   tailFile,
   treeCpuSeconds,
+  treePids,
 } from "./lib.mjs";
 
 const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
@@ -155,6 +156,9 @@ function usage() {
     "  --warmup N       requests per kind before the counted ones (default 200)",
     "  --profile        per round, target and kind, one more run with V8's sampling profiler on: top self time",
     "  --profile-out D  --profile, and the Worker's profiles saved in D (.cpuprofile, for Chrome DevTools)",
+    "  --perf DIR       per round, target and kind, one more run with `perf record -e cpu-clock` on the target's",
+    "                   workerd (all of it: the Worker, Miniflare's entry Worker and simulators, the runtime): top",
+    "                   self time by library and symbol; the data kept in DIR (`perf report -i` reads it)",
     "  --direct         every request to workerd's own port, not through the node front",
     `  --only KINDS     comma-separated subset of ${KIND_KEYS.join(", ")} (default: ${DEFAULT_KINDS.join(", ")})`,
     "  --variant LABEL:NAME=VALUE,…  each checkout once more with these settings (repeat: one column per variant)",
@@ -199,6 +203,7 @@ function parseOptions() {
       warmup: { type: "string" },
       profile: { type: "boolean", default: false },
       "profile-out": { type: "string" },
+      perf: { type: "string" },
       direct: { type: "boolean", default: false },
       only: { type: "string" },
       variant: { type: "string", multiple: true },
@@ -228,6 +233,7 @@ function parseOptions() {
     warmup: warmup === 0 ? 0 : multiple(warmup),
     profile: v.profile || v["profile-out"] !== undefined,
     profileOut: v["profile-out"] === undefined ? undefined : resolve(v["profile-out"]),
+    perf: v.perf === undefined ? undefined : resolve(v.perf),
     direct: v.direct,
     only: onlyKinds(v.only),
     variants: (v.variant ?? [""]).map(parseVariant),
@@ -812,8 +818,88 @@ function addSelfTimes(profile, sections, into) {
 /** Writes the Worker's profile as <dir>/<target>.<kind>.r<round>.cpuprofile (Chrome DevTools opens it). */
 function saveProfile(dir, target, kind, round, profile) {
   mkdirSync(dir, { recursive: true });
-  const slug = target.label.replace(/[^a-z0-9.-]+/gi, "-").toLowerCase();
-  writeFileSync(join(dir, `${slug}.${kind.key}.r${round + 1}.cpuprofile`), JSON.stringify(profile));
+  writeFileSync(join(dir, `${slug(target.label)}.${kind.key}.r${round + 1}.cpuprofile`), JSON.stringify(profile));
+}
+
+/** A target's label as a file name's part. */
+function slug(label) {
+  return label.replace(/[^a-z0-9.-]+/gi, "-").toLowerCase();
+}
+
+// ---------------------------------------------------------------------------------------
+// perf: where workerd as a whole spends its CPU, the runtime's C++ and the simulators
+// included (V8's profiler sees only the Worker's JavaScript). `perf record -e cpu-clock`
+// (a software clock: this VM has no hardware counters) on every thread of the target's
+// workerd processes; symbols from workerd's own symbol table (its binary is not
+// stripped); JIT-compiled JavaScript shows as addresses in no library ("[unknown]").
+
+/** Samples per second of each thread (cpu-clock): a sample stands for 1/PERF_HZ s of CPU. */
+const PERF_HZ = 4000;
+const PERF_TOP = 25;
+
+/** Runs `work` with `perf record` on the server's workerd processes, writing `file`. */
+async function perfRecorded(server, file, work) {
+  mkdirSync(dirname(file), { recursive: true });
+  const pids = treePids(server.pid, "workerd");
+  if (pids.length === 0) throw new Error("--perf: no workerd process found");
+  const recorder = spawn(
+    "perf",
+    [
+      "record",
+      "-q",
+      "-e",
+      "cpu-clock",
+      "-F",
+      String(PERF_HZ),
+      // BENCH_PERF_CALLS=1: call chains too (frame pointers), for `perf report -G` by hand.
+      ...(process.env.BENCH_PERF_CALLS === "1" ? ["-g"] : []),
+      "-o",
+      file,
+      "-p",
+      pids.join(","),
+    ],
+    { stdio: ["ignore", "ignore", "pipe"] },
+  );
+  let errors = "";
+  recorder.stderr.on("data", (chunk) => (errors = (errors + chunk).slice(-2000)));
+  const exited = new Promise((resolveExit) => recorder.once("close", (code) => resolveExit(code)));
+  // perf attaches to the threads within a few ms; what it misses of the first requests is noise.
+  await delay(300);
+  try {
+    await work();
+  } finally {
+    recorder.kill("SIGINT");
+    const code = await Promise.race([exited, delay(30_000).then(() => "timeout")]);
+    if (code === "timeout") recorder.kill("SIGKILL");
+    if (code !== 0 && code !== null) errors = `perf record ended with ${code}: ${errors}`;
+    else errors = "";
+  }
+  if (errors) throw new Error(errors);
+}
+
+/** The top self time of a perf recording: [{ where: "library: symbol", samples }], most first, and the total. */
+function perfTop(file) {
+  const report = spawnSync(
+    "perf",
+    ["report", "-i", file, "--stdio", "--no-children", "-n", "-q", "--sort", "dso,sym", "--percent-limit", "0.05"],
+    { encoding: "utf8", timeout: 120_000, maxBuffer: 64 << 20 },
+  );
+  if (report.status !== 0) throw new Error(`perf report failed: ${report.stderr}`);
+  const rows = [];
+  for (const line of report.stdout.split("\n")) {
+    // "    12.34%          1234  workerd  [.] kj::foo(...)"
+    const match = /^\s*[\d.]+%\s+(\d+)\s+(\S+)\s+\[[^\]]*\]\s+(.*)$/.exec(line);
+    if (!match) continue;
+    const symbol = match[3].trim().replace(/\(.*$/, "").slice(0, 70);
+    rows.push({ where: `${match[2]}: ${symbol}`, samples: Number(match[1]) });
+  }
+  const totals = spawnSync("perf", ["report", "-i", file, "--stdio", "-q", "--no-children", "--sort", "pid", "-n"], {
+    encoding: "utf8",
+    timeout: 120_000,
+    maxBuffer: 64 << 20,
+  });
+  const total = [...(totals.stdout ?? "").matchAll(/^\s*[\d.]+%\s+(\d+)/gm)].reduce((sum, m) => sum + Number(m[1]), 0);
+  return { rows, total };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -944,6 +1030,14 @@ async function measureRound(targets, options, results, round) {
           results.profile(entry.target, kind.name, profile, entry.sections, options.requests);
           if (options.profileOut) saveProfile(options.profileOut, entry.target, kind, round, profile);
         }
+        if (options.perf) {
+          progress(`${entry.target.label}: ${kind.name}, under perf`);
+          const file = join(options.perf, `${slug(entry.target.label)}.${kind.key}.r${round + 1}.perf.data`);
+          await perfRecorded(entry.server, file, () =>
+            hey(entry.server, kind, authorization, options.requests, options.concurrency),
+          );
+          results.perf(entry.target, kind.name, perfTop(file), options.requests);
+        }
         results.timing(entry.target, `${kind.name} (warm)`, await checkedRequest(entry.server, kind, authorization));
       }
     }
@@ -956,6 +1050,7 @@ function collector(targets) {
   const runs = new Map(); // target label -> kind -> [{ workerdUs, nodeUs, rate }]
   const timings = new Map(); // request -> target label -> Set of Server-Timing texts
   const profiles = new Map(); // target label -> kind -> { self: Map, busy, requests }
+  const perfs = new Map(); // target label -> kind -> { self: Map, total, requests }
   const starts = new Map(); // target label -> [{ firstMs, nextMs, bundle }]
   const order = [];
   return {
@@ -963,6 +1058,7 @@ function collector(targets) {
     runs,
     timings,
     profiles,
+    perfs,
     timingOrder: order,
     starts,
     start(target, figures) {
@@ -983,6 +1079,15 @@ function collector(targets) {
       const byTarget = timings.get(name);
       if (!byTarget.has(target.label)) byTarget.set(target.label, new Set());
       byTarget.get(target.label).add(text);
+    },
+    perf(target, kind, top, requests) {
+      if (!perfs.has(target.label)) perfs.set(target.label, new Map());
+      const byKind = perfs.get(target.label);
+      if (!byKind.has(kind)) byKind.set(kind, { self: new Map(), total: 0, requests: 0 });
+      const entry = byKind.get(kind);
+      entry.total += top.total;
+      entry.requests += requests;
+      for (const { where, samples } of top.rows) entry.self.set(where, (entry.self.get(where) ?? 0) + samples);
     },
     profile(target, kind, profile, sections, requests) {
       if (!profiles.has(target.label)) profiles.set(target.label, new Map());
@@ -1088,6 +1193,62 @@ function report(results, options, kinds) {
         ? `\nServer-Timing: identical for all ${timed.length} checkouts.`
         : `\nServer-Timing differs for: ${differing.map((row) => row[0]).join("; ")}.`,
     );
+  }
+
+  if (results.perfs.size > 0) {
+    const us = (samples, requests) => ((samples * 1e6) / PERF_HZ / requests).toFixed(1);
+    const cell = (where) => where.replaceAll("|", "\\|");
+    lines.push(
+      `\n### Top self time in workerd as a whole, µs per request (perf record -e cpu-clock at ${PERF_HZ} Hz, summed over rounds; "[unknown]": JIT-compiled JavaScript)\n`,
+    );
+    for (const kind of kinds) {
+      const entries = targets
+        .map((target) => ({ target, entry: results.perfs.get(target.label)?.get(kind) }))
+        .filter(({ entry }) => entry !== undefined);
+      if (entries.length === 0) continue;
+      lines.push(`#### ${kind}\n`);
+      const header = [];
+      const columns = [];
+      for (const { target, entry } of entries) {
+        header.push(`${target.label} (${us(entry.total, entry.requests)} µs in all)`, "µs");
+        columns.push(
+          [...entry.self]
+            .sort((a, b) => b[1] - a[1])
+            .slice(0, PERF_TOP)
+            .map(([where, samples]) => [cell(where), us(samples, entry.requests)]),
+        );
+      }
+      const depth = Math.max(0, ...columns.map((column) => column.length));
+      const perfRows = Array.from({ length: depth }, (_, i) => columns.flatMap((column) => column[i] ?? ["", ""]));
+      lines.push(markdownTable(header, perfRows), "");
+      // Where the first target spends more than each other one, and less: symbol by symbol.
+      const [first, ...others] = entries;
+      for (const other of others) {
+        const perRequest = (entry, where) => ((entry.self.get(where) ?? 0) * 1e6) / PERF_HZ / entry.requests;
+        const names = new Set([...first.entry.self.keys(), ...other.entry.self.keys()]);
+        const differences = [...names]
+          .map((where) => {
+            const mine = perRequest(first.entry, where);
+            const theirs = perRequest(other.entry, where);
+            return { where, mine, theirs, difference: mine - theirs };
+          })
+          .sort((a, b) => b.difference - a.difference);
+        const shown = [...differences.slice(0, PERF_TOP / 5), ...differences.slice(-PERF_TOP / 5).reverse()];
+        lines.push(
+          `${first.target.label} against ${other.target.label}: the ${PERF_TOP / 5} symbols where it spends most more, and most less, µs per request\n`,
+          markdownTable(
+            ["symbol", first.target.label, other.target.label, "difference"],
+            shown.map(({ where, mine, theirs, difference }) => [
+              cell(where),
+              mine.toFixed(1),
+              theirs.toFixed(1),
+              (difference > 0 ? "+" : "") + difference.toFixed(1),
+            ]),
+          ),
+          "",
+        );
+      }
+    }
   }
 
   if (results.profiles.size > 0) {
