@@ -999,7 +999,9 @@ async function measureRound(targets, options, results, round) {
       progress(
         `round ${round + 1}: ${kindOf(started[0]).name}, ${counted} requests per target in ${counts.length} bursts`,
       );
-      const totals = new Map(started.map((entry) => [entry, { workerd: 0, node: 0, seconds: 0, bursts: [] }]));
+      const totals = new Map(
+        started.map((entry) => [entry, { workerd: 0, node: 0, seconds: 0, bursts: [], burstRates: [] }]),
+      );
       for (const [turn, count] of counts.entries()) {
         for (const entry of turn % 2 === 0 ? started : [...started].reverse()) {
           const figures = await burst(entry, kindOf(entry), options, count);
@@ -1008,6 +1010,7 @@ async function measureRound(targets, options, results, round) {
           total.node += figures.node;
           total.seconds += figures.seconds;
           total.bursts.push((figures.workerd / count) * 1e6);
+          total.burstRates.push(count / figures.seconds);
         }
       }
       for (const entry of started) {
@@ -1017,6 +1020,7 @@ async function measureRound(targets, options, results, round) {
           nodeUs: (total.node / counted) * 1e6,
           rate: counted / total.seconds,
           burstUs: total.bursts,
+          burstRates: total.burstRates,
         });
       }
       for (const entry of started) {
@@ -1109,6 +1113,47 @@ const median = (values) => {
   return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 };
 
+/** A deterministic PRNG (mulberry32): the bootstrap draws the same resamples from the same figures. */
+function seededRandom(seed) {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const BOOTSTRAP_RESAMPLES = 2000;
+
+/**
+ * Bursts paired by turn: the targets take turns burst by burst, so burst i of one and
+ * burst i of another ran back to back, under the same load. The median of the ratios
+ * `other[i] ÷ first[i]` (over every round) and a 95 % bootstrap interval for it: what the
+ * machine's drift (rounds of the same code differ by a fifth) does to both cancels out.
+ */
+function pairedRatio(first, other) {
+  const ratios = [];
+  for (let i = 0; i < Math.min(first.length, other.length); i++) {
+    const ratio = other[i] / first[i];
+    if (Number.isFinite(ratio) && ratio > 0) ratios.push(ratio);
+  }
+  if (ratios.length === 0) return undefined;
+  const random = seededRandom(0x5eed);
+  const medians = [];
+  for (let draw = 0; draw < BOOTSTRAP_RESAMPLES; draw++) {
+    medians.push(median(Array.from({ length: ratios.length }, () => ratios[Math.floor(random() * ratios.length)])));
+  }
+  medians.sort((a, b) => a - b);
+  return {
+    median: median(ratios),
+    low: medians[Math.floor(0.025 * BOOTSTRAP_RESAMPLES)],
+    high: medians[Math.ceil(0.975 * BOOTSTRAP_RESAMPLES) - 1],
+    pairs: ratios.length,
+  };
+}
+
 function report(results, options, kinds) {
   const { targets, runs } = results;
   const lines = [];
@@ -1156,6 +1201,36 @@ function report(results, options, kinds) {
     return row;
   });
   lines.push(markdownTable(summaryHeader, summaryRows));
+
+  if (targets.length > 1) {
+    lines.push(
+      `\n### Burst by burst: each target against ${targets[0].label}, paired by turn (median of the ratios, 95 % bootstrap interval)\n`,
+      "A burst and its pair ran back to back, so the machine's drift between rounds falls on both;",
+      "an interval that holds 1.00 is no difference this run could tell.\n",
+    );
+    const pairedHeader = ["request"];
+    for (const target of targets.slice(1))
+      pairedHeader.push(`${target.label} µs ÷ first`, `${target.label} req/s ÷ first`);
+    const pairedRows = kinds.map((kind) => {
+      const row = [kind];
+      const first = runs.get(targets[0].label)?.get(kind) ?? [];
+      for (const target of targets.slice(1)) {
+        const all = runs.get(target.label)?.get(kind) ?? [];
+        const text = (pick) => {
+          const paired = pairedRatio(
+            first.flatMap((figures) => figures[pick]),
+            all.flatMap((figures) => figures[pick]),
+          );
+          return paired
+            ? `${paired.median.toFixed(3)} [${paired.low.toFixed(3)}, ${paired.high.toFixed(3)}], ${paired.pairs} pairs`
+            : "–";
+        };
+        row.push(text("burstUs"), text("burstRates"));
+      }
+      return row;
+    });
+    lines.push(markdownTable(pairedHeader, pairedRows));
+  }
 
   lines.push(
     "\n### After a start: the first request the server answers (the readiness probe: ours `GET /v2/` without credentials, 401; SR's with them, 200) and the next, ms; the bundle workerd runs\n",
