@@ -130,6 +130,16 @@ export function commandLine(command, args) {
   return `${result.stdout}${result.stderr}`.trim().split("\n")[0] ?? "";
 }
 
+/** A checkout's short commit, "+dirty" when its src/ has changes ("?" for a tree that is no repository of its own). */
+export function shortCommit(dir) {
+  // A checkout that is not a repository of its own (an exported tree inside another): no commit.
+  const top = commandLine("git", ["-C", dir, "rev-parse", "--show-toplevel"]);
+  if (!top || resolve(top) !== resolve(dir)) return "?";
+  const commit = commandLine("git", ["-C", dir, "rev-parse", "--short", "HEAD"]) || "?";
+  const dirty = commandLine("git", ["-C", dir, "status", "--porcelain", "--", "src"]);
+  return `${commit}${dirty ? "+dirty" : ""}`;
+}
+
 /** The CPU's model name from /proc/cpuinfo ('' where there is none). */
 export function cpuModel() {
   try {

@@ -6,6 +6,7 @@
 //   node bench/request-cpu.mjs --dir ../before --dir .          two checkouts side by side
 //   node bench/request-cpu.mjs --peer /tmp/peer-sr              and cloudflare/serverless-registry as a column
 //   node bench/request-cpu.mjs --peer /tmp/peer-sr --floor      and the floor: each kind's one storage call, nothing else
+//   node bench/request-cpu.mjs --dir . --floor --floor-ours       the floor, and the floor with our wrangler.toml's config
 //   node bench/request-cpu.mjs --dir ../before --dir . --profile   and where the CPU goes (top self time)
 //
 // Each --dir (default: the checkout this file is in) is a registry checkout with its own
@@ -70,7 +71,9 @@
 //
 // --variant 'LABEL:NAME=VALUE,…' starts each checkout once per variant, with those settings
 // added (a column per checkout and variant), e.g. pull recording off and on:
-// --variant 'off:PULL_RECORD_INTERVAL=off' --variant 'on:PULL_RECORD_INTERVAL=1d'.
+// --variant 'off:PULL_RECORD_INTERVAL=off' --variant 'on:PULL_RECORD_INTERVAL=1d'. BENCH_AUTHORIZATION
+// is the bench's, not a setting: the pulls send it instead of a token, e.g. with no users (an
+// open registry) --variant 'short:AUTH_USERS=,BENCH_AUTHORIZATION=Basic Zm9vOmJhcg=='.
 //
 // On a shared machine single bursts of the same code differ by ±10–30 %: compare the
 // medians of many bursts (--bursts, --rounds), and the spread the report gives.
@@ -79,7 +82,7 @@
 // hey). Talks only to 127.0.0.1; every wait is bounded and hey runs with a timeout;
 // servers and temp dirs are removed at the end (BENCH_KEEP_TMP=1 keeps the dirs).
 import { spawn, spawnSync } from "node:child_process";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import {
   closeSync,
   existsSync,
@@ -105,23 +108,26 @@ import {
   expectStatus,
   markdownTable,
   parseCommandLine,
-  parseTiming,
   reportFacts,
   request,
+  shortCommit,
   run,
   tailFile,
   treeCpuSeconds,
   treePids,
 } from "./lib.mjs";
+import {
+  REPOSITORY,
+  REQUEST_TIMEOUT_MS,
+  basic,
+  checkedRequest,
+  median,
+  pairedRatio,
+  pushImage,
+  requestKinds,
+} from "./small-requests.mjs";
 
-const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
-const CONFIG = "application/vnd.oci.image.config.v1+json";
-const LAYER = "application/vnd.oci.image.layer.v1.tar";
-const REPOSITORY = "bench/tiny";
-const TAG = "v1";
-const LAYER_BYTES = 4096;
 const READY_TIMEOUT_MS = 120_000;
-const REQUEST_TIMEOUT_MS = 30_000;
 /** hey's own per-request timeout, seconds. */
 const HEY_REQUEST_TIMEOUT_S = 30;
 /** Profiler sampling interval, µs (V8's default is 1000). */
@@ -143,10 +149,11 @@ const IGNORED_SETTINGS = new Set([
 
 function usage() {
   return [
-    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--requests N] [--concurrency C] [--warmup N] [--profile] [--profile-out DIR] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
+    "usage: node bench/request-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--floor-ours] [--rounds N] [--bursts B] [--requests N] [--concurrency C] [--warmup N] [--profile] [--profile-out DIR] [--direct] [--only KINDS] [--variant LABEL:NAME=VALUE,…]...",
     "  --dir DIR        a registry checkout to start (node_modules and `npm run build:wasm` done there); repeat for",
     "                   columns side by side, rounds alternate between them (default: the checkout this file is in)",
     "  --floor          also bench/floor/worker.js: each kind's one storage call and nothing else",
+    "  --floor-ours     also the floor with our wrangler.toml's bindings, compatibility date and flags",
     "  --peer DIR       also cloudflare/serverless-registry from DIR (a copy of /work/shared/peer-sr, npm ci done,",
     "                   wrangler.example.jsonc copied to wrangler.jsonc)",
     "  --rounds N       rounds (default 2): each starts every target afresh and measures every kind",
@@ -196,6 +203,7 @@ function parseOptions() {
       dir: { type: "string", multiple: true },
       peer: { type: "string" },
       floor: { type: "boolean", default: false },
+      "floor-ours": { type: "boolean", default: false },
       rounds: { type: "string" },
       bursts: { type: "string" },
       requests: { type: "string" },
@@ -226,6 +234,7 @@ function parseOptions() {
     dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
     peer: v.peer === undefined ? undefined : resolve(v.peer),
     floor: v.floor,
+    floorOurs: v["floor-ours"],
     rounds: number("rounds", 2, 1, 20),
     bursts: number("bursts", 6, 1, 100),
     requests: multiple(number("requests", 3000, 10, 1_000_000)),
@@ -241,8 +250,6 @@ function parseOptions() {
 }
 
 const progress = (message) => process.stderr.write(`# ${message}\n`);
-const sha256 = (bytes) => `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
-const basic = (user, password) => `Basic ${Buffer.from(`${user}:${password}`).toString("base64")}`;
 
 // Servers get a keeper of their own: lib.mjs's starts only servers that answer GET /v2/
 // with 200, and with authentication on ours answers 401.
@@ -352,15 +359,6 @@ function workerdEntryUrl(server) {
   throw new Error(`no workerd with an entry socket in process group ${server.pid}`);
 }
 
-function shortCommit(dir) {
-  // A checkout that is not a repository of its own (an exported tree inside another): no commit.
-  const top = commandLine("git", ["-C", dir, "rev-parse", "--show-toplevel"]);
-  if (!top || resolve(top) !== resolve(dir)) return "?";
-  const commit = commandLine("git", ["-C", dir, "rev-parse", "--short", "HEAD"]) || "?";
-  const dirty = commandLine("git", ["-C", dir, "status", "--porcelain", "--", "src"]);
-  return `${commit}${dirty ? "+dirty" : ""}`;
-}
-
 function checkCheckout(dir, needs) {
   for (const [path, hint] of needs)
     if (!existsSync(join(dir, path))) throw new Error(`${join(dir, path)} is missing: ${hint}`);
@@ -377,6 +375,9 @@ function edgeTarget(dir, variant = { label: "", settings: {} }) {
   const user = "bench";
   const password = randomBytes(12).toString("hex");
   const users = `${user}:${bcrypt.hashSync(password, 5)}`;
+  // BENCH_AUTHORIZATION (a variant's, not a setting): the Authorization every request sends
+  // instead of a token (with AUTH_MODE=open, to size what the token's length costs).
+  const { BENCH_AUTHORIZATION: fixedAuthorization, ...settings } = variant.settings;
   return {
     label: `${basename(dir)}@${shortCommit(dir)}${variant.label ? ` ${variant.label}` : ""}`,
     dir,
@@ -409,9 +410,10 @@ function edgeTarget(dir, variant = { label: "", settings: {} }) {
             XDG_CONFIG_HOME: join(state, "config"),
             NO_COLOR: "1",
             FORCE_COLOR: "0",
-            ...variant.settings,
             AUTH_USERS: users,
             TOKEN_SECRET: randomBytes(32).toString("hex"),
+            // A variant's settings win: AUTH_USERS= (none) runs the registry open, as `npm start` does.
+            ...settings,
           };
           if (inspectorPort) env.MINIFLARE_WORKERD_PATH = workerdWithInspector(dir, state, inspectorPort);
           return env;
@@ -419,6 +421,7 @@ function edgeTarget(dir, variant = { label: "", settings: {} }) {
         ready: async (url) => {
           const answer = await request(`${url}/v2/`, { timeoutMs: 2000 });
           if (answer.status === 401 && /^Bearer /.test(answer.headers["www-authenticate"] ?? "")) return true;
+          if (answer.status === 200 && settings.AUTH_USERS === "") return true;
           return `GET /v2/ answered ${answer.status} ${answer.headers["www-authenticate"] ?? ""}`;
         },
       });
@@ -426,6 +429,9 @@ function edgeTarget(dir, variant = { label: "", settings: {} }) {
     },
     /** An Authorization header value for `actions` on the bench repository: a token from /token. */
     async authorization(server, actions) {
+      if (fixedAuthorization !== undefined && actions === "pull") return fixedAuthorization;
+      // No users: an open registry, which issues no tokens for the bench's user and needs none.
+      if (settings.AUTH_USERS === "") return fixedAuthorization ?? basic("bench", "open");
       const service = new URL(server.url).host;
       const scope = `repository:${REPOSITORY}:${actions}`;
       const answer = await request(
@@ -494,9 +500,9 @@ function peerTarget(dir) {
  * storage call ours makes for it and nothing else, on this checkout's Miniflare behind the
  * same front. What a registry spends beyond it is its own work.
  */
-function floorTarget() {
+function floorTarget(config = "minimal") {
   return {
-    label: "floor (one storage call)",
+    label: config === "ours" ? "floor, our config" : "floor (one storage call)",
     dir: ROOT,
     sendsServerTiming: false,
     async start({ inspectorPort }) {
@@ -510,6 +516,8 @@ function floorTarget() {
           String(port),
           "--persist-to",
           state,
+          "--config",
+          config,
         ],
         env: (state) => {
           const env = { ...process.env };
@@ -533,139 +541,6 @@ function floorTarget() {
 
 // ---------------------------------------------------------------------------------------
 // The image and the request kinds.
-
-async function pushBlob(server, authorization, bytes) {
-  const post = await request(`${server.url}/v2/${REPOSITORY}/blobs/uploads/`, {
-    method: "POST",
-    headers: { Authorization: authorization, "Content-Length": "0" },
-    timeoutMs: REQUEST_TIMEOUT_MS,
-  });
-  expectStatus("POST upload", post, 202);
-  const location = new URL(post.headers.location, server.url);
-  location.searchParams.set("digest", sha256(bytes));
-  const put = await request(location.toString(), {
-    method: "PUT",
-    headers: {
-      Authorization: authorization,
-      "Content-Length": String(bytes.length),
-      "Content-Type": "application/octet-stream",
-    },
-    body: bytes,
-    timeoutMs: REQUEST_TIMEOUT_MS,
-  });
-  expectStatus("PUT upload", put, 201);
-  return { digest: sha256(bytes), size: bytes.length, timings: { post: timingOf(post), put: timingOf(put) } };
-}
-
-/** Pushes bench/tiny:v1 (a config and one 4 KiB layer); the Server-Timing of the layer's upload and the manifest PUT. */
-async function pushImage(server, authorization) {
-  const config = await pushBlob(server, authorization, Buffer.from(JSON.stringify({ os: "linux", rootfs: {} })));
-  const layer = await pushBlob(server, authorization, randomBytes(LAYER_BYTES));
-  const manifest = Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: OCI_MANIFEST,
-      config: { mediaType: CONFIG, digest: config.digest, size: config.size },
-      layers: [{ mediaType: LAYER, digest: layer.digest, size: layer.size }],
-    }),
-  );
-  const put = await request(`${server.url}/v2/${REPOSITORY}/manifests/${TAG}`, {
-    method: "PUT",
-    headers: { Authorization: authorization, "Content-Type": OCI_MANIFEST },
-    body: manifest,
-    timeoutMs: REQUEST_TIMEOUT_MS,
-  });
-  expectStatus("PUT manifest", put, 201);
-  return {
-    manifest: { digest: sha256(manifest), bytes: manifest },
-    layer,
-    timings: {
-      "blob upload: POST": layer.timings.post,
-      "blob upload: PUT ?digest=": layer.timings.put,
-      "manifest PUT (by tag)": timingOf(put),
-    },
-  };
-}
-
-/** The four kinds, each: method, path, headers, and a check of one answer. */
-function requestKinds(image) {
-  const accept = { Accept: OCI_MANIFEST };
-  return [
-    {
-      key: "head-manifest",
-      name: "HEAD manifest by tag",
-      method: "HEAD",
-      path: `/v2/${REPOSITORY}/manifests/${TAG}`,
-      headers: accept,
-      check: (answer) => {
-        const digest = answer.headers["docker-content-digest"];
-        if (digest !== image.manifest.digest) throw new Error(`HEAD manifest: digest ${digest}`);
-      },
-    },
-    {
-      key: "get-manifest",
-      name: "GET manifest by digest",
-      method: "GET",
-      path: `/v2/${REPOSITORY}/manifests/${image.manifest.digest}`,
-      headers: accept,
-      check: (answer) => {
-        if (!answer.body.equals(image.manifest.bytes)) throw new Error("GET manifest: other bytes");
-      },
-    },
-    {
-      key: "get-manifest-tag",
-      name: "GET manifest by tag",
-      method: "GET",
-      path: `/v2/${REPOSITORY}/manifests/${TAG}`,
-      headers: accept,
-      check: (answer) => {
-        if (!answer.body.equals(image.manifest.bytes)) throw new Error("GET manifest by tag: other bytes");
-      },
-    },
-    {
-      key: "head-blob",
-      name: "HEAD blob",
-      method: "HEAD",
-      path: `/v2/${REPOSITORY}/blobs/${image.layer.digest}`,
-      headers: {},
-      check: (answer) => {
-        const length = Number(answer.headers["content-length"]);
-        if (length !== image.layer.size) throw new Error(`HEAD blob: Content-Length ${length}`);
-      },
-    },
-    {
-      key: "tags-list",
-      name: "GET tags/list",
-      method: "GET",
-      path: `/v2/${REPOSITORY}/tags/list`,
-      headers: {},
-      check: (answer) => {
-        const tags = JSON.parse(answer.body.toString("utf8")).tags;
-        if (!Array.isArray(tags) || !tags.includes(TAG)) throw new Error(`tags/list: ${JSON.stringify(tags)}`);
-      },
-    },
-  ];
-}
-
-/** The storage calls a Server-Timing header names (`desc` of each metric, durations left out), or "–". */
-function timingOf(answer) {
-  const timing = parseTiming(answer.headers["server-timing"]);
-  const text = Object.entries(timing)
-    .map(([name, desc]) => `${name}=${desc}`)
-    .join(" ");
-  return text || "–";
-}
-
-async function checkedRequest(server, kind, authorization) {
-  const answer = await request(`${server.url}${kind.path}`, {
-    method: kind.method,
-    headers: { ...kind.headers, Authorization: authorization },
-    timeoutMs: REQUEST_TIMEOUT_MS,
-  });
-  expectStatus(kind.name, answer, 200);
-  kind.check(answer);
-  return timingOf(answer);
-}
 
 /** `hey` against one kind; resolves its requests/s, or throws unless every answer was 200. */
 async function hey(server, kind, authorization, count, concurrency) {
@@ -1107,53 +982,6 @@ function collector(targets) {
 // ---------------------------------------------------------------------------------------
 // The report.
 
-const median = (values) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
-};
-
-/** A deterministic PRNG (mulberry32): the bootstrap draws the same resamples from the same figures. */
-function seededRandom(seed) {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const BOOTSTRAP_RESAMPLES = 2000;
-
-/**
- * Bursts paired by turn: the targets take turns burst by burst, so burst i of one and
- * burst i of another ran back to back, under the same load. The median of the ratios
- * `other[i] ÷ first[i]` (over every round) and a 95 % bootstrap interval for it: what the
- * machine's drift (rounds of the same code differ by a fifth) does to both cancels out.
- */
-function pairedRatio(first, other) {
-  const ratios = [];
-  for (let i = 0; i < Math.min(first.length, other.length); i++) {
-    const ratio = other[i] / first[i];
-    if (Number.isFinite(ratio) && ratio > 0) ratios.push(ratio);
-  }
-  if (ratios.length === 0) return undefined;
-  const random = seededRandom(0x5eed);
-  const medians = [];
-  for (let draw = 0; draw < BOOTSTRAP_RESAMPLES; draw++) {
-    medians.push(median(Array.from({ length: ratios.length }, () => ratios[Math.floor(random() * ratios.length)])));
-  }
-  medians.sort((a, b) => a - b);
-  return {
-    median: median(ratios),
-    low: medians[Math.floor(0.025 * BOOTSTRAP_RESAMPLES)],
-    high: medians[Math.ceil(0.975 * BOOTSTRAP_RESAMPLES) - 1],
-    pairs: ratios.length,
-  };
-}
-
 function report(results, options, kinds) {
   const { targets, runs } = results;
   const lines = [];
@@ -1366,6 +1194,7 @@ try {
   for (const dir of options.dirs) for (const variant of options.variants) targets.push(edgeTarget(dir, variant));
   if (options.peer) targets.push(peerTarget(options.peer));
   if (options.floor) targets.push(floorTarget());
+  if (options.floorOurs) targets.push(floorTarget("ours"));
 } catch (error) {
   console.error(error.message);
   process.exit(2);
