@@ -293,7 +293,12 @@ async function main() {
   lines.push(
     `## Request CPU inside the isolate (storage reads ${options.real ? "made of Miniflare's simulators" : "answered from memory"})\n`,
   );
-  lines.push(...facts, `- load average at end: ${loadavg().map((value) => value.toFixed(2)).join(" ")}`);
+  lines.push(
+    ...facts,
+    `- load average at end: ${loadavg()
+      .map((value) => value.toFixed(2))
+      .join(" ")}`,
+  );
   lines.push(`- command: node bench/isolate-cpu.mjs ${process.argv.slice(2).join(" ")}\n`);
   lines.push(
     `### workerd CPU µs per request, ${options.iterations} requests a burst, ${options.bursts} bursts × ${options.rounds} rounds\n`,
@@ -309,7 +314,9 @@ async function main() {
   });
   lines.push(markdownTable(header, rows), "");
   if (targets.length > 1) {
-    lines.push(`### Each target against ${targets[0].label}, paired burst by burst (median of ratios, 95 % interval)\n`);
+    lines.push(
+      `### Each target against ${targets[0].label}, paired burst by burst (median of ratios, 95 % interval)\n`,
+    );
     const pairedHeader = ["request", ...targets.slice(1).map((target) => `${target.label} ÷ first`)];
     const pairedRows = options.only.map((key) => [
       kindsByKey[key].name,

@@ -194,4 +194,3 @@ export function pairedRatio(first, other) {
     pairs: ratios.length,
   };
 }
-
