@@ -36,6 +36,7 @@ import { processKeeper } from "../scripts/lib/process-groups.mjs";
 import {
   ROOT,
   expectStatus,
+  integerOption,
   markdownTable,
   parseCommandLine,
   reportFacts,
@@ -91,14 +92,7 @@ function parseOptions() {
     },
     usage,
   );
-  const number = (name, fallback, min, max) => {
-    const value = Number(v[name] ?? fallback);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      console.error(`--${name} must be an integer from ${min} to ${max}\n${usage()}`);
-      process.exit(2);
-    }
-    return value;
-  };
+  const number = (name, fallback, min, max) => integerOption(v, usage, name, fallback, min, max);
   const only = v.only === undefined ? KINDS : v.only.split(",").map((kind) => kind.trim());
   if (only.length === 0 || only.some((kind) => !KINDS.includes(kind))) {
     console.error(`--only takes ${KINDS.join(",")}\n${usage()}`);
@@ -258,10 +252,11 @@ async function main() {
       images.push(await pushImage(servers[index], await target.authorization(servers[index], "pull,push")));
     }
     for (const key of options.only) results[key] = targets.map(() => []);
+    // Each target's kinds (their paths name its own image's digests).
+    const kindsOf = images.map((image) => requestKinds(image));
     for (const [index, target] of targets.entries()) {
-      const kinds = requestKinds(images[index]);
       for (const key of options.only) {
-        const kind = kinds.find((candidate) => candidate.key === key);
+        const kind = kindsOf[index].find((candidate) => candidate.key === key);
         kindsByKey[key] ??= kind;
         const authorization = await target.authorization(servers[index], "pull");
         await checkedRequest(servers[index], kind, authorization);
@@ -276,7 +271,7 @@ async function main() {
           if (burst % 2) order.reverse();
           for (const index of order) {
             const target = targets[index];
-            const kind = requestKinds(images[index]).find((candidate) => candidate.key === key);
+            const kind = kindsOf[index].find((candidate) => candidate.key === key);
             const authorization = await target.authorization(servers[index], "pull");
             results[key][index].push(
               await loop(target, servers[index], kind, authorization, options.iterations, options.real),

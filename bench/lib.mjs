@@ -123,6 +123,19 @@ export function parseCommandLine(options, usage) {
   return parsed.values;
 }
 
+/**
+ * An integer option of `values` (parseCommandLine's), `fallback` when absent; anything but an
+ * integer from `min` to `max` prints the usage to stderr and exits 2.
+ */
+export function integerOption(values, usage, name, fallback, min, max) {
+  const value = Number(values[name] ?? fallback);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    console.error(`--${name} must be an integer from ${min} to ${max}\n${usage()}`);
+    process.exit(2);
+  }
+  return value;
+}
+
 /** First line of a short command's output ('' if it fails). */
 export function commandLine(command, args) {
   const result = spawnSync(command, args, { encoding: "utf8", timeout: 10_000 });

@@ -106,6 +106,7 @@ import {
   ROOT,
   commandLine,
   expectStatus,
+  integerOption,
   markdownTable,
   parseCommandLine,
   reportFacts,
@@ -218,14 +219,7 @@ function parseOptions() {
     },
     usage,
   );
-  const number = (name, fallback, min, max) => {
-    const value = Number(v[name] ?? fallback);
-    if (!Number.isInteger(value) || value < min || value > max) {
-      console.error(`--${name} must be an integer from ${min} to ${max}\n${usage()}`);
-      process.exit(2);
-    }
-    return value;
-  };
+  const number = (name, fallback, min, max) => integerOption(v, usage, name, fallback, min, max);
   // hey sends n ÷ c requests per client (rounded down): counts are multiples of c.
   const concurrency = number("concurrency", 10, 1, 256);
   const multiple = (value) => Math.max(concurrency, Math.round(value / concurrency) * concurrency);
