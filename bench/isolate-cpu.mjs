@@ -23,6 +23,12 @@
 // rounds, the spread of bursts), and each target against the first, paired burst by burst
 // (the median of the ratios with a 95 % bootstrap interval).
 //
+// --profile: after the counted bursts, per target and kind, one more loop (not counted)
+// with V8's sampling profiler on in the loop's isolate (bench/profiler.mjs), a sample every
+// --sampling µs (default 25): the top self time per function, µs per request. Hot loops
+// keep every sample in the Worker's code, so the shares are the code's own, runtime objects
+// included (Response, Headers: their constructors' native time).
+//
 // Markdown on stdout, progress on stderr. Talks only to 127.0.0.1; every wait is bounded;
 // servers and temp dirs are removed at the end (BENCH_KEEP_TMP=1 keeps the dirs).
 import { spawn } from "node:child_process";
@@ -32,7 +38,9 @@ import { loadavg } from "node:os";
 import { basename, join, resolve } from "node:path";
 import { setTimeout as delay } from "node:timers/promises";
 import bcrypt from "bcryptjs";
+import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
+import { addSelfTimes, bundleSections, profiled } from "./profiler.mjs";
 import {
   ROOT,
   expectStatus,
@@ -66,7 +74,7 @@ const progress = (message) => process.stderr.write(`# ${message}\n`);
 
 function usage() {
   return [
-    "usage: node bench/isolate-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--iterations N] [--only KINDS] [--real]",
+    "usage: node bench/isolate-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--iterations N] [--only KINDS] [--real] [--profile [--sampling US] [--top N]]",
     "  --dir DIR        an edge-registry checkout (node_modules and build/*.wasm there); repeat to compare",
     "  --peer DIR       and serverless-registry from a prepared copy of /work/shared/peer-sr",
     "  --floor          and bench/floor/worker.js: each kind's one storage call and nothing else",
@@ -75,6 +83,9 @@ function usage() {
     "  --iterations N   requests per burst, made inside the isolate (default 4000)",
     `  --only KINDS     comma-separated subset of ${KINDS.join(",")}`,
     "  --real           storage reads go to Miniflare's simulators (not answered from memory)",
+    "  --profile        and one more loop per target and kind under V8's sampling profiler: top self time",
+    "  --sampling US    the profiler's sampling interval in µs (default 25)",
+    "  --top N          functions listed per profile (default 15)",
   ].join("\n");
 }
 
@@ -89,6 +100,9 @@ function parseOptions() {
       iterations: { type: "string" },
       only: { type: "string" },
       real: { type: "boolean", default: false },
+      profile: { type: "boolean", default: false },
+      sampling: { type: "string" },
+      top: { type: "string" },
     },
     usage,
   );
@@ -109,12 +123,16 @@ function parseOptions() {
     iterations: number("iterations", 4000, 100, 8000),
     only,
     real: v.real,
+    profile: v.profile,
+    sampling: number("sampling", 25, 10, 10_000),
+    top: number("top", 15, 1, 100),
   };
 }
 
 /** Starts bench/isolate/serve.mjs for one target; resolves once its ready line names its port. */
-async function startLoop(target) {
+async function startLoop(target, profile) {
   const state = await keeper.makeTempDir(target.kind);
+  const inspectorPort = profile ? await freePort() : undefined;
   const logFile = join(state, "server.log");
   const logFd = openSync(logFile, "a");
   const child = spawn(
@@ -129,6 +147,7 @@ async function startLoop(target) {
       "0",
       "--persist-to",
       state,
+      ...(inspectorPort === undefined ? [] : ["--inspector-port", String(inspectorPort)]),
     ],
     { cwd: target.dir, env: { ...process.env, ...target.env }, detached: true, stdio: ["ignore", logFd, logFd] },
   );
@@ -144,6 +163,9 @@ async function startLoop(target) {
       return {
         url: `http://127.0.0.1:${port}`,
         pid: child.pid,
+        inspectorPort,
+        /** The registry's bundle, as serve.mjs wrote it (its `// src/…` markers name the profile's functions). */
+        bundle: join(state, "bundle", "index.js"),
         async stop() {
           await keeper.stopGroup(child.pid);
           await keeper.removeTempDir(state);
@@ -242,10 +264,12 @@ async function main() {
   ];
   const facts = reportFacts([`targets: ${targets.map((target) => `${target.label} (${target.dir})`).join(", ")}`]);
   progress(`starting ${targets.length} targets`);
-  const servers = await Promise.all(targets.map(startLoop));
+  const servers = await Promise.all(targets.map((target) => startLoop(target, options.profile)));
   // results[kind][target] = µs per request of each burst, in turn order across rounds.
   const results = {};
   const kindsByKey = {};
+  // profiles[kind][target] = { busy, self: Map function -> µs } per request.
+  const profiles = {};
   try {
     const images = [];
     for (const [index, target] of targets.entries()) {
@@ -277,6 +301,26 @@ async function main() {
               await loop(target, servers[index], kind, authorization, options.iterations, options.real),
             );
           }
+        }
+      }
+    }
+    if (options.profile) {
+      for (const key of options.only) {
+        profiles[key] = [];
+        for (const [index, target] of targets.entries()) {
+          progress(`${target.label}: ${kindsByKey[key].name}, profiled`);
+          const kind = kindsOf[index].find((candidate) => candidate.key === key);
+          const authorization = await target.authorization(servers[index], "pull");
+          const profile = await profiled(
+            servers[index].inspectorPort,
+            () => loop(target, servers[index], kind, authorization, options.iterations, options.real),
+            options.sampling,
+          );
+          const self = new Map();
+          // The loop's own frames are loop.js's: only index.js's lines are the bundle's.
+          const sections = bundleSections(servers[index].bundle);
+          const busy = addSelfTimes(profile, sections, self, (url) => url.endsWith("index.js"));
+          profiles[key].push({ busy: busy / options.iterations, self, iterations: options.iterations });
         }
       }
     }
@@ -319,7 +363,36 @@ async function main() {
     ]);
     lines.push(markdownTable(pairedHeader, pairedRows), "");
   }
+  if (options.profile) lines.push(...profileTables(profiles, targets, kindsByKey, options));
   process.stdout.write(`${lines.join("\n")}\n`);
+}
+
+/** Per kind, each target's top self time side by side, µs per request. */
+function profileTables(profiles, targets, kindsByKey, options) {
+  const lines = [
+    `### Top self time in the loop's isolate, µs per request (V8 sampling profiler every ${options.sampling} µs, one loop of ${options.iterations}, idle left out)\n`,
+  ];
+  for (const key of options.only) {
+    const columns = profiles[key].map(({ busy, self, iterations }) => [
+      `${format(busy)} busy`,
+      ...[...self.entries()]
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, options.top)
+        .map(([name, time]) => `${format(time / iterations)} ${name}`),
+    ]);
+    const rows = Array.from({ length: Math.max(...columns.map((column) => column.length)) }, (_, row) =>
+      columns.map((column) => column[row] ?? ""),
+    );
+    lines.push(
+      `${kindsByKey[key].name}:\n`,
+      markdownTable(
+        targets.map((target) => target.label),
+        rows,
+      ),
+      "",
+    );
+  }
+  return lines;
 }
 
 await main();

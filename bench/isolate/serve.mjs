@@ -12,8 +12,9 @@
 //    what the loop costs workerd is the Worker's own code and the runtime objects it makes
 //    (Requests, Responses, headers, promises).
 //
-//   node bench/isolate/serve.mjs --target ours|peer|floor --dir DIR --port P --persist-to STATE
-// (--port 0: any free port; the ready line names it).
+//   node bench/isolate/serve.mjs --target ours|peer|floor --dir DIR --port P --persist-to STATE [--inspector-port I]
+// (--port 0: any free port; the ready line names it. --inspector-port: V8's inspector on
+// that port, for bench/isolate-cpu.mjs --profile.)
 //
 // ours: AUTH_USERS and TOKEN_SECRET come from the environment. peer: SR's env "dev" (Basic
 // hello:world). floor: bench/floor/worker.js, with an R2 bucket and a KV namespace.
@@ -33,6 +34,7 @@ const target = option("--target");
 const dir = resolve(option("--dir") ?? ".");
 const port = Number(option("--port"));
 const persistTo = option("--persist-to");
+const inspectorPort = option("--inspector-port") === undefined ? undefined : Number(option("--inspector-port"));
 if (!["ours", "peer", "floor"].includes(target) || !Number.isInteger(port) || !persistTo) {
   console.error("usage: node bench/isolate/serve.mjs --target ours|peer|floor --dir DIR --port P --persist-to STATE");
   process.exit(2);
@@ -153,6 +155,7 @@ const mf = new Miniflare({
   port,
   defaultPersistRoot: join(resolve(persistTo), "v3"),
   log: new Log(LogLevel.ERROR),
+  ...(inspectorPort === undefined ? {} : { inspectorPort }),
 });
 await mf.ready;
 if (target === "ours") {
