@@ -18,10 +18,11 @@ import { adminDeliveryRoutes } from "./routes/admin-deliveries";
 import { adminTokenRoutes } from "./routes/admin-tokens";
 import { blobRoutes } from "./routes/blobs";
 import { dispatcher } from "./routes/dispatch";
-import type { AppEnv } from "./routes/http";
+import { errorAnswer, type AppEnv } from "./routes/http";
 import { listingRoutes } from "./routes/listings";
 import { manifestRoutes } from "./routes/manifests";
 import { referrerRoutes } from "./routes/referrers";
+import { servePull } from "./routes/pull-path";
 import { RememberingRouter } from "./routes/remembering-router";
 import { tokenRoutes } from "./routes/token";
 import { uploadRoutes } from "./routes/uploads";
@@ -86,16 +87,7 @@ const notFound: NotFoundHandler<AppEnv> = () => {
   throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);
 };
 
-const onError: ErrorHandler<AppEnv> = (error, c) => {
-  const registryError =
-    error instanceof RegistryError ? error : new RegistryError("UNKNOWN", "internal error", { cause: String(error) });
-  if (!(error instanceof RegistryError)) console.error("unhandled error", error);
-  c.header("Docker-Distribution-API-Version", "registry/2.0");
-  for (const [header, value] of Object.entries(registryError.headers)) c.header(header, value);
-  c.header("Content-Type", "application/json");
-  const status = registryError.status as 400;
-  return c.req.method === "HEAD" ? c.body(null, status) : c.body(JSON.stringify(registryError.toJSON()), status);
-};
+const onError: ErrorHandler<AppEnv> = (error, c) => errorAnswer(error, c.req.method);
 
 app.notFound(notFound);
 app.onError(onError);
@@ -121,9 +113,10 @@ app.fetch = async (...[request, env, executionCtx]: Parameters<typeof app.fetch>
   // per isolate and find it there (a GET or HEAD changes nothing, and skips that cost).
   const scoped = withMeter(env ?? {}, meter);
   const method = request.method;
+  // A pull's request whose authorization is known skips Hono (routes/pull-path.ts).
   const response =
     method === "GET" || method === "HEAD"
-      ? await dispatch(request, scoped, executionCtx)
+      ? ((await servePull(request, scoped as Env, executionCtx)) ?? (await dispatch(request, scoped, executionCtx)))
       : await runMetered(meter, () => dispatch(request, scoped, executionCtx));
   const api = isApiPath(request);
   try {

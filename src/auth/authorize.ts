@@ -34,15 +34,23 @@ type Identity =
 
 /** The service name tokens are issued for (their audience): AUTH_SERVICE, else the host clients use. */
 export function serviceOf(c: Context<AuthEnv>): string {
-  return settingsOf(c.env).tokens.service ?? hostOf(requestUrl(c.req.raw));
+  return serviceFor(c.req.raw, c.env);
+}
+
+function serviceFor(request: Request, env: Env): string {
+  return settingsOf(env).tokens.service ?? hostOf(requestUrl(request));
 }
 
 export function tokenSettings(c: Context<AuthEnv>): TokenSettings {
-  const { tokens } = settingsOf(c.env);
+  return tokenSettingsFor(c.req.raw, c.env);
+}
+
+function tokenSettingsFor(request: Request, env: Env): TokenSettings {
+  const { tokens } = settingsOf(env);
   return {
-    key: signingKey(c.env),
+    key: signingKey(env),
     issuer: "edge-registry",
-    service: serviceOf(c),
+    service: serviceFor(request, env),
     accessTtlSeconds: tokens.accessTtlSeconds,
     refreshTtlSeconds: tokens.refreshTtlSeconds,
   };
@@ -74,11 +82,15 @@ function unauthorized(
   return new RegistryError("UNAUTHORIZED", message, detail, { "WWW-Authenticate": challenge(c, scope, error) });
 }
 
+function bearerOf(header: string): string | undefined {
+  return /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
+}
+
 /** `scope`: the scope a challenge names, made only for one (most requests need none). */
 async function identify(c: Context<AuthEnv>, policy: Policy, scopeOf: () => string | undefined): Promise<Identity> {
   const header = c.req.header("Authorization");
   if (!header) return { kind: "anonymous" };
-  const bearer = /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
+  const bearer = bearerOf(header);
   if (bearer) {
     const claims = await verifyAccessToken(tokenSettings(c), bearer, (name) => policy.users.get(name));
     if (!claims)
@@ -172,12 +184,45 @@ const granted = new WeakMap<Policy, WeakMap<AccessClaims, Set<string>>>();
 const GRANTED_MAX = 64;
 
 function grantedKey(c: Context<AuthEnv>): string {
-  return `${c.req.method} ${c.req.path} ${queryParameter(requestUrl(c.req.raw), "ns") ?? ""}`;
+  return grantedKeyOf(c.req.method, c.req.path, queryParameter(requestUrl(c.req.raw), "ns") ?? "");
+}
+
+function grantedKeyOf(method: string, path: string, ns: string): string {
+  return `${method} ${path} ${ns}`;
 }
 
 function grantedBefore(policy: Policy, identity: Identity, c: Context<AuthEnv>): boolean {
   if (identity.kind !== "token" || identity.robot) return false;
   return granted.get(policy)?.get(identity.claims)?.has(grantedKey(c)) ?? false;
+}
+
+const OPEN_ACTOR: RequestActor = { kind: "anonymous", name: "" };
+
+/**
+ * Who made a request that needs no judging, or null: anyone, on an open registry; the
+ * holder of a user's access token that was allowed this very request before (`granted`),
+ * the token checked as `identify` checks it (signature, audience, expiry, the user's
+ * password). Anything else (no token, a robot's, an OIDC login, a request not seen with
+ * this token) is judged by `authorize`. For the pull path (routes/pull-path.ts), which
+ * serves requests without a query: `path` is the request's, `?ns=` never part of it.
+ */
+export async function knownActor(request: Request, env: Env, path: string): Promise<RequestActor | null> {
+  const policy = loadPolicy(env);
+  if (policy.mode === "open") return OPEN_ACTOR;
+  if (policy.mode !== "enforced") return null;
+  const header = request.headers.get("Authorization");
+  const bearer = header === null ? undefined : bearerOf(header);
+  if (bearer === undefined) return null;
+  const claims = await verifyAccessToken(tokenSettingsFor(request, env), bearer, (name) => policy.users.get(name));
+  if (!claims || claims.oidc || claims.robot) return null;
+  if (
+    !granted
+      .get(policy)
+      ?.get(claims)
+      ?.has(grantedKeyOf(request.method, path, ""))
+  )
+    return null;
+  return actorOf({ kind: "token", user: claims.sub === "" ? null : claims.sub, grants: grantsOf(claims), claims });
 }
 
 function rememberGranted(policy: Policy, identity: Identity, c: Context<AuthEnv>): void {

@@ -4,7 +4,15 @@ import { parseDigest } from "../oci/digest";
 import { RegistryError } from "../oci/errors";
 import type { BlobDescriptor, ByteRange } from "../registry/registry";
 import { presignedUrl, redirectSettings } from "../registry/blob-redirect";
-import { edgeCacheOf, notModified, requestedRepository, waitUntil, type AppEnv } from "./http";
+import {
+  edgeCacheFor,
+  notModified,
+  requestedRepository,
+  requestedRepositoryFor,
+  routeRequestOf,
+  type AppEnv,
+  type RouteRequest,
+} from "./http";
 
 export const blobRoutes = new Hono<AppEnv>();
 
@@ -51,31 +59,34 @@ function blobHeaders(descriptor: BlobDescriptor): Record<string, string> {
   };
 }
 
-// A blob of the repository the request names; for a mirrored name one not stored yet may
-// come from the upstream (a pass-through answer: whole, verified on the way).
-blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
-  const repository = requestedRepository(c, { edge: false });
-  const located = await repository.locateBlob(parseDigest(c.req.param("digest")), {
-    method: c.req.method,
-    waitUntil: (work) => waitUntil(c, work),
+/**
+ * GET or HEAD of a blob of the repository the request names (the route's, and the pull
+ * path's); for a mirrored name one not stored yet may come from the upstream (a
+ * pass-through answer: whole, verified on the way).
+ */
+export async function serveBlob(request: RouteRequest, name: string, digestText: string): Promise<Response> {
+  const repository = requestedRepositoryFor(request, name, { edge: false });
+  const method = request.raw.method;
+  const located = await repository.locateBlob(parseDigest(digestText), {
+    method,
+    waitUntil: (work) => request.waitUntil(work),
   });
   if ("passThrough" in located) {
     const { status, headers, body } = located.passThrough;
-    for (const [header, value] of Object.entries(headers)) c.header(header, value);
-    if (c.req.method === "HEAD" || !body) return c.body(null, status);
-    return c.body(body, status);
+    return new Response(method === "HEAD" ? null : body, { status, headers });
   }
   const { descriptor } = located;
   const headers = blobHeaders(descriptor);
-  if (notModified(c.req.header("If-None-Match"), descriptor.digest))
+  const requestHeaders = request.raw.headers;
+  if (notModified(requestHeaders.get("If-None-Match") ?? undefined, descriptor.digest))
     return new Response(null, { status: 304, headers });
-  const range = byteRange(c.req.header("Range"), descriptor.size);
+  const range = byteRange(requestHeaders.get("Range") ?? undefined, descriptor.size);
   const status = range ? 206 : 200;
   if (range) headers["Content-Range"] = `bytes ${range.start}-${range.end}/${descriptor.size}`;
   headers["Content-Length"] = String(range ? range.end - range.start + 1 : descriptor.size);
-  if (c.req.method === "HEAD") return new Response(null, { status, headers });
+  if (method === "HEAD") return new Response(null, { status, headers });
   // Large blobs may go straight from R2 to the client (off by default; blob-redirect.ts).
-  const redirect = redirectSettings(c.env);
+  const redirect = redirectSettings(request.env);
   if (redirect && descriptor.size >= redirect.minBytes) {
     // The object must be there (a stale descriptor copy can name one that is gone), and
     // the answer must not be kept by any cache: the URL expires, the digest does not.
@@ -93,7 +104,7 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
     });
   }
   // The link was checked above: the bytes may come from this location's cache.
-  const cache = edgeCacheOf(c);
+  const cache = edgeCacheFor(request);
   const cached = await cache.matchBlob(descriptor.digest, descriptor.size, range);
   if (cached?.body) return new Response(cached.body, { status, headers });
   if (!range && cache.holds(descriptor.size)) {
@@ -102,7 +113,11 @@ blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", async (c) => {
     return new Response(body, { status, headers });
   }
   return new Response(await repository.openBlob(descriptor, range), { status, headers });
-});
+}
+
+blobRoutes.on(["GET", "HEAD"], "/:name{.+}/blobs/:digest", (c) =>
+  serveBlob(routeRequestOf(c), c.req.param("name") ?? "", c.req.param("digest") ?? ""),
+);
 
 blobRoutes.delete("/:name{.+}/blobs/:digest", async (c) => {
   if (!settingsOf(c.env).deleteEnabled) throw new RegistryError("UNSUPPORTED", "deletion is disabled on this registry");

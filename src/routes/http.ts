@@ -1,5 +1,5 @@
 import type { Context } from "hono";
-import type { AuthEnv } from "../auth/authorize";
+import type { AuthEnv, RequestActor } from "../auth/authorize";
 import { clientAddressOf } from "../auth/client-address";
 import { settingsOf } from "../settings/settings";
 import { RegistryError } from "../oci/errors";
@@ -20,6 +20,40 @@ import {
 
 export type AppEnv = AuthEnv;
 export type AppContext = Context<AppEnv>;
+
+/**
+ * A request as the read routes use it: the request, its env, who made it (authorization
+ * says) and how to keep work going after the answer. Hono's context gives one
+ * (`routeRequestOf`); the pull path (routes/pull-path.ts) makes one without a context.
+ */
+export interface RouteRequest {
+  readonly raw: Request;
+  readonly env: Env;
+  readonly actor: RequestActor | undefined;
+  waitUntil(work: Promise<unknown>): void;
+}
+
+export function routeRequestOf(c: AppContext): RouteRequest {
+  return { raw: c.req.raw, env: c.env, actor: c.get("actor"), waitUntil: (work) => waitUntil(c, work) };
+}
+
+/**
+ * An error's answer: a RegistryError's code, status, detail and headers; anything else
+ * an UNKNOWN 500 (logged). A HEAD's has no body. The one renderer of errors: app.ts's
+ * error handler and the pull path.
+ */
+export function errorAnswer(error: unknown, method: string): Response {
+  const registryError =
+    error instanceof RegistryError ? error : new RegistryError("UNKNOWN", "internal error", { cause: String(error) });
+  if (!(error instanceof RegistryError)) console.error("unhandled error", error);
+  const headers: Record<string, string> = {
+    "Docker-Distribution-API-Version": "registry/2.0",
+    ...registryError.headers,
+    "Content-Type": "application/json",
+  };
+  const body = method === "HEAD" ? null : JSON.stringify(registryError.toJSON());
+  return new Response(body, { status: registryError.status, headers });
+}
 
 /** The repository name from the route, validated against the spec's grammar. */
 export function repositoryName(c: AppContext): string {
@@ -149,16 +183,20 @@ export function waitUntil(c: AppContext, work: Promise<unknown>): void {
  * `*.workers.dev` (where the Cache API does nothing) and with EDGE_CACHE=off.
  */
 export function edgeCacheOf(c: AppContext): EdgeCache {
-  const config = settingsOf(c.env);
-  const url = requestUrl(c.req.raw);
+  return edgeCacheFor(routeRequestOf(c));
+}
+
+export function edgeCacheFor(request: RouteRequest): EdgeCache {
+  const config = settingsOf(request.env);
+  const url = requestUrl(request.raw);
   const usable = config.edgeCacheEnabled && !hostnameOf(url).endsWith(".workers.dev");
   const options: EdgeCacheOptions = {
     origin: usable ? originOf(url) : null,
     maxBytes: config.edgeCacheMaxBytes,
     tagTtlSeconds: config.edgeTagTtlSeconds,
-    waitUntil: (work) => waitUntil(c, work),
+    waitUntil: (work) => request.waitUntil(work),
   };
-  const meter = meterOnEnv(c.env);
+  const meter = meterOnEnv(request.env);
   if (meter) options.meter = meter;
   return new EdgeCache(options);
 }
@@ -219,6 +257,10 @@ export function changeContextOf(c: AppContext): ChangeContext {
   return new RequestChangeContext(c.get("actor") ?? ANONYMOUS, c.req.raw, c.env);
 }
 
+function changeContextFor(request: RouteRequest): ChangeContext {
+  return new RequestChangeContext(request.actor ?? ANONYMOUS, request.raw, request.env);
+}
+
 /**
  * The repository that serves the name the request's route names (a mirrored name's is the
  * mirror's decorator of the repository it is stored as: registry.ts openRequested), its
@@ -227,19 +269,24 @@ export function changeContextOf(c: AppContext): ChangeContext {
  * location's cache.
  */
 export function requestedRepository(c: AppContext, { edge = true } = {}): Repository {
-  const name = c.req.param("name") ?? "";
-  const url = requestUrl(c.req.raw);
-  const options: ResolveOptions = { context: changeContextOf(c) };
-  if (edge) options.edge = edgeCacheOf(c);
+  return requestedRepositoryFor(routeRequestOf(c), c.req.param("name") ?? "", { edge });
+}
+
+/** `requestedRepository` for a request with or without Hono's context, `name` as the path gives it. */
+export function requestedRepositoryFor(request: RouteRequest, name: string, { edge = true } = {}): Repository {
+  const url = requestUrl(request.raw);
+  const options: ResolveOptions = { context: changeContextFor(request) };
+  if (edge) options.edge = edgeCacheFor(request);
   // The host matters only beside `?ns=` (is it naming this registry?).
   const ns = queryParameter(url, "ns");
   if (ns) {
     options.ns = ns;
     options.host = hostOf(url);
   }
-  const repository = openRequested(c.env, name, options);
+  const repository = openRequested(request.env, name, options);
   const readOnly = repository.readOnlyReason();
-  if (readOnly && c.req.method !== "GET" && c.req.method !== "HEAD") {
+  const method = request.raw.method;
+  if (readOnly && method !== "GET" && method !== "HEAD") {
     throw new RegistryError("DENIED", readOnly, { name });
   }
   return repository;

@@ -2,7 +2,16 @@ import { Hono } from "hono";
 import { RegistryError } from "../oci/errors";
 import { catalogOf } from "../registry/registry";
 import { MAX_PAGE } from "../registry/registry";
-import { nextPageLink, pageQuery, paginate, repositoryName, requestedRepository, type AppEnv } from "./http";
+import { validateName } from "../oci/names";
+import {
+  nextPageLink,
+  pageQuery,
+  paginate,
+  requestedRepositoryFor,
+  routeRequestOf,
+  type AppEnv,
+  type RouteRequest,
+} from "./http";
 
 export const listingRoutes = new Hono<AppEnv>();
 
@@ -17,10 +26,18 @@ listingRoutes.get("/_catalog", async (c) => {
   return c.json({ repositories });
 });
 
-listingRoutes.get("/:name{.+}/tags/list", async (c) => {
+/**
+ * GET of a repository's tags, a page of them (`query`: its `n` and `last`, read when the
+ * listing starts). The route's, and the pull path's (which takes requests without a query).
+ */
+export async function serveTags(
+  request: RouteRequest,
+  nameText: string,
+  query: () => { n: number | undefined; last: string | undefined },
+): Promise<Response> {
   // Named as asked (a mirrored name's tags are listed under it, not the name stored as).
-  const name = repositoryName(c);
-  const repository = requestedRepository(c, { edge: false });
+  const name = validateName(nameText);
+  const repository = requestedRepositoryFor(request, name, { edge: false });
   const unknown = () => new RegistryError("NAME_UNKNOWN", undefined, { name });
   // Listed first: a repository with tags exists (its catalog entry is written before any
   // link, and never removed), so only an empty page, or a failure, asks the catalog, which
@@ -28,9 +45,9 @@ listingRoutes.get("/:name{.+}/tags/list", async (c) => {
   let page: { tags: string[]; next?: string };
   let n: number | undefined;
   try {
-    const query = pageQuery(c);
-    n = query.n;
-    page = await repository.listTagsPage(n, query.last);
+    const asked = query();
+    n = asked.n;
+    page = await repository.listTagsPage(n, asked.last);
   } catch (error) {
     if (!(await repository.exists())) throw unknown();
     throw error;
@@ -42,4 +59,8 @@ listingRoutes.get("/:name{.+}/tags/list", async (c) => {
     headers.Link = nextPageLink(`/v2/${name}/tags/list`, Math.min(MAX_PAGE, n ?? MAX_PAGE), page.next);
   }
   return new Response(JSON.stringify({ name, tags: page.tags }), { headers });
-});
+}
+
+listingRoutes.get("/:name{.+}/tags/list", (c) =>
+  serveTags(routeRequestOf(c), c.req.param("name") ?? "", () => pageQuery(c)),
+);

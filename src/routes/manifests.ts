@@ -5,7 +5,15 @@ import { MAX_MANIFEST_BYTES } from "../oci/manifest";
 import { validateTag } from "../oci/names";
 import { looksLikeDigest } from "../oci/digest";
 import { parseReference, type Reference } from "../registry/registry";
-import { notModified, readLimited, requestedRepository, waitUntil, type AppContext, type AppEnv } from "./http";
+import {
+  notModified,
+  readLimited,
+  requestedRepository,
+  requestedRepositoryFor,
+  routeRequestOf,
+  type AppEnv,
+  type RouteRequest,
+} from "./http";
 
 export const manifestRoutes = new Hono<AppEnv>();
 
@@ -36,30 +44,33 @@ function referenceToRead(text: string): Reference {
   }
 }
 
-/** GET or HEAD of a manifest, of the repository the request names. */
-async function serveManifest(c: AppContext): Promise<Response> {
-  const repository = requestedRepository(c);
-  const reference = referenceToRead(c.req.param("reference") ?? "");
-  const ifNoneMatch = c.req.header("If-None-Match");
-  if (c.req.method === "HEAD" || ifNoneMatch) {
+/** GET or HEAD of a manifest, of the repository the request names (the route's, and the pull path's). */
+export async function serveManifest(request: RouteRequest, name: string, referenceText: string): Promise<Response> {
+  const repository = requestedRepositoryFor(request, name);
+  const reference = referenceToRead(referenceText);
+  const method = request.raw.method;
+  const ifNoneMatch = request.raw.headers.get("If-None-Match") ?? undefined;
+  if (method === "HEAD" || ifNoneMatch) {
     const { digest, mediaType, size } = await repository.statManifest(reference);
     const headers = manifestHeaders(digest.value, mediaType, size);
     if (notModified(ifNoneMatch, digest.value)) {
       delete headers["Content-Length"];
       return new Response(null, { status: 304, headers });
     }
-    if (c.req.method === "HEAD") return new Response(null, { status: 200, headers });
+    if (method === "HEAD") return new Response(null, { status: 200, headers });
   }
   // A GET is a pull: told to the pull listeners, after the answer, when any asked.
   const manifest = await repository.getManifest(reference, undefined, {
-    method: c.req.method,
-    waitUntil: (work) => waitUntil(c, work),
+    method,
+    waitUntil: (work) => request.waitUntil(work),
   });
   const headers = manifestHeaders(manifest.digest.value, manifest.mediaType, manifest.bytes.byteLength);
   return new Response(manifest.bytes, { status: 200, headers });
 }
 
-manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) => serveManifest(c));
+manifestRoutes.on(["GET", "HEAD"], "/:name{.+}/manifests/:reference", (c) =>
+  serveManifest(routeRequestOf(c), c.req.param("name") ?? "", c.req.param("reference") ?? ""),
+);
 
 manifestRoutes.put("/:name{.+}/manifests/:reference", async (c) => {
   const repository = requestedRepository(c);
