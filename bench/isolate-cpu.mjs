@@ -40,7 +40,7 @@ import { setTimeout as delay } from "node:timers/promises";
 import bcrypt from "bcryptjs";
 import { freePort } from "../scripts/lib/free-port.mjs";
 import { processKeeper } from "../scripts/lib/process-groups.mjs";
-import { addSelfTimes, bundleSections, profiled } from "./profiler.mjs";
+import { addSelfTimes, bundleSections, profiled, saveProfile } from "./profiler.mjs";
 import {
   ROOT,
   expectStatus,
@@ -74,7 +74,7 @@ const progress = (message) => process.stderr.write(`# ${message}\n`);
 
 function usage() {
   return [
-    "usage: node bench/isolate-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--iterations N] [--only KINDS] [--real] [--profile [--sampling US] [--top N]]",
+    "usage: node bench/isolate-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--iterations N] [--only KINDS] [--real] [--profile [--sampling US] [--top N] [--profile-out DIR]]",
     "  --dir DIR        an edge-registry checkout (node_modules and build/*.wasm there); repeat to compare",
     "  --peer DIR       and serverless-registry from a prepared copy of /work/shared/peer-sr",
     "  --floor          and bench/floor/worker.js: each kind's one storage call and nothing else",
@@ -86,6 +86,7 @@ function usage() {
     "  --profile        and one more loop per target and kind under V8's sampling profiler: top self time",
     "  --sampling US    the profiler's sampling interval in µs (default 25)",
     "  --top N          functions listed per profile (default 15)",
+    "  --profile-out D  and each profile saved in D (.cpuprofile, for Chrome DevTools)",
   ].join("\n");
 }
 
@@ -103,6 +104,7 @@ function parseOptions() {
       profile: { type: "boolean", default: false },
       sampling: { type: "string" },
       top: { type: "string" },
+      "profile-out": { type: "string" },
     },
     usage,
   );
@@ -123,7 +125,8 @@ function parseOptions() {
     iterations: number("iterations", 4000, 100, 8000),
     only,
     real: v.real,
-    profile: v.profile,
+    profile: v.profile || v["profile-out"] !== undefined,
+    profileOut: v["profile-out"] === undefined ? undefined : resolve(v["profile-out"]),
     sampling: number("sampling", 25, 10, 10_000),
     top: number("top", 15, 1, 100),
   };
@@ -316,6 +319,7 @@ async function main() {
             () => loop(target, servers[index], kind, authorization, options.iterations, options.real),
             options.sampling,
           );
+          if (options.profileOut) saveProfile(options.profileOut, target, kind, 0, profile);
           const self = new Map();
           // The loop's own frames are loop.js's: only index.js's lines are the bundle's.
           const sections = bundleSections(servers[index].bundle);
