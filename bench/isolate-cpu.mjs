@@ -120,8 +120,9 @@ function parseOptions() {
     floor: v.floor,
     rounds: number("rounds", 2, 1, 20),
     bursts: number("bursts", 10, 1, 200),
-    // A loop is one request to workerd: ours leaves a storage deadline timer per request it
-    // makes, and workerd refuses a request's 10 000th pending timer.
+    // A loop is one request to workerd: checkouts before the meter cleared its timer
+    // (src/registry/meter.ts) leave a storage deadline timer per request they make, and
+    // workerd refuses a request's 10 000th pending timer.
     iterations: number("iterations", 4000, 100, 8000),
     only,
     real: v.real,
