@@ -73,7 +73,9 @@
 // added (a column per checkout and variant), e.g. pull recording off and on:
 // --variant 'off:PULL_RECORD_INTERVAL=off' --variant 'on:PULL_RECORD_INTERVAL=1d'. BENCH_AUTHORIZATION
 // is the bench's, not a setting: the pulls send it instead of a token, e.g. with no users (an
-// open registry) --variant 'short:AUTH_USERS=,BENCH_AUTHORIZATION=Basic Zm9vOmJhcg=='.
+// open registry) --variant 'short:AUTH_USERS=,BENCH_AUTHORIZATION=Basic Zm9vOmJhcg=='; with
+// BENCH_AUTHORIZATION=basic the pulls send the bench user's Basic credentials instead of a
+// token (auth on, as SR is pulled): --variant 'basic:BENCH_AUTHORIZATION=basic'.
 //
 // On a shared machine single bursts of the same code differ by ±10–30 %: compare the
 // medians of many bursts (--bursts, --rounds), and the spread the report gives.
@@ -370,8 +372,9 @@ function edgeTarget(dir, variant = { label: "", settings: {} }) {
   const user = "bench";
   const password = randomBytes(12).toString("hex");
   const users = `${user}:${bcrypt.hashSync(password, 5)}`;
-  // BENCH_AUTHORIZATION (a variant's, not a setting): the Authorization every request sends
-  // instead of a token (with AUTH_MODE=open, to size what the token's length costs).
+  // BENCH_AUTHORIZATION (a variant's, not a setting): the Authorization every pull sends
+  // instead of a token (with AUTH_USERS=, to size what the token's length costs); `basic`:
+  // the bench user's own Basic credentials, as SR is pulled (auth on, no token).
   const { BENCH_AUTHORIZATION: fixedAuthorization, ...settings } = variant.settings;
   return {
     label: `${basename(dir)}@${shortCommit(dir)}${variant.label ? ` ${variant.label}` : ""}`,
@@ -424,6 +427,7 @@ function edgeTarget(dir, variant = { label: "", settings: {} }) {
     },
     /** An Authorization header value for `actions` on the bench repository: a token from /token. */
     async authorization(server, actions) {
+      if (fixedAuthorization === "basic" && actions === "pull") return basic(user, password);
       if (fixedAuthorization !== undefined && actions === "pull") return fixedAuthorization;
       // No users: an open registry, which issues no tokens for the bench's user and needs none.
       if (settings.AUTH_USERS === "") return fixedAuthorization ?? basic("bench", "open");
