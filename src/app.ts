@@ -87,7 +87,14 @@ const notFound: NotFoundHandler<AppEnv> = () => {
   throw new RegistryError("UNSUPPORTED", "no such endpoint", undefined, {}, 404);
 };
 
-const onError: ErrorHandler<AppEnv> = (error, c) => errorAnswer(error, c.req.method);
+// Rendered by errorAnswer (routes/http.ts, the pull path's too), sent through the context so
+// that headers a route set before failing (the pages' no-store and framing rules) are kept.
+const onError: ErrorHandler<AppEnv> = (error, c) => {
+  const answer = errorAnswer(error, c.req.method);
+  for (const [header, value] of answer.headers) c.header(header, value);
+  const status = answer.status as 400;
+  return answer.body === null ? c.body(null, status) : c.body(answer.body, status);
+};
 
 app.notFound(notFound);
 app.onError(onError);

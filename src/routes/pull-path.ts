@@ -67,8 +67,13 @@ export async function servePull(
       raw: request,
       env,
       actor,
-      // No ExecutionContext (app.request in tests): the work runs on by itself.
-      waitUntil: (work) => executionCtx?.waitUntil(work),
+      waitUntil: (work) => {
+        try {
+          executionCtx?.waitUntil(work);
+        } catch {
+          // No usable ExecutionContext (app.request in tests): the work runs on by itself.
+        }
+      },
     });
   } catch (error) {
     return errorAnswer(error, method);

@@ -195,6 +195,19 @@ describe("web pages against hostile input", () => {
   });
 });
 
+describe("web pages that fail", () => {
+  it("keep the page's headers (no-store, no framing, the CSP) on the error's answer", async () => {
+    // A broken setting fails the page after its headers were set (render: viewerOf).
+    const broken = { ...env, AUTH_ACCESS: "not json" } as Env;
+    const { response } = await page("/", {}, broken);
+    expect(response.status).toBe(500);
+    expect(response.headers.get("Cache-Control")).toBe("no-store");
+    expect(response.headers.get("X-Frame-Options")).toBe("DENY");
+    expect(response.headers.get("Content-Security-Policy")).not.toBeNull();
+    expect(response.headers.get("Content-Type")).toBe("application/json");
+  });
+});
+
 describe("web pages, with users and access rules", () => {
   it("shows anonymous visitors only what anonymous clients may pull, and nothing to delete", async () => {
     const open = await pushImage("ui-public/app", "v1");
