@@ -3,7 +3,7 @@ import bcrypt from "bcryptjs";
 import { beforeAll, describe, expect, it } from "vitest";
 import { app } from "../../src/app";
 import { servePull } from "../../src/routes/pull-path";
-import { MediaTypes, sha256, utf8 } from "./helpers";
+import { MediaTypes, pushImageWith, type Send } from "./helpers";
 
 /**
  * The pull path (src/routes/pull-path.ts): a pull's requests whose authorization is known
@@ -50,29 +50,10 @@ async function pullToken(user: string, password: string, name: string): Promise<
 
 /** Pushes a one-layer image as admin (Basic); its manifest's and layer's digests. */
 async function push(name: string, tag: string): Promise<{ manifest: string; layer: string }> {
-  const headers = basic("admin", "admin-pw");
-  const config = utf8(`{"name":"${name}"}`);
-  const layer = utf8(`layer of ${name}`);
-  for (const blob of [config, layer]) {
-    const query = `digest=${await sha256(blob)}`;
-    const pushed = await call(`/v2/${name}/blobs/uploads/?${query}`, { method: "POST", headers, body: blob });
-    expect(pushed.status).toBe(201);
-  }
-  const manifest = utf8(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: MediaTypes.ociManifest,
-      config: { mediaType: MediaTypes.ociConfig, digest: await sha256(config), size: config.byteLength },
-      layers: [{ mediaType: MediaTypes.ociLayer, digest: await sha256(layer), size: layer.byteLength }],
-    }),
-  );
-  const put = await call(`/v2/${name}/manifests/${tag}`, {
-    method: "PUT",
-    headers: { ...headers, "Content-Type": MediaTypes.ociManifest },
-    body: manifest,
-  });
-  expect(put.status).toBe(201);
-  return { manifest: await sha256(manifest), layer: await sha256(layer) };
+  const asAdmin: Send = (path, init = {}) =>
+    call(path, { ...init, headers: { ...(init.headers as Record<string, string>), ...basic("admin", "admin-pw") } });
+  const { digest, layerDigest } = await pushImageWith(asAdmin, name, tag);
+  return { manifest: digest, layer: layerDigest };
 }
 
 /** An answer as a client sees it: status, every header (Server-Timing's durations left out), the body. */
