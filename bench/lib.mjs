@@ -654,12 +654,18 @@ export function treeCpuSeconds(rootPid, kind) {
   return total;
 }
 
+const CPU_PART = process.env.BENCH_CPU ?? "all";
+
 /** User + system CPU seconds a process has used so far (undefined if it is gone). */
 function cpuSecondsOf(pid) {
   try {
     const text = readFileSync(`/proc/${pid}/stat`, "latin1");
     const fields = text.slice(text.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
+    const user = Number(fields[11]);
+    const system = Number(fields[12]);
+    // BENCH_CPU=user or =system counts only that part (where a difference lies: code or the kernel).
+    const counted = CPU_PART === "user" ? user : CPU_PART === "system" ? system : user + system;
+    return counted / CLOCK_TICKS;
   } catch {
     return undefined;
   }
