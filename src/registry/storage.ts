@@ -64,6 +64,23 @@ function hasStorageCalls(value: unknown): value is object {
 /** The methods that return a multipart upload (guarded in turn), and those whose body may be a stream. */
 const RETURNS_UPLOAD = new Set<PropertyKey>(["createMultipartUpload", "resumeMultipartUpload"]);
 const TAKES_BODY = new Set<PropertyKey>(["put", "uploadPart"]);
+/**
+ * The storage calls the registry makes (R2 buckets, KV namespaces, multipart uploads):
+ * their wrappers are made up front, as the guarded object's own properties.
+ */
+const STORAGE_METHODS = [
+  "head",
+  "get",
+  "getWithMetadata",
+  "list",
+  "put",
+  "delete",
+  "createMultipartUpload",
+  "resumeMultipartUpload",
+  "uploadPart",
+  "complete",
+  "abort",
+];
 
 /**
  * Wraps a binding so that every failure of a storage call surfaces as one typed,
@@ -72,6 +89,11 @@ const TAKES_BODY = new Set<PropertyKey>(["put", "uploadPart"]);
  * can retry every storage failure" lives here, not in every caller. Each method's wrapper
  * is made once per wrapped object, and a call costs one promise (its deadline shares the
  * request's timer: Meter.watch).
+ *
+ * The known methods' wrappers are own properties of the returned object, in front of a
+ * Proxy that wraps anything else: V8 caches no property lookup through a Proxy's trap, and
+ * with real storage calls between requests the trap cost 4–5 % of a HEAD's workerd CPU
+ * (docs/performance.md, "Sixth pass").
  */
 function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: number): T {
   const wrappers = new Map<PropertyKey, unknown>();
@@ -133,7 +155,7 @@ function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: nu
       });
     };
   };
-  return new Proxy(target, {
+  const proxy = new Proxy(target, {
     get(object, property) {
       const value: unknown = Reflect.get(object, property, object);
       if (typeof value !== "function") return value;
@@ -145,6 +167,15 @@ function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: nu
       return wrapper;
     },
   });
+  const front = Object.create(proxy) as T;
+  for (const property of STORAGE_METHODS) {
+    const method: unknown = Reflect.get(target, property, target);
+    if (typeof method !== "function") continue;
+    const wrapper = wrap(method as (...args: unknown[]) => unknown, property);
+    wrappers.set(property, wrapper);
+    Object.defineProperty(front, property, { value: wrapper });
+  }
+  return front;
 }
 
 /** The guarded storage of each environment object, when no test hook is set (one per isolate). */
