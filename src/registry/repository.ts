@@ -114,7 +114,6 @@ export class Repository {
     return { descriptor: await this.statBlob(digest) };
   }
 
-  /** Tells the pull listeners, after the answer. */
   /**
    * Runs a change through the seam within the request's meter: the seam's policies and
    * listeners are kept per isolate and find the meter of what they run in (registry/meter.ts),
@@ -125,6 +124,7 @@ export class Repository {
     return meter && currentMeter() !== meter ? runMetered(meter, change) : change();
   }
 
+  /** Tells the pull listeners, after the answer. */
   private observe(pull: Pull, request: PullRequest): void {
     this.seam.observe(pull, this.context, request.waitUntil);
   }
