@@ -171,9 +171,8 @@ function guarded<T extends object>(target: T, family: "r2" | "kv", timeoutMs: nu
   for (const property of STORAGE_METHODS) {
     const method: unknown = Reflect.get(target, property, target);
     if (typeof method !== "function") continue;
-    const wrapper = wrap(method as (...args: unknown[]) => unknown, property);
-    wrappers.set(property, wrapper);
-    Object.defineProperty(front, property, { value: wrapper });
+    // Shadows the proxy: its trap never sees these names.
+    Object.defineProperty(front, property, { value: wrap(method as (...args: unknown[]) => unknown, property) });
   }
   return front;
 }
