@@ -10,7 +10,8 @@
 //   node bench/isolate-cpu.mjs --dir /work/wt/base --dir . --floor  two checkouts and the floor
 //
 // Per target (each --dir, default this checkout; --peer: a prepared copy of
-// /work/shared/peer-sr, as bench/request-cpu.mjs takes it; --floor: bench/floor/worker.js), one
+// /work/shared/peer-sr, as bench/request-cpu.mjs takes it; --floor: bench/floor/worker.js;
+// --floor-r2: the same floor, its HEAD blob an R2 head of the blob as SR's is), one
 // workerd (Miniflare), started at once. Each pushes bench/tiny:v1 through its own API (ours
 // with a token from /token, SR with Basic hello:world). Then, per kind and round, the targets
 // take turns burst by burst (the order reversed each burst): a burst is one POST /__loop
@@ -74,10 +75,11 @@ const progress = (message) => process.stderr.write(`# ${message}\n`);
 
 function usage() {
   return [
-    "usage: node bench/isolate-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--rounds N] [--bursts B] [--iterations N] [--only KINDS] [--real] [--profile [--sampling US] [--top N] [--profile-out DIR]]",
+    "usage: node bench/isolate-cpu.mjs [--dir DIR]... [--peer DIR] [--floor] [--floor-r2] [--rounds N] [--bursts B] [--iterations N] [--only KINDS] [--real] [--profile [--sampling US] [--top N] [--profile-out DIR]]",
     "  --dir DIR        an edge-registry checkout (node_modules and build/*.wasm there); repeat to compare",
     "  --peer DIR       and serverless-registry from a prepared copy of /work/shared/peer-sr",
     "  --floor          and bench/floor/worker.js: each kind's one storage call and nothing else",
+    "  --floor-r2       and the same floor answering HEAD blob with SR's call (an R2 head) instead of ours (a KV get)",
     "  --rounds N       rounds (default 2)",
     "  --bursts B       bursts per target, kind and round (default 10)",
     "  --iterations N   requests per burst, made inside the isolate (default 4000)",
@@ -96,6 +98,7 @@ function parseOptions() {
       dir: { type: "string", multiple: true },
       peer: { type: "string" },
       floor: { type: "boolean", default: false },
+      "floor-r2": { type: "boolean", default: false },
       rounds: { type: "string" },
       bursts: { type: "string" },
       iterations: { type: "string" },
@@ -118,6 +121,7 @@ function parseOptions() {
     dirs: (v.dir ?? [ROOT]).map((dir) => resolve(dir)),
     peer: v.peer === undefined ? undefined : resolve(v.peer),
     floor: v.floor,
+    floorR2: v["floor-r2"],
     rounds: number("rounds", 2, 1, 20),
     bursts: number("bursts", 10, 1, 200),
     // A loop is one request to workerd: checkouts before the meter cleared its timer
@@ -227,8 +231,8 @@ function peerTarget(dir) {
   };
 }
 
-function floorTarget() {
-  return { kind: "floor", label: "floor", dir: ROOT, env: {}, authorization: async () => basic("floor", "floor") };
+function floorTarget(kind = "floor", label = "floor") {
+  return { kind, label, dir: ROOT, env: {}, authorization: async () => basic("floor", "floor") };
 }
 
 /** CPU µs per request of one loop of `iterations` requests of `kind`. */
@@ -265,6 +269,7 @@ async function main() {
     ...options.dirs.map(oursTarget),
     ...(options.peer ? [peerTarget(options.peer)] : []),
     ...(options.floor ? [floorTarget()] : []),
+    ...(options.floorR2 ? [floorTarget("floor-r2", "floor (R2 head)")] : []),
   ];
   const facts = reportFacts([`targets: ${targets.map((target) => `${target.label} (${target.dir})`).join(", ")}`]);
   progress(`starting ${targets.length} targets`);

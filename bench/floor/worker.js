@@ -3,7 +3,8 @@
 // bench's push and its four small requests each with the one storage call ours makes for it
 // and nothing else (no authentication, no checks): HEAD manifest by tag one R2 head (the
 // tag object's custom metadata, as ours), GET manifest by digest one KV get (the bytes, as
-// ours), HEAD blob one KV get (the descriptor as JSON, as ours), tags/list one R2 list. What
+// ours), HEAD blob one KV get (the descriptor as JSON, as ours; with FLOOR_BLOB_HEAD=r2 one R2
+// head, as serverless-registry), tags/list one R2 list. What
 // a registry costs beyond it is its own work. Not a registry: it exists to be measured.
 const json = (value, status = 200) =>
   new Response(JSON.stringify(value), { status, headers: { "Content-Type": "application/json" } });
@@ -30,7 +31,8 @@ export default {
       const bytes = new Uint8Array(await request.arrayBuffer());
       const digest = await sha256(bytes);
       if (digest !== url.searchParams.get("digest")) return json({ errors: [{ code: "DIGEST_INVALID" }] }, 400);
-      await env.BLOBS.put(`blobs/${digest}`, bytes);
+      // With its SHA-256 checksum, as serverless-registry stores a blob (FLOOR_BLOB_HEAD=r2 answers it).
+      await env.BLOBS.put(`blobs/${digest}`, bytes, { sha256: digest.slice("sha256:".length) });
       await env.META.put(`blob:${digest}`, JSON.stringify({ digest, size: bytes.length, key: `blobs/${digest}` }));
       return new Response(null, { status: 201, headers: { "Docker-Content-Digest": digest, "Content-Length": "0" } });
     }
@@ -62,6 +64,15 @@ export default {
       });
     }
     match = /^\/v2\/(.+)\/blobs\/([^/]+)$/.exec(path);
+    if (match && request.method === "HEAD" && env.FLOOR_BLOB_HEAD === "r2") {
+      // serverless-registry's call for a blob's HEAD: an R2 head, answered with its checksum and size.
+      const object = await env.BLOBS.head(`blobs/${match[2]}`);
+      if (!object) return new Response(null, { status: 404 });
+      const hex = [...new Uint8Array(object.checksums.sha256)].map((byte) => byte.toString(16).padStart(2, "0"));
+      return new Response(null, {
+        headers: { "Docker-Content-Digest": `sha256:${hex.join("")}`, "Content-Length": String(object.size) },
+      });
+    }
     if (match && request.method === "HEAD") {
       const descriptor = await env.META.get(`blob:${match[2]}`, { type: "json", cacheTtl: 60 });
       if (!descriptor) return new Response(null, { status: 404 });

@@ -12,12 +12,13 @@
 //    what the loop costs workerd is the Worker's own code and the runtime objects it makes
 //    (Requests, Responses, headers, promises).
 //
-//   node bench/isolate/serve.mjs --target ours|peer|floor --dir DIR --port P --persist-to STATE [--inspector-port I]
+//   node bench/isolate/serve.mjs --target ours|peer|floor|floor-r2 --dir DIR --port P --persist-to STATE [--inspector-port I]
 // (--port 0: any free port; the ready line names it. --inspector-port: V8's inspector on
 // that port, for bench/isolate-cpu.mjs --profile.)
 //
 // ours: AUTH_USERS and TOKEN_SECRET come from the environment. peer: SR's env "dev" (Basic
-// hello:world). floor: bench/floor/worker.js, with an R2 bucket and a KV namespace.
+// hello:world). floor: bench/floor/worker.js, with an R2 bucket and a KV namespace;
+// floor-r2: the same, answering HEAD blob with an R2 head (SR's call) instead of a KV get.
 import { spawnSync } from "node:child_process";
 import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -35,8 +36,10 @@ const dir = resolve(option("--dir") ?? ".");
 const port = Number(option("--port"));
 const persistTo = option("--persist-to");
 const inspectorPort = option("--inspector-port") === undefined ? undefined : Number(option("--inspector-port"));
-if (!["ours", "peer", "floor"].includes(target) || !Number.isInteger(port) || !persistTo) {
-  console.error("usage: node bench/isolate/serve.mjs --target ours|peer|floor --dir DIR --port P --persist-to STATE");
+if (!["ours", "peer", "floor", "floor-r2"].includes(target) || !Number.isInteger(port) || !persistTo) {
+  console.error(
+    "usage: node bench/isolate/serve.mjs --target ours|peer|floor|floor-r2 --dir DIR --port P --persist-to STATE",
+  );
   process.exit(2);
 }
 const here = dirname(fileURLToPath(import.meta.url));
@@ -86,6 +89,8 @@ if (target === "ours") {
 } else {
   copyFileSync(join(here, "..", "floor", "worker.js"), join(out, "index.js"));
   options = { r2Buckets: ["BLOBS"], kvNamespaces: ["META"], compatibilityDate: "2025-01-01" };
+  // floor-r2: the blob's HEAD is SR's call, an R2 head (bench/floor/worker.js).
+  if (target === "floor-r2") options.bindings = { FLOOR_BLOB_HEAD: "r2" };
   remembered = ["BLOBS", "META"];
 }
 
