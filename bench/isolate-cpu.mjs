@@ -372,6 +372,17 @@ async function main() {
       ...results[key].slice(1).map((bursts) => ratioText(pairedRatio(results[key][0], bursts))),
     ]);
     lines.push(markdownTable(pairedHeader, pairedRows), "");
+    // The two floors differ only in HEAD blob's storage call: SR's (an R2 head) against ours (a KV get).
+    const floor = targets.findIndex((target) => target.kind === "floor");
+    const floorR2 = targets.findIndex((target) => target.kind === "floor-r2");
+    if (floor >= 0 && floorR2 >= 0) {
+      lines.push(
+        `Floor (R2 head) ÷ floor, paired: ${options.only
+          .map((key) => `${kindsByKey[key].name} ${ratioText(pairedRatio(results[key][floor], results[key][floorR2]))}`)
+          .join("; ")}.`,
+        "",
+      );
+    }
   }
   if (options.profile) lines.push(...profileTables(profiles, targets, kindsByKey, options));
   process.stdout.write(`${lines.join("\n")}\n`);
