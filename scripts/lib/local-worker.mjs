@@ -13,6 +13,19 @@ import { cachedBundle } from "./bundle-cache.mjs";
 
 const CONFIG = "wrangler.toml";
 
+/**
+ * Miniflare's binding proxy makes synchronous calls (the D1 binding's `prepare`, when the
+ * migrations are applied) through a worker thread. Under heavy load one such call has
+ * failed with an AssertionError from its SynchronousFetcher (five servers starting at once
+ * on two cores), after which that instance's proxy cannot be trusted: the start is made
+ * again with a new instance, at most this many times in all. Anything else fails the start.
+ */
+const STARTS = 3;
+
+function isProxyRace(error) {
+  return error?.code === "ERR_ASSERTION" && String(error.stack).includes("SynchronousFetcher");
+}
+
 /** Bundles the Worker into `outDir` with wrangler's own bundler; throws with wrangler's output on failure. */
 export function bundleWorker(outDir) {
   const wranglerCli = createRequire(import.meta.url).resolve("wrangler/bin/wrangler.js");
@@ -117,7 +130,7 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
   );
   if (!authenticated) settings.AUTH_MODE = "open";
   if (authenticated && !settings.TOKEN_SECRET) settings.TOKEN_SECRET = localTokenSecret(persistTo);
-  const miniflare = new Miniflare({
+  const options = {
     ...workerOptions,
     bindings: settings,
     name: "edge-registry",
@@ -133,12 +146,26 @@ export async function startLocalWorker({ persistTo, port = 0, quiet = false, bin
     defaultPersistRoot: join(resolve(persistTo), "v3"),
     log: new Log(quiet ? LogLevel.ERROR : LogLevel.INFO),
     logRequests: !quiet,
-  });
-  // The port workerd listens on (with `port` 0, the one the system gave it: no other
-  // process can take it between choosing and binding, as one may a port chosen beforehand).
-  const listening = Number(new URL(await miniflare.ready).port);
-  // The audit log's and the deliveries' tables (D1), as `npm run deploy` migrates them.
-  await applyMigrations(await miniflare.getD1Database("AUDIT"));
+  };
+  let miniflare;
+  let listening;
+  for (let attempt = 1; ; attempt++) {
+    miniflare = new Miniflare(options);
+    try {
+      // The port workerd listens on (with `port` 0, the one the system gave it: no other
+      // process can take it between choosing and binding, as one may a port chosen beforehand).
+      listening = Number(new URL(await miniflare.ready).port);
+      // The audit log's and the deliveries' tables (D1), as `npm run deploy` migrates them.
+      await applyMigrations(await miniflare.getD1Database("AUDIT"));
+      break;
+    } catch (error) {
+      await miniflare.dispose().catch(() => undefined);
+      if (attempt >= STARTS || !isProxyRace(error)) throw error;
+      console.error(
+        `edge-registry: Miniflare's binding proxy failed while starting (${error.message}); starting again`,
+      );
+    }
+  }
   // Miniflare's own signal handling may end the process before an async stop finishes:
   // remove the bundle on exit, synchronously, however the process ends.
   const removeBundle = () => {
