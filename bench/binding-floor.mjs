@@ -27,7 +27,7 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Log, LogLevel, Miniflare } from "miniflare";
-import { pairedRatio } from "./small-requests.mjs";
+import { pairedRatio, pairedText } from "./small-requests.mjs";
 
 const args = process.argv.slice(2);
 const option = (name, fallback) => {
@@ -167,10 +167,7 @@ try {
   console.log(`| request | µs ÷ ${KINDS[0]} |`);
   console.log("| --- | --- |");
   for (const kind of KINDS.slice(1)) {
-    const paired = pairedRatio(results[KINDS[0]], results[kind]);
-    console.log(
-      `| ${kind} | ${paired ? `${paired.median.toFixed(3)} [${paired.low.toFixed(3)}, ${paired.high.toFixed(3)}], ${paired.pairs} pairs` : "n/a"} |`,
-    );
+    console.log(`| ${kind} | ${pairedText(pairedRatio(results[KINDS[0]], results[kind]))} |`);
   }
 } finally {
   await mf.dispose();

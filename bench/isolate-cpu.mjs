@@ -61,6 +61,7 @@ import {
   checkedRequest,
   median,
   pairedRatio,
+  pairedText,
   pushImage,
   requestKinds,
 } from "./small-requests.mjs";
@@ -258,10 +259,6 @@ async function loop(target, server, kind, authorization, iterations, real = fals
 }
 
 const format = (value) => (value === undefined ? "–" : value.toFixed(1));
-const ratioText = (paired) =>
-  paired
-    ? `${paired.median.toFixed(3)} [${paired.low.toFixed(3)}, ${paired.high.toFixed(3)}], ${paired.pairs} pairs`
-    : "–";
 
 async function main() {
   const options = parseOptions();
@@ -369,7 +366,7 @@ async function main() {
     const pairedHeader = ["request", ...targets.slice(1).map((target) => `${target.label} ÷ first`)];
     const pairedRows = options.only.map((key) => [
       kindsByKey[key].name,
-      ...results[key].slice(1).map((bursts) => ratioText(pairedRatio(results[key][0], bursts))),
+      ...results[key].slice(1).map((bursts) => pairedText(pairedRatio(results[key][0], bursts))),
     ]);
     lines.push(markdownTable(pairedHeader, pairedRows), "");
     // The two floors differ only in HEAD blob's storage call: SR's (an R2 head) against ours (a KV get).
@@ -378,7 +375,9 @@ async function main() {
     if (floor >= 0 && floorR2 >= 0) {
       lines.push(
         `Floor (R2 head) ÷ floor, paired: ${options.only
-          .map((key) => `${kindsByKey[key].name} ${ratioText(pairedRatio(results[key][floor], results[key][floorR2]))}`)
+          .map(
+            (key) => `${kindsByKey[key].name} ${pairedText(pairedRatio(results[key][floor], results[key][floorR2]))}`,
+          )
           .join("; ")}.`,
         "",
       );

@@ -127,6 +127,7 @@ import {
   checkedRequest,
   median,
   pairedRatio,
+  pairedText,
   pushImage,
   requestKinds,
 } from "./small-requests.mjs";
@@ -909,13 +910,12 @@ function report(results, options, kinds) {
       for (const target of targets.slice(1)) {
         const all = runs.get(target.label)?.get(kind) ?? [];
         const text = (pick) => {
-          const paired = pairedRatio(
-            first.flatMap((figures) => figures[pick]),
-            all.flatMap((figures) => figures[pick]),
+          return pairedText(
+            pairedRatio(
+              first.flatMap((figures) => figures[pick]),
+              all.flatMap((figures) => figures[pick]),
+            ),
           );
-          return paired
-            ? `${paired.median.toFixed(3)} [${paired.low.toFixed(3)}, ${paired.high.toFixed(3)}], ${paired.pairs} pairs`
-            : "–";
         };
         row.push(text("burstUs"), text("burstRates"));
       }

@@ -194,3 +194,10 @@ export function pairedRatio(first, other) {
     pairs: ratios.length,
   };
 }
+
+/** A pairedRatio as the benches print it: `median [low, high], N pairs`, or "–" when there were none. */
+export function pairedText(paired) {
+  return paired
+    ? `${paired.median.toFixed(3)} [${paired.low.toFixed(3)}, ${paired.high.toFixed(3)}], ${paired.pairs} pairs`
+    : "–";
+}
